@@ -1,0 +1,1 @@
+"""The actor kernel: actors on asyncio, bounded mailboxes, ask/tell, supervision, watch."""

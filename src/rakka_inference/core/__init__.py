@@ -1,0 +1,1 @@
+"""Pure values and errors. This package imports nothing else of rakka_inference."""

@@ -1,0 +1,1 @@
+"""Local model runners (GPU and CPU)."""

@@ -1,0 +1,1 @@
+"""Provider-neutral infrastructure for remote runtimes: streaming, failure policies, sessions."""

@@ -1,0 +1,1 @@
+"""The serving topology: gateway, per-request actors, coordinator, engines, deployments."""
