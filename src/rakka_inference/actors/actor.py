@@ -61,7 +61,7 @@ class Actor(Generic[M]):
 
     @property
     def self_ref(self) -> ActorRef[M]:
-        return self.context.self_ref  # type: ignore[return-value]
+        return self.context.self_ref
 
     async def on_start(self) -> None:
         """Called before the first message is received."""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from rakka_inference.actors.actor import Actor, ActorContext, Terminated
 from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.supervision import Directive, OneForOneStrategy, RestartWindow
-from rakka_inference.core.errors import ActorDead
+from rakka_inference.core.errors import ActorDead, MailboxFull
 
 if TYPE_CHECKING:
     from rakka_inference.actors.system import ActorSystem
@@ -77,6 +77,7 @@ class ActorCell:
         self,
         system: ActorSystem,
         factory: Callable[[], Actor[Any]],
+        *,
         path: str,
         parent: ActorCell | None,
         capacity: int,
@@ -108,6 +109,7 @@ class ActorCell:
         self._escalated: set[ActorCell] = set()
         self._draining = False
         self._started = False
+        self._current_reply: asyncio.Future[Any] | None = None
         self._child_seq = 0
         self.ref: ActorRef[Any] = ActorRef(self)
         self.actor: Actor[Any] = self._new_instance()
@@ -128,6 +130,16 @@ class ActorCell:
     def next_child_name(self) -> str:
         self._child_seq += 1
         return f"${self._child_seq}"
+
+    def post(self, message: Any, reply: asyncio.Future[Any] | None) -> None:
+        """Enqueue a user message, or raise ActorDead / MailboxFull. The hot path of tell."""
+        if not self.accepting:
+            raise ActorDead(self.path)
+        mailbox = self.mailbox
+        if len(mailbox) >= self.capacity:
+            raise MailboxFull(self.path, self.capacity)
+        mailbox.append((message, reply))
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -218,6 +230,8 @@ class ActorCell:
             self._started = True
 
     async def _deliver(self, message: Any, reply: asyncio.Future[Any] | None) -> None:
+        # Kept while receive runs, so a forced stop can still settle this ask.
+        self._current_reply = reply
         try:
             result = await self.actor.receive(message)
         except asyncio.CancelledError:
@@ -226,10 +240,13 @@ class ActorCell:
                 raise
             # A cancellation raised inside receive that is not aimed at this actor's task
             # is a failure of the handler, like any other exception.
+            self._current_reply = None
             await self._fail(RuntimeError("receive raised CancelledError"), message, reply)
         except Exception as error:
+            self._current_reply = None
             await self._fail(error, message, reply)
         else:
+            self._current_reply = None
             if reply is not None and not reply.done():
                 reply.set_result(result)
 
@@ -354,6 +371,9 @@ class ActorCell:
         self.terminated = True
         self.accepting = False
         self._wake_room_waiters()
+        current = self._current_reply
+        if current is not None and not current.done():
+            current.set_exception(ActorDead(self.path, "actor stopped while handling the message"))
         dead = 0
         while self.mailbox:
             _, reply = self.mailbox.popleft()

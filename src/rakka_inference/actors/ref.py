@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from rakka_inference.core.errors import ActorDead, AskTimeout, MailboxFull
+from rakka_inference.core.errors import AskTimeout
 
 if TYPE_CHECKING:
     from rakka_inference.actors.cell import ActorCell
@@ -52,18 +52,7 @@ class ActorRef(Generic[M]):
 
     def tell(self, message: M) -> None:
         """Enqueue ``message``. Raises MailboxFull or ActorDead; never drops it silently."""
-        cell = self._cell
-        if not cell.accepting:
-            raise ActorDead(self.path)
-        mailbox = cell.mailbox
-        if len(mailbox) >= cell.capacity:
-            raise MailboxFull(self.path, cell.capacity)
-        mailbox.append((message, None))
-        waiter = cell.waiter
-        if waiter is not None:
-            cell.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._cell.post(message, None)
 
     async def send(self, message: M) -> None:
         """Enqueue ``message``, waiting for room in the mailbox if it is full."""
@@ -74,20 +63,9 @@ class ActorRef(Generic[M]):
 
     async def ask(self, message: M, timeout: float = DEFAULT_ASK_TIMEOUT) -> Any:
         """Send ``message`` and await what ``receive`` returns for it."""
-        cell = self._cell
-        if not cell.accepting:
-            raise ActorDead(self.path)
-        mailbox = cell.mailbox
-        if len(mailbox) >= cell.capacity:
-            raise MailboxFull(self.path, cell.capacity)
-        loop = cell.loop
+        loop = self._cell.loop
         reply: asyncio.Future[Any] = loop.create_future()
-        mailbox.append((message, reply))
-        waiter = cell.waiter
-        if waiter is not None:
-            cell.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._cell.post(message, reply)
         timer = loop.call_later(timeout, _expire, reply, self.path, timeout)
         try:
             return await reply

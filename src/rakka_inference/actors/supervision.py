@@ -40,7 +40,7 @@ def _by_type(table: Mapping[type[BaseException], Directive]) -> Decider:
 
     def decide(error: BaseException) -> Directive:
         for klass in type(error).__mro__:
-            directive = entries.get(klass)  # type: ignore[call-overload]
+            directive = entries.get(klass)
             if directive is not None:
                 return directive
         return Directive.ESCALATE

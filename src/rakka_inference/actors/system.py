@@ -99,10 +99,10 @@ class ActorSystem:
         cell = ActorCell(
             self,
             factory,
-            path,
-            parent,
-            mailbox_capacity or self.mailbox_capacity,
-            strategy,
+            path=path,
+            parent=parent,
+            capacity=self.mailbox_capacity if mailbox_capacity is None else mailbox_capacity,
+            strategy=strategy,
         )
         siblings[name] = cell
         self._cells[path] = cell
@@ -151,7 +151,9 @@ class ActorSystem:
         if tops:
             _, pending = await asyncio.wait([cell.done for cell in tops], timeout=timeout)
             if pending:
-                log.warning("shutdown: %d actor(s) did not stop in %gs; cancelling", len(pending), timeout)
+                log.warning(
+                    "shutdown: %d actor(s) did not stop in %gs; cancelling", len(pending), timeout
+                )
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
