@@ -1,0 +1,586 @@
+"""The provider-neutral request: what a client asked for, validated once.
+
+The gateway speaks OpenAI's chat completions API, so these records follow its shape
+(roles, content parts, tool calls with JSON-text arguments). The HTTP edge parses JSON into
+them; provider adapters translate them to Anthropic's or Gemini's wire format. Nothing here
+knows about either end.
+
+Validation that does not need the wire format lives here and raises
+:class:`~rakka_inference.core.errors.BadRequest` with ``param`` naming the offending field,
+so every entry point (HTTP, the Python API, tests) rejects the same requests the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from rakka_inference.core.errors import BadRequest
+from rakka_inference.core.usage import Usage
+
+__all__ = [
+    "Role",
+    "TextPart",
+    "ImagePart",
+    "ImageDetail",
+    "ContentPart",
+    "ToolCall",
+    "ToolDefinition",
+    "ToolChoiceMode",
+    "ToolChoice",
+    "ChatMessage",
+    "ResponseFormat",
+    "SamplingParams",
+    "Priority",
+    "ChatRequest",
+    "EmbeddingRequest",
+    "EmbeddingResult",
+    "new_request_id",
+    "MAX_STOP_SEQUENCES",
+]
+
+MAX_STOP_SEQUENCES = 4
+"""OpenAI accepts at most four stop sequences; so do we, whatever the provider."""
+
+
+def new_request_id() -> str:
+    """A fresh request id: ``req_`` and 32 hex digits."""
+    return f"req_{uuid.uuid4().hex}"
+
+
+class Role(enum.StrEnum):
+    """Who wrote a message. ``developer`` is OpenAI's newer name for system instructions."""
+
+    SYSTEM = "system"
+    DEVELOPER = "developer"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+# --------------------------------------------------------------------------- content
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextPart:
+    """A piece of text inside a message's content."""
+
+    text: str
+
+
+ImageDetail: TypeAlias = Literal["auto", "low", "high"]
+
+# RFC 2397: data:[<mediatype>][;param=value]*[;base64],<data>. We accept only base64 data
+# with an explicit media type: every provider that takes inline images needs both.
+_BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImagePart:
+    """An image inside a user message: an ``https:`` URL or a base64 ``data:`` URL.
+
+    ``detail`` is OpenAI's resolution hint; providers without one ignore it.
+    """
+
+    url: str
+    detail: ImageDetail | None = None
+
+    @classmethod
+    def from_base64(
+        cls, media_type: str, data: str, *, detail: ImageDetail | None = None
+    ) -> ImagePart:
+        """An image given inline, as ``data:{media_type};base64,{data}``."""
+        return cls(url=f"data:{media_type};base64,{data}", detail=detail)
+
+    @property
+    def is_data_url(self) -> bool:
+        """Whether the image is inline (a ``data:`` URL) rather than fetched by URL."""
+        return self.url[:5].lower() == "data:"
+
+    def parse_data_url(self, *, param: str = "messages") -> tuple[str, str]:
+        """``(media_type, base64_data)`` of an inline image.
+
+        Raises :class:`BadRequest` with ``param`` set when the URL is not a well-formed
+        base64 data URL. Pass the field path as ``param`` when it is known, such as
+        ``messages[2].content[1].image_url``. The data is checked for the base64
+        alphabet and padding, not decoded.
+        """
+        if not self.is_data_url:
+            raise BadRequest("image URL is not a data: URL", param=param)
+        header, comma, data = self.url[5:].partition(",")
+        if not comma:
+            raise BadRequest("malformed data URL: no ',' before the data", param=param)
+        media_type, *attributes = header.split(";")
+        if not attributes or attributes[-1].lower() != "base64":
+            raise BadRequest("data URL must be base64-encoded (';base64,')", param=param)
+        if not _MEDIA_TYPE.fullmatch(media_type):
+            raise BadRequest(f"data URL has no valid media type: {media_type!r}", param=param)
+        if not data or len(data) % 4 or not _BASE64_BODY.fullmatch(data):
+            raise BadRequest("data URL does not hold valid base64 data", param=param)
+        return media_type.lower(), data
+
+    def decode_data(self, *, param: str = "messages") -> tuple[str, bytes]:
+        """``(media_type, bytes)`` of an inline image, for runners that need the pixels."""
+        media_type, data = self.parse_data_url(param=param)
+        # parse_data_url checked the alphabet, the padding and the length, so this decodes.
+        return media_type, base64.b64decode(data)
+
+
+ContentPart: TypeAlias = TextPart | ImagePart
+
+
+# --------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """A call the assistant made to a tool.
+
+    ``arguments`` is the JSON text exactly as the model produced it (which is what OpenAI
+    sends and expects back); it is not guaranteed to be valid JSON.
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self, *, param: str = "messages") -> dict[str, Any]:
+        """The arguments as a JSON object, for providers that want structured input.
+
+        An empty string means no arguments. Raises :class:`BadRequest` if the text is not
+        a JSON object.
+        """
+        if not self.arguments.strip():
+            return {}
+        try:
+            value = json.loads(self.arguments)
+        except ValueError:
+            raise BadRequest(
+                f"arguments of tool call {self.id!r} are not valid JSON", param=param
+            ) from None
+        if not isinstance(value, dict):
+            raise BadRequest(
+                f"arguments of tool call {self.id!r} must be a JSON object", param=param
+            )
+        return value
+
+
+# OpenAI's rule for function names; the strictest of the three providers.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _empty_object_schema() -> Mapping[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolDefinition:
+    """A function the model may call. ``parameters`` is a JSON Schema, treated as read-only."""
+
+    name: str
+    description: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=_empty_object_schema)
+    strict: bool | None = None
+    """OpenAI structured outputs: the arguments must match the schema exactly."""
+
+    def __post_init__(self) -> None:
+        if not _TOOL_NAME.fullmatch(self.name):
+            raise BadRequest(
+                f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-'",
+                param="tools",
+            )
+
+
+class ToolChoiceMode(enum.StrEnum):
+    AUTO = "auto"
+    """The model decides whether to call a tool."""
+    NONE = "none"
+    """The model must not call a tool."""
+    REQUIRED = "required"
+    """The model must call at least one tool."""
+    NAMED = "named"
+    """The model must call the tool named in :attr:`ToolChoice.name`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolChoice:
+    """How the model may use the request's tools. Build one with the class methods."""
+
+    mode: ToolChoiceMode
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mode is ToolChoiceMode.NAMED) != (self.name is not None):
+            raise BadRequest(
+                "tool_choice names a function exactly when its mode is 'named'",
+                param="tool_choice",
+            )
+
+    @classmethod
+    def auto(cls) -> ToolChoice:
+        return cls(mode=ToolChoiceMode.AUTO)
+
+    @classmethod
+    def none(cls) -> ToolChoice:
+        return cls(mode=ToolChoiceMode.NONE)
+
+    @classmethod
+    def required(cls) -> ToolChoice:
+        return cls(mode=ToolChoiceMode.REQUIRED)
+
+    @classmethod
+    def named(cls, name: str) -> ToolChoice:
+        return cls(mode=ToolChoiceMode.NAMED, name=name)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatMessage:
+    """One message of a conversation.
+
+    ``content`` is a plain string or a tuple of parts. It may be ``None`` only on an
+    assistant message that carries ``tool_calls``. Images are accepted on user messages
+    only, as OpenAI does. A tool message answers one tool call, named by ``tool_call_id``.
+    """
+
+    role: Role
+    content: str | tuple[ContentPart, ...] | None = None
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    def __post_init__(self) -> None:
+        role = self.role
+        if self.tool_calls and role is not Role.ASSISTANT:
+            raise BadRequest(
+                f"only assistant messages may carry tool_calls, not {role.value}",
+                param="messages",
+            )
+        if role is Role.TOOL:
+            if not self.tool_call_id:
+                raise BadRequest("a tool message needs a tool_call_id", param="messages")
+        elif self.tool_call_id is not None:
+            raise BadRequest(
+                f"tool_call_id belongs on tool messages, not {role.value}", param="messages"
+            )
+        if self.content is None or self.content == ():
+            if not (role is Role.ASSISTANT and self.tool_calls):
+                raise BadRequest(f"a {role.value} message needs content", param="messages")
+        elif (
+            role is not Role.USER
+            and not isinstance(self.content, str)
+            and any(isinstance(part, ImagePart) for part in self.content)
+        ):
+            raise BadRequest(
+                f"images are accepted in user messages only, not {role.value}",
+                param="messages",
+            )
+
+    # Constructors for the common shapes, so callers need not spell out roles.
+
+    @classmethod
+    def system(cls, text: str) -> ChatMessage:
+        return cls(role=Role.SYSTEM, content=text)
+
+    @classmethod
+    def developer(cls, text: str) -> ChatMessage:
+        return cls(role=Role.DEVELOPER, content=text)
+
+    @classmethod
+    def user(cls, content: str | tuple[ContentPart, ...]) -> ChatMessage:
+        return cls(role=Role.USER, content=content)
+
+    @classmethod
+    def assistant(
+        cls, text: str | None = None, *, tool_calls: tuple[ToolCall, ...] = ()
+    ) -> ChatMessage:
+        return cls(role=Role.ASSISTANT, content=text, tool_calls=tool_calls)
+
+    @classmethod
+    def tool(cls, tool_call_id: str, content: str) -> ChatMessage:
+        return cls(role=Role.TOOL, content=content, tool_call_id=tool_call_id)
+
+    @property
+    def parts(self) -> tuple[ContentPart, ...]:
+        """The content as parts: a string is one text part, ``None`` is no parts."""
+        if self.content is None:
+            return ()
+        if isinstance(self.content, str):
+            return (TextPart(text=self.content),)
+        return self.content
+
+    @property
+    def text(self) -> str:
+        """All text of the message. Several text parts are joined with newlines."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        if self.content is None or isinstance(self.content, str):
+            return ()
+        return tuple(part for part in self.content if isinstance(part, ImagePart))
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseFormat:
+    """What shape the answer must take: free text, any JSON object, or a JSON Schema."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: Mapping[str, Any] | None = None
+    """The schema itself (OpenAI's ``json_schema.schema``); only with type json_schema."""
+    schema_name: str | None = None
+    """OpenAI requires a name for the schema (``json_schema.name``)."""
+    strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.type == "json_schema":
+            if self.json_schema is None or not self.schema_name:
+                raise BadRequest(
+                    "response_format json_schema needs a schema and a name",
+                    param="response_format",
+                )
+        elif self.json_schema is not None or self.schema_name is not None:
+            raise BadRequest(
+                f"response_format {self.type} takes no schema", param="response_format"
+            )
+
+    @classmethod
+    def text(cls) -> ResponseFormat:
+        return cls(type="text")
+
+    @classmethod
+    def json_object(cls) -> ResponseFormat:
+        return cls(type="json_object")
+
+    @classmethod
+    def from_schema(
+        cls, name: str, schema: Mapping[str, Any], *, strict: bool | None = None
+    ) -> ResponseFormat:
+        return cls(type="json_schema", json_schema=schema, schema_name=name, strict=strict)
+
+
+def _check_range(param: str, value: float | None, low: float, high: float) -> None:
+    # Written as "not (low <= v <= high)" so NaN, which compares false, is rejected too.
+    if value is not None and not low <= value <= high:
+        raise BadRequest(f"{param} must be between {low:g} and {high:g}", param=param)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingParams:
+    """How to sample. ``None`` leaves a setting to the provider's default.
+
+    ``max_tokens`` is the cap on generated tokens. OpenAI has two names for it
+    (``max_tokens`` and the newer ``max_completion_tokens``, which also counts reasoning
+    tokens); the HTTP edge maps either into this one field. Ranges follow OpenAI's.
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int = 1
+    """Number of choices to generate."""
+
+    def __post_init__(self) -> None:
+        _check_range("temperature", self.temperature, 0.0, 2.0)
+        _check_range("top_p", self.top_p, 0.0, 1.0)
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise BadRequest(
+                f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop"
+            )
+        if any(not sequence for sequence in self.stop):
+            raise BadRequest("stop sequences must not be empty", param="stop")
+        if self.n < 1:
+            raise BadRequest("n must be at least 1", param="n")
+
+
+class Priority(enum.IntEnum):
+    """Queue priority of a request. A higher value is served first."""
+
+    BACKGROUND = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+
+# --------------------------------------------------------------------------- requests
+
+# The prompt-size estimate. The rate limiter reserves this many tokens at admission and
+# settles against the real count afterwards, so it must be cheap and deterministic, not
+# exact. UTF-8 bytes rather than characters: 4 bytes is about a token in English, and a
+# CJK character (3 bytes) is closer to one token than to a quarter of one.
+_BYTES_PER_TOKEN = 4
+_TOKENS_PER_MESSAGE = 4
+"""Role and delimiter tokens each message costs in a chat template."""
+_TOKENS_REPLY_PRIMING = 3
+"""The assistant header every reply is primed with."""
+_TOKENS_PER_TOOL = 8
+_TOKENS_PER_IMAGE = 765
+"""OpenAI's count for a 1024x1024 image at high detail: a middle-of-the-road guess."""
+_TOKENS_PER_LOW_DETAIL_IMAGE = 85
+"""OpenAI's fixed count for any image at low detail."""
+
+
+def _text_tokens(text: str | None) -> int:
+    if not text:
+        return 0
+    return -(-len(text.encode("utf-8")) // _BYTES_PER_TOKEN)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)
+
+
+def _json_tokens(value: Mapping[str, Any]) -> int:
+    return _text_tokens(json.dumps(value, separators=(",", ":"), default=_json_default))
+
+
+def _message_tokens(message: ChatMessage) -> int:
+    tokens = _TOKENS_PER_MESSAGE + _text_tokens(message.name)
+    tokens += _text_tokens(message.tool_call_id)
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            tokens += _text_tokens(part.text)
+        elif part.detail == "low":
+            tokens += _TOKENS_PER_LOW_DETAIL_IMAGE
+        else:
+            tokens += _TOKENS_PER_IMAGE
+    for call in message.tool_calls:
+        tokens += _text_tokens(call.id) + _text_tokens(call.name) + _text_tokens(call.arguments)
+    return tokens
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatRequest:
+    """A chat completion request, provider-neutral and validated.
+
+    ``model`` is the name the client asked for (a deployment or an alias). ``stream``
+    asks for token chunks; ``include_usage`` is OpenAI's ``stream_options.include_usage``
+    (a non-streaming answer always carries usage). ``metadata`` is passed to providers
+    that take it and is treated as read-only.
+    """
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    tools: tuple[ToolDefinition, ...] = ()
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+    include_usage: bool = False
+    user: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    request_id: str = field(default_factory=new_request_id)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise BadRequest("model must not be empty", param="model")
+        if not self.messages:
+            raise BadRequest("messages must hold at least one message", param="messages")
+        names = [tool.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise BadRequest("tool names must be unique", param="tools")
+        choice = self.tool_choice
+        if choice is not None and choice.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED):
+            if not self.tools:
+                raise BadRequest(
+                    f"tool_choice {choice.mode.value} needs tools", param="tool_choice"
+                )
+            if choice.name is not None and choice.name not in names:
+                raise BadRequest(
+                    f"tool_choice names {choice.name!r}, which is not among the tools",
+                    param="tool_choice",
+                )
+        # A tool result must answer a call made earlier in the conversation: OpenAI and
+        # Anthropic both reject an orphan, and failing here saves an upstream round trip.
+        called: set[str] = set()
+        for index, message in enumerate(self.messages):
+            called.update(call.id for call in message.tool_calls)
+            if message.tool_call_id is not None and message.tool_call_id not in called:
+                raise BadRequest(
+                    f"tool message answers unknown tool call {message.tool_call_id!r}",
+                    param=f"messages[{index}].tool_call_id",
+                )
+
+    def estimated_prompt_tokens(self) -> int:
+        """A cheap, deterministic estimate of the prompt's size in tokens.
+
+        About one token per 4 UTF-8 bytes of text (message text, names, tool-call
+        arguments, tool schemas, the response schema), plus 4 tokens per message and 3 for
+        the reply header, plus a fixed cost per image (85 at low detail, 765 otherwise).
+        Never below 1. The rate limiter reserves this at admission and settles against
+        the provider's real count when the request ends.
+        """
+        tokens = _TOKENS_REPLY_PRIMING
+        for message in self.messages:
+            tokens += _message_tokens(message)
+        for tool in self.tools:
+            tokens += _TOKENS_PER_TOOL + _text_tokens(tool.name)
+            tokens += _text_tokens(tool.description) + _json_tokens(tool.parameters)
+        if self.response_format is not None and self.response_format.json_schema is not None:
+            tokens += _json_tokens(self.response_format.json_schema)
+        return tokens
+
+    def max_output_tokens(self, default: int) -> int:
+        """The request's cap on generated tokens, or ``default`` when it sets none."""
+        if self.sampling.max_tokens is not None:
+            return self.sampling.max_tokens
+        return default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingRequest:
+    """An embeddings request: one vector per input string."""
+
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+    """Truncate vectors to this size, where the model supports it."""
+    user: str | None = None
+    request_id: str = field(default_factory=new_request_id)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise BadRequest("model must not be empty", param="model")
+        if not self.inputs:
+            raise BadRequest("input must hold at least one string", param="input")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise BadRequest("dimensions must be at least 1", param="dimensions")
+
+    def estimated_prompt_tokens(self) -> int:
+        """About one token per 4 UTF-8 bytes, at least one per input (see ChatRequest)."""
+        return sum(max(1, _text_tokens(text)) for text in self.inputs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingResult:
+    """The vectors, in input order, and the usage they cost (input tokens only)."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage

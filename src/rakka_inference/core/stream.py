@@ -1,0 +1,204 @@
+"""What a runner streams back, and how a stream folds into one answer.
+
+A runner yields :class:`TokenChunk` values. The RequestActor forwards them to a streaming
+client as OpenAI chunks, or folds them with :class:`ChunkAggregator` into one
+:class:`ChatCompletion` for a non-streaming client (and for the Python API's ``ask``).
+
+Two conventions make chunks from every provider mean the same thing:
+
+- ``TokenChunk.usage`` is an **increment**: the tokens this chunk adds to the request's
+  total. An adapter whose provider reports running totals (Gemini, Anthropic's
+  ``message_delta``) folds them through its own cumulative
+  :class:`~rakka_inference.core.usage.UsageAccumulator` and emits what
+  :meth:`~rakka_inference.core.usage.UsageAccumulator.add` returns. Every consumer then
+  simply sums.
+- A streamed tool call arrives as :class:`ToolCallDelta` fragments. Fragments with the
+  same ``index`` belong to one call; parallel calls may interleave. The first fragment of
+  a call that has an ``id`` (or ``name``) fixes it; ``arguments`` fragments concatenate.
+  Adapters for providers that assign no call ids (Gemini) mint them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+
+from rakka_inference.core.errors import ProtocolError
+from rakka_inference.core.messages import ToolCall
+from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
+
+__all__ = [
+    "ChatCompletion",
+    "ChunkAggregator",
+    "FinishReason",
+    "TokenChunk",
+    "ToolCallDelta",
+    "aggregate",
+    "collect",
+]
+
+
+class FinishReason(enum.StrEnum):
+    """Why generation stopped: OpenAI's values, plus ``error`` for a stream cut short."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallDelta:
+    """A fragment of a streamed tool call. Fragments with the same ``index`` form one call."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    """A piece of the arguments' JSON text; pieces are concatenated in arrival order."""
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"ToolCallDelta.index must be >= 0, got {self.index}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenChunk:
+    """One step of a streamed answer. Every field is optional; see the module docstring.
+
+    ``text`` is visible output; ``reasoning`` is the model's exposed thinking (Anthropic
+    thinking blocks, ``reasoning_content`` of OpenAI-compatible servers), kept apart so
+    the gateway can choose whether to forward it. ``usage`` is an increment.
+    ``finish_reason`` is set on the last chunk of a choice.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the chunk carries nothing (a keep-alive, or an event we do not map)."""
+        return (
+            not self.text
+            and not self.reasoning
+            and not self.tool_calls
+            and self.usage is None
+            and self.finish_reason is None
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatCompletion:
+    """A whole answer: what a non-streaming client receives.
+
+    ``finish_reason`` is ``None`` when the stream ended without one (it was cut short);
+    ``usage`` is ``None`` when the provider reported none, which is not the same as zero.
+    Tool calls are ordered by their stream index.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+class _PartialToolCall:
+    __slots__ = ("arguments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name: str | None = None
+        self.arguments: list[str] = []
+
+
+class ChunkAggregator:
+    """Folds a stream of :class:`TokenChunk` into a :class:`ChatCompletion`.
+
+    Text and reasoning concatenate, tool-call fragments join by index, the last finish
+    reason wins, and usage increments are summed. Belongs to one stream; not thread-safe.
+    """
+
+    __slots__ = ("_finish_reason", "_reasoning", "_text", "_tool_calls", "_usage")
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._tool_calls: dict[int, _PartialToolCall] = {}
+        self._finish_reason: FinishReason | None = None
+        self._usage = UsageAccumulator(UsageMode.DELTA)
+
+    def add(self, chunk: TokenChunk) -> None:
+        """Fold in one chunk."""
+        if chunk.text:
+            self._text.append(chunk.text)
+        if chunk.reasoning:
+            self._reasoning.append(chunk.reasoning)
+        for delta in chunk.tool_calls:
+            call = self._tool_calls.get(delta.index)
+            if call is None:
+                call = self._tool_calls[delta.index] = _PartialToolCall()
+            if call.id is None and delta.id:
+                call.id = delta.id
+            if call.name is None and delta.name:
+                call.name = delta.name
+            if delta.arguments:
+                call.arguments.append(delta.arguments)
+        if chunk.usage is not None:
+            self._usage.add(chunk.usage)
+        if chunk.finish_reason is not None:
+            self._finish_reason = chunk.finish_reason
+
+    def result(self) -> ChatCompletion:
+        """The answer so far. Can be called more than once.
+
+        Raises :class:`~rakka_inference.core.errors.ProtocolError` if a tool call never
+        received an id or a name: the adapter produced a malformed stream.
+        """
+        calls: list[ToolCall] = []
+        for index in sorted(self._tool_calls):
+            partial = self._tool_calls[index]
+            if partial.id is None or partial.name is None:
+                missing = "an id" if partial.id is None else "a name"
+                raise ProtocolError(f"streamed tool call at index {index} has no {missing}")
+            calls.append(
+                ToolCall(id=partial.id, name=partial.name, arguments="".join(partial.arguments))
+            )
+        return ChatCompletion(
+            text="".join(self._text),
+            reasoning="".join(self._reasoning),
+            tool_calls=tuple(calls),
+            finish_reason=self._finish_reason,
+            usage=self._usage.total if self._usage.reported else None,
+        )
+
+
+def aggregate(chunks: Iterable[TokenChunk]) -> ChatCompletion:
+    """Fold a finished sequence of chunks into one answer."""
+    aggregator = ChunkAggregator()
+    for chunk in chunks:
+        aggregator.add(chunk)
+    return aggregator.result()
+
+
+async def collect(chunks: AsyncIterable[TokenChunk]) -> ChatCompletion:
+    """Consume a chunk stream to its end and fold it into one answer.
+
+    ``collect`` owns the stream: if it is cancelled or an error interrupts it, it closes the
+    stream (``aclose``) before returning, so the runner behind it aborts its work at once
+    instead of when the garbage collector finds the generator.
+    """
+    aggregator = ChunkAggregator()
+    try:
+        async for chunk in chunks:
+            aggregator.add(chunk)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return aggregator.result()
