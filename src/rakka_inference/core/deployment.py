@@ -180,8 +180,10 @@ class ModelPrice:
 
     @property
     def cached_input(self) -> float:
-        return self.input_per_mtok if self.cached_input_per_mtok is None else (
-            self.cached_input_per_mtok
+        return (
+            self.input_per_mtok
+            if self.cached_input_per_mtok is None
+            else (self.cached_input_per_mtok)
         )
 
 

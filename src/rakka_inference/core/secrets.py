@@ -47,9 +47,7 @@ class Secret:
 
         Two equal secrets share a fingerprint; the value cannot be recovered from it.
         """
-        digest = hashlib.blake2b(
-            self._value.encode("utf-8"), digest_size=8, person=b"rakka-key-fp"
-        )
+        digest = hashlib.blake2b(self._value.encode("utf-8"), digest_size=8, person=b"rakka-key-fp")
         return digest.hexdigest()
 
     def __repr__(self) -> str:

@@ -1,0 +1,353 @@
+"""Load the TOML configuration (DESIGN §4) into the records of :mod:`.deployment`.
+
+The pipeline, one small unit per step:
+
+1. **Parse.** ``tomllib`` turns the text into tables. A syntax error becomes a
+   :class:`ConfigError` carrying the line ``tomllib`` reports.
+2. **Locate.** :class:`~.config_lines.LineLocator` scans the raw text once and maps each
+   field path to the line of its key, so every issue names a file and a line.
+3. **Convert.** :class:`~.config_convert.Converter` walks a record's ``dataclasses.fields``
+   and type hints (int, float, bool, str, enums, ``Literal``, ``X | None``, tuples,
+   mappings, nested records, secret references), fills defaults, rejects unknown keys
+   (with a "did you mean" suggestion) and applies the field rules of
+   :mod:`.config_rules` (positive counts, fractions, URLs, ``host:port``).
+4. **Choose the runtime.** A deployment without ``runtime`` gets one from
+   :func:`.deployment.infer_runtime`; its ``runtime_config`` is then converted as that
+   runtime's record. A remote runtime without a key gets its standard environment variable,
+   made explicit as ``SecretRef.from_env(...)``.
+5. **Check.** Record checks (:func:`.config_rules.record_issues`: Azure, Vertex and
+   LiteLLM needs, budgets, backoff order) and checks across deployments
+   (:func:`_check_references`: unique names and aliases, fallbacks that exist).
+
+No step stops at the first problem: every issue is collected and one ``ConfigError`` lists
+them all. Secrets are not resolved here; they are read when used, so a configuration can be
+validated on a machine that does not hold the keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from rakka_inference.core.config_convert import (
+    INVALID,
+    Converter,
+    Issues,
+    describe_kind,
+    init_fields,
+)
+from rakka_inference.core.config_lines import FieldPath, LineLocator
+from rakka_inference.core.config_rules import suggest
+from rakka_inference.core.deployment import (
+    CapacityPolicy,
+    ClusterConfig,
+    Config,
+    Deployment,
+    GeminiConfig,
+    OpenAIConfig,
+    RemoteRuntimeConfig,
+    RuntimeConfig,
+    RuntimeKind,
+    Serving,
+    default_credential_env,
+    infer_runtime,
+    runtime_config_type,
+)
+from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.secrets import SecretRef
+
+__all__ = [
+    "LoadedConfig",
+    "load_config",
+    "load_config_report",
+    "parse_config",
+    "parse_config_report",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A configuration with the facts of how it was read, for summaries (``rakka validate``)."""
+
+    config: Config
+    source: str
+    inferred_runtimes: frozenset[str] = frozenset()
+    """Deployments whose ``runtime`` was inferred from the model name."""
+    default_credentials: frozenset[str] = frozenset()
+    """Deployments whose ``api_key`` is the runtime's standard environment variable."""
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML configuration file. Raises :class:`ConfigError`."""
+    return load_config_report(path, environ).config
+
+
+def parse_config(
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Validate TOML text. Relative ``from_file`` paths resolve against ``base_dir`` (or cwd)."""
+    return parse_config_report(text, source, environ, base_dir=base_dir).config
+
+
+def load_config_report(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """:func:`load_config`, with the facts of how the configuration was read."""
+    file = Path(path)
+    source = os.fspath(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([ConfigIssue(source, "", f"cannot read the file: {reason}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(source, "", "the file is not UTF-8 text")]) from None
+    return parse_config_report(text, source, environ, base_dir=file.absolute().parent)
+
+
+def parse_config_report(
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> LoadedConfig:
+    """:func:`parse_config`, with the facts of how the configuration was read."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_issue(source, text, str(exc))]) from None
+    issues = Issues(source, LineLocator(text))
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    loader = _Loader(issues, Converter(issues, base), os.environ if environ is None else environ)
+    config = loader.load(document)
+    if issues.found or config is None:
+        raise ConfigError(issues.sorted())
+    return LoadedConfig(config, source, frozenset(loader.inferred), frozenset(loader.defaulted))
+
+
+_SYNTAX_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
+def _syntax_issue(source: str, text: str, message: str) -> ConfigIssue:
+    match = _SYNTAX_POSITION.search(message)
+    if match is None:
+        return ConfigIssue(source, "", f"TOML syntax error: {message}")
+    reason = message[: match.start()]
+    if match.group(1) is None:
+        return ConfigIssue(
+            source, "", f"TOML syntax error: {reason} (at end of document)", len(text.splitlines())
+        )
+    return ConfigIssue(
+        source, "", f"TOML syntax error: {reason} (column {match.group(2)})", int(match.group(1))
+    )
+
+
+_TOP_LEVEL: Final = ("cluster", "deployment")
+
+
+def _runtime_keys(*, remote: bool) -> frozenset[str]:
+    kinds = (kind for kind in RuntimeKind if kind.is_remote == remote)
+    return frozenset(name for kind in kinds for name in init_fields(runtime_config_type(kind)))
+
+
+# Named in a local runtime's table, these get an explanation rather than "unknown key".
+_REMOTE_ONLY_KEYS: Final = _runtime_keys(remote=True) - _runtime_keys(remote=False)
+
+
+_Remote = TypeVar("_Remote", bound=RemoteRuntimeConfig)
+
+
+@dataclass(slots=True)
+class _References:
+    """What the checks across deployments need from one ``[[deployment]]`` table."""
+
+    index: int
+    name: str | None
+    aliases: tuple[str, ...]
+    fallbacks: tuple[str, ...]
+    capacity: CapacityPolicy | None
+
+
+class _Loader:
+    """Builds a :class:`Config` from a parsed document, recording every issue."""
+
+    def __init__(self, issues: Issues, convert: Converter, environ: Mapping[str, str]) -> None:
+        self._issues = issues
+        self._convert = convert
+        self._environ = environ
+        self.inferred: set[str] = set()
+        self.defaulted: set[str] = set()
+
+    def load(self, document: dict[str, Any]) -> Config | None:
+        for key in document:
+            if key not in _TOP_LEVEL:
+                self._issues.add((key,), f"unknown key {key!r}{suggest(key, _TOP_LEVEL)}")
+        cluster = self._convert.record(
+            ClusterConfig, document.get("cluster", {}), ("cluster",), base=ClusterConfig()
+        )
+        tables = document.get("deployment", [])
+        if not isinstance(tables, list):
+            self._issues.add(
+                ("deployment",),
+                f"expected an array of tables ([[deployment]]), got {describe_kind(tables)}",
+            )
+            tables = []
+        references: list[_References] = []
+        deployments = [self._deployment(raw, i, references) for i, raw in enumerate(tables)]
+        _check_references(references, self._issues)
+        built = [deployment for deployment in deployments if deployment is not None]
+        if cluster is INVALID or len(built) != len(deployments):
+            return None
+        return Config(cluster=cluster, deployments=tuple(built))
+
+    def _deployment(
+        self, raw: object, index: int, references: list[_References]
+    ) -> Deployment | None:
+        path: FieldPath = ("deployment", index)
+        values: dict[str, Any] = {}
+        converted = self._convert.fields(
+            Deployment, raw, path, skip=frozenset({"runtime", "runtime_config"}), partial=values
+        )
+        if not isinstance(raw, dict):
+            return None
+        serving = values.get("serving")
+        references.append(
+            _References(
+                index,
+                values.get("name"),
+                values.get("aliases", ()),
+                values.get("fallbacks", ()),
+                serving.on_capacity_exhausted if isinstance(serving, Serving) else None,
+            )
+        )
+        runtime_config_raw = raw.get("runtime_config", {})
+        runtime = self._runtime(raw, values.get("model"), runtime_config_raw, path)
+        if runtime is None:
+            return None
+        inferred = "runtime" not in raw
+        runtime_config = self._runtime_config(
+            runtime,
+            runtime_config_raw,
+            (*path, "runtime_config"),
+            values.get("model") if inferred else None,
+        )
+        if converted is None or runtime_config is None:
+            return None
+        name = converted["name"]
+        if inferred:
+            self.inferred.add(name)
+        if isinstance(runtime_config, RemoteRuntimeConfig) and runtime_config.api_key is None:
+            runtime_config = self._default_api_key(runtime, runtime_config, name)
+        return Deployment(**converted, runtime=runtime, runtime_config=runtime_config)
+
+    def _runtime(
+        self, raw: dict[str, Any], model: str | None, runtime_config: object, path: FieldPath
+    ) -> RuntimeKind | None:
+        if "runtime" in raw:
+            runtime = self._convert.value(RuntimeKind, raw["runtime"], (*path, "runtime"))
+            return None if runtime is INVALID else runtime
+        if model is None:
+            return None  # the missing or invalid model is already an issue
+        table = runtime_config if isinstance(runtime_config, dict) else {}
+        return infer_runtime(model, lambda kind: self._has_credentials(kind, table))
+
+    def _has_credentials(self, runtime: RuntimeKind, table: dict[str, Any]) -> bool:
+        variant = table.get("variant")
+        variant = variant if isinstance(variant, str) else None
+        if "api_key" in table:
+            return True
+        if runtime is RuntimeKind.GEMINI and variant == "vertex" and "credentials" in table:
+            return True
+        if runtime is RuntimeKind.OPENAI and variant == "azure" and "azure_ad_token" in table:
+            return True
+        env = default_credential_env(runtime, variant)
+        return bool(env and self._environ.get(env))
+
+    def _runtime_config(
+        self, runtime: RuntimeKind, raw: object, path: FieldPath, inferred_from: str | None
+    ) -> RuntimeConfig | None:
+        """``inferred_from``: the model name, when the runtime was inferred from it."""
+        cls = runtime_config_type(runtime)
+        context = f" for runtime {runtime.value!r}"
+        if not runtime.is_remote and isinstance(raw, dict):
+            remote_keys = frozenset(key for key in raw if key in _REMOTE_ONLY_KEYS)
+            for key in remote_keys:
+                self._issues.add((*path, key), _remote_only(key, runtime, inferred_from))
+            if remote_keys:
+                self._convert.fields(cls, raw, path, skip=remote_keys, context=context)
+                return None
+        record = self._convert.record(cls, raw, path, context=context)
+        return None if record is INVALID else record
+
+    def _default_api_key(self, runtime: RuntimeKind, config: _Remote, name: str) -> _Remote:
+        if isinstance(config, GeminiConfig) and config.variant == "vertex":
+            return config  # Vertex authenticates with `credentials`, required above
+        if isinstance(config, OpenAIConfig) and config.azure_ad_token is not None:
+            return config
+        env = default_credential_env(runtime, getattr(config, "variant", None))
+        assert env is not None, "every remote runtime has a standard key variable"
+        self.defaulted.add(name)
+        return dataclasses.replace(config, api_key=SecretRef.from_env(env))
+
+
+def _remote_only(key: str, runtime: RuntimeKind, inferred_from: str | None) -> str:
+    message = f"{key!r} is a remote-runtime setting, but the runtime is {runtime.value!r}"
+    candidate = infer_runtime(inferred_from or "", lambda _kind: True)
+    if inferred_from is None or not candidate.is_remote:
+        return message
+    env = default_credential_env(candidate)
+    return (
+        f"{message}, inferred from model {inferred_from!r} because no {candidate.value} "
+        f"credentials are configured (set {env} or runtime_config.api_key, or runtime = "
+        f"{candidate.value!r})"
+    )
+
+
+def _check_references(references: list[_References], issues: Issues) -> None:
+    """Names and aliases unique; fallbacks name other, existing deployments."""
+    first: dict[str, int] = {}
+    for ref in references:
+        if ref.name is None:
+            continue
+        if ref.name in first:
+            issues.add(
+                ("deployment", ref.index, "name"),
+                f"duplicate deployment name {ref.name!r} (first used by "
+                f"deployment[{first[ref.name]}])",
+            )
+        else:
+            first[ref.name] = ref.index
+    alias_owner: dict[str, str] = {}
+    for ref in references:
+        owner = ref.name if ref.name is not None else f"deployment[{ref.index}]"
+        for position, alias in enumerate(ref.aliases):
+            path = ("deployment", ref.index, "aliases", position)
+            if alias in first:
+                issues.add(path, f"alias {alias!r} clashes with the deployment named {alias!r}")
+            elif alias in alias_owner:
+                issues.add(path, f"alias {alias!r} is already used by {alias_owner[alias]!r}")
+            else:
+                alias_owner[alias] = owner
+        for position, fallback in enumerate(ref.fallbacks):
+            path = ("deployment", ref.index, "fallbacks", position)
+            if fallback == ref.name:
+                issues.add(path, "a deployment cannot fall back to itself")
+            elif fallback not in first:
+                hint = suggest(fallback, first)
+                issues.add(path, f"fallback {fallback!r} is not a deployment{hint}")
+        if ref.capacity is CapacityPolicy.FALLBACK and not ref.fallbacks:
+            issues.add(
+                ("deployment", ref.index, "serving", "on_capacity_exhausted"),
+                "'fallback' needs a non-empty fallbacks list on the deployment",
+            )

@@ -1,0 +1,200 @@
+"""The rules a configuration's values must follow beyond their types.
+
+Two kinds, both pure functions over already-typed values:
+
+- **field rules** (:func:`rule_for`): one value on its own — a count is positive, a
+  fraction is in (0, 1], an endpoint is an http(s) URL, ``bind`` is ``host:port``. They are
+  declared per record in one table and looked up along the record's MRO, so the rules of
+  :class:`~.deployment.RemoteRuntimeConfig` apply to every remote provider;
+- **record checks** (:func:`record_issues`): several fields of one record together — an
+  Azure deployment names its resource, deployment and API version; a Vertex one its
+  project, region and credentials; a budget sets at least one limit.
+
+Each returns messages; the loader attaches them to field paths and lines.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
+
+from rakka_inference.core.deployment import (
+    AnthropicConfig,
+    Budget,
+    CircuitBreakerConfig,
+    ClusterConfig,
+    Deployment,
+    GeminiConfig,
+    LiteLLMConfig,
+    ModelPrice,
+    OpenAIConfig,
+    RateLimits,
+    RemoteRuntimeConfig,
+    RetryPolicy,
+    SentenceTransformersConfig,
+    Serving,
+    Timeouts,
+    TransformersConfig,
+    VllmConfig,
+)
+
+__all__ = ["FieldRule", "record_issues", "rule_for", "suggest"]
+
+FieldRule: TypeAlias = Callable[[Any], str | None]
+"""Takes a converted value; returns what is wrong with it, or ``None``."""
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` when one of ``choices`` is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _greater_than(bound: float) -> FieldRule:
+    return lambda value: None if value > bound else f"must be > {bound}, got {value}"
+
+
+def _at_least(bound: float) -> FieldRule:
+    return lambda value: None if value >= bound else f"must be >= {bound}, got {value}"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _non_empty_items(values: tuple[str, ...]) -> str | None:
+    return None if all(item.strip() for item in values) else "must not contain empty names"
+
+
+def _http_url(value: str) -> str | None:
+    # The value is not echoed: a URL may carry credentials in its user-info part.
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return "must be an http:// or https:// URL with a host"
+
+
+def _host_port(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return f"must be host:port, such as '127.0.0.1:8080' or '[::1]:8080', got {value!r}"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host} is not an IPv6 address"
+    elif ":" in host:
+        return "an IPv6 address must be in brackets, such as '[::1]:8080'"
+    if not 1 <= int(port) <= 65535:
+        return f"port must be in 1..65535, got {int(port)}"
+    return None
+
+
+_POSITIVE: Final = _greater_than(0)
+_NON_NEGATIVE: Final = _at_least(0)
+
+_FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
+    ClusterConfig: {"name": _non_empty, "bind": _host_port},
+    Deployment: {
+        "name": _non_empty,
+        "model": _non_empty,
+        "replicas": _at_least(1),
+        "aliases": _non_empty_items,
+        "fallbacks": _non_empty_items,
+    },
+    RemoteRuntimeConfig: {"endpoint": _http_url},
+    AnthropicConfig: {"max_tokens_default": _POSITIVE},
+    RateLimits: dict.fromkeys(
+        ("requests_per_minute", "tokens_per_minute", "concurrent_requests", "sync_interval_ms"),
+        _POSITIVE,
+    ),
+    RetryPolicy: {
+        "max_retries": _NON_NEGATIVE,
+        "initial_backoff_ms": _POSITIVE,
+        "max_backoff_ms": _POSITIVE,
+        "backoff_multiplier": _at_least(1),
+        "max_retry_after_ms": _NON_NEGATIVE,
+    },
+    CircuitBreakerConfig: {
+        "failure_threshold": _POSITIVE,
+        "open_duration_ms": _POSITIVE,
+        "max_open_duration_ms": _POSITIVE,
+        "half_open_max_probes": _POSITIVE,
+        "failure_rate_threshold": _fraction,
+        "failure_rate_window_ms": _POSITIVE,
+        "failure_rate_min_calls": _POSITIVE,
+    },
+    Timeouts: dict.fromkeys(
+        ("connect_timeout_ms", "request_timeout_ms", "read_timeout_ms", "total_timeout_ms"),
+        _POSITIVE,
+    ),
+    Serving: {
+        "max_concurrent": _POSITIVE,
+        "queue_capacity": _NON_NEGATIVE,
+        "queue_timeout_ms": _NON_NEGATIVE,
+    },
+    Budget: {"max_spend_per_hour": _POSITIVE, "max_spend_per_day": _POSITIVE},
+    ModelPrice: dict.fromkeys(
+        ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok"), _NON_NEGATIVE
+    ),
+    VllmConfig: {
+        "tensor_parallel_size": _POSITIVE,
+        "gpu_memory_utilization": _fraction,
+        "max_model_len": _POSITIVE,
+    },
+    TransformersConfig: {"max_new_tokens_default": _POSITIVE},
+    SentenceTransformersConfig: {"batch_size": _POSITIVE},
+}
+
+
+def rule_for(cls: type, name: str) -> FieldRule | None:
+    """The rule for field ``name`` of record ``cls`` (or of one of its bases), if any."""
+    for klass in cls.__mro__:
+        rule = _FIELD_RULES.get(klass, {}).get(name)
+        if rule is not None:
+            return rule
+    return None
+
+
+def record_issues(record: object) -> Iterator[tuple[str | None, str]]:
+    """What is wrong across the fields of one record: ``(field, message)`` pairs.
+
+    ``field`` is ``None`` when the issue belongs to the record as a whole.
+    """
+    match record:
+        case RetryPolicy() if record.max_backoff_ms < record.initial_backoff_ms:
+            yield "max_backoff_ms", f"must be >= initial_backoff_ms ({record.initial_backoff_ms})"
+        case CircuitBreakerConfig() if record.max_open_duration_ms < record.open_duration_ms:
+            yield "max_open_duration_ms", f"must be >= open_duration_ms ({record.open_duration_ms})"
+        case Budget() if record.max_spend_per_hour is None and record.max_spend_per_day is None:
+            yield None, "set max_spend_per_hour and/or max_spend_per_day"
+        case OpenAIConfig():
+            yield from _variant_fields(
+                record, "azure", ("resource", "deployment", "api_version"), ("azure_ad_token",)
+            )
+        case GeminiConfig():
+            yield from _variant_fields(record, "vertex", ("project", "region", "credentials"), ())
+        case LiteLLMConfig() if record.endpoint is None:
+            yield "endpoint", "is required: the URL of the LiteLLM proxy"
+
+
+def _variant_fields(
+    record: OpenAIConfig | GeminiConfig,
+    variant: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+) -> Iterator[tuple[str | None, str]]:
+    """The variant's fields are set when it is chosen, and left out when it is not."""
+    for name in required:
+        if record.variant == variant and getattr(record, name) is None:
+            yield name, f"is required when variant = {variant!r}"
+    for name in required + optional:
+        if record.variant != variant and getattr(record, name) is not None:
+            yield name, f"applies only to variant = {variant!r} (variant is {record.variant!r})"
