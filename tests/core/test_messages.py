@@ -20,12 +20,9 @@ from rakka_inference.core.messages import (
     Role,
     SamplingParams,
     TextPart,
-    ToolCall,
-    ToolChoice,
-    ToolChoiceMode,
-    ToolDefinition,
     new_request_id,
 )
+from rakka_inference.core.tools import ToolCall, ToolChoice, ToolChoiceMode, ToolDefinition
 from rakka_inference.core.usage import Usage
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\nfake"

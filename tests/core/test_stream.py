@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from rakka_inference.core.errors import ProtocolError
-from rakka_inference.core.messages import ToolCall
 from rakka_inference.core.stream import (
     ChatCompletion,
     ChunkAggregator,
@@ -15,6 +14,7 @@ from rakka_inference.core.stream import (
     aggregate,
     collect,
 )
+from rakka_inference.core.tools import ToolCall
 from rakka_inference.core.usage import Usage
 
 

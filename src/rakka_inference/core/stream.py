@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 
 from rakka_inference.core.errors import ProtocolError
-from rakka_inference.core.messages import ToolCall
+from rakka_inference.core.tools import ToolCall
 from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
 
 __all__ = [
