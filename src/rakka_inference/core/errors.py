@@ -37,6 +37,7 @@ The tree::
         │   ├── Forbidden            403                         no     no       403
         │   ├── UpstreamNotFound     404 from the provider       no     no       502
         │   ├── Conflict             409                         yes    no       502
+        │   ├── QuotaExhausted       billing quota used up       no     no       429
         │   └── ProtocolError        malformed response/stream   no     yes      502
         ├── Refused                  we declined before calling upstream
         │   ├── RateLimitExceeded    no permit in time                   no  no  429
@@ -99,6 +100,7 @@ __all__ = [
     "Forbidden",
     "UpstreamNotFound",
     "Conflict",
+    "QuotaExhausted",
     "ProtocolError",
     "Refused",
     "RateLimitExceeded",
@@ -377,6 +379,18 @@ class UpstreamNotFound(UpstreamError):
 class Conflict(UpstreamError):
     retryable = True
     openai_code = "upstream_conflict"
+
+
+class QuotaExhausted(UpstreamError):
+    """The account's quota or credit is used up (OpenAI ``insufficient_quota``).
+
+    A 429 on the wire, but retrying cannot help: it is not retried, and it does not lower
+    the rate limiter's rate.
+    """
+
+    http_status = 429
+    openai_type = "insufficient_quota"
+    openai_code = "insufficient_quota"
 
 
 class ProtocolError(UpstreamError):

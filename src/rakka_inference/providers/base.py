@@ -1,0 +1,75 @@
+"""The one protocol every provider adapter implements.
+
+An adapter knows one wire format and nothing else: no sockets, no retries, no limits. The
+remote engine calls it inline on the hot path:
+
+1. :meth:`ProviderAdapter.build_request` turns a provider-neutral
+   :class:`~rakka_inference.core.messages.ChatRequest` and the current credential into an
+   :class:`~rakka_inference.remote.transport.HttpRequest` (URL, headers, body). Keys go in
+   headers, never in the URL.
+2. For a unary answer, :meth:`ProviderAdapter.parse_response` turns the body into chunks.
+3. For a stream, :meth:`ProviderAdapter.stream_parser` gives a fresh, stateful
+   :class:`StreamParser` that turns SSE events into chunks, and says when the provider's
+   end-of-stream marker arrived.
+4. :meth:`ProviderAdapter.refine_error` sharpens the generic HTTP classification with what
+   the provider's error body says (a context-length error, a content filter, a quota).
+5. It holds its runtime config and its price table.
+
+Chunks follow :mod:`rakka_inference.core.stream`: ``usage`` is an increment, tool calls
+arrive as indexed fragments. An event type an adapter does not know is skipped (and logged
+at debug level), never a crash; a malformed event is a
+:class:`~rakka_inference.core.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from rakka_inference.core.deployment import ModelPrice
+from rakka_inference.core.errors import InferenceError
+from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.secrets import Secret
+from rakka_inference.core.stream import TokenChunk
+from rakka_inference.remote.sse import SseEvent
+from rakka_inference.remote.transport import HttpRequest
+
+__all__ = ["ProviderAdapter", "StreamParser"]
+
+
+class StreamParser(Protocol):
+    """Per-stream state: SSE events in, chunks out."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the provider's end-of-stream marker has arrived."""
+        ...
+
+    def feed(self, event: SseEvent) -> list[TokenChunk]:
+        """The chunks one event carries (often one, sometimes none)."""
+        ...
+
+
+class ProviderAdapter(Protocol):
+    """One provider's wire format."""
+
+    @property
+    def provider(self) -> str:
+        """The provider's name, for errors, metrics and the circuit breaker key."""
+        ...
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL; with ``provider`` it keys the circuit breaker."""
+        ...
+
+    def build_request(self, request: ChatRequest, credential: Secret) -> HttpRequest: ...
+
+    def parse_response(self, body: bytes) -> list[TokenChunk]: ...
+
+    def stream_parser(self) -> StreamParser: ...
+
+    def refine_error(self, error: InferenceError, body: bytes) -> InferenceError: ...
+
+    def price(self) -> ModelPrice | None:
+        """The price of the deployment's model: the override, else the table's, else None."""
+        ...

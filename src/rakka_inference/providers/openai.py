@@ -1,0 +1,370 @@
+"""OpenAI chat completions, Azure OpenAI, and any OpenAI-compatible endpoint.
+
+Request: ``POST {endpoint}/chat/completions`` with a bearer key (plus the optional
+``OpenAI-Organization`` / ``OpenAI-Project`` headers). Azure: ``POST
+https://{resource}.openai.azure.com/openai/deployments/{deployment}/chat/completions
+?api-version=...`` with the ``api-key`` header, or an Entra ID bearer token when
+``azure_ad_token`` is configured.
+
+Streams ask for ``stream_options.include_usage`` so the usage in the final chunk is exact.
+The stream ends with ``data: [DONE]``.
+
+Error refinement on top of the generic HTTP classification: ``context_length_exceeded``
+→ ContextLengthExceeded; ``content_filter`` (and Azure's ``ResponsibleAIPolicyViolation``
+inner error) → ContentFiltered; ``insufficient_quota`` → QuotaExhausted, which is not
+retried (more attempts cannot buy credit).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from rakka_inference.core.deployment import ModelPrice, OpenAIConfig, RemoteRuntimeConfig
+from rakka_inference.core.errors import (
+    BadRequest,
+    ContentFiltered,
+    ContextLengthExceeded,
+    InferenceError,
+    ProtocolError,
+    QuotaExhausted,
+    ServerError,
+)
+from rakka_inference.core.messages import ChatMessage, ChatRequest, ImagePart, TextPart
+from rakka_inference.core.pricing import PriceTable, resolve_price
+from rakka_inference.core.secrets import Secret
+from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
+from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
+from rakka_inference.core.usage import Usage
+from rakka_inference.remote.sse import SseEvent
+from rakka_inference.remote.transport import HttpRequest
+
+__all__ = ["OpenAIAdapter", "OpenAIStreamParser", "openai_usage"]
+
+log = logging.getLogger("rakka_inference.providers.openai")
+
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"
+
+_FINISH_REASONS: Mapping[str, FinishReason] = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+
+class OpenAIAdapter:
+    """The OpenAI wire format for one deployment's model."""
+
+    def __init__(
+        self,
+        config: OpenAIConfig,
+        model: str,
+        *,
+        provider: str | None = None,
+        price_override: ModelPrice | None = None,
+        prices: PriceTable | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self._provider = provider or ("azure" if config.variant == "azure" else "openai")
+        self._price = resolve_price(model, price_override, prices)
+        self._azure = config.variant == "azure"
+        if self._azure:
+            base = config.endpoint or f"https://{config.resource}.openai.azure.com"
+            self._url = (
+                f"{base.rstrip('/')}/openai/deployments/{config.deployment}"
+                f"/chat/completions?api-version={config.api_version}"
+            )
+        else:
+            self._url = f"{(config.endpoint or DEFAULT_ENDPOINT).rstrip('/')}/chat/completions"
+        self._static_headers = {"content-type": "application/json"}
+        if not self._azure:
+            if config.organization:
+                self._static_headers["openai-organization"] = config.organization
+            if config.project:
+                self._static_headers["openai-project"] = config.project
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    @property
+    def endpoint(self) -> str:
+        return self._url.split("?", 1)[0]
+
+    @property
+    def runtime_config(self) -> RemoteRuntimeConfig:
+        return self.config
+
+    def price(self) -> ModelPrice | None:
+        return self._price
+
+    # ------------------------------------------------------------------ request
+
+    def build_request(self, request: ChatRequest, credential: Secret) -> HttpRequest:
+        headers = dict(self._static_headers)
+        if self._azure and self.config.azure_ad_token is None:
+            headers["api-key"] = credential.expose()
+        else:
+            headers["authorization"] = f"Bearer {credential.expose()}"
+        body = orjson.dumps(self.request_body(request))
+        return HttpRequest("POST", self._url, headers, body)
+
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body for ``request`` (exposed for tests and the LiteLLM adapter)."""
+        sampling = request.sampling
+        if sampling.n != 1:
+            raise BadRequest("only n = 1 is supported", param="n")
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_message(m) for m in request.messages],
+        }
+        if sampling.temperature is not None:
+            body["temperature"] = sampling.temperature
+        if sampling.top_p is not None:
+            body["top_p"] = sampling.top_p
+        if sampling.max_tokens is not None:
+            # OpenAI's own API wants the newer name (reasoning models refuse max_tokens);
+            # Azure and OpenAI-compatible servers all understand the older one.
+            name = "max_tokens" if self._azure or self.config.endpoint else "max_completion_tokens"
+            body[name] = sampling.max_tokens
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.presence_penalty is not None:
+            body["presence_penalty"] = sampling.presence_penalty
+        if sampling.frequency_penalty is not None:
+            body["frequency_penalty"] = sampling.frequency_penalty
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        **({"description": tool.description} if tool.description else {}),
+                        "parameters": dict(tool.parameters),
+                        **({"strict": tool.strict} if tool.strict is not None else {}),
+                    },
+                }
+                for tool in request.tools
+            ]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+        response_format = request.response_format
+        if response_format is not None and response_format.type != "text":
+            if response_format.type == "json_object":
+                body["response_format"] = {"type": "json_object"}
+            else:
+                schema: dict[str, Any] = {
+                    "name": response_format.schema_name,
+                    "schema": dict(response_format.json_schema or {}),
+                }
+                if response_format.strict is not None:
+                    schema["strict"] = response_format.strict
+                body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if request.user is not None:
+            body["user"] = request.user
+        if request.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    # ------------------------------------------------------------------ response
+
+    def parse_response(self, body: bytes) -> list[TokenChunk]:
+        document = _load(body, self._provider)
+        choices = document.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ProtocolError("response has no choices", provider=self._provider)
+        choice = choices[0]
+        message = choice.get("message") or {}
+        text = message.get("content") or message.get("refusal") or ""
+        reasoning = message.get("reasoning_content") or ""
+        calls = tuple(
+            ToolCallDelta(
+                index=index,
+                id=call.get("id"),
+                name=(call.get("function") or {}).get("name"),
+                arguments=(call.get("function") or {}).get("arguments") or "",
+            )
+            for index, call in enumerate(message.get("tool_calls") or ())
+        )
+        usage = document.get("usage")
+        return [
+            TokenChunk(
+                text=text,
+                reasoning=reasoning,
+                tool_calls=calls,
+                usage=openai_usage(usage) if isinstance(usage, dict) else None,
+                finish_reason=_finish(choice.get("finish_reason")),
+            )
+        ]
+
+    def stream_parser(self) -> OpenAIStreamParser:
+        return OpenAIStreamParser(self._provider)
+
+    # ------------------------------------------------------------------ errors
+
+    def refine_error(self, error: InferenceError, body: bytes) -> InferenceError:
+        detail = _error_detail(body)
+        if detail is None:
+            return error
+        code = str(detail.get("code") or "")
+        kind = str(detail.get("type") or "")
+        inner = detail.get("innererror")
+        inner_code = str(inner.get("code") or "") if isinstance(inner, dict) else ""
+        message = error.message
+        common: dict[str, Any] = {
+            "provider": error.provider,
+            "upstream_status": error.upstream_status,
+        }
+        if code == "context_length_exceeded":
+            return ContextLengthExceeded(message, param="messages", **common)
+        if (
+            code == "content_filter"
+            or inner_code == "ResponsibleAIPolicyViolation"
+            or code == "content_policy_violation"
+        ):
+            return ContentFiltered(message, **common)
+        if code == "insufficient_quota" or kind == "insufficient_quota":
+            return QuotaExhausted(message, **common)
+        return error
+
+
+class OpenAIStreamParser:
+    """Chat completion chunks to TokenChunks; ``data: [DONE]`` ends the stream."""
+
+    __slots__ = ("_provider", "done")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self.done = False
+
+    def feed(self, event: SseEvent) -> list[TokenChunk]:
+        raw = event.raw
+        if raw == b"[DONE]":
+            self.done = True
+            return []
+        document = _load(raw, self._provider)
+        error = document.get("error")
+        if isinstance(error, dict):
+            # An error in the middle of a stream (OpenAI sends these for server trouble).
+            raise ServerError(
+                f"stream error: {str(error.get('message') or 'unknown error')[:500]}",
+                provider=self._provider,
+            )
+        chunks: list[TokenChunk] = []
+        for choice in document.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            calls = delta.get("tool_calls")
+            chunk = TokenChunk(
+                text=delta.get("content") or delta.get("refusal") or "",
+                reasoning=delta.get("reasoning_content") or "",
+                tool_calls=tuple(_tool_delta(call) for call in calls) if calls else (),
+                finish_reason=_finish(choice.get("finish_reason")),
+            )
+            if not chunk.is_empty:
+                chunks.append(chunk)
+        usage = document.get("usage")
+        if isinstance(usage, dict):
+            chunks.append(TokenChunk(usage=openai_usage(usage)))
+        return chunks
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def openai_usage(usage: Mapping[str, Any]) -> Usage:
+    """OpenAI's usage object (also LiteLLM's and most compatible servers')."""
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+def _load(raw: bytes, provider: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(
+            f"malformed JSON from upstream ({len(raw)} bytes)", provider=provider
+        ) from None
+    if not isinstance(document, dict):
+        raise ProtocolError("upstream JSON is not an object", provider=provider)
+    return document
+
+
+def _error_detail(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        return document["error"]  # type: ignore[no-any-return]
+    return None
+
+
+def _finish(value: object) -> FinishReason | None:
+    if value is None:
+        return None
+    return _FINISH_REASONS.get(str(value), FinishReason.STOP)
+
+
+def _tool_delta(call: Mapping[str, Any]) -> ToolCallDelta:
+    function = call.get("function") or {}
+    return ToolCallDelta(
+        index=int(call.get("index", 0)),
+        id=call.get("id"),
+        name=function.get("name"),
+        arguments=function.get("arguments") or "",
+    )
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode is ToolChoiceMode.NAMED:
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode.value
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role.value}
+    content = message.content
+    if content is None or isinstance(content, str):
+        out["content"] = content
+    else:
+        out["content"] = [_part(part) for part in content]
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _part(part: TextPart | ImagePart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    image: dict[str, Any] = {"url": part.url}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
