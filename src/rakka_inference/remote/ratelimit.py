@@ -93,7 +93,6 @@ __all__ = [
     "Denial",
     "Permit",
     "PermitSource",
-    "KeyLimiter",
     "RateLimitUtilization",
     "AutoTune",
     "RateFactor",
@@ -245,10 +244,6 @@ class PermitSource(Protocol):
     def on_rate_limited(self, retry_after: float | None) -> None: ...
 
     def utilization(self) -> RateLimitUtilization: ...
-
-
-KeyLimiter = PermitSource
-"""What the remote engine holds for its key: any of the limiters below."""
 
 
 # --------------------------------------------------------------------------- policies
