@@ -1,0 +1,207 @@
+"""Choosing an :class:`~rakka_inference.remote.transport.HttpTransport`, and what the two
+implementations share.
+
+Two implementations sit behind the seam:
+
+- :class:`~rakka_inference.remote.http_aiohttp.AiohttpTransport` — aiohttp, HTTP/1.1;
+- :class:`~rakka_inference.remote.http_httpx.HttpxTransport` — httpx, HTTP/1.1 and, with the
+  ``h2`` package (``pip install 'rakka-inference[http2]'``), HTTP/2.
+
+How the four limits of :class:`~rakka_inference.core.deployment.Timeouts` are kept, the
+same way in both:
+
+=============  ==========================================================================
+phase          enforced by
+=============  ==========================================================================
+connect        the library's own connect timeout; it also bounds the wait for a free
+               pooled connection when ``max_connections`` are all busy
+first byte     one ``asyncio.timeout_at`` around ``send``, counted from the call (so it
+               includes connecting, as time-to-first-byte does for every client); the
+               library's read timer is *off* while the head is awaited
+between bytes  the library's own per-read timer, switched on with ``read_timeout_ms``
+               once the head has arrived (httpx: the request's timeout mapping, which
+               httpcore reads when the body read starts; aiohttp: the connection
+               protocol's ``read_timeout``). It costs nothing per chunk beyond what the
+               library pays anyway
+total          only when set: the same deadline bounds the head wait and then every body
+               read (one ``asyncio.timeout_at`` per read — the only per-chunk cost we add,
+               and only for deployments that ask for a total limit)
+=============  ==========================================================================
+
+The transports ignore proxy variables and ``.netrc`` in the environment unless built with
+``trust_env=True`` (aiohttp re-reads both on every request when trusting the environment),
+keep no cookies (one pool serves many callers), follow no redirects, and say
+``User-Agent: rakka-inference`` unless the request names its own.
+
+Which one is the default — measured with ``bench/http_transport.py``: client pinned to one
+core, a bare-asyncio server process (uvloop) on the other, every variant in the same run,
+in alternating rounds; CPU is ``time.process_time`` of the client per request, median of 5
+rounds; Python 3.11.7, httpx 0.28.1 (with sniffio), aiohttp 3.14.5, asyncio loop, on a
+shared 2-core VM whose absolute figures are slow and noisy (the ratios held across runs):
+
+=================================  ==========  ==========  ===============================
+per request, our transport on      httpx       aiohttp     aiohttp / httpx (uvloop run)
+=================================  ==========  ==========  ===============================
+unary, small JSON: client CPU      710 us      168 us      0.24x (0.29x)
+unary: latency p50                 730 us      180 us      0.25x (0.33x)
+unary, 32 in flight: client CPU    1350 us     94 us       0.07x (0.03x)
+20-chunk stream: client CPU        4660 us     2440 us     0.52x (0.38x)
+=================================  ==========  ==========  ===============================
+
+(The stream's latency is the server's 1 ms gap between chunks, the same for both.) Without
+the ``sniffio`` package, which recent anyio no longer pulls in, httpcore retries a failing
+import on every request and httpx's unary CPU grows by about half again (1160 us). Our
+layer over the bare library costs 4-16 % CPU on a unary request with aiohttp (one
+``asyncio.timeout_at``, about 5-6 us, is the largest part) and is within the noise on
+streams. A total limit adds one ``asyncio.timeout_at`` per body read: 5-6.5 us in
+isolation, 0-23 us per read in the (noisy) stream runs; with no total limit, nothing is
+added per chunk.
+
+So :func:`create_transport` returns the aiohttp transport unless HTTP/2 is asked for (only
+httpx speaks it) or ``prefer`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from rakka_inference.core.deployment import Timeouts
+from rakka_inference.core.errors import ConfigError, ConfigIssue, Timeout, TimeoutPhase
+from rakka_inference.remote.transport import HttpRequest, HttpTransport
+
+__all__ = [
+    "DEFAULT_KEEPALIVE_S",
+    "DEFAULT_MAX_CONNECTIONS",
+    "USER_AGENT",
+    "create_transport",
+    "Deadlines",
+    "lower_headers",
+    "timeout_error",
+    "describe",
+]
+
+DEFAULT_MAX_CONNECTIONS = 100
+"""Pooled connections per transport (both libraries' own default)."""
+
+DEFAULT_KEEPALIVE_S = 15.0
+"""How long an idle pooled connection is kept: below the 60 s idle cut of common balancers."""
+
+USER_AGENT = "rakka-inference"
+
+_TRANSPORTS = ("aiohttp", "httpx")
+
+
+def create_transport(
+    *,
+    http2: bool = False,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    prefer: str | None = None,
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    trust_env: bool = False,
+) -> HttpTransport:
+    """A new pooled transport.
+
+    ``http2=True`` needs httpx (aiohttp speaks HTTP/1.1 only) and the ``h2`` package; it
+    falls back to HTTP/1.1 where the server does not offer HTTP/2 through TLS ALPN.
+    ``prefer`` names the library (``"aiohttp"`` or ``"httpx"``); unset means the faster one
+    (see the module docstring). Each library is imported only when chosen.
+    """
+    if prefer is not None and prefer not in _TRANSPORTS:
+        raise ValueError(f"unknown HTTP transport {prefer!r}; choose one of {_TRANSPORTS}")
+    if http2 and prefer == "aiohttp":
+        raise ValueError("aiohttp speaks HTTP/1.1 only; http2 needs the httpx transport")
+    if http2 or prefer == "httpx":
+        try:
+            from rakka_inference.remote.http_httpx import HttpxTransport  # noqa: PLC0415
+        except ImportError as exc:  # httpx is an extra: rakka-inference[http2]
+            raise _missing("httpx", "http2") from exc
+        return HttpxTransport(
+            http2=http2,
+            max_connections=max_connections,
+            keepalive_s=keepalive_s,
+            trust_env=trust_env,
+        )
+    from rakka_inference.remote.http_aiohttp import AiohttpTransport  # noqa: PLC0415
+
+    return AiohttpTransport(
+        max_connections=max_connections, keepalive_s=keepalive_s, trust_env=trust_env
+    )
+
+
+def _missing(package: str, extra: str) -> ConfigError:
+    return ConfigError(
+        [
+            ConfigIssue(
+                source="runtime_config",
+                path="http2",
+                message=f"needs the {package} package: pip install 'rakka-inference[{extra}]'",
+            )
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """The deadlines of one exchange, in event-loop time (``loop.time()`` seconds)."""
+
+    head_at: float
+    """When the response head must have arrived: the first-byte or the total deadline."""
+    head_phase: TimeoutPhase
+    """Which of the two ``head_at`` is: ``FIRST_BYTE``, or ``TOTAL`` when that is sooner."""
+    total_at: float | None
+    """The whole exchange's deadline, when ``total_timeout_ms`` is set."""
+    connect_s: float
+    first_byte_s: float
+    read_s: float
+    total_s: float | None
+
+    @classmethod
+    def start(cls, timeouts: Timeouts, *, stream: bool, now: float) -> Deadlines:
+        first_byte_s = timeouts.first_byte_ms(streaming=stream) / 1000.0
+        head_at = now + first_byte_s
+        head_phase = TimeoutPhase.FIRST_BYTE
+        total_s = total_at = None
+        if timeouts.total_timeout_ms is not None:
+            total_s = timeouts.total_timeout_ms / 1000.0
+            total_at = now + total_s
+            if total_at <= head_at:
+                head_at, head_phase = total_at, TimeoutPhase.TOTAL
+        return cls(
+            head_at=head_at,
+            head_phase=head_phase,
+            total_at=total_at,
+            connect_s=timeouts.connect_timeout_ms / 1000.0,
+            first_byte_s=first_byte_s,
+            read_s=timeouts.read_timeout_ms / 1000.0,
+            total_s=total_s,
+        )
+
+
+def timeout_error(request: HttpRequest, phase: TimeoutPhase, deadlines: Deadlines) -> Timeout:
+    """The :class:`Timeout` for ``phase`` expiring on ``request``, naming the limit."""
+    limit = {
+        TimeoutPhase.CONNECT: ("no connection", deadlines.connect_s),
+        TimeoutPhase.FIRST_BYTE: ("no response head", deadlines.first_byte_s),
+        TimeoutPhase.BETWEEN_BYTES: ("no body bytes", deadlines.read_s),
+        TimeoutPhase.TOTAL: ("not complete", deadlines.total_s or 0.0),
+    }
+    what, seconds = limit.get(phase, ("timed out", 0.0))
+    return Timeout(f"{describe(request)}: {what} within {seconds * 1000:g} ms", phase=phase)
+
+
+def describe(request: HttpRequest) -> str:
+    """``METHOD URL`` for messages (URLs carry no credentials; headers are never shown)."""
+    return f"{request.method} {request.url}"
+
+
+def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Header pairs keyed in lower case; repeated fields are joined with ``", "`` (RFC 9110)."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value}"
+        else:
+            headers[key] = value
+    return headers

@@ -1,0 +1,296 @@
+"""The :class:`~rakka_inference.remote.transport.HttpTransport` on aiohttp (HTTP/1.1).
+
+How the phases map onto aiohttp (see :mod:`rakka_inference.remote.http` for the shared
+design): requests go out with ``ClientTimeout(connect=, sock_connect=)`` only, so aiohttp's
+read timer is off while the head is awaited and our first-byte deadline governs. Once the
+head is in and the body is not yet complete, the connection's protocol gets
+``read_timeout = read_timeout_ms`` and its timer is started: aiohttp re-arms it on every
+packet received, which is exactly the between-bytes limit, at no cost of ours per chunk.
+
+The session is opened on first use, inside the running event loop (aiohttp binds to it).
+
+Exceptions, translated once by :func:`translate_error`:
+
+=====================================================  ==================================
+aiohttp                                                ours
+=====================================================  ==================================
+``ConnectionTimeoutError``                             ``Timeout(CONNECT)``
+``ServerTimeoutError`` (``SocketTimeoutError``)        ``Timeout(FIRST_BYTE)`` before the
+                                                       head, ``Timeout(BETWEEN_BYTES)`` after
+our own deadline (``TimeoutError``)                    ``Timeout(FIRST_BYTE)`` or ``TOTAL``
+``ClientResponseError`` (malformed head)               ``ProtocolError``
+``InvalidURL``, ``NonHttpUrlClientError``,           ``InternalError`` — the request we
+``ValueError`` (an illegal header value)               built cannot be sent (not retried)
+``ClientConnectorError`` (refused, DNS, TLS),          ``NetworkError``
+``ServerDisconnectedError``, ``ClientPayloadError``
+(closed or reset mid-body), ``ClientOSError``,
+``OSError``, any other ``ClientError``
+=====================================================  ==================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+
+from rakka_inference.core.deployment import Timeouts
+from rakka_inference.core.errors import (
+    InferenceError,
+    InternalError,
+    NetworkError,
+    ProtocolError,
+    RequestCancelled,
+    TimeoutPhase,
+)
+from rakka_inference.remote.http import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    USER_AGENT,
+    Deadlines,
+    describe,
+    lower_headers,
+    timeout_error,
+)
+from rakka_inference.remote.transport import HttpRequest
+
+__all__ = ["AiohttpResponse", "AiohttpTransport", "translate_error"]
+
+_CAUGHT: tuple[type[Exception], ...] = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
+"""Everything aiohttp is known to raise (its timeouts are ``TimeoutError`` subclasses)."""
+
+_UNSENDABLE: tuple[type[Exception], ...] = (
+    aiohttp.InvalidURL,
+    aiohttp.NonHttpUrlClientError,
+    ValueError,
+)
+
+
+class AiohttpTransport:
+    """A pooled aiohttp session with phase-split timeouts and typed errors."""
+
+    __slots__ = (
+        "_closed",
+        "_keepalive_s",
+        "_max_connections",
+        "_session",
+        "_timeouts",
+        "_trust_env",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        trust_env: bool = False,
+    ) -> None:
+        self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
+        self._trust_env = trust_env
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._closed = False
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RequestCancelled("the HTTP transport was closed")
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            keepalive_timeout=self._keepalive_s,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),  # one pool serves many callers
+            trust_env=self._trust_env,
+            headers={"User-Agent": USER_AGENT},
+            raise_for_status=False,
+        )
+        return self._session
+
+    def _client_timeout(self, connect_s: float) -> aiohttp.ClientTimeout:
+        # No read limit here: the head is under our deadline, the body's is set per response.
+        timeout = self._timeouts.get(connect_s)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s)
+            self._timeouts[connect_s] = timeout
+        return timeout
+
+    async def send(
+        self, request: HttpRequest, timeouts: Timeouts, *, stream: bool
+    ) -> AiohttpResponse:
+        """Send ``request`` and wait for the response head (first byte)."""
+        session = self._session or self._open()
+        deadlines = Deadlines.start(timeouts, stream=stream, now=asyncio.get_running_loop().time())
+        try:
+            async with asyncio.timeout_at(deadlines.head_at):
+                response = await session.request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    data=request.body or None,
+                    timeout=self._client_timeout(deadlines.connect_s),
+                    allow_redirects=False,
+                )
+        except _CAUGHT as exc:
+            raise translate_error(
+                exc, request, read_phase=TimeoutPhase.FIRST_BYTE, deadlines=deadlines
+            ) from _cause(exc)
+        connection = response.connection
+        if connection is not None and not response.content.is_eof():
+            protocol = connection.protocol
+            if protocol is not None:
+                protocol.read_timeout = deadlines.read_s
+                protocol.start_timeout()
+        return AiohttpResponse(response, request, deadlines)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def __repr__(self) -> str:
+        return "AiohttpTransport()"
+
+
+class AiohttpResponse:
+    """A response whose head has arrived; the body is read under the between-bytes limit."""
+
+    __slots__ = ("_closed", "_content", "_deadlines", "_headers", "_request", "_response")
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, request: HttpRequest, deadlines: Deadlines
+    ) -> None:
+        self._response = response
+        self._content = response.content
+        self._request = request
+        self._deadlines = deadlines
+        self._headers: dict[str, str] | None = None
+        self._closed = False
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            self._headers = lower_headers(self._response.headers.items())
+        return self._headers
+
+    async def read(self) -> bytes:
+        """The whole body, under the between-bytes and total limits."""
+        self._check_open()
+        try:
+            total_at = self._deadlines.total_at
+            if total_at is None:
+                return await self._response.read()
+            async with asyncio.timeout_at(total_at):
+                return await self._response.read()
+        except _CAUGHT as exc:
+            raise self._translate(exc) from _cause(exc)
+
+    def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive, under the between-bytes and total limits."""
+        self._check_open()
+        return _Chunks(self)
+
+    async def _next_chunk(self) -> bytes:
+        self._check_open()
+        try:
+            total_at = self._deadlines.total_at
+            if total_at is None:
+                data = await self._content.readany()
+            else:
+                async with asyncio.timeout_at(total_at):
+                    data = await self._content.readany()
+        except _CAUGHT as exc:
+            raise self._translate(exc) from _cause(exc)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    def _translate(self, exc: Exception) -> InferenceError:
+        return translate_error(
+            exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RequestCancelled(f"{describe(self._request)}: the response was closed")
+
+    async def aclose(self) -> None:
+        """Release the connection; if the body was not fully read, close it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._content.is_eof():
+            self._response.release()  # complete: back to the pool
+        else:
+            self._response.close()  # the upstream sees the request end
+
+    def __repr__(self) -> str:
+        return f"AiohttpResponse({self.status}, {self._request!r})"
+
+
+class _Chunks:
+    """``iter_bytes()``: a plain async iterator, so breaking out of a loop leaves no
+    half-finished async generator behind for the event loop to finalize."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: AiohttpResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._response._next_chunk()
+
+
+def translate_error(
+    exc: BaseException,
+    request: HttpRequest,
+    *,
+    read_phase: TimeoutPhase,
+    deadlines: Deadlines,
+) -> InferenceError:
+    """Our typed error for an exception met while sending ``request``.
+
+    ``read_phase`` says what a library read timeout means where it struck (``FIRST_BYTE``
+    while waiting for the head, ``BETWEEN_BYTES`` in the body); a plain ``TimeoutError`` is
+    our own ``asyncio`` deadline: ``deadlines.head_phase`` before the head, ``TOTAL`` after.
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return timeout_error(request, TimeoutPhase.CONNECT, deadlines)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return timeout_error(request, read_phase, deadlines)
+    if isinstance(exc, TimeoutError):
+        head = read_phase is TimeoutPhase.FIRST_BYTE
+        return timeout_error(
+            request, deadlines.head_phase if head else TimeoutPhase.TOTAL, deadlines
+        )
+    where = describe(request)
+    if isinstance(exc, _UNSENDABLE):
+        return InternalError(f"{where}: the request cannot be sent as built ({_name(exc)})")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProtocolError(f"{where}: malformed response ({_name(exc)})")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        detail = f": {exc}" if str(exc) else ""
+        return NetworkError(f"{where}: {_name(exc)}{detail}")
+    return InternalError(f"{where}: unexpected {_name(exc)}")
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    # The text of a header-validation error may quote the value (a credential).
+    return None if isinstance(exc, _UNSENDABLE) else exc
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__

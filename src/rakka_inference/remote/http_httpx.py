@@ -1,0 +1,299 @@
+"""The :class:`~rakka_inference.remote.transport.HttpTransport` on httpx (HTTP/1.1, HTTP/2).
+
+How the phases map onto httpx (see :mod:`rakka_inference.remote.http` for the shared
+design): each request carries its own timeout mapping in ``extensions["timeout"]``, a dict
+this module builds and owns. It starts with ``read`` unset, so the head is bounded only by
+our first-byte deadline; once the head is in, ``read`` becomes ``read_timeout_ms``, which
+httpcore looks up when the body read begins (HTTP/1.1) or on every read (HTTP/2). That keeps
+the between-bytes limit on httpcore's own per-read timer, with no second timer per chunk.
+
+Exceptions, translated once by :func:`translate_error`:
+
+====================================================  ==================================
+httpx                                                 ours
+====================================================  ==================================
+``ConnectTimeout``, ``PoolTimeout``                   ``Timeout(CONNECT)``
+``ReadTimeout``, ``WriteTimeout``                     ``Timeout(FIRST_BYTE)`` before the
+                                                      head, ``Timeout(BETWEEN_BYTES)`` after
+our own deadline (``TimeoutError``)                   ``Timeout(FIRST_BYTE)`` or ``TOTAL``
+``DecodingError`` (bad gzip/deflate/...)              ``ProtocolError``
+``UnsupportedProtocol``, ``LocalProtocolError``,      ``InternalError`` — the request we
+``InvalidURL``, ``ValueError``                        built cannot be sent (not retried)
+any other ``TransportError`` (refused, reset,         ``NetworkError``
+closed mid-body, TLS), ``OSError``
+====================================================  ==================================
+
+A ``LocalProtocolError`` can quote an illegal header value, which may be a credential, so
+that one is raised without the vendor exception chained (``from None``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.cookiejar
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import cast
+
+import httpx
+
+from rakka_inference.core.deployment import Timeouts
+from rakka_inference.core.errors import (
+    ConfigError,
+    ConfigIssue,
+    InferenceError,
+    InternalError,
+    NetworkError,
+    ProtocolError,
+    RequestCancelled,
+    TimeoutPhase,
+)
+from rakka_inference.remote.http import (
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_MAX_CONNECTIONS,
+    USER_AGENT,
+    Deadlines,
+    describe,
+    lower_headers,
+    timeout_error,
+)
+from rakka_inference.remote.transport import HttpRequest
+
+__all__ = ["HttpxResponse", "HttpxTransport", "translate_error"]
+
+_VENDOR_ERRORS: tuple[type[Exception], ...] = (
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    httpx.StreamError,
+    OSError,
+    ValueError,
+)
+"""Everything httpx (with httpcore, h11, h2, anyio beneath it) is known to raise."""
+
+_CAUGHT: tuple[type[Exception], ...] = (TimeoutError, *_VENDOR_ERRORS)
+
+_UNSENDABLE: tuple[type[Exception], ...] = (
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.InvalidURL,
+    ValueError,
+)
+
+
+def _no_cookies() -> http.cookiejar.CookieJar:
+    # A pool shared by many callers must not replay one caller's cookies to another.
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
+class HttpxTransport:
+    """A pooled httpx client with phase-split timeouts and typed errors."""
+
+    __slots__ = ("_client", "http2")
+
+    def __init__(
+        self,
+        *,
+        http2: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        trust_env: bool = False,
+    ) -> None:
+        self.http2 = http2
+        try:
+            self._client = httpx.AsyncClient(
+                http2=http2,
+                limits=httpx.Limits(
+                    max_connections=max_connections,
+                    max_keepalive_connections=max_connections,
+                    keepalive_expiry=keepalive_s,
+                ),
+                timeout=None,  # noqa: S113 - every request carries its own limits
+                follow_redirects=False,
+                trust_env=trust_env,
+                cookies=_no_cookies(),
+                headers={"user-agent": USER_AGENT},
+            )
+        except ImportError as exc:  # http2=True without the h2 package
+            issue = ConfigIssue(
+                source="runtime_config",
+                path="http2",
+                message="needs the h2 package: pip install 'rakka-inference[http2]'",
+            )
+            raise ConfigError([issue]) from exc
+
+    async def send(
+        self, request: HttpRequest, timeouts: Timeouts, *, stream: bool
+    ) -> HttpxResponse:
+        """Send ``request`` and wait for the response head (first byte)."""
+        deadlines = Deadlines.start(timeouts, stream=stream, now=asyncio.get_running_loop().time())
+        limits: dict[str, float | None] = {
+            "connect": deadlines.connect_s,
+            "pool": deadlines.connect_s,
+            "write": None,
+            "read": None,
+        }
+        try:
+            async with asyncio.timeout_at(deadlines.head_at):
+                built = self._client.build_request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    content=request.body or None,
+                    extensions={"timeout": limits},
+                )
+                response = await self._client.send(built, stream=True)
+        except _CAUGHT as exc:
+            raise translate_error(
+                exc, request, read_phase=TimeoutPhase.FIRST_BYTE, deadlines=deadlines
+            ) from _cause(exc)
+        limits["read"] = deadlines.read_s
+        return HttpxResponse(response, request, deadlines)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        with contextlib.suppress(*_VENDOR_ERRORS):
+            await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"HttpxTransport(http2={self.http2})"
+
+
+class HttpxResponse:
+    """A response whose head has arrived; the body is read under the between-bytes limit."""
+
+    __slots__ = ("_chunks", "_closed", "_deadlines", "_headers", "_request", "_response")
+
+    def __init__(self, response: httpx.Response, request: HttpRequest, deadlines: Deadlines):
+        self._response = response
+        self._request = request
+        self._deadlines = deadlines
+        self._headers: dict[str, str] | None = None
+        self._chunks: AsyncGenerator[bytes, None] | None = None
+        self._closed = False
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            self._headers = lower_headers(self._response.headers.multi_items())
+        return self._headers
+
+    async def read(self) -> bytes:
+        """The whole body, under the between-bytes and total limits."""
+        self._check_open()
+        try:
+            total_at = self._deadlines.total_at
+            if total_at is None:
+                return await self._response.aread()
+            async with asyncio.timeout_at(total_at):
+                return await self._response.aread()
+        except _CAUGHT as exc:
+            raise self._translate(exc) from _cause(exc)
+
+    def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive, under the between-bytes and total limits."""
+        self._check_open()
+        return _Chunks(self)
+
+    async def _next_chunk(self) -> bytes:
+        self._check_open()
+        chunks = self._chunks
+        if chunks is None:
+            # httpx types it as an iterator; it is an async generator, closed in aclose().
+            chunks = self._chunks = cast(
+                "AsyncGenerator[bytes, None]", self._response.aiter_bytes()
+            )
+        try:
+            total_at = self._deadlines.total_at
+            if total_at is None:
+                return await anext(chunks)
+            async with asyncio.timeout_at(total_at):
+                return await anext(chunks)
+        except _CAUGHT as exc:
+            raise self._translate(exc) from _cause(exc)
+
+    def _translate(self, exc: Exception) -> InferenceError:
+        return translate_error(
+            exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RequestCancelled(f"{describe(self._request)}: the response was closed")
+
+    async def aclose(self) -> None:
+        """Release the connection; if the body was not fully read, close it."""
+        if self._closed:
+            return
+        self._closed = True
+        # Errors while closing are dropped: the connection is gone either way.
+        with contextlib.suppress(*_VENDOR_ERRORS):
+            chunks = self._chunks
+            if chunks is not None:
+                await chunks.aclose()
+            # httpcore closes the connection when the body was not read to its end.
+            await self._response.aclose()
+
+    def __repr__(self) -> str:
+        return f"HttpxResponse({self.status}, {self._request!r})"
+
+
+class _Chunks:
+    """``iter_bytes()``: a plain async iterator, so breaking out of a loop leaves no
+    half-finished async generator behind for the event loop to finalize."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: HttpxResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._response._next_chunk()
+
+
+def translate_error(
+    exc: BaseException,
+    request: HttpRequest,
+    *,
+    read_phase: TimeoutPhase,
+    deadlines: Deadlines,
+) -> InferenceError:
+    """Our typed error for an exception met while sending ``request``.
+
+    ``read_phase`` says what a library read timeout means where it struck (``FIRST_BYTE``
+    while waiting for the head, ``BETWEEN_BYTES`` in the body); a plain ``TimeoutError`` is
+    our own ``asyncio`` deadline: ``deadlines.head_phase`` before the head, ``TOTAL`` after.
+    """
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return timeout_error(request, TimeoutPhase.CONNECT, deadlines)
+    if isinstance(exc, httpx.TimeoutException):
+        return timeout_error(request, read_phase, deadlines)
+    if isinstance(exc, TimeoutError):
+        head = read_phase is TimeoutPhase.FIRST_BYTE
+        return timeout_error(
+            request, deadlines.head_phase if head else TimeoutPhase.TOTAL, deadlines
+        )
+    where = describe(request)
+    if isinstance(exc, httpx.DecodingError):
+        return ProtocolError(f"{where}: the response body could not be decoded")
+    if isinstance(exc, _UNSENDABLE):
+        return InternalError(f"{where}: the request cannot be sent as built ({_name(exc)})")
+    if isinstance(exc, httpx.TransportError | OSError):
+        detail = f": {exc}" if str(exc) else ""
+        return NetworkError(f"{where}: {_name(exc)}{detail}")
+    return InternalError(f"{where}: unexpected {_name(exc)}")
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    # The vendor text of a local protocol error may quote a header value (a credential).
+    return None if isinstance(exc, _UNSENDABLE) else exc
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
