@@ -248,8 +248,12 @@ class ScriptedHttpServer:
         host: str = "127.0.0.1",
         port: int = 0,
         default: ScriptedResponse | Responder | None = None,
+        backlog: int = 1024,
     ) -> None:
         self.host = host
+        # Load tests open hundreds of connections at once; asyncio's default backlog (100)
+        # would drop the rest's SYNs and turn them into one-second connect stalls.
+        self.backlog = backlog
         self.port = port
         self.default = default
         self.requests: list[RecordedRequest] = []
@@ -274,6 +278,7 @@ class ScriptedHttpServer:
             lambda: asyncio.StreamReaderProtocol(_Reader(), self._serve),
             self.host,
             self.port,
+            backlog=self.backlog,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

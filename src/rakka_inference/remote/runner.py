@@ -1,0 +1,126 @@
+"""RemoteRunner: one provider call, as a :class:`~rakka_inference.core.runner.ModelRunner`.
+
+A runner makes exactly one attempt: build the request with the adapter, send it with the
+session snapshot's transport, then decode the answer into chunks — the SSE stream through
+:class:`~rakka_inference.remote.sse.SseDecoder` and the adapter's stream parser, or the
+unary body through the adapter. A status >= 400 is classified (generic HTTP rules, then the
+adapter's refinement) and raised as a typed error.
+
+Retries, rate limits and the circuit breaker are the engine's business, not the runner's:
+the engine calls :meth:`RemoteRunner.attempt` with the snapshot it leased, so a 401 can
+name the generation that failed and concurrent 401s rebuild the session once.
+
+Cancellation (the client went away) closes the HTTP response, and with it the connection:
+the provider sees the request end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+from rakka_inference.core.deployment import RateLimits, RemoteRuntimeConfig, RuntimeKind
+from rakka_inference.core.errors import NetworkError
+from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.pricing import cost_usd
+from rakka_inference.core.runner import SessionRebuildCause, Transport
+from rakka_inference.core.stream import TokenChunk
+from rakka_inference.core.usage import Usage
+from rakka_inference.providers.base import ProviderAdapter
+from rakka_inference.remote.classify import classify_http_error
+from rakka_inference.remote.session import RemoteSession, SessionSnapshot
+from rakka_inference.remote.sse import SseDecoder
+
+__all__ = ["RemoteRunner"]
+
+
+class RemoteRunner:
+    """A ModelRunner that calls a provider through an adapter and a session."""
+
+    def __init__(
+        self,
+        adapter: ProviderAdapter,
+        session: RemoteSession,
+        config: RemoteRuntimeConfig,
+        runtime: RuntimeKind,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.adapter = adapter
+        self.session = session
+        self.config = config
+        self._runtime = runtime
+        self._wall_clock = wall_clock
+
+    # ------------------------------------------------------------------ ModelRunner
+
+    @property
+    def runtime_kind(self) -> RuntimeKind:
+        return self._runtime
+
+    @property
+    def transport_kind(self) -> Transport:
+        return Transport.remote(self.adapter.provider)
+
+    @property
+    def rate_limits(self) -> RateLimits:
+        return self.config.rate_limits
+
+    def estimate_cost(self, usage: Usage) -> float | None:
+        price = self.adapter.price()
+        return None if price is None else cost_usd(usage, price)
+
+    async def load_weights(self) -> None:
+        """Nothing to load remotely: resolve the credential and open the client."""
+        await self.session.start()
+
+    async def rebuild_session(self, cause: SessionRebuildCause) -> None:
+        await self.session.rebuild(cause)
+
+    async def execute(self, request: ChatRequest) -> AsyncIterator[TokenChunk]:
+        """One attempt on the current session snapshot."""
+        snapshot = self.session.current
+        with snapshot.lease():
+            async for chunk in self.attempt(request, snapshot):
+                yield chunk
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def attempt(
+        self, request: ChatRequest, snapshot: SessionSnapshot
+    ) -> AsyncIterator[TokenChunk]:
+        """Send ``request`` once with ``snapshot`` and yield the answer's chunks."""
+        adapter = self.adapter
+        http_request = adapter.build_request(request, await snapshot.credential())
+        response = await snapshot.transport.send(
+            http_request, self.config.timeouts, stream=request.stream
+        )
+        try:
+            if response.status >= 400:
+                body = await response.read()
+                error = classify_http_error(
+                    response.status,
+                    response.headers,
+                    body,
+                    provider=adapter.provider,
+                    now=self._wall_clock(),
+                )
+                raise adapter.refine_error(error, body)
+            if not request.stream:
+                for chunk in adapter.parse_response(await response.read()):
+                    yield chunk
+                return
+            decoder = SseDecoder()
+            parser = adapter.stream_parser()
+            async for data in response.iter_bytes():
+                for event in decoder.feed(data):
+                    for chunk in parser.feed(event):
+                        yield chunk
+                if parser.done:
+                    return
+            raise NetworkError(
+                "the stream ended before the provider's end-of-stream marker",
+                provider=adapter.provider,
+            )
+        finally:
+            await response.aclose()
