@@ -477,3 +477,22 @@ async def test_operator_rebuild(harness: Harness) -> None:
     assert await engine.rebuild_session(SessionRebuildCause.OPERATOR) == 2
     assert (await collect(engine.submit(request()))).text == "authorized"
     assert len(harness.server.requests) == 1
+
+
+async def test_an_engine_restart_keeps_queued_requests(harness: Harness) -> None:
+    harness.server.default = lambda _: ScriptedResponse.stream(
+        sse_chunks(["done"]), chunk_delay=0.01
+    )
+    engine = await harness.engine(harness.deployment(max_concurrent=2))
+    streams = [engine.submit(request(f"r{i}", stream=True)) for i in range(8)]
+    while not harness.server.requests:
+        await asyncio.sleep(0.002)
+    actor = engine.actor
+    assert actor is not None
+    with pytest.raises(TypeError):
+        await actor.ask("not a message the engine takes")  # a failure: it is restarted
+    results = [await collect(stream) for stream in streams]
+    assert [r.text for r in results] == ["done"] * 8
+    assert len(harness.server.requests) == 8
+    workers = [ref.path for ref in harness.system.actors if "/worker-" in ref.path]
+    assert len(workers) == 2  # the new pair; the old pair left after their requests

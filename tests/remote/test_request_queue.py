@@ -103,3 +103,13 @@ async def test_a_cancelled_getter_passes_its_wakeup_on() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     assert await second == "item"
+
+
+async def test_release_getters_lets_waiters_go_and_keeps_items() -> None:
+    queue: RequestQueue[str] = RequestQueue(4)
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.release_getters()
+    assert await waiting is None
+    queue.put("kept")
+    assert await queue.get() == "kept"

@@ -163,6 +163,9 @@ class RemoteEngineCore:
         self._idle: asyncio.Event | None = None
         self._accepting = True
         self._actor: ActorRef[Any] | None = None
+        # Workers belong to one epoch; a new epoch (the engine actor restarting) lets the
+        # old workers finish their current request and leave, and new ones take over.
+        self.worker_epoch = 0
 
     # ------------------------------------------------------------------ figures
 
@@ -193,7 +196,11 @@ class RemoteEngineCore:
     async def start(self, system: ActorSystem, name: str | None = None) -> None:
         """Start the engine actor and its ``max_concurrent`` workers."""
         await self.runner.load_weights()
-        self._actor = system.spawn(lambda: _EngineActor(self), name or f"engine-{self.name}")
+        try:
+            self._actor = system.spawn(lambda: _EngineActor(self), name or f"engine-{self.name}")
+        except BaseException:
+            await self.runner.session.aclose()
+            raise
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Refuse new requests, let queued and running ones finish, then stop the workers."""
@@ -259,13 +266,30 @@ class RemoteEngineCore:
 
     # ------------------------------------------------------------------ workers
 
-    async def next_job(self) -> _Job | None:
-        """Wait for a free slot under the concurrency limit and the next job."""
-        while self._in_flight >= self._limit:
+    @property
+    def actor(self) -> ActorRef[Any] | None:
+        """The engine's actor, parent of the workers (None before ``start``)."""
+        return self._actor
+
+    async def next_job(self, epoch: int) -> _Job | None:
+        """Wait for a free slot under the concurrency limit and the next job. None when
+        the queue is closed and empty, or when workers of ``epoch`` are released."""
+        while self._in_flight >= self._limit and epoch == self.worker_epoch:
             gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._gate.append(gate)
             await gate
+        if epoch != self.worker_epoch:
+            return None
         return await self._queue.get()
+
+    def release_workers(self) -> None:
+        """Let the current workers go once their running request ends (queue untouched)."""
+        self.worker_epoch += 1
+        self._queue.release_getters()
+        while self._gate:
+            gate = self._gate.popleft()
+            if not gate.done():
+                gate.set_result(None)
 
     async def run(self, job: _Job) -> None:
         """Serve one job on its own task, so cancelling it never cancels the worker."""
@@ -413,15 +437,18 @@ class RemoteWorker(Actor[_Pull]):
 
     def __init__(self, engine: RemoteEngineCore) -> None:
         self.engine = engine
+        self.epoch = engine.worker_epoch
 
     async def on_start(self) -> None:
         self.self_ref.tell(_PULL)
 
     async def receive(self, message: _Pull) -> None:
         # One long receive: serve until the queue is closed and empty (the engine is
-        # stopping), so a graceful stop still serves everything that was queued.
-        while (job := await self.engine.next_job()) is not None:
-            await self.engine.run(job)
+        # stopping; a graceful stop still serves everything queued) or this worker's
+        # epoch is released (the engine actor is restarting).
+        engine = self.engine
+        while (job := await engine.next_job(self.epoch)) is not None:
+            await engine.run(job)
         self.context.stop()
 
 
@@ -440,3 +467,8 @@ class _EngineActor(Actor[Any]):
 
     async def receive(self, message: Any) -> Any:
         raise TypeError(f"engine actor takes no {type(message).__name__} messages")
+
+    async def on_failure(self, error: Exception, message: Any) -> None:
+        # A restart stops the workers first: let them go after their current request. The
+        # queue is the engine's, so every queued request waits for the new workers.
+        self.engine.release_workers()

@@ -24,7 +24,7 @@ from rakka_inference.core.deployment import (
 )
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import PriceTable
-from rakka_inference.core.secrets import SecretRef
+from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.breaker import BreakerKey, BreakerRegistry
 from rakka_inference.remote.credentials import (
@@ -67,15 +67,35 @@ def _transport_factory(
     return lambda: create_transport(http2=config.http2, max_connections=size)
 
 
+class _OwningCredential:
+    """A credential provider that also owns (and closes) the transport it fetches with."""
+
+    def __init__(self, inner: ServiceAccountCredential, transport: HttpTransport) -> None:
+        self._inner = inner
+        self._transport = transport
+
+    async def credential(self) -> Secret:
+        return await self._inner.credential()
+
+    async def refresh(self) -> None:
+        await self._inner.refresh()
+
+    def describe(self) -> str:
+        return self._inner.describe()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        await self._transport.aclose()
+
+
 def _credentials(
     deployment: Deployment, config: RemoteRuntimeConfig, services: RemoteServices
 ) -> CredentialProvider:
     if isinstance(config, GeminiConfig) and config.variant == "vertex":
         assert config.credentials is not None  # the config loader requires it
-        # The token exchange gets its own small transport: it is the session's dependency.
-        return ServiceAccountCredential(
-            config.credentials, _transport_factory(services, config, 1)()
-        )
+        # The token exchange gets its own small transport, closed with the session.
+        transport = _transport_factory(services, config, 1)()
+        return _OwningCredential(ServiceAccountCredential(config.credentials, transport), transport)
     ref: SecretRef | None = config.api_key
     if isinstance(config, OpenAIConfig) and config.azure_ad_token is not None:
         ref = config.azure_ad_token
@@ -130,7 +150,7 @@ async def build_remote_engine(
     )
     runner = RemoteRunner(adapter, session, config, deployment.runtime)
     return RemoteEngineCore(
-        f"{deployment.name}/{replica}",
+        f"{deployment.name}-{replica}",
         runner,
         limiter=limiter,
         breaker=breaker,

@@ -60,7 +60,8 @@ class RequestQueue(Generic[T]):
         self.capacity = capacity
         self._lanes: dict[Priority, deque[QueueTicket[T]]] = {p: deque() for p in Priority}
         self._size = 0
-        self._getters: deque[asyncio.Future[None]] = deque()
+        # A getter's future resolves True ("look again") or False ("give up: return None").
+        self._getters: deque[asyncio.Future[bool]] = deque()
         self._closed = False
 
     def __len__(self) -> int:
@@ -99,15 +100,17 @@ class RequestQueue(Generic[T]):
         return None
 
     async def get(self) -> T | None:
-        """Wait for the next item; None once the queue is closed and empty."""
+        """Wait for the next item; None once the queue is closed and empty, or when
+        :meth:`release_getters` lets the waiting getters go."""
         while True:
             item = self.get_nowait()
             if item is not None or self._closed:
                 return item
-            getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            getter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._getters.append(getter)
             try:
-                await getter
+                if not await getter:
+                    return None
             except asyncio.CancelledError:
                 # Pass a wake-up we may have consumed on to the next waiting getter.
                 if getter.done() and not getter.cancelled() and self._size:
@@ -120,7 +123,14 @@ class RequestQueue(Generic[T]):
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():
-                getter.set_result(None)
+                getter.set_result(True)
+
+    def release_getters(self) -> None:
+        """Let every waiting ``get`` return None now. Queued items stay queued."""
+        while self._getters:
+            getter = self._getters.popleft()
+            if not getter.done():
+                getter.set_result(False)
 
     def drain(self) -> list[T]:
         """Take every queued item out at once (highest priority first)."""
@@ -136,5 +146,5 @@ class RequestQueue(Generic[T]):
         while self._getters:
             getter = self._getters.popleft()
             if not getter.done():
-                getter.set_result(None)
+                getter.set_result(True)
                 return

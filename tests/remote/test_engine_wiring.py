@@ -1,0 +1,314 @@
+"""Engine wiring: the factory for every credential kind (Vertex's OAuth2 over loopback
+included), the ModelRunner surface, budget gate, throttling, deadlines, hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from rakka_inference.actors import ActorSystem
+from rakka_inference.core.deployment import (
+    Deployment,
+    GeminiConfig,
+    Jitter,
+    OpenAIConfig,
+    RetryPolicy,
+    RuntimeKind,
+    Serving,
+    Timeouts,
+    VllmConfig,
+)
+from rakka_inference.core.errors import BudgetExceeded, ConfigError, Timeout, TimeoutPhase
+from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.runner import SessionRebuildCause, TransportKind
+from rakka_inference.core.secrets import SecretRef
+from rakka_inference.core.stream import aggregate
+from rakka_inference.core.usage import Usage
+from rakka_inference.remote.engine import RemoteEngineCore, RequestReport
+from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.testkit.http_server import (
+    RecordedRequest,
+    ScriptedHttpServer,
+    ScriptedResponse,
+)
+
+PATH = "/v1/chat/completions"
+
+
+def openai_answer(text: str = "ok") -> ScriptedResponse:
+    return ScriptedResponse.json(
+        {
+            "choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    )
+
+
+def chat(text: str = "hi", **kw: Any) -> ChatRequest:
+    return ChatRequest(model="m", messages=(ChatMessage.user(text),), **kw)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ScriptedHttpServer]:
+    async with ScriptedHttpServer() as scripted:
+        yield scripted
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[ActorSystem]:
+    actors = ActorSystem()
+    yield actors
+    await actors.shutdown(timeout=5)
+
+
+def openai_deployment(server: ScriptedHttpServer, **kw: Any) -> Deployment:
+    config = OpenAIConfig(
+        endpoint=f"{server.url}/v1",
+        api_key=SecretRef.inline("sk-wiring", warn=False),
+        retry=RetryPolicy(initial_backoff_ms=1, max_backoff_ms=2, jitter=Jitter.NONE),
+        timeouts=Timeouts(request_timeout_ms=2000),
+    )
+    return Deployment(
+        name="wired", model="gpt-4o", runtime=RuntimeKind.OPENAI, runtime_config=config, **kw
+    )
+
+
+async def started(deployment: Deployment, system: ActorSystem, **kw: Any) -> RemoteEngineCore:
+    engine = await build_remote_engine(deployment, RemoteServices(), **kw)
+    await engine.start(system)
+    return engine
+
+
+# ---------------------------------------------------------------- the runner surface
+
+
+async def test_runner_is_a_model_runner(server: ScriptedHttpServer, system: ActorSystem) -> None:
+    server.default = openai_answer("direct")
+    engine = await started(openai_deployment(server), system)
+    runner = engine.runner
+    assert runner.runtime_kind is RuntimeKind.OPENAI
+    assert runner.transport_kind.kind is TransportKind.REMOTE_NETWORK
+    assert runner.transport_kind.provider == "openai"
+    assert runner.rate_limits == runner.config.rate_limits
+    assert runner.estimate_cost(Usage(input_tokens=1_000_000)) == pytest.approx(2.5)
+    chunks = [chunk async for chunk in runner.execute(chat())]
+    assert aggregate(chunks).text == "direct"
+    await runner.rebuild_session(SessionRebuildCause.OPERATOR)
+    assert runner.session.generation == 2
+    assert engine.capacity == 32
+    assert engine.load_score == 0
+    await engine.stop()
+
+
+async def test_unknown_price_means_unknown_cost(
+    server: ScriptedHttpServer, system: ActorSystem
+) -> None:
+    deployment = openai_deployment(server)
+    from dataclasses import replace
+
+    engine = await started(replace(deployment, model="my-finetune"), system)
+    assert engine.runner.estimate_cost(Usage(output_tokens=10)) is None
+    await engine.stop()
+
+
+# ---------------------------------------------------------------- gates and limits
+
+
+class RefuseAfter:
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+
+    def admit(self, request: ChatRequest) -> None:
+        if self.allowed <= 0:
+            raise BudgetExceeded("the hourly budget is spent")
+        self.allowed -= 1
+
+
+async def test_budget_gate_refuses_before_queueing(
+    server: ScriptedHttpServer, system: ActorSystem
+) -> None:
+    server.default = openai_answer()
+    engine = await started(openai_deployment(server), system, budget=RefuseAfter(1))
+    assert aggregate([c async for c in engine.submit(chat())]).text == "ok"
+    with pytest.raises(BudgetExceeded):
+        engine.submit(chat())
+    assert len(server.requests) == 1
+    await engine.stop()
+
+
+async def test_throttle_limits_concurrency(server: ScriptedHttpServer, system: ActorSystem) -> None:
+    active = 0
+    peak = 0
+
+    async def slow(recorded: RecordedRequest) -> ScriptedResponse:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        return openai_answer()
+
+    server.default = slow
+    engine = await started(openai_deployment(server, serving=Serving(max_concurrent=4)), system)
+    engine.set_concurrency_limit(2)  # a budget in "throttle" halves concurrency
+    assert engine.capacity == 2
+    streams = [engine.submit(chat(str(i))) for i in range(8)]
+    for stream in streams:
+        assert aggregate([c async for c in stream]).text == "ok"
+    assert peak <= 2
+    engine.set_concurrency_limit(100)
+    assert engine.capacity == 4  # never above max_concurrent
+    await engine.stop()
+
+
+async def test_a_deadline_too_close_for_the_next_retry(
+    server: ScriptedHttpServer, system: ActorSystem
+) -> None:
+    server.default = ScriptedResponse.json(
+        {"error": {"message": "busy"}}, status=503, headers={"retry-after": "5"}
+    )
+    engine = await started(openai_deployment(server), system)
+    stream = engine.submit(chat(), deadline=asyncio.get_running_loop().time() + 1.0)
+    with pytest.raises(Timeout) as caught:
+        aggregate([c async for c in stream])
+    assert caught.value.phase is TimeoutPhase.DEADLINE
+    assert len(server.requests) == 1
+    await engine.stop()
+
+
+async def test_a_failing_report_hook_is_logged_not_fatal(
+    server: ScriptedHttpServer, system: ActorSystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.default = openai_answer("fine")
+
+    def broken(report: RequestReport) -> None:
+        raise RuntimeError("metrics bug")
+
+    engine = await started(openai_deployment(server), system, on_complete=broken)
+    assert aggregate([c async for c in engine.submit(chat())]).text == "fine"
+    assert "on_complete hook failed" in caplog.text
+    await engine.stop()
+
+
+async def test_a_stopped_engine_refuses(server: ScriptedHttpServer, system: ActorSystem) -> None:
+    engine = await started(openai_deployment(server), system)
+    await engine.stop()
+    from rakka_inference.core.errors import Backpressure
+
+    with pytest.raises(Backpressure, match="shutting down"):
+        engine.submit(chat())
+
+
+# ---------------------------------------------------------------- factory
+
+
+async def test_factory_refuses_local_runtimes_and_missing_keys(server: ScriptedHttpServer) -> None:
+    local = Deployment(name="l", model="m", runtime=RuntimeKind.VLLM, runtime_config=VllmConfig())
+    with pytest.raises(ConfigError, match="not a remote runtime"):
+        await build_remote_engine(local, RemoteServices())
+    keyless = Deployment(
+        name="k", model="gpt-4o", runtime=RuntimeKind.OPENAI, runtime_config=OpenAIConfig()
+    )
+    with pytest.raises(ConfigError, match="needs a credential"):
+        await build_remote_engine(keyless, RemoteServices())
+
+
+async def test_azure_entra_id_token(server: ScriptedHttpServer, system: ActorSystem) -> None:
+    server.default = openai_answer("azure")
+    config = OpenAIConfig(
+        variant="azure",
+        endpoint=server.url,
+        resource="contoso",
+        deployment="gpt4o",
+        api_version="2024-10-21",
+        azure_ad_token=SecretRef.inline("eyJ-entra", warn=False),
+    )
+    deployment = Deployment(
+        name="az", model="gpt-4o", runtime=RuntimeKind.OPENAI, runtime_config=config
+    )
+    engine = await started(deployment, system)
+    assert aggregate([c async for c in engine.submit(chat())]).text == "azure"
+    [sent] = server.requests
+    assert sent.path == "/openai/deployments/gpt4o/chat/completions"
+    assert sent.query == "api-version=2024-10-21"
+    assert sent.headers["authorization"] == "Bearer eyJ-entra"
+    await engine.stop()
+
+
+async def test_vertex_service_account_flow_over_loopback(
+    server: ScriptedHttpServer, system: ActorSystem, tmp_path: Path
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    account = tmp_path / "sa.json"
+    account.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "client_email": "rakka@project.iam.gserviceaccount.com",
+                "private_key": pem,
+                "private_key_id": "kid-1",
+                "token_uri": f"{server.url}/token",
+            }
+        )
+    )
+
+    def token(recorded: RecordedRequest) -> ScriptedResponse:
+        form = dict(pair.split("=", 1) for pair in recorded.body.decode().split("&"))
+        claims = jwt.decode(
+            form["assertion"],
+            key.public_key(),
+            algorithms=["RS256"],
+            audience=f"{server.url}/token",
+        )
+        assert claims["iss"] == "rakka@project.iam.gserviceaccount.com"
+        return ScriptedResponse.json({"access_token": "ya29.vertex", "expires_in": 3600})
+
+    server.default = token
+    model_path = "/v1/projects/proj/locations/us-central1/publishers/google/models/gemini-2.5-pro"
+    server.script(
+        "POST",
+        f"{model_path}:generateContent",
+        ScriptedResponse.json(
+            {
+                "candidates": [
+                    {
+                        "content": {"role": "model", "parts": [{"text": "vertex"}]},
+                        "finishReason": "STOP",
+                    }
+                ],
+                "usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 1},
+            }
+        ),
+    )
+    config = GeminiConfig(
+        variant="vertex",
+        endpoint=server.url,
+        project="proj",
+        region="us-central1",
+        credentials=SecretRef.from_file(account),
+    )
+    deployment = Deployment(
+        name="vx", model="gemini-2.5-pro", runtime=RuntimeKind.GEMINI, runtime_config=config
+    )
+    engine = await started(deployment, system)
+    assert aggregate([c async for c in engine.submit(chat())]).text == "vertex"
+    token_call, model_call = server.requests
+    assert token_call.path == "/token"
+    assert model_call.headers["authorization"] == "Bearer ya29.vertex"
+    assert "ya29" not in model_call.path + model_call.query
+    assert orjson.loads(model_call.body)["contents"][0]["parts"] == [{"text": "hi"}]
+    await engine.stop()
