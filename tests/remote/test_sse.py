@@ -274,3 +274,50 @@ def test_fuzz_only_typed_errors(chunks: list[bytes]) -> None:
         decoder.close()
     except ProtocolError:
         pass
+
+
+_lf_streams = st.builds(
+    lambda lines: b"".join(line + b"\n" for line in lines),
+    st.lists(_line_text, max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=_lf_streams, cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=12))
+def test_lf_only_streams_agree_with_bytewise_feeding(stream: bytes, cuts: list[int]) -> None:
+    # LF-only input is where the block path runs; bytewise feeding walks line by line.
+    chunked = SseDecoder()
+    got: list[SseEvent] = []
+    for chunk in _cut(stream, cuts):
+        got.extend(chunked.feed(chunk))
+    assert got == decode_bytewise(stream)
+
+
+def test_block_path_keeps_the_unfinished_event_for_the_next_chunk() -> None:
+    decoder = SseDecoder()
+    assert decoder.feed(b"data: warm\n\n") == [SseEvent(b"warm")]
+    assert decoder.feed(b"data: a\n\ndata: b\n\nevent: e\ndata: c") == [
+        SseEvent(b"a"),
+        SseEvent(b"b"),
+    ]
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"\ndata: d\n\n") == [SseEvent(b"c", event="e"), SseEvent(b"d")]
+    assert decoder.feed(b"event: x\n") == []
+    assert decoder.close() is False  # only an event name was pending: no data lost
+    assert decoder.feed(b"data: y") == []
+    assert decoder.close() is True
+
+
+def test_block_path_limits() -> None:
+    decoder = SseDecoder(max_event_bytes=8)
+    decoder.feed(b"data: ok\n\n")
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"data: 0123456789")
+    decoder = SseDecoder(max_event_bytes=8)
+    decoder.feed(b"data: ok\n\n")
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"data: a\n\ndata: 0123456789")
+    decoder = SseDecoder(max_event_bytes=8)
+    decoder.feed(b"data: ok\n\n")
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"data: a\n\ndata: 0123456789\n\n")

@@ -25,10 +25,14 @@ An event keeps its payload as the raw bytes (``SseEvent.raw``) and decodes it to
 when ``SseEvent.data`` is read: provider adapters hand the bytes straight to the JSON
 parser, so the common path never builds the intermediate string.
 
-Speed: most provider streams are ``data: {json}\n\n`` blocks, flushed one per write. While
-the decoder sits at an event boundary, such a chunk becomes an event without walking its
-fields; anything else takes the general line-by-line path, which inlines the ``data``
-field. Both paths implement the same rules; a property test checks every chunking agrees.
+Speed: most provider streams are ``data: {json}\n\n`` blocks with LF line ends. While the
+decoder sits at an event boundary (nothing pending), LF-only input is taken a block at a
+time: everything up to the last blank line is complete events, and when those are all
+single ``data:`` lines — one count of LFs proves it — their payloads come from one
+``split``, with no per-line Python work; the rest waits, unread, for the next chunk. Other
+input (CRs, named events, ids, several data lines) takes the line-by-line path, which
+inlines the ``data`` field. Both paths follow the same rules; property tests check that
+every chunking, and feeding byte by byte, give the same events.
 
 The only exception ``feed`` raises is :class:`ProtocolError`, when one event or line grows
 beyond ``max_event_bytes`` (a misbehaving upstream must not exhaust memory).
@@ -36,6 +40,7 @@ beyond ``max_event_bytes`` (a misbehaving upstream must not exhaust memory).
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import NamedTuple
 
 from rakka_inference.core.errors import ProtocolError
@@ -104,15 +109,18 @@ class SseDecoder:
 
     def feed(self, data: bytes) -> list[SseEvent]:
         """Decode a chunk; return the events it completed, in order."""
-        if self._idle and data[-2:] == b"\n\n":
-            # At an event boundary with a chunk of whole blocks (providers flush one event
-            # per write): the common single "data: ..." event needs no field walking.
-            lines = data.splitlines()
-            if len(lines) == 2 and not lines[1] and lines[0][:6] == _DATA:
-                raw = lines[0][6:]
-                if len(raw) > self._max:
-                    raise ProtocolError(f"event-stream event larger than {self._max} bytes")
-                return [_new_event(SseEvent, (raw, "message", self._last_id, None))]
+        if self._idle:
+            if not self._buffer and data[-2:] == b"\n\n":
+                # A chunk of whole blocks at an event boundary (providers flush one event
+                # per write): the common single "data: ..." event needs no field walking.
+                lines = data.splitlines()
+                if len(lines) == 2 and not lines[1] and lines[0][:6] == _DATA:
+                    raw = lines[0][6:]
+                    if len(raw) > self._max:
+                        raise ProtocolError(f"event-stream event larger than {self._max} bytes")
+                    return [_new_event(SseEvent, (raw, "message", self._last_id, None))]
+            if data.find(b"\r") < 0:
+                return self._feed_blocks(data)
         if not data:
             return []
         if self._pending_cr:
@@ -137,34 +145,92 @@ class SseDecoder:
             self._buffer = lines.pop() if lines else b""
             if len(self._buffer) > self._max:
                 raise ProtocolError(f"event-stream line longer than {self._max} bytes")
+        events = self._lines(lines)
+        self._idle = not (
+            self._pending_cr or self._data or self._event is not None or self._retry is not None
+        )
+        return events
+
+    def _feed_blocks(self, data: bytes) -> list[SseEvent]:
+        """LF-only bytes while the buffer starts at an event boundary: whole blocks at once.
+
+        Everything up to the last blank line is complete events; what follows stays in the
+        buffer, unread, so the decoder is still at an event boundary afterwards. When the
+        blocks are all single ``data: ...`` lines — checked with one count of LFs over them
+        — the payloads come from one split, with no per-line work.
+        """
+        old = self._buffer
+        buffer = old + data if old else data
+        cut = buffer.rfind(b"\n\n", max(0, len(old) - 1))
+        if cut < 0:
+            if len(buffer) > self._max:
+                raise ProtocolError(f"event-stream event larger than {self._max} bytes")
+            self._buffer = buffer
+            return []
+        head = buffer[:cut]
+        self._buffer = rest = buffer[cut + 2 :]
+        if len(rest) > self._max:
+            raise ProtocolError(f"event-stream event larger than {self._max} bytes")
+        if head[:6] == _DATA:
+            payloads = head[6:].split(b"\n\ndata: ")
+            # The separators hold 2 LFs each; any other LF is a line of another shape.
+            if head.count(b"\n") == 2 * len(payloads) - 2:
+                if len(head) > self._max and max(map(len, payloads)) > self._max:
+                    raise ProtocolError(f"event-stream event larger than {self._max} bytes")
+                fields = zip(payloads, repeat("message"), repeat(self._last_id), repeat(None))
+                return list(map(_new_event, repeat(SseEvent), fields))
+        lines = head.split(b"\n")
+        lines.append(b"")
+        return self._lines(lines)  # ends on the blank line: the state is clean again
+
+    def _lines(self, lines: list[bytes]) -> list[SseEvent]:
         events: list[SseEvent] = []
         append = events.append
+        # The loop keeps the pending data in locals (written back before any call that
+        # reads them): this is the per-line hot path of chunked streams.
+        parts = self._data
+        size = self._data_size
+        limit = self._max
         for line in lines:
             if line[:6] == _DATA:  # the commonest field, inlined
                 value = line[6:]
-                self._data.append(value)
-                self._data_size += len(value) + 1
-                if self._data_size > self._max:
-                    raise ProtocolError(f"event-stream event larger than {self._max} bytes")
+                parts.append(value)
+                size += len(value) + 1
+                if size > limit:
+                    raise ProtocolError(f"event-stream event larger than {limit} bytes")
             elif line:
+                self._data, self._data_size = parts, size
                 self._field(line)
-            elif self._data:
-                append(self._dispatch())
+                parts, size = self._data, self._data_size
             else:
+                if parts:
+                    event = self._event
+                    append(
+                        _new_event(
+                            SseEvent,
+                            (
+                                parts[0] if len(parts) == 1 else b"\n".join(parts),
+                                event.decode("utf-8", "replace") if event else "message",
+                                self._last_id,
+                                self._retry,
+                            ),
+                        )
+                    )
+                    parts = []
+                    size = 0
                 self._event = None
                 self._retry = None
-        self._idle = not (
-            self._buffer
-            or self._pending_cr
-            or self._data
-            or self._event is not None
-            or self._retry is not None
-        )
+        self._data = parts
+        self._data_size = size
         return events
 
     def close(self) -> bool:
         """End of stream. True when an unterminated event was discarded."""
-        partial = bool(self._data) or bool(self._buffer)
+        # The buffer may still hold complete lines the block path left unread (never a
+        # blank line after data, so nothing here can dispatch) and one unterminated line.
+        *lines, unterminated = self._buffer.split(b"\n")
+        self._lines(lines)
+        partial = bool(self._data) or bool(unterminated)
         self._buffer = b""
         self._data = []
         self._data_size = 0
@@ -196,15 +262,3 @@ class SseDecoder:
                 self._last_id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():
             self._retry = self.retry = int(value)
-
-    def _dispatch(self) -> SseEvent:
-        parts = self._data
-        raw = parts[0] if len(parts) == 1 else b"\n".join(parts)
-        event = self._event
-        name = event.decode("utf-8", "replace") if event else "message"
-        dispatched: SseEvent = _new_event(SseEvent, (raw, name, self._last_id, self._retry))
-        self._data = []
-        self._data_size = 0
-        self._event = None
-        self._retry = None
-        return dispatched
