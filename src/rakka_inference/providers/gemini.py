@@ -66,8 +66,8 @@ MALFORMED_FUNCTION_CALL, …) are read as stop. Usage: ``promptTokenCount`` (plu
 is reasoning.
 
 Streams (:class:`GeminiStreamParser`): every SSE event is a whole GenerateContentResponse,
-and its ``usageMetadata`` is a *running total*: it goes through a cumulative
-:class:`~rakka_inference.core.usage.UsageAccumulator` and only the increments are
+and its ``usageMetadata`` is a *running total*: the counts are merged field by field
+(maximum, so a repeated or partial report adds nothing) and only the increments are
 emitted. There is no end marker: ``done`` turns true with the first candidate that carries
 a ``finishReason``, which Gemini sends only on the last event, together with the final
 usage (the engine stops reading once ``done`` is true). A stream that ends before that is
@@ -115,7 +115,7 @@ from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
-from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
+from rakka_inference.core.usage import Usage
 from rakka_inference.remote.classify import MAX_UPSTREAM_MESSAGE_CHARS, parse_duration
 from rakka_inference.remote.sse import SseEvent
 from rakka_inference.remote.transport import HttpRequest
@@ -350,13 +350,13 @@ class GeminiAdapter:
 class GeminiStreamParser:
     """``streamGenerateContent?alt=sse`` events to TokenChunks; see the module docstring."""
 
-    __slots__ = ("_calls", "_counts", "_provider", "_usage", "done")
+    __slots__ = ("_calls", "_counts", "_provider", "_total", "done")
 
     def __init__(self, provider: str) -> None:
         self._provider = provider
         self._calls = 0
         self._counts: dict[str, int] = {}
-        self._usage = UsageAccumulator(UsageMode.CUMULATIVE)
+        self._total: Usage | None = None
         self.done = False
 
     def feed(self, event: SseEvent) -> list[TokenChunk]:
@@ -391,13 +391,23 @@ class GeminiStreamParser:
             return None
         gemini_usage(usage, self._provider)  # checks every count before any is kept
         # Output is the sum of two of Gemini's counts, so running totals are merged count
-        # by count first: a report that leaves thoughtsTokenCount out must not lower it.
+        # by count (field-wise maximum): a report that leaves thoughtsTokenCount out must
+        # not lower it, and a report seen twice adds nothing.
+        counts = self._counts
+        raised = False
         for key, value in usage.items():
-            if isinstance(value, int) and value > self._counts.get(key, -1):
-                self._counts[key] = value
-        first = not self._usage.reported
-        increment = self._usage.add(gemini_usage(self._counts, self._provider))
-        return increment if first or not increment.is_zero else None
+            if isinstance(value, int) and value > counts.get(key, -1):
+                counts[key] = value
+                raised = True
+        previous = self._total
+        if previous is not None and not raised:
+            return None  # the common repeated report: nothing new, nothing built
+        total = gemini_usage(counts, self._provider)
+        self._total = total
+        if previous is None:
+            return total
+        increment = total.minus(previous)
+        return None if increment.is_zero else increment
 
 
 # ---------------------------------------------------------------------- helpers
