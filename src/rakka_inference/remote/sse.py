@@ -87,8 +87,8 @@ class SseDecoder:
         "_last_id",
         "_max",
         "_pending_cr",
+        "_reconnect",
         "_retry",
-        "retry",
     )
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
@@ -104,8 +104,22 @@ class SseDecoder:
         self._event: bytes | None = None
         self._last_id = ""
         self._retry: int | None = None
-        self.retry: int | None = None
-        """The stream's reconnection time (ms), from the last valid ``retry`` field."""
+        self._reconnect: int | None = None
+
+    @property
+    def retry(self) -> int | None:
+        """The stream's reconnection time (ms), from the last valid ``retry`` field so far."""
+        value = self._reconnect
+        # The block path leaves complete lines of an unfinished event unread; a retry
+        # field among them takes effect when its line arrives, as the standard says.
+        *complete, _ = self._buffer.split(b"\n")
+        for line in complete:
+            name, _, raw = line.partition(b":")
+            if name == b"retry":
+                raw = raw[1:] if raw[:1] == b" " else raw
+                if raw.isdigit():
+                    value = int(raw)
+        return value
 
     def feed(self, data: bytes) -> list[SseEvent]:
         """Decode a chunk; return the events it completed, in order."""
@@ -261,4 +275,4 @@ class SseDecoder:
             if b"\x00" not in value:
                 self._last_id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():
-            self._retry = self.retry = int(value)
+            self._retry = self._reconnect = int(value)
