@@ -82,3 +82,11 @@ async def test_put_after_finish_is_a_bug() -> None:
 def test_capacity_is_checked() -> None:
     with pytest.raises(ValueError, match="capacity"):
         BoundedStream[int](0)
+
+
+async def test_bookkeeping_items_do_not_commit() -> None:
+    stream: BoundedStream[str] = BoundedStream()
+    await stream.put("usage report", commit=False)
+    assert not stream.committed
+    await stream.put("visible text")
+    assert stream.committed

@@ -6,9 +6,10 @@ client slows the upstream read instead of growing memory — and ends the stream
 ``finish()`` or ``fail(error)``. The consumer iterates; the iteration ends after the last
 item, or raises the error the producer failed with.
 
-``committed`` turns true at the first ``put``: from then on the consumer may have sent
-something to its client, so the producer must not retry or fall back (no duplicated
-content). The consumer can ``close()`` early — the client went away — which makes every
+``committed`` turns true at the first ``put`` of something the consumer may show its
+client: from then on the producer must not retry or fall back (no duplicated content). An
+item put with ``commit=False`` (bookkeeping, such as a usage report) flows through without
+committing. The consumer can ``close()`` early — the client went away — which makes every
 later ``put`` raise :class:`RequestCancelled` and calls the ``on_close`` hook once, so the
 producer's work can be cancelled and its permits released.
 """
@@ -57,7 +58,7 @@ class BoundedStream(Generic[T]):
 
     # ------------------------------------------------------------------ producer
 
-    async def put(self, item: T) -> None:
+    async def put(self, item: T, *, commit: bool = True) -> None:
         """Hand ``item`` to the consumer; waits while the stream is full."""
         while len(self._items) >= self._capacity and not self._closed:
             writer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -68,7 +69,8 @@ class BoundedStream(Generic[T]):
         if self._finished:
             raise RuntimeError("put() after the stream was finished")
         self._items.append(item)
-        self.committed = True
+        if commit:
+            self.committed = True
         self._wake_reader()
 
     def finish(self) -> None:

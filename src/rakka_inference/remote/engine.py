@@ -355,11 +355,16 @@ class RemoteEngineCore:
             try:
                 with snapshot.lease():
                     async for chunk in self.runner.attempt(request, snapshot):
+                        visible = bool(
+                            chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason
+                        )
                         if chunk.usage is not None:
                             job.usage = job.usage + chunk.usage
-                        if job.first_chunk_at is None:
+                        if visible and job.first_chunk_at is None:
                             job.first_chunk_at = self._clock()
-                        await job.stream.put(chunk)
+                        # A usage-only chunk (Anthropic's message_start) shows the client
+                        # nothing: it does not commit the stream, so a retry stays possible.
+                        await job.stream.put(chunk, commit=visible)
             except asyncio.CancelledError:
                 self.breaker.release(admission)
                 raise
