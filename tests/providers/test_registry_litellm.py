@@ -96,3 +96,29 @@ def test_litellm_retries_less_by_default_and_parses_like_openai() -> None:
     assert parser.done
     error = ServerError("500")
     assert adapter.refine_error(error, b"") is error
+
+
+def test_gemini_safety_settings_come_from_the_config() -> None:
+    from rakka_inference.core.config import parse_config
+
+    config = parse_config(
+        """
+[[deployment]]
+name = "gem"
+model = "gemini-2.5-flash"
+runtime = "gemini"
+[deployment.runtime_config]
+api_key = { from_env = "GEMINI_API_KEY" }
+safety_settings = [
+  { category = "HARM_CATEGORY_HATE_SPEECH", threshold = "BLOCK_ONLY_HIGH" },
+]
+""",
+        environ={},
+    )
+    adapter = adapter_for(config.deployment("gem"))
+    assert isinstance(adapter, GeminiAdapter)
+    request = ChatRequest(model="gem", messages=(ChatMessage.user("hi"),))
+    body = adapter.request_body(request)
+    assert body["safetySettings"] == [
+        {"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_ONLY_HIGH"}
+    ]

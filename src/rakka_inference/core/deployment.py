@@ -240,6 +240,9 @@ class GeminiConfig(RemoteRuntimeConfig):
     """Vertex: the region, such as ``us-central1``."""
     credentials: SecretRef | None = None
     """Vertex: the service-account JSON, usually ``{ from_file = "sa.json" }``."""
+    safety_settings: tuple[Mapping[str, str], ...] = ()
+    """Passed to the API unchanged as ``safetySettings``, e.g.
+    ``[{ category = "HARM_CATEGORY_HATE_SPEECH", threshold = "BLOCK_ONLY_HIGH" }]``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

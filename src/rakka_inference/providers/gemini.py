@@ -47,8 +47,8 @@ Translation from the OpenAI-shaped :class:`~rakka_inference.core.messages.ChatRe
   ``stopSequences``, ``seed``, ``presencePenalty``, ``frequencyPenalty`` and
   ``candidateCount: 1`` (``n`` other than 1 is refused). ``json_object`` sets
   ``responseMimeType: application/json``; ``json_schema`` adds ``responseSchema``.
-- ``safetySettings`` are passed through unchanged from the adapter's ``safety_settings``
-  (GeminiConfig has no field for them yet: the config wiring comes with the config issue).
+- ``safetySettings`` are passed through unchanged from ``runtime_config.safety_settings``
+  (the registry hands them to the adapter's ``safety_settings``).
 - Dropped, having no Gemini equivalent: ``user``, message ``name``, image ``detail``.
 
 Responses: only the first candidate is read. Text parts are text, parts with

@@ -48,7 +48,11 @@ def _anthropic(deployment: Deployment, prices: PriceTable | None) -> ProviderAda
 def _gemini(deployment: Deployment, prices: PriceTable | None) -> ProviderAdapter:
     config = _config(deployment, GeminiConfig)
     return GeminiAdapter(
-        config, deployment.upstream_model, price_override=deployment.pricing, prices=prices
+        config,
+        deployment.upstream_model,
+        price_override=deployment.pricing,
+        prices=prices,
+        safety_settings=config.safety_settings,
     )
 
 
