@@ -1,0 +1,234 @@
+"""Gemini's ``GenerateContentResponse``, whole or streamed, read into TokenChunks.
+
+Holds the reading of the first candidate (text, reasoning and function-call parts, the
+``finishReason``), of ``usageMetadata`` (:func:`gemini_usage`), of refusals sent with
+HTTP 200 (an ``error`` object, a blocked prompt), and :class:`GeminiStreamParser`, which
+merges a stream's running usage totals into increments. The rules are set out in the
+adapter module's docstring (:mod:`rakka_inference.providers.gemini`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from rakka_inference.core.errors import ContentFiltered, ProtocolError, ServerError
+from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
+from rakka_inference.core.usage import Usage
+from rakka_inference.providers.gemini_errors import _error, _error_kind, _quote, _retry_delay
+from rakka_inference.remote.sse import SseEvent
+
+__all__ = ["GeminiStreamParser", "gemini_usage"]
+
+# The adapter's logger: these records come from reading its answers.
+log = logging.getLogger("rakka_inference.providers.gemini")
+
+_FINISH_REASONS: Mapping[str, FinishReason] = {
+    "STOP": FinishReason.STOP,
+    "MAX_TOKENS": FinishReason.LENGTH,
+}
+_FILTERED_FINISHES = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
+)
+
+
+class GeminiStreamParser:
+    """``streamGenerateContent?alt=sse`` events to TokenChunks.
+
+    See :mod:`rakka_inference.providers.gemini` for the rules.
+    """
+
+    __slots__ = ("_calls", "_counts", "_provider", "_total", "done")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._calls = 0
+        self._counts: dict[str, int] = {}
+        self._total: Usage | None = None
+        self.done = False
+
+    def feed(self, event: SseEvent) -> list[TokenChunk]:
+        document = _load(event.raw, self._provider)
+        _raise_for_refusal(document, self._provider)
+        text, reasoning = "", ""
+        calls: tuple[ToolCallDelta, ...] = ()
+        finish: FinishReason | None = None
+        candidate = _first_candidate(document)
+        if candidate is not None:
+            text, reasoning, calls = _parts(candidate, self._calls, self._provider)
+            self._calls += len(calls)
+            finish = _finish(candidate, self._calls > 0, self._provider)
+            if finish is not None:
+                self.done = True
+        chunk = TokenChunk(
+            text=text,
+            reasoning=reasoning,
+            tool_calls=calls,
+            usage=self._usage_increment(document.get("usageMetadata")),
+            finish_reason=finish,
+        )
+        return [] if chunk.is_empty else [chunk]
+
+    def _usage_increment(self, usage: object) -> Usage | None:
+        """What a running-total report adds; None when it adds nothing.
+
+        The first report is emitted even at zero, so "zero tokens" is not read as "usage
+        unknown" downstream.
+        """
+        if not isinstance(usage, dict):
+            return None
+        gemini_usage(usage, self._provider)  # checks every count before any is kept
+        # Output is the sum of two of Gemini's counts, so running totals are merged count
+        # by count (field-wise maximum): a report that leaves thoughtsTokenCount out must
+        # not lower it, and a report seen twice adds nothing.
+        counts = self._counts
+        raised = False
+        for key, value in usage.items():
+            if isinstance(value, int) and value > counts.get(key, -1):
+                counts[key] = value
+                raised = True
+        previous = self._total
+        if previous is not None and not raised:
+            return None  # the common repeated report: nothing new, nothing built
+        total = gemini_usage(counts, self._provider)
+        self._total = total
+        if previous is None:
+            return total
+        increment = total.minus(previous)
+        return None if increment.is_zero else increment
+
+
+def gemini_usage(usage: Mapping[str, Any], provider: str | None = None) -> Usage:
+    """Gemini's ``usageMetadata`` in our convention: thoughts are output and reasoning."""
+
+    def count(key: str) -> int:
+        value = usage.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ProtocolError(f"usageMetadata.{key} is not a token count", provider=provider)
+        return value
+
+    thoughts = count("thoughtsTokenCount")
+    return Usage(
+        input_tokens=count("promptTokenCount") + count("toolUsePromptTokenCount"),
+        output_tokens=count("candidatesTokenCount") + thoughts,
+        cached_input_tokens=count("cachedContentTokenCount"),
+        reasoning_tokens=thoughts,
+    )
+
+
+def _load(raw: bytes, provider: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(
+            f"malformed JSON from upstream ({len(raw)} bytes)", provider=provider
+        ) from None
+    if not isinstance(document, dict):
+        raise ProtocolError("upstream JSON is not an object", provider=provider)
+    return document
+
+
+def _raise_for_refusal(document: Mapping[str, Any], provider: str) -> None:
+    """Raise the typed error of an ``error`` object or a blocked prompt (both HTTP 200)."""
+    error = document.get("error")
+    if isinstance(error, dict):
+        status = str(error.get("status") or "UNKNOWN")
+        message = f"{provider} error {status} in a 200 answer{_quote(error.get('message'))}"
+        # A status we do not know, in an answer that had started, is upstream trouble.
+        kind = _error_kind(error) or ServerError
+        raise _error(kind, message, provider=provider, retry_after=_retry_delay(error))
+    feedback = document.get("promptFeedback")
+    if isinstance(feedback, dict) and (reason := feedback.get("blockReason")):
+        raise ContentFiltered(
+            f"{provider} blocked the prompt: {reason}{_blocked(feedback)}", provider=provider
+        )
+
+
+def _first_candidate(document: Mapping[str, Any]) -> dict[str, Any] | None:
+    candidates = document.get("candidates")
+    if not isinstance(candidates, list):
+        return None
+    for candidate in candidates:
+        if isinstance(candidate, dict) and candidate.get("index", 0) == 0:
+            return candidate
+    return None
+
+
+def _parts(
+    candidate: Mapping[str, Any], first_index: int, provider: str
+) -> tuple[str, str, tuple[ToolCallDelta, ...]]:
+    """``(text, reasoning, calls)`` of a candidate; calls are numbered from ``first_index``."""
+    content = candidate.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCallDelta] = []
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, dict):
+            continue
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            name = call.get("name")
+            if not isinstance(name, str) or not name:
+                raise ProtocolError("functionCall without a name", provider=provider)
+            upstream_id = call.get("id")
+            calls.append(
+                ToolCallDelta(
+                    index=first_index + len(calls),
+                    id=upstream_id if isinstance(upstream_id, str) and upstream_id else _call_id(),
+                    name=name,
+                    arguments=orjson.dumps(call.get("args") or {}).decode(),
+                )
+            )
+        elif isinstance(part.get("text"), str):
+            (reasoning if part.get("thought") is True else text).append(part["text"])
+        else:
+            log.debug("skipping Gemini part with keys %s", sorted(part))
+    return "".join(text), "".join(reasoning), tuple(calls)
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _finish(candidate: Mapping[str, Any], has_calls: bool, provider: str) -> FinishReason | None:
+    reason = candidate.get("finishReason")
+    if not reason:
+        return None
+    reason = str(reason)
+    if reason in _FILTERED_FINISHES:
+        raise ContentFiltered(
+            f"{provider} stopped the answer: finishReason {reason}{_blocked(candidate)}",
+            provider=provider,
+        )
+    if has_calls:
+        return FinishReason.TOOL_CALLS
+    finish = _FINISH_REASONS.get(reason)
+    if finish is None:
+        log.debug("Gemini finishReason %r read as stop", reason)
+        return FinishReason.STOP
+    return finish
+
+
+def _blocked(holder: Mapping[str, Any]) -> str:
+    """The harm categories a safety verdict blocked, for the error message."""
+    ratings = holder.get("safetyRatings")
+    categories = [
+        str(rating.get("category"))
+        for rating in (ratings if isinstance(ratings, list) else ())
+        if isinstance(rating, dict) and rating.get("blocked") is True
+    ]
+    return f" ({', '.join(categories)})" if categories else ""
