@@ -1,0 +1,162 @@
+"""The waiting half shared by every limiter: a FIFO queue over a non-waiting core.
+
+Waiting
+-------
+``try_acquire(tokens)`` is the non-waiting core: a :class:`Permit` or a
+:class:`Denial` ``(retry_at, reason)``. ``await acquire(tokens, deadline=...)`` waits in a
+FIFO queue: only the head of the queue tries, so a later caller cannot overtake an
+earlier one and no waiter starves. The head sleeps (through the injected ``sleep``) until
+the denial's ``retry_at``, and any permit ending wakes it at once, so concurrency waiters
+wake on release, not by polling. When no permit can be had by the deadline, ``acquire``
+raises :class:`~rakka_inference.core.errors.RateLimitExceeded` with ``retry_after``
+(seconds until one could be had) as soon as that is known, without waiting for nothing.
+``try_acquire`` itself does not queue: callers that mix it with ``acquire`` may overtake.
+
+A subclass supplies ``_check`` (why not, and until when) and ``_grant`` (take the permit),
+and calls ``_notify`` whenever something is freed.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import math
+from collections import deque
+from typing import ClassVar
+
+from rakka_inference.core.errors import RateLimitExceeded
+from rakka_inference.remote.ratelimit_types import (
+    CONCURRENCY_RETRY_HINT,
+    Clock,
+    Denial,
+    DenialReason,
+    LimiterKey,
+    Permit,
+    RateLimitUtilization,
+    Sleep,
+)
+
+__all__ = ["WaitingLimiter"]
+
+
+class _Waiter:
+    __slots__ = ("wake",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.wake: asyncio.Future[None] = loop.create_future()
+
+    def notify(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+
+class WaitingLimiter(abc.ABC):
+    """The waiting half shared by every limiter: FIFO waiters over a ``_check``/``_grant`` core."""
+
+    __slots__ = ("_clock", "_sleep", "_waiters", "key")
+    mode: ClassVar[str]
+
+    def __init__(self, key: LimiterKey, clock: Clock, sleep: Sleep) -> None:
+        self.key = key
+        self._clock = clock
+        self._sleep = sleep
+        self._waiters: deque[_Waiter] = deque()
+
+    @abc.abstractmethod
+    def _check(self, tokens: int, now: float) -> Denial | None:
+        """Why ``tokens`` cannot be granted at ``now``, or None. Must not change the state
+        the caller can see (it may evict expired entries)."""
+
+    @abc.abstractmethod
+    def _grant(self, tokens: int, now: float) -> Permit: ...
+
+    @abc.abstractmethod
+    def on_rate_limited(self, retry_after: float | None) -> None: ...
+
+    @abc.abstractmethod
+    def utilization(self) -> RateLimitUtilization: ...
+
+    def try_acquire(self, tokens: int) -> Permit | Denial:
+        """A permit for a call estimated at ``tokens``, or why not and until when."""
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        now = self._clock()
+        denial = self._check(tokens, now)
+        return self._grant(tokens, now) if denial is None else denial
+
+    async def acquire(self, tokens: int, *, deadline: float) -> Permit:
+        """Wait (FIFO) for a permit until ``deadline`` (clock time).
+
+        Raises :class:`RateLimitExceeded` with ``retry_after`` when none can be had by then.
+        """
+        if not self._waiters:
+            first = self.try_acquire(tokens)
+            if isinstance(first, Permit):
+                return first
+            self._give_up_if_too_late(first, deadline)
+        waiter = _Waiter(asyncio.get_running_loop())
+        self._waiters.append(waiter)
+        try:
+            while True:
+                if waiter.wake.done():
+                    waiter.wake = asyncio.get_running_loop().create_future()
+                if self._waiters[0] is waiter:
+                    result = self.try_acquire(tokens)
+                    if isinstance(result, Permit):
+                        return result
+                    self._give_up_if_too_late(result, deadline)
+                    if result.reason is DenialReason.CONCURRENCY:
+                        wake_at = deadline
+                    else:
+                        wake_at = result.retry_at
+                else:
+                    wake_at = deadline
+                now = self._clock()
+                if now >= deadline:
+                    raise self._exceeded(tokens, now)
+                await self._wait(waiter, min(wake_at, deadline) - now)
+        finally:
+            was_head = self._waiters[0] is waiter
+            self._waiters.remove(waiter)
+            if was_head:
+                self._notify()
+
+    def _give_up_if_too_late(self, denial: Denial, deadline: float) -> None:
+        if denial.reason is DenialReason.CONCURRENCY:
+            return
+        if denial.retry_at > deadline or math.isinf(denial.retry_at):
+            raise self._error(denial, self._clock())
+
+    def _exceeded(self, tokens: int, now: float) -> RateLimitExceeded:
+        denial = self._check(tokens, now)
+        if denial is None:  # a permit is free but an earlier waiter is ahead
+            denial = Denial(now, DenialReason.CONCURRENCY)
+        return self._error(denial, now)
+
+    def _error(self, denial: Denial, now: float) -> RateLimitExceeded:
+        if denial.reason is DenialReason.CONCURRENCY:
+            retry_after: float | None = CONCURRENCY_RETRY_HINT
+        elif math.isinf(denial.retry_at):
+            retry_after = None
+        else:
+            retry_after = max(0.0, denial.retry_at - now)
+        return RateLimitExceeded(
+            f"no rate-limit permit for {self.key.model} in time ({denial.reason.value})",
+            provider=self.key.provider,
+            retry_after=retry_after,
+        )
+
+    async def _wait(self, waiter: _Waiter, delay: float) -> None:
+        if math.isinf(delay):
+            await waiter.wake
+            return
+        timer = asyncio.ensure_future(self._sleep(delay))
+        try:
+            await asyncio.wait((waiter.wake, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+
+    def _notify(self) -> None:
+        """Something was freed: let the head waiter look again."""
+        if self._waiters:
+            self._waiters[0].notify()
