@@ -226,6 +226,7 @@ async def test_429_asking_longer_than_allowed_fails_at_once(harness: Harness) ->
 async def test_repeated_503s_exhaust_retries_then_open_the_circuit(harness: Harness) -> None:
     harness.server.default = lambda _: error(503, "server_error")
     engine = await harness.engine()
+    assert engine.healthy
     with pytest.raises(ServerError):
         await collect(engine.submit(request()))
     assert harness.reports[0].attempts == 4  # the first try and max_retries = 3
@@ -238,6 +239,7 @@ async def test_repeated_503s_exhaust_retries_then_open_the_circuit(harness: Harn
     assert len(harness.server.requests) == calls  # no call went out
     assert caught.value.retry_at is not None
     assert engine.breaker.snapshot().state.value == "open"
+    assert not engine.healthy  # routing skips this replica while its circuit is open
 
 
 async def test_slow_first_byte_is_a_retried_timeout(harness: Harness) -> None:

@@ -59,7 +59,7 @@ from rakka_inference.core.messages import ChatRequest
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.remote.breaker import CircuitBreaker
+from rakka_inference.remote.breaker import BreakerState, CircuitBreaker
 from rakka_inference.remote.queue import QueueTicket, RequestQueue
 from rakka_inference.remote.ratelimit import PermitSource
 from rakka_inference.remote.retry import RetryAction, RetryBudget
@@ -180,6 +180,14 @@ class RemoteEngineCore:
     @property
     def capacity(self) -> int:
         return self._limit
+
+    @property
+    def healthy(self) -> bool:
+        """False while this replica's circuit is open (routing skips it)."""
+        if self.breaker.state is not BreakerState.OPEN:
+            return True
+        open_until = self.breaker.snapshot().open_until
+        return open_until is not None and open_until <= self._clock()
 
     @property
     def load_score(self) -> float:

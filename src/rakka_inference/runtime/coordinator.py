@@ -1,0 +1,189 @@
+"""DpCoordinator: which replica serves a request for a model.
+
+The coordinator keeps, for every deployment, its replicas and the aliases it answers to.
+Registration changes are rare and go through :class:`DpCoordinatorActor` (one writer);
+each change publishes a new immutable :class:`RoutingTable` with one assignment. Routing is
+the hot path and takes no mailbox hop: :meth:`DpCoordinator.route` reads the current table
+and asks each candidate replica for its live load.
+
+The routing rule is the power of two choices: draw two distinct healthy replicas at random
+and take the less loaded (ties go to the first drawn). It is nearly as good as scanning all
+replicas for the least loaded, without the herd that a pure minimum causes when many
+requests read the same stale loads at once, and it costs two reads. A replica whose circuit
+is open is not healthy and is skipped; when no replica is healthy the request fails fast
+with :class:`CircuitOpen`, so the caller can fall back to another deployment.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rakka_inference.actors.actor import Actor
+from rakka_inference.core.errors import CircuitOpen, ModelNotFound
+
+__all__ = [
+    "Deregister",
+    "DpCoordinator",
+    "DpCoordinatorActor",
+    "Register",
+    "Replica",
+    "RoutingTable",
+    "SetAliases",
+]
+
+
+class Replica(Protocol):
+    """What the coordinator needs of a replica (an engine core, remote or local)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def load_score(self) -> float:
+        """Queued plus in-flight requests over capacity."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False while the replica must not get requests (its circuit is open)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """One immutable version of the routing state."""
+
+    replicas: Mapping[str, tuple[Replica, ...]] = field(default_factory=dict)
+    """Deployment name to its replicas."""
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    """Alias to deployment name."""
+
+    def resolve(self, model: str) -> str:
+        """The deployment a model name or alias means; ModelNotFound when none."""
+        if model in self.replicas:
+            return model
+        target = self.aliases.get(model)
+        if target is None:
+            raise ModelNotFound(f"the model {model!r} does not exist", param="model")
+        return target
+
+
+class DpCoordinator:
+    """Deployments, their replicas and aliases; routes by the power of two choices."""
+
+    def __init__(self, *, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
+        self.table = RoutingTable()
+
+    # ------------------------------------------------------------------ hot path
+
+    def route(self, model: str) -> Replica:
+        """The replica to send a request for ``model`` to."""
+        table = self.table
+        name = table.resolve(model)
+        replicas = table.replicas[name]
+        healthy = [replica for replica in replicas if replica.healthy]
+        if not healthy:
+            if not replicas:
+                raise CircuitOpen(f"deployment {name!r} has no replica serving")
+            raise CircuitOpen(f"every replica of deployment {name!r} has its circuit open")
+        if len(healthy) == 1:
+            return healthy[0]
+        first, second = self._rng.sample(healthy, 2)
+        return second if second.load_score < first.load_score else first
+
+    # ------------------------------------------------------------------ changes
+
+    def register(self, deployment: str, replica: Replica) -> None:
+        """Add ``replica`` to ``deployment`` (creating the deployment on first use)."""
+        table = self.table
+        if deployment in table.aliases:
+            raise ValueError(f"{deployment!r} is already an alias of {table.aliases[deployment]!r}")
+        current = table.replicas.get(deployment, ())
+        if any(existing.name == replica.name for existing in current):
+            raise ValueError(f"replica {replica.name!r} is already registered for {deployment!r}")
+        replicas = dict(table.replicas)
+        replicas[deployment] = (*current, replica)
+        self.table = RoutingTable(replicas, table.aliases)
+
+    def deregister(self, deployment: str, replica_name: str) -> bool:
+        """Remove a replica; False when it was not registered. The deployment stays known
+        (requests for it fail fast) until :meth:`remove`."""
+        table = self.table
+        current = table.replicas.get(deployment, ())
+        kept = tuple(replica for replica in current if replica.name != replica_name)
+        if len(kept) == len(current):
+            return False
+        replicas = dict(table.replicas)
+        replicas[deployment] = kept
+        self.table = RoutingTable(replicas, table.aliases)
+        return True
+
+    def remove(self, deployment: str) -> None:
+        """Forget a deployment and its aliases."""
+        table = self.table
+        replicas = {k: v for k, v in table.replicas.items() if k != deployment}
+        aliases = {k: v for k, v in table.aliases.items() if v != deployment}
+        self.table = RoutingTable(replicas, aliases)
+
+    def set_aliases(self, deployment: str, aliases: Iterable[str]) -> None:
+        """Make ``aliases`` (and only those) answer for ``deployment``."""
+        table = self.table
+        wanted = list(aliases)
+        for alias in wanted:
+            if alias in table.replicas:
+                raise ValueError(f"alias {alias!r} is already a deployment")
+            owner = table.aliases.get(alias)
+            if owner is not None and owner != deployment:
+                raise ValueError(f"alias {alias!r} already answers for {owner!r}")
+        kept = {k: v for k, v in table.aliases.items() if v != deployment}
+        kept.update(dict.fromkeys(wanted, deployment))
+        self.table = RoutingTable(table.replicas, kept)
+
+    def models(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Every deployment with its aliases, sorted by name (for ``GET /v1/models``)."""
+        table = self.table
+        return [
+            (name, tuple(sorted(a for a, target in table.aliases.items() if target == name)))
+            for name in sorted(table.replicas)
+        ]
+
+
+# ---------------------------------------------------------------------- actor
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    deployment: str
+    replica: Replica
+
+
+@dataclass(frozen=True, slots=True)
+class Deregister:
+    deployment: str
+    replica_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetAliases:
+    deployment: str
+    aliases: tuple[str, ...]
+
+
+class DpCoordinatorActor(Actor[Register | Deregister | SetAliases]):
+    """The one writer of the routing table. Routing itself reads the table directly."""
+
+    def __init__(self, coordinator: DpCoordinator) -> None:
+        self.coordinator = coordinator
+
+    async def receive(self, message: Register | Deregister | SetAliases) -> Any:
+        if isinstance(message, Register):
+            self.coordinator.register(message.deployment, message.replica)
+            return None
+        if isinstance(message, Deregister):
+            return self.coordinator.deregister(message.deployment, message.replica_name)
+        self.coordinator.set_aliases(message.deployment, message.aliases)
+        return None
