@@ -186,3 +186,15 @@ def test_config_error_lists_every_issue() -> None:
         "  a.toml: no line known",
     ]
     assert str(ConfigError(issues[:1])).startswith("1 configuration error\n")
+
+
+def test_outcome_labels_follow_design_section_6() -> None:
+    assert RateLimited.outcome == "rate_limited"
+    assert ServerError.outcome == "server_error"
+    assert ContentFiltered.outcome == "content_filtered"
+    assert Timeout.outcome == "timed_out"
+    assert CircuitOpen.outcome == "circuit_open"
+    assert Backpressure.outcome == "backpressure"
+    assert BudgetExceeded.outcome == "budget_exceeded"
+    assert RequestCancelled("x").outcome == "request_cancelled"
+    assert InferenceError.outcome == "inference_error"

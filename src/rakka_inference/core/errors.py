@@ -121,6 +121,10 @@ class RakkaError(Exception):
     """The root of every error this package raises."""
 
 
+def _snake_case(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -207,6 +211,14 @@ class InferenceError(RakkaError):
     http_status: ClassVar[int] = 500
     openai_type: ClassVar[str] = "server_error"
     openai_code: ClassVar[str | None] = None
+    outcome: ClassVar[str] = "inference_error"
+    """The request-outcome label for metrics and logs: the class name in snake case
+    (``RateLimited`` → ``rate_limited``) unless a class sets its own."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "outcome" not in cls.__dict__:
+            cls.outcome = _snake_case(cls.__name__)
 
     def __init__(
         self,
@@ -328,6 +340,7 @@ class TimeoutPhase(enum.Enum):
 
 
 class Timeout(UpstreamError):
+    outcome = "timed_out"
     retryable = True
     counts_for_breaker = True
     http_status = 504

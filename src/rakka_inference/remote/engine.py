@@ -113,13 +113,6 @@ class _Job:
     usage: Usage = field(default_factory=Usage)
 
 
-def _outcome_name(error: BaseException | None) -> str:
-    if error is None:
-        return "ok"
-    name = type(error).__name__
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
-
-
 class RemoteEngineCore:
     """One remote replica: queue, worker pool, and the failure policies around each call.
 
@@ -409,17 +402,11 @@ class RemoteEngineCore:
                 return
 
     def _end(self, job: _Job, error: InferenceError | None) -> None:
-        if error is None:
-            job.stream.finish()
-        else:
-            job.stream.fail(error)
-        if self._on_complete is None:
-            return
         now = self._clock()
         started = job.started_at or now
         report = RequestReport(
             request_id=job.request.request_id,
-            outcome=_outcome_name(error),
+            outcome="ok" if error is None else error.outcome,
             error=error,
             attempts=job.attempts,
             usage=job.usage,
@@ -428,6 +415,14 @@ class RemoteEngineCore:
             latency_s=now - job.submitted_at,
             ttft_s=None if job.first_chunk_at is None else job.first_chunk_at - job.submitted_at,
         )
+        # The consumer reads the report from the stream's trailer once the stream ends.
+        job.stream.trailer = report
+        if error is None:
+            job.stream.finish()
+        else:
+            job.stream.fail(error)
+        if self._on_complete is None:
+            return
         try:
             self._on_complete(report)
         except Exception:

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rakka_inference.actors.actor import Actor
+from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.errors import CircuitOpen, ModelNotFound
+from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.stream import TokenChunk
 
 __all__ = [
     "Deregister",
@@ -49,6 +52,12 @@ class Replica(Protocol):
     @property
     def healthy(self) -> bool:
         """False while the replica must not get requests (its circuit is open)."""
+        ...
+
+    def submit(
+        self, request: ChatRequest, *, deadline: float | None = None
+    ) -> BoundedStream[TokenChunk]:
+        """Queue the request; its chunks arrive on the returned stream."""
         ...
 
 
@@ -80,11 +89,19 @@ class DpCoordinator:
 
     # ------------------------------------------------------------------ hot path
 
+    def resolve(self, model: str) -> str:
+        """The deployment a model name or alias means; ModelNotFound when none."""
+        return self.table.resolve(model)
+
     def route(self, model: str) -> Replica:
-        """The replica to send a request for ``model`` to."""
-        table = self.table
-        name = table.resolve(model)
-        replicas = table.replicas[name]
+        """The replica to send a request for ``model`` (a name or an alias) to."""
+        return self.route_deployment(self.table.resolve(model))
+
+    def route_deployment(self, name: str) -> Replica:
+        """The replica of deployment ``name`` to send a request to."""
+        replicas = self.table.replicas.get(name)
+        if replicas is None:
+            raise ModelNotFound(f"the model {name!r} does not exist", param="model")
         healthy = [replica for replica in replicas if replica.healthy]
         if not healthy:
             if not replicas:

@@ -1,0 +1,237 @@
+"""RequestActor: the life of one request, from routing to its last chunk.
+
+One RequestActor runs per request, on the request's own task (the HTTP connection's), so
+its chunks reach the client through exactly one bounded stream — the engine's — with no
+mailbox hop. Nothing sends it messages; cancelling its task (the client went away) is its
+only signal, and closes the engine stream, which cancels the upstream call and releases
+every permit.
+
+The protocol:
+
+1. Resolve the model (a deployment or an alias) and walk the deployment's ``fallbacks`` in
+   order. For each: ask the coordinator for the least-loaded healthy replica, submit, and
+   pass chunks on as they come.
+2. A failure **before the first visible chunk** moves on to the next deployment when it is
+   one a different deployment can cure: the circuit is open, no rate-limit permit in time,
+   backpressure, the budget is spent, a timeout, or a 5xx / network failure whose retries
+   are spent. A deployment whose ``on_capacity_exhausted`` is ``reject`` answers
+   backpressure to the client instead. Anything else (a bad request, a content filter)
+   is the client's answer as it is.
+3. After the first visible chunk nothing is retried or re-routed: a failure ends the
+   stream (the gateway then sends an error event and ``[DONE]``). Content is never
+   duplicated.
+4. At the end, one structured log line: request id, deployment, replica, attempts, outcome,
+   latency, time to first token, tokens and cost — never a secret, never prompt text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rakka_inference.actors.stream import BoundedStream
+from rakka_inference.core.deployment import CapacityPolicy
+from rakka_inference.core.errors import (
+    Backpressure,
+    InferenceError,
+    NetworkError,
+    Refused,
+    ServerError,
+    Timeout,
+)
+from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.stream import ChatCompletion, ChunkAggregator, TokenChunk
+from rakka_inference.core.usage import Usage
+
+__all__ = ["RequestActor", "RequestRecord", "RoutedReplica", "Router"]
+
+log = logging.getLogger("rakka_inference.requests")
+
+# Failures a different deployment can cure. (A retryable upstream error reaches us only
+# once its retries are spent: the engine retried it already.)
+_FALLBACK_ON: tuple[type[InferenceError], ...] = (Refused, Timeout, ServerError, NetworkError)
+
+
+class RoutedReplica(Protocol):
+    """What the request needs of the replica the coordinator picked."""
+
+    @property
+    def name(self) -> str: ...
+
+    def submit(
+        self, request: ChatRequest, *, deadline: float | None = None
+    ) -> BoundedStream[TokenChunk]: ...
+
+
+class Router(Protocol):
+    """The coordinator's routing surface."""
+
+    def resolve(self, model: str) -> str:
+        """The deployment name for a model name or alias (ModelNotFound otherwise)."""
+        ...
+
+    def route_deployment(self, deployment: str) -> RoutedReplica: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackPolicy:
+    """What the request walk needs to know about one deployment."""
+
+    fallbacks: tuple[str, ...] = ()
+    capacity_policy: CapacityPolicy = CapacityPolicy.QUEUE
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """The figures of the per-request log line."""
+
+    request_id: str
+    model: str
+    deployment: str | None = None
+    replica: str | None = None
+    attempts: int = 0
+    tried: list[str] = field(default_factory=list)
+    outcome: str = "ok"
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+
+    def as_log_fields(self) -> dict[str, object]:
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "deployment": self.deployment,
+            "replica": self.replica,
+            "attempts": self.attempts,
+            "fallbacks_tried": len(self.tried) - 1 if self.tried else 0,
+            "outcome": self.outcome,
+            "latency_ms": round(self.latency_s * 1000, 3),
+            "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 3),
+            "tokens_in": self.usage.input_tokens,
+            "tokens_out": self.usage.output_tokens,
+            "cost_usd": self.cost_usd,
+        }
+
+
+def _visible(chunk: TokenChunk) -> bool:
+    return bool(chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason)
+
+
+class RequestActor:
+    """Routes one request, walks fallbacks before the first byte, streams its chunks."""
+
+    def __init__(
+        self,
+        request: ChatRequest,
+        router: Router,
+        policies: Mapping[str, FallbackPolicy],
+        *,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_done: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self.request = request
+        self._router = router
+        self._policies = policies
+        self._deadline = deadline
+        self._clock = clock
+        self._on_done = on_done
+        self.record = RequestRecord(request_id=request.request_id, model=request.model)
+
+    async def chunks(self) -> AsyncIterator[TokenChunk]:
+        """The answer's chunks; raises the typed error that ended the request."""
+        started = self._clock()
+        record = self.record
+        walk = self._walk(started)
+        try:
+            async for chunk in walk:
+                yield chunk
+        except BaseException as error:
+            record.outcome = _outcome(error)
+            raise
+        finally:
+            # Closing the walk now (not when it is collected) closes the engine stream,
+            # which cancels the upstream call and frees its permits at once.
+            await walk.aclose()
+            record.latency_s = self._clock() - started
+            self._finish()
+
+    async def completion(self) -> ChatCompletion:
+        """The whole answer, for a non-streaming client."""
+        aggregator = ChunkAggregator()
+        async for chunk in self.chunks():
+            aggregator.add(chunk)
+        return aggregator.result()
+
+    async def _walk(self, started: float) -> AsyncIterator[TokenChunk]:
+        record = self.record
+        first = self._router.resolve(self.request.model)
+        targets = [first, *self._policies.get(first, FallbackPolicy()).fallbacks]
+        last_error: InferenceError | None = None
+        for target in targets:
+            record.tried.append(target)
+            record.deployment = target
+            policy = self._policies.get(target, FallbackPolicy())
+            committed = False
+            try:
+                replica = self._router.route_deployment(target)
+                record.replica = replica.name
+                stream = replica.submit(self.request, deadline=self._deadline)
+                try:
+                    async for chunk in stream:
+                        if chunk.usage is not None:
+                            record.usage = record.usage + chunk.usage
+                        if not committed and _visible(chunk):
+                            committed = True
+                            record.ttft_s = self._clock() - started
+                        yield chunk
+                finally:
+                    stream.close()  # a no-op once finished; cancels the upstream otherwise
+                    self._take_report(stream)
+                return
+            except InferenceError as error:
+                if committed or not self._falls_back(error, policy):
+                    raise
+                log.info(
+                    "request %s: %s from %s, trying the next deployment",
+                    record.request_id,
+                    type(error).__name__,
+                    target,
+                )
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    @staticmethod
+    def _falls_back(error: InferenceError, policy: FallbackPolicy) -> bool:
+        if isinstance(error, Backpressure) and policy.capacity_policy is CapacityPolicy.REJECT:
+            return False
+        return isinstance(error, _FALLBACK_ON)
+
+    def _take_report(self, stream: BoundedStream[TokenChunk]) -> None:
+        report = stream.trailer
+        attempts = getattr(report, "attempts", None)
+        if isinstance(attempts, int):
+            self.record.attempts += attempts
+        cost = getattr(report, "cost_usd", None)
+        if isinstance(cost, float):
+            self.record.cost_usd = (self.record.cost_usd or 0.0) + cost
+
+    def _finish(self) -> None:
+        record = self.record
+        log.info("request", extra={"request": record.as_log_fields()})
+        if self._on_done is not None:
+            self._on_done(record)
+
+
+def _outcome(error: BaseException) -> str:
+    if isinstance(error, InferenceError):
+        return error.outcome
+    if isinstance(error, GeneratorExit | asyncio.CancelledError):
+        return "cancelled"
+    return "internal_error"

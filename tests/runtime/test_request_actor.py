@@ -1,0 +1,229 @@
+"""RequestActor: fallbacks before the first byte only, cancellation, the log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from rakka_inference.actors.stream import BoundedStream
+from rakka_inference.core.deployment import CapacityPolicy
+from rakka_inference.core.errors import (
+    Backpressure,
+    BadRequest,
+    CircuitOpen,
+    InferenceError,
+    ModelNotFound,
+    ServerError,
+)
+from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.stream import FinishReason, TokenChunk
+from rakka_inference.core.usage import Usage
+from rakka_inference.remote.engine import RequestReport
+from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
+
+Script = Callable[[BoundedStream[TokenChunk]], "asyncio.Future[None] | None"]
+
+
+@dataclass
+class ScriptedReplica:
+    """A replica whose answer is a list of chunks, then an optional failure."""
+
+    name: str
+    chunks: list[TokenChunk] = field(default_factory=list)
+    fail_with: InferenceError | None = None
+    refuse_with: InferenceError | None = None
+    submitted: int = 0
+    streams: list[BoundedStream[TokenChunk]] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+
+    def submit(
+        self, request: ChatRequest, *, deadline: float | None = None
+    ) -> BoundedStream[TokenChunk]:
+        if self.refuse_with is not None:
+            raise self.refuse_with
+        self.submitted += 1
+        stream: BoundedStream[TokenChunk] = BoundedStream()
+        self.streams.append(stream)
+        asyncio.get_running_loop().create_task(self._produce(stream))
+        return stream
+
+    async def _produce(self, stream: BoundedStream[TokenChunk]) -> None:
+        try:
+            for chunk in self.chunks:
+                await stream.put(chunk, commit=bool(chunk.text or chunk.finish_reason))
+                if self.hold is not None:
+                    await self.hold.wait()
+        except InferenceError:
+            return  # the consumer closed the stream
+        stream.trailer = RequestReport(
+            request_id="r",
+            outcome="ok",
+            error=None,
+            attempts=2,
+            usage=Usage(),
+            cost_usd=0.001,
+            queued_s=0,
+            latency_s=0,
+            ttft_s=None,
+        )
+        if self.fail_with is not None:
+            stream.fail(self.fail_with)
+        else:
+            stream.finish()
+
+
+@dataclass
+class FakeRouter:
+    replicas: dict[str, ScriptedReplica | InferenceError]
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, model: str) -> str:
+        if model in self.replicas:
+            return model
+        if model in self.aliases:
+            return self.aliases[model]
+        raise ModelNotFound(f"no {model}", param="model")
+
+    def route_deployment(self, deployment: str) -> ScriptedReplica:
+        target = self.replicas[deployment]
+        if isinstance(target, InferenceError):
+            raise target
+        return target
+
+
+ANSWER = [
+    TokenChunk(usage=Usage(input_tokens=5)),
+    TokenChunk(text="Hel"),
+    TokenChunk(text="lo", finish_reason=FinishReason.STOP, usage=Usage(output_tokens=2)),
+]
+
+
+def request(model: str = "primary") -> ChatRequest:
+    return ChatRequest(model=model, messages=(ChatMessage.user("hi"),), request_id="req_test")
+
+
+def actor(
+    router: FakeRouter, **policies: FallbackPolicy
+) -> tuple[RequestActor, list[RequestRecord]]:
+    records: list[RequestRecord] = []
+    return RequestActor(request(), router, policies, on_done=records.append), records
+
+
+WITH_BACKUP = FallbackPolicy(fallbacks=("backup",))
+
+
+async def test_the_happy_path_and_its_record() -> None:
+    router = FakeRouter({"primary": ScriptedReplica("p0", ANSWER)})
+    subject, records = actor(router)
+    completion = await subject.completion()
+    assert completion.text == "Hello"
+    [record] = records
+    assert (record.deployment, record.replica, record.outcome) == ("primary", "p0", "ok")
+    assert record.usage == Usage(input_tokens=5, output_tokens=2)
+    assert record.attempts == 2
+    assert record.cost_usd == pytest.approx(0.001)
+    assert record.ttft_s is not None
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        CircuitOpen("open"),
+        ServerError("503 after retries"),
+    ],
+)
+async def test_falls_back_before_the_first_byte(failure: InferenceError) -> None:
+    primary: ScriptedReplica | InferenceError = failure
+    if isinstance(failure, ServerError):
+        primary = ScriptedReplica(
+            "p0", [TokenChunk(usage=Usage(input_tokens=5))], fail_with=failure
+        )
+    router = FakeRouter({"primary": primary, "backup": ScriptedReplica("b0", ANSWER)})
+    subject, records = actor(router, primary=WITH_BACKUP)
+    assert (await subject.completion()).text == "Hello"
+    assert records[0].tried == ["primary", "backup"]
+    assert records[0].deployment == "backup"
+
+
+async def test_backpressure_falls_back_unless_the_policy_is_reject() -> None:
+    full = ScriptedReplica("p0", refuse_with=Backpressure("queue full"))
+    router = FakeRouter({"primary": full, "backup": ScriptedReplica("b0", ANSWER)})
+    subject, _ = actor(router, primary=WITH_BACKUP)
+    assert (await subject.completion()).text == "Hello"
+    rejecting = FallbackPolicy(fallbacks=("backup",), capacity_policy=CapacityPolicy.REJECT)
+    subject, records = actor(router, primary=rejecting)
+    with pytest.raises(Backpressure):
+        await subject.completion()
+    assert records[0].outcome == "backpressure"
+
+
+async def test_a_bad_request_is_the_answer_not_a_fallback() -> None:
+    router = FakeRouter(
+        {
+            "primary": ScriptedReplica("p0", [], fail_with=BadRequest("no")),
+            "backup": ScriptedReplica("b0", ANSWER),
+        }
+    )
+    subject, records = actor(router, primary=WITH_BACKUP)
+    with pytest.raises(BadRequest):
+        await subject.completion()
+    assert records[0].tried == ["primary"]
+
+
+async def test_no_fallback_after_the_first_visible_chunk() -> None:
+    router = FakeRouter(
+        {
+            "primary": ScriptedReplica("p0", ANSWER[:2], fail_with=ServerError("mid-stream")),
+            "backup": ScriptedReplica("b0", ANSWER),
+        }
+    )
+    subject, records = actor(router, primary=WITH_BACKUP)
+    received: list[str] = []
+    with pytest.raises(ServerError):
+        async for chunk in subject.chunks():
+            received.append(chunk.text)
+    assert "".join(received) == "Hel"  # once; the backup was never asked
+    assert router.replicas["backup"].submitted == 0  # type: ignore[union-attr]
+
+
+async def test_every_deployment_failing_raises_the_last_error() -> None:
+    router = FakeRouter({"primary": CircuitOpen("a"), "backup": CircuitOpen("b")})
+    subject, records = actor(router, primary=WITH_BACKUP)
+    with pytest.raises(CircuitOpen, match="b"):
+        await subject.completion()
+    assert records[0].outcome == "circuit_open"
+
+
+async def test_unknown_model_and_aliases() -> None:
+    router = FakeRouter({"primary": ScriptedReplica("p0", ANSWER)}, aliases={"alias": "primary"})
+    records: list[RequestRecord] = []
+    aliased = RequestActor(request("alias"), router, {}, on_done=records.append)
+    assert (await aliased.completion()).text == "Hello"
+    missing = RequestActor(request("nope"), router, {}, on_done=records.append)
+    with pytest.raises(ModelNotFound):
+        await missing.completion()
+    assert records[-1].outcome == "model_not_found"
+
+
+async def test_the_client_going_away_closes_the_engine_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    replica = ScriptedReplica("p0", ANSWER, hold=asyncio.Event())
+    router = FakeRouter({"primary": replica})
+    subject, records = actor(router)
+    chunks = subject.chunks()
+    with caplog.at_level(logging.INFO, logger="rakka_inference.requests"):
+        await anext(chunks)  # the usage chunk
+        await chunks.aclose()  # the client disconnected
+    assert replica.streams[0].closed
+    assert records[0].outcome == "cancelled"
+    [line] = [r for r in caplog.records if r.getMessage() == "request"]
+    fields = line.__dict__["request"]
+    assert fields["request_id"] == "req_test"
+    assert "hi" not in str(fields)  # never the prompt
+    replica.hold.set()  # type: ignore[union-attr]
+    await asyncio.sleep(0)
