@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -168,7 +168,7 @@ class RequestActor:
             aggregator.add(chunk)
         return aggregator.result()
 
-    async def _walk(self, started: float) -> AsyncIterator[TokenChunk]:
+    async def _walk(self, started: float) -> AsyncGenerator[TokenChunk, None]:
         record = self.record
         first = self._router.resolve(self.request.model)
         targets = [first, *self._policies.get(first, FallbackPolicy()).fallbacks]
