@@ -26,7 +26,8 @@ The tree::
         │   │   ├── ContentFiltered                              no     no       400
         │   │   └── PayloadTooLarge                              no     no       413
         │   ├── ClientUnauthorized   missing or bad client key   no     no       401
-        │   └── ModelNotFound        no deployment or alias      no     no       404
+        │   ├── ModelNotFound        no deployment or alias      no     no       404
+        │   └── RouteNotFound        no such URL on the gateway  no     no       404
         ├── UpstreamError            the provider (or engine) answered badly
         │   ├── RateLimited          429                         yes    no       429
         │   ├── ServerError          5xx                         yes    yes      502
@@ -89,6 +90,7 @@ __all__ = [
     "PayloadTooLarge",
     "ClientUnauthorized",
     "ModelNotFound",
+    "RouteNotFound",
     "UpstreamError",
     "RateLimited",
     "ServerError",
@@ -299,6 +301,13 @@ class ModelNotFound(RequestError):
 
     http_status = 404
     openai_code = "model_not_found"
+
+
+class RouteNotFound(RequestError):
+    """The gateway has no such route (OpenAI answers ``Invalid URL (METHOD /path)``)."""
+
+    http_status = 404
+    openai_code = "unknown_url"
 
 
 class UpstreamError(InferenceError):
