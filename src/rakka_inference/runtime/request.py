@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -143,7 +143,7 @@ class RequestActor:
         self._on_done = on_done
         self.record = RequestRecord(request_id=request.request_id, model=request.model)
 
-    async def chunks(self) -> AsyncIterator[TokenChunk]:
+    async def chunks(self) -> AsyncGenerator[TokenChunk, None]:
         """The answer's chunks; raises the typed error that ended the request."""
         started = self._clock()
         record = self.record

@@ -1,0 +1,332 @@
+"""ApiGateway: the OpenAI-compatible HTTP surface, as a bare ASGI application.
+
+Routes:
+
+- ``POST /v1/chat/completions`` — streaming (SSE ``chat.completion.chunk`` events, an
+  optional final usage chunk, ``data: [DONE]``) and not;
+- ``GET /v1/models`` — deployments and their aliases;
+- ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
+  has a replica serving.
+
+Every error is an OpenAI-style JSON body with the status of its class (400 naming the
+param, 401, 404, 413, 429 and 503 with ``Retry-After``, 502, 504). Each response carries
+``x-request-id``.
+
+Limits: the body size (413 before it is read past the limit) and the number of requests in
+flight (429 ``backpressure`` beyond it). Client keys, when configured, are checked in
+constant time; a request without a valid ``Authorization: Bearer`` key gets 401.
+
+A streaming response watches for the client going away (``http.disconnect``): the
+request's task is then cancelled, which closes the engine stream, cancels the upstream call
+and releases every permit. If the upstream fails after the first byte, the client gets the
+partial content once, then an error event, then ``[DONE]``.
+
+The module is written on raw ASGI, with no framework, because the gateway's own overhead is
+the product: one dict lookup routes a request, and bodies are bytes end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+import orjson
+
+from rakka_inference.core.errors import (
+    Backpressure,
+    ClientUnauthorized,
+    InferenceError,
+    InternalError,
+    PayloadTooLarge,
+    RequestCancelled,
+    RouteNotFound,
+)
+from rakka_inference.core.messages import new_request_id
+from rakka_inference.core.secrets import Secret
+from rakka_inference.core.stream import TokenChunk
+from rakka_inference.runtime.coordinator import DpCoordinator
+from rakka_inference.runtime.openai_api import (
+    ChunkRenderer,
+    completion_json,
+    error_json,
+    parse_chat_request,
+)
+from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
+
+__all__ = ["ApiGateway"]
+
+log = logging.getLogger("rakka_inference.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ApiGateway:
+    """The ASGI application in front of the coordinator."""
+
+    def __init__(
+        self,
+        coordinator: DpCoordinator,
+        policies: Mapping[str, FallbackPolicy],
+        *,
+        client_keys: Iterable[Secret] = (),
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_concurrent: int = 10_000,
+        request_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.policies = policies
+        self._keys = [key.expose().encode() for key in client_keys]
+        self.max_body_bytes = max_body_bytes
+        self.max_concurrent = max_concurrent
+        self.request_timeout_s = request_timeout_s
+        self._clock = clock
+        self._on_record = on_record
+        self.in_flight = 0
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send, str], Awaitable[None]]]
+        self._routes = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/healthz"): self._healthz,
+            ("GET", "/readyz"): self._readyz,
+        }
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = _header(scope, b"x-request-id") or new_request_id()
+        handler = self._routes.get((scope["method"], scope["path"]))
+        try:
+            if handler is None:
+                raise RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})")
+            if scope["path"] not in _OPEN_PATHS:  # probes answer without a key
+                self._authorize(scope)
+            await handler(scope, receive, send, request_id)
+        except RequestCancelled:
+            return  # the client is gone: there is nobody to answer
+        except InferenceError as error:
+            await _send_error(send, error, request_id)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authorize(self, scope: Scope) -> None:
+        if not self._keys:
+            return
+        header = _header(scope, b"authorization") or ""
+        scheme, _, presented = header.partition(" ")
+        token = presented.strip().encode()
+        # Compare with every key, always, so the time taken says nothing about which.
+        valid = False
+        for key in self._keys:
+            valid |= hmac.compare_digest(token, key)
+        if scheme.lower() != "bearer" or not valid:
+            raise ClientUnauthorized("a valid API key is required: Authorization: Bearer <key>")
+
+    # ------------------------------------------------------------------ routes
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        body = await self._read_body(scope, receive)
+        request = parse_chat_request(body, request_id=request_id)
+        if self.in_flight >= self.max_concurrent:
+            raise Backpressure(f"the gateway is at its limit of {self.max_concurrent} requests")
+        deadline = (
+            None if self.request_timeout_s is None else self._clock() + self.request_timeout_s
+        )
+        actor = RequestActor(
+            request,
+            self.coordinator,
+            self.policies,
+            deadline=deadline,
+            clock=self._clock,
+            on_done=self._on_record,
+        )
+        self.in_flight += 1
+        try:
+            if request.stream:
+                await self._stream(actor, receive, send, request_id)
+            else:
+                result = await actor.completion()
+                body = completion_json(
+                    result, request_id=request_id, model=request.model, created=int(time.time())
+                )
+                await _send_json(send, 200, body, request_id)
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(
+        self, actor: RequestActor, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        request = actor.request
+        renderer = ChunkRenderer(
+            request_id=request_id,
+            model=request.model,
+            created=int(time.time()),
+            include_usage=request.include_usage,
+        )
+        chunks = actor.chunks()
+        # Nothing is sent until the first visible chunk: a failure before it is a plain
+        # JSON error with its own status (after every fallback was tried). Usage-only
+        # chunks before it are held back.
+        held: list[TokenChunk] = []
+        async for chunk in chunks:
+            held.append(chunk)
+            if chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason:
+                break
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-request-id", request_id.encode()),
+                ],
+            }
+        )
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        writer = asyncio.ensure_future(self._write_stream(renderer, held, chunks, send))
+        try:
+            await asyncio.wait({watcher, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not writer.done():
+                writer.cancel()  # the client went away: cancel the request
+            watcher.cancel()
+            await asyncio.gather(watcher, writer, return_exceptions=True)
+            await chunks.aclose()
+        if not writer.cancelled() and writer.exception() is not None:
+            raise InternalError("the response stream failed") from writer.exception()
+
+    async def _write_stream(
+        self,
+        renderer: ChunkRenderer,
+        held: list[TokenChunk],
+        chunks: AsyncIterator[TokenChunk],
+        send: Send,
+    ) -> None:
+        body = renderer.first() + b"".join(renderer.render(chunk) for chunk in held)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        try:
+            async for chunk in chunks:
+                data = renderer.render(chunk)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            tail = renderer.final()
+        except InferenceError as error:
+            # After the first byte: the partial answer stands; an error event ends it.
+            tail = renderer.error(error)
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        created = int(time.time())
+        data = [
+            {"id": model, "object": "model", "created": created, "owned_by": "rakka"}
+            for name, aliases in self.coordinator.models()
+            for model in (name, *aliases)
+        ]
+        await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
+
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        await _send_json(send, 200, b'{"status":"ok"}', request_id)
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        table = self.coordinator.table
+        waiting = sorted(name for name, replicas in table.replicas.items() if not replicas)
+        if not table.replicas or waiting:
+            body = orjson.dumps({"status": "not ready", "deployments_without_replicas": waiting})
+            await _send_json(send, 503, body, request_id)
+            return
+        await _send_json(send, 200, b'{"status":"ready"}', request_id)
+
+    # ------------------------------------------------------------------ bodies
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestCancelled("the client went away while sending its request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: InferenceError, request_id: str) -> None:
+    try:
+        status, headers, body = error_json(error)
+    except Exception:  # pragma: no cover - a bug in rendering must still answer
+        log.exception("rendering an error failed")
+        status, headers, body = error_json(InternalError("internal error"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
