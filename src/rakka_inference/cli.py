@@ -1,5 +1,7 @@
 """The ``rakka`` command.
 
+    rakka serve [--config FILE] [--host H] [--port P]
+                            serve the gateway (no config: the embedded sandbox)
     rakka validate FILE     check a configuration and summarize what it deploys
     rakka --version
 
@@ -55,7 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", metavar="FILE", help="the TOML configuration")
     validate.set_defaults(command=_validate)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible gateway",
+        description="Serve the gateway. With no --config: mock providers in this process, "
+        "plus a real deployment for each provider key in the environment.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="the TOML configuration")
+    serve.add_argument("--host", help="overrides [cluster].bind's host")
+    serve.add_argument("--port", type=int, help="overrides [cluster].bind's port")
+    serve.add_argument(
+        "--grace", type=float, default=30.0, help="seconds to finish in-flight requests on stop"
+    )
+    serve.set_defaults(command=_serve)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rakka_inference.serve import serve  # noqa: PLC0415 - keeps validate light
+
+    try:
+        return serve(args.config, host=args.host, port=args.port, grace_s=args.grace)
+    except ConfigError as exc:
+        print(f"{args.config}: configuration rejected", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -84,7 +84,11 @@ class ApiGateway:
         request_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_record: Callable[[RequestRecord], None] | None = None,
+        on_startup: Callable[[], Awaitable[None]] | None = None,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
         self.coordinator = coordinator
         self.policies = policies
         self._keys = [key.expose().encode() for key in client_keys]
@@ -127,8 +131,18 @@ class ApiGateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    if self._on_startup is not None:
+                        await self._on_startup()
+                except Exception as error:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # The server has stopped accepting and let in-flight requests finish.
+                if self._on_shutdown is not None:
+                    await self._on_shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

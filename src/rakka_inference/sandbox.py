@@ -1,0 +1,123 @@
+"""The embedded default of ``rakka serve`` with no config: a sandbox that needs no keys.
+
+The testkit's mock providers run in this process, and three deployments point at them:
+``sandbox-gpt`` (alias ``sandbox``, falling back to ``sandbox-claude``), ``sandbox-claude``
+and ``sandbox-gemini``. A fresh machine with no API keys therefore answers at once, through
+the same engines, limits and breakers as a real provider. Each provider whose key is set in
+the environment adds a real deployment next to them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from rakka_inference.core.deployment import (
+    AnthropicConfig,
+    ClusterConfig,
+    Config,
+    Deployment,
+    GeminiConfig,
+    OpenAIConfig,
+    RuntimeKind,
+)
+from rakka_inference.core.secrets import SecretRef
+from rakka_inference.testkit.faults import FaultPlan, ReplyScript
+from rakka_inference.testkit.mock_anthropic import AnthropicMock
+from rakka_inference.testkit.mock_gemini import GeminiMock
+from rakka_inference.testkit.mock_openai import OpenAIMock
+
+__all__ = ["SANDBOX_KEY", "Sandbox", "sandbox_config"]
+
+SANDBOX_KEY = "sandbox-key"
+"""The key the in-process mock providers accept. Not a secret: they are test doubles."""
+
+
+@dataclass
+class Sandbox:
+    """The in-process mock providers behind the embedded default."""
+
+    openai: OpenAIMock = field(
+        default_factory=lambda: OpenAIMock(
+            faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-gpt")
+        )
+    )
+    anthropic: AnthropicMock = field(
+        default_factory=lambda: AnthropicMock(
+            faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-claude")
+        )
+    )
+    gemini: GeminiMock = field(
+        default_factory=lambda: GeminiMock(
+            faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-gemini")
+        )
+    )
+
+    async def start(self) -> None:
+        for mock in (self.openai, self.anthropic, self.gemini):
+            await mock.start()
+
+    async def stop(self) -> None:
+        for mock in (self.openai, self.anthropic, self.gemini):
+            await mock.stop()
+
+
+def _reply(name: str) -> ReplyScript:
+    return ReplyScript(
+        text=f"Hello from {name}, a mock provider running inside rakka. "
+        "Set a provider key (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY) to add a "
+        "real deployment next to it.",
+        chunks=12,
+        chunk_delay_s=0.02,
+    )
+
+
+# Real deployments added when the provider's key is in the environment.
+_REAL: tuple[tuple[str, str, RuntimeKind, str], ...] = (
+    ("OPENAI_API_KEY", "gpt-4o-mini", RuntimeKind.OPENAI, "gpt-4o-mini"),
+    ("ANTHROPIC_API_KEY", "claude-haiku-4-5", RuntimeKind.ANTHROPIC, "claude-haiku-4-5"),
+    ("GEMINI_API_KEY", "gemini-2.5-flash", RuntimeKind.GEMINI, "gemini-2.5-flash"),
+)
+
+
+def sandbox_config(
+    sandbox: Sandbox, *, bind: str, environ: Mapping[str, str] | None = None
+) -> Config:
+    """The embedded default: sandbox deployments on the running mocks, plus real ones."""
+    env = os.environ if environ is None else environ
+    key = SecretRef.inline(SANDBOX_KEY, warn=False)
+    deployments = [
+        Deployment(
+            name="sandbox-gpt",
+            model="gpt-4o-mini",
+            runtime=RuntimeKind.OPENAI,
+            runtime_config=OpenAIConfig(endpoint=sandbox.openai.openai_base_url, api_key=key),
+            aliases=("sandbox",),
+            fallbacks=("sandbox-claude",),
+        ),
+        Deployment(
+            name="sandbox-claude",
+            model="claude-haiku-4-5",
+            runtime=RuntimeKind.ANTHROPIC,
+            runtime_config=AnthropicConfig(endpoint=sandbox.anthropic.url, api_key=key),
+        ),
+        Deployment(
+            name="sandbox-gemini",
+            model="gemini-2.5-flash",
+            runtime=RuntimeKind.GEMINI,
+            runtime_config=GeminiConfig(endpoint=sandbox.gemini.url, api_key=key),
+        ),
+    ]
+    configs = {
+        RuntimeKind.OPENAI: OpenAIConfig,
+        RuntimeKind.ANTHROPIC: AnthropicConfig,
+        RuntimeKind.GEMINI: GeminiConfig,
+    }
+    for variable, name, runtime, model in _REAL:
+        if env.get(variable):
+            runtime_config = configs[runtime](api_key=SecretRef.from_env(variable))
+            deployments.append(
+                Deployment(name=name, model=model, runtime=runtime, runtime_config=runtime_config)
+            )
+    return Config(cluster=ClusterConfig(name="sandbox", bind=bind), deployments=tuple(deployments))
