@@ -88,3 +88,62 @@ async def test_a_topology_that_cannot_start_fails_the_lifespan() -> None:
     await app({"type": "lifespan"}, receive, send)  # type: ignore[arg-type]
     assert sent[0]["type"] == "lifespan.startup.failed"
     assert "local runtime" in str(sent[0]["message"])
+
+
+async def test_sigterm_during_100_streams_loses_none() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from rakka_inference.cli import main; raise SystemExit(main())",
+        "serve",
+        "--port",
+        str(port),
+        "--grace",
+        "20",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        while (
+            "Application startup complete"
+            not in (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        ):
+            pass
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+        )
+        started = asyncio.Event()
+        begun = 0
+
+        async def one() -> str:
+            nonlocal begun
+            stream = await client.chat.completions.create(
+                model="sandbox-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            text = ""
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    if not text:
+                        begun += 1
+                        if begun == 100:
+                            started.set()
+                    text += chunk.choices[0].delta.content
+            return text
+
+        try:
+            streams = [asyncio.ensure_future(one()) for _ in range(100)]
+            await asyncio.wait_for(started.wait(), 60)  # all 100 are mid-stream
+            process.send_signal(signal.SIGTERM)
+            texts = await asyncio.gather(*streams)
+        finally:
+            await client.close()
+        assert all(
+            t.startswith("Hello from sandbox-gpt") and t.endswith("next to it.") for t in texts
+        )
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
