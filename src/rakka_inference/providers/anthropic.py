@@ -91,6 +91,7 @@ from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
+from rakka_inference.providers.base import load_json_object
 from rakka_inference.remote.classify import MAX_UPSTREAM_MESSAGE_CHARS
 from rakka_inference.remote.sse import SseEvent
 from rakka_inference.remote.transport import HttpRequest
@@ -236,7 +237,7 @@ class AnthropicAdapter:
     # ------------------------------------------------------------------ response
 
     def parse_response(self, body: bytes) -> list[TokenChunk]:
-        document = _load(body, self._provider)
+        document = load_json_object(body, self._provider)
         if document.get("type") == "error":
             raise _error_document(document, self._provider)
         content = document.get("content")
@@ -327,7 +328,7 @@ class AnthropicStreamParser:
         self.done = False
 
     def feed(self, event: SseEvent) -> list[TokenChunk]:
-        document = _load(event.raw, self._provider)
+        document = load_json_object(event.raw, self._provider)
         kind = document.get("type") or event.event
         match kind:
             case "content_block_delta":
@@ -474,18 +475,6 @@ def _object(document: Mapping[str, Any], key: str, provider: str) -> dict[str, A
     if not isinstance(value, dict):
         raise ProtocolError(f"{document.get('type')}.{key} is not an object", provider=provider)
     return value
-
-
-def _load(raw: bytes, provider: str) -> dict[str, Any]:
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ProtocolError(
-            f"malformed JSON from upstream ({len(raw)} bytes)", provider=provider
-        ) from None
-    if not isinstance(document, dict):
-        raise ProtocolError("upstream JSON is not an object", provider=provider)
-    return document
 
 
 def _required_text(block: Mapping[str, Any], key: str, provider: str) -> str:

@@ -23,17 +23,19 @@ at debug level), never a crash; a malformed event is a
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from rakka_inference.core.deployment import ModelPrice
-from rakka_inference.core.errors import InferenceError
+from rakka_inference.core.errors import InferenceError, ProtocolError
 from rakka_inference.core.messages import ChatRequest
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.remote.sse import SseEvent
 from rakka_inference.remote.transport import HttpRequest
 
-__all__ = ["ProviderAdapter", "StreamParser"]
+__all__ = ["ProviderAdapter", "StreamParser", "load_json_object"]
 
 
 class StreamParser(Protocol):
@@ -73,3 +75,16 @@ class ProviderAdapter(Protocol):
     def price(self) -> ModelPrice | None:
         """The price of the deployment's model: the override, else the table's, else None."""
         ...
+
+
+def load_json_object(raw: bytes, provider: str) -> dict[str, Any]:
+    """Parse an upstream JSON object (a body or one event's payload) or raise ProtocolError."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(
+            f"malformed JSON from upstream ({len(raw)} bytes)", provider=provider
+        ) from None
+    if not isinstance(document, dict):
+        raise ProtocolError("upstream JSON is not an object", provider=provider)
+    return document

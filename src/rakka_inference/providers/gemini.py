@@ -104,6 +104,7 @@ from rakka_inference.core.messages import ChatRequest
 from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.providers.base import load_json_object
 from rakka_inference.providers.gemini_errors import _error, _error_detail, _error_kind, _retry_delay
 from rakka_inference.providers.gemini_request import (
     SKIP_THOUGHT_SIGNATURE,
@@ -115,7 +116,6 @@ from rakka_inference.providers.gemini_response import (
     GeminiStreamParser,
     _finish,
     _first_candidate,
-    _load,
     _parts,
     _raise_for_refusal,
     gemini_usage,
@@ -266,7 +266,7 @@ class GeminiAdapter:
     # ------------------------------------------------------------------ response
 
     def parse_response(self, body: bytes) -> list[TokenChunk]:
-        document = _load(body, self._provider)
+        document = load_json_object(body, self._provider)
         _raise_for_refusal(document, self._provider)
         candidate = _first_candidate(document)
         if candidate is None:

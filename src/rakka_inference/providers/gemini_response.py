@@ -19,6 +19,7 @@ import orjson
 from rakka_inference.core.errors import ContentFiltered, ProtocolError, ServerError
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.usage import Usage
+from rakka_inference.providers.base import load_json_object
 from rakka_inference.providers.gemini_errors import _error, _error_kind, _quote, _retry_delay
 from rakka_inference.remote.sse import SseEvent
 
@@ -61,7 +62,7 @@ class GeminiStreamParser:
         self.done = False
 
     def feed(self, event: SseEvent) -> list[TokenChunk]:
-        document = _load(event.raw, self._provider)
+        document = load_json_object(event.raw, self._provider)
         _raise_for_refusal(document, self._provider)
         text, reasoning = "", ""
         calls: tuple[ToolCallDelta, ...] = ()
@@ -127,18 +128,6 @@ def gemini_usage(usage: Mapping[str, Any], provider: str | None = None) -> Usage
         cached_input_tokens=count("cachedContentTokenCount"),
         reasoning_tokens=thoughts,
     )
-
-
-def _load(raw: bytes, provider: str) -> dict[str, Any]:
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ProtocolError(
-            f"malformed JSON from upstream ({len(raw)} bytes)", provider=provider
-        ) from None
-    if not isinstance(document, dict):
-        raise ProtocolError("upstream JSON is not an object", provider=provider)
-    return document
 
 
 def _raise_for_refusal(document: Mapping[str, Any], provider: str) -> None:

@@ -39,6 +39,7 @@ from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage
+from rakka_inference.providers.base import load_json_object
 from rakka_inference.remote.sse import SseEvent
 from rakka_inference.remote.transport import HttpRequest
 
@@ -178,7 +179,7 @@ class OpenAIAdapter:
     # ------------------------------------------------------------------ response
 
     def parse_response(self, body: bytes) -> list[TokenChunk]:
-        document = _load(body, self._provider)
+        document = load_json_object(body, self._provider)
         choices = document.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ProtocolError("response has no choices", provider=self._provider)
@@ -251,7 +252,7 @@ class OpenAIStreamParser:
         if raw == b"[DONE]":
             self.done = True
             return []
-        document = _load(raw, self._provider)
+        document = load_json_object(raw, self._provider)
         error = document.get("error")
         if isinstance(error, dict):
             # An error in the middle of a stream (OpenAI sends these for server trouble).
@@ -292,18 +293,6 @@ def openai_usage(usage: Mapping[str, Any]) -> Usage:
         cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
         reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
-
-
-def _load(raw: bytes, provider: str) -> dict[str, Any]:
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ProtocolError(
-            f"malformed JSON from upstream ({len(raw)} bytes)", provider=provider
-        ) from None
-    if not isinstance(document, dict):
-        raise ProtocolError("upstream JSON is not an object", provider=provider)
-    return document
 
 
 def _error_detail(body: bytes) -> dict[str, Any] | None:
