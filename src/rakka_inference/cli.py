@@ -3,6 +3,7 @@
     rakka serve [--config FILE] [--host H] [--port P]
                             serve the gateway (no config: the embedded sandbox)
     rakka validate FILE     check a configuration and summarize what it deploys
+    rakka demo              show retries, the circuit breaker, fallback and key rotation
     rakka --version
 
 Exit status: 0 on success, 1 when the configuration is rejected or cannot be read, 2 on a
@@ -70,7 +71,20 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=30.0, help="seconds to finish in-flight requests on stop"
     )
     serve.set_defaults(command=_serve)
+    demo = commands.add_parser(
+        "demo",
+        help="show the failure paths against in-process mock providers",
+        description="Start mock providers and a gateway, then show the happy path, a 429 "
+        "retried, the circuit opening, a fallback and a key rotation, in one report.",
+    )
+    demo.set_defaults(command=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rakka_inference.demo import main as demo_main  # noqa: PLC0415
+
+    return demo_main()
 
 
 def _serve(args: argparse.Namespace) -> int:

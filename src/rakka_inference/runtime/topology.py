@@ -10,6 +10,7 @@ every queued and running request finish before the engines close.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import Config
@@ -18,7 +19,7 @@ from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
-from rakka_inference.runtime.request import FallbackPolicy
+from rakka_inference.runtime.request import FallbackPolicy, RequestRecord
 
 __all__ = ["Topology"]
 
@@ -28,7 +29,13 @@ log = logging.getLogger("rakka_inference.topology")
 class Topology:
     """Everything one ``rakka serve`` process runs."""
 
-    def __init__(self, config: Config, *, services: RemoteServices | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        services: RemoteServices | None = None,
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
         unsupported = [d for d in config.deployments if not d.is_remote]
         if unsupported:
             raise ConfigError(
@@ -58,6 +65,7 @@ class Topology:
             self.coordinator,
             policies,
             client_keys=keys,
+            on_record=on_record,
             on_startup=self.start,
             on_shutdown=self.stop,
         )
