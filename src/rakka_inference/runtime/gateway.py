@@ -67,6 +67,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+"""Every request has a deadline: waiting for a permit, and retry backoffs, stop there."""
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -81,7 +83,7 @@ class ApiGateway:
         client_keys: Iterable[Secret] = (),
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_concurrent: int = 10_000,
-        request_timeout_s: float | None = None,
+        request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         on_record: Callable[[RequestRecord], None] | None = None,
         on_startup: Callable[[], Awaitable[None]] | None = None,
