@@ -305,3 +305,27 @@ async def test_backpressure_at_the_gateway_limit_and_readiness(stack: Stack) -> 
     sent = await call(stack.gateway, http_scope("GET", "/readyz", key=False), [])
     assert sent[0]["status"] == 503
     assert b"backup" in sent[1]["body"]  # type: ignore[operator]
+
+
+async def test_a_disconnect_while_a_unary_answer_is_pending_cancels_it(stack: Stack) -> None:
+    stack.mock.faults.next(Fault.slow_first_byte(1.0))
+    body = orjson.dumps({"model": "primary", "messages": [{"role": "user", "content": "hi"}]})
+    inbox: list[dict[str, object]] = [{"type": "http.request", "body": body}]
+
+    async def receive() -> dict[str, object]:
+        if inbox:
+            return inbox.pop(0)
+        await asyncio.sleep(0.05)  # the client gives up while the provider is thinking
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await stack.gateway(http_scope("POST", "/v1/chat/completions"), receive, send)  # type: ignore[arg-type]
+    assert sent == []  # nobody to answer
+    aborts = await asyncio.wait_for(stack.mock.server.wait_client_aborts(1), 2)
+    assert aborts
+    assert stack.gateway.in_flight == 0
+    assert stack.records[-1].outcome == "cancelled"

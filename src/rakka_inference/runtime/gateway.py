@@ -179,22 +179,38 @@ class ApiGateway:
             clock=self._clock,
             on_done=self._on_record,
         )
+        # The answer runs beside a watch on the connection: a client that goes away, at
+        # any point (queued, before the first byte, mid-stream), cancels it — which closes
+        # the engine stream, cancels the upstream call and frees every permit.
         self.in_flight += 1
+        work = asyncio.ensure_future(self._answer(actor, send, request_id))
+        watcher = asyncio.ensure_future(_disconnected(receive))
         try:
-            if request.stream:
-                await self._stream(actor, receive, send, request_id)
-            else:
-                result = await actor.completion()
-                body = completion_json(
-                    result, request_id=request_id, model=request.model, created=int(time.time())
-                )
-                await _send_json(send, 200, body, request_id)
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if not work.done():
+                work.cancel()
+            watcher.cancel()
+            await asyncio.gather(work, watcher, return_exceptions=True)
             self.in_flight -= 1
+        if work.cancelled():
+            raise RequestCancelled("the client went away")
+        error = work.exception()
+        if error is not None:
+            raise error
 
-    async def _stream(
-        self, actor: RequestActor, receive: Receive, send: Send, request_id: str
-    ) -> None:
+    async def _answer(self, actor: RequestActor, send: Send, request_id: str) -> None:
+        request = actor.request
+        if request.stream:
+            await self._stream(actor, send, request_id)
+            return
+        result = await actor.completion()
+        body = completion_json(
+            result, request_id=request_id, model=request.model, created=int(time.time())
+        )
+        await _send_json(send, 200, body, request_id)
+
+    async def _stream(self, actor: RequestActor, send: Send, request_id: str) -> None:
         request = actor.request
         renderer = ChunkRenderer(
             request_id=request_id,
@@ -222,18 +238,10 @@ class ApiGateway:
                 ],
             }
         )
-        watcher = asyncio.ensure_future(_disconnected(receive))
-        writer = asyncio.ensure_future(self._write_stream(renderer, held, chunks, send))
         try:
-            await asyncio.wait({watcher, writer}, return_when=asyncio.FIRST_COMPLETED)
+            await self._write_stream(renderer, held, chunks, send)
         finally:
-            if not writer.done():
-                writer.cancel()  # the client went away: cancel the request
-            watcher.cancel()
-            await asyncio.gather(watcher, writer, return_exceptions=True)
             await chunks.aclose()
-        if not writer.cancelled() and writer.exception() is not None:
-            raise InternalError("the response stream failed") from writer.exception()
 
     async def _write_stream(
         self,
