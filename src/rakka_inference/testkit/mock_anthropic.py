@@ -84,8 +84,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
@@ -105,6 +104,7 @@ from rakka_inference.testkit.http_server import (
     ScriptedHttpServer,
     ScriptedResponse,
 )
+from rakka_inference.testkit.mock_base import MockProviderServer
 
 __all__ = ["MAX_CONTEXT_TOKENS", "MESSAGES_PATH", "ORGANIZATION_ID", "AnthropicMock"]
 
@@ -142,7 +142,7 @@ class _Reply:
     output_tokens: int
 
 
-class AnthropicMock:
+class AnthropicMock(MockProviderServer):
     """``POST /v1/messages`` on a :class:`ScriptedHttpServer`, with faults and a reply script.
 
     :attr:`faults` and :attr:`reply` may be changed while it runs. Routes scripted on
@@ -160,34 +160,6 @@ class AnthropicMock:
         self.reply = reply if reply is not None else ReplyScript()
         self.server = ScriptedHttpServer(port=port, default=self._respond)
         self._serial = itertools.count(1)
-
-    async def start(self) -> None:
-        await self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        """The base URL, without ``/v1``: what the SDK's ``base_url`` takes."""
-        return self.server.url
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Every request received, in order."""
-        return self.server.requests
 
     # ------------------------------------------------------------------ answering
 

@@ -85,8 +85,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
@@ -106,6 +105,7 @@ from rakka_inference.testkit.http_server import (
     ScriptedHttpServer,
     ScriptedResponse,
 )
+from rakka_inference.testkit.mock_base import MockProviderServer
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "JWT_BEARER_GRANT", "GeminiMock"]
 
@@ -195,7 +195,7 @@ class _Refused(Exception):
         self.response = response
 
 
-class GeminiMock:
+class GeminiMock(MockProviderServer):
     """The Gemini API (AI Studio and Vertex URL styles) on ``host``:``port`` (0: any free).
 
     ``faults`` and ``reply`` may be changed while it runs; :attr:`requests` lists every
@@ -226,37 +226,10 @@ class GeminiMock:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        await self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``, the ``endpoint`` (or SDK ``base_url``) for both styles."""
-        return self.server.url
-
     @property
     def token_url(self) -> str:
         """The ``token_uri`` for a service-account key aimed at this mock."""
         return f"{self.url}/token"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        return self.server.requests
 
     # ------------------------------------------------------------------ dispatch
 

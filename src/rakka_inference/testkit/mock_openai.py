@@ -84,8 +84,7 @@ import math
 import struct
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from rakka_inference.testkit.faults import (
     FAULT_HEADER,
@@ -100,6 +99,7 @@ from rakka_inference.testkit.http_server import (
     ScriptedHttpServer,
     ScriptedResponse,
 )
+from rakka_inference.testkit.mock_base import MockProviderServer
 from rakka_inference.testkit.openai_render import (
     AZURE_401,
     FILTER_RESULTS,
@@ -175,7 +175,7 @@ def _f32(value: float) -> float:
     return result
 
 
-class OpenAIMock:
+class OpenAIMock(MockProviderServer):
     """OpenAI and Azure OpenAI on a real loopback HTTP server (see the module docstring).
 
     ``faults`` and ``reply`` may be changed while it runs; ``requests`` lists every request
@@ -199,37 +199,10 @@ class OpenAIMock:
         self._count = 0
         self.server = ScriptedHttpServer(host=host, port=port, default=self.respond)
 
-    async def start(self) -> None:
-        await self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``: Azure's ``azure_endpoint``."""
-        return self.server.url
-
     @property
     def openai_base_url(self) -> str:
         """``url + "/v1"``: the OpenAI SDK's ``base_url``."""
         return f"{self.server.url}/v1"
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        return self.server.requests
 
     # ------------------------------------------------------------------ answering
 
