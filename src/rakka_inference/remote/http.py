@@ -63,14 +63,25 @@ httpx speaks it) or ``prefer`` says otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import abc
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rakka_inference.core.deployment import Timeouts
-from rakka_inference.core.errors import ConfigError, ConfigIssue, Timeout, TimeoutPhase
+from rakka_inference.core.errors import (
+    ConfigError,
+    ConfigIssue,
+    InferenceError,
+    RequestCancelled,
+    Timeout,
+    TimeoutPhase,
+)
 from rakka_inference.remote.transport import HttpRequest, HttpTransport
 
 __all__ = [
+    "BodyReader",
     "DEFAULT_KEEPALIVE_S",
     "DEFAULT_MAX_CONNECTIONS",
     "USER_AGENT",
@@ -205,3 +216,81 @@ def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
         else:
             headers[key] = value
     return headers
+
+
+class BodyReader(abc.ABC):
+    """What both transports' responses share: reading the body under the between-bytes
+    and total limits, translating vendor errors once, and refusing reads after close.
+
+    A subclass supplies the library calls (``_read_all``, ``_read_chunk`` returning
+    ``b""`` at the end) and the vendor error tuples.
+    """
+
+    __slots__ = ("_closed", "_deadlines", "_request")
+
+    _caught: ClassVar[tuple[type[Exception], ...]]
+    """Every exception the library is known to raise while reading."""
+    _unsendable: ClassVar[tuple[type[Exception], ...]]
+    """Errors whose vendor text may quote a header value: never chained."""
+
+    def __init__(self, request: HttpRequest, deadlines: Deadlines) -> None:
+        self._request = request
+        self._deadlines = deadlines
+        self._closed = False
+
+    async def read(self) -> bytes:
+        """The whole body, under the between-bytes and total limits."""
+        return await self._bounded(self._read_all)
+
+    def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive, under the between-bytes and total limits."""
+        self._check_open()
+        return _Chunks(self)
+
+    async def next_chunk(self) -> bytes:
+        """The next body chunk; StopAsyncIteration at the end."""
+        data = await self._bounded(self._read_chunk)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    async def _bounded(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        self._check_open()
+        try:
+            total_at = self._deadlines.total_at
+            if total_at is None:
+                return await read()
+            async with asyncio.timeout_at(total_at):
+                return await read()
+        except self._caught as exc:
+            cause = None if isinstance(exc, self._unsendable) else exc
+            raise self._translate(exc) from cause
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RequestCancelled(f"{describe(self._request)}: the response was closed")
+
+    @abc.abstractmethod
+    async def _read_all(self) -> bytes: ...
+
+    @abc.abstractmethod
+    async def _read_chunk(self) -> bytes: ...
+
+    @abc.abstractmethod
+    def _translate(self, exc: Exception) -> InferenceError: ...
+
+
+class _Chunks:
+    """``iter_bytes()``: a plain async iterator, so breaking out of a loop leaves no
+    half-finished async generator behind for the event loop to finalize."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: BodyReader) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._response.next_chunk()

@@ -31,7 +31,7 @@ our own deadline (``TimeoutError``)                    ``Timeout(FIRST_BYTE)`` o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -48,6 +48,7 @@ from rakka_inference.remote.http import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
     USER_AGENT,
+    BodyReader,
     Deadlines,
     describe,
     lower_headers,
@@ -158,20 +159,21 @@ class AiohttpTransport:
         return "AiohttpTransport()"
 
 
-class AiohttpResponse:
+class AiohttpResponse(BodyReader):
     """A response whose head has arrived; the body is read under the between-bytes limit."""
 
-    __slots__ = ("_closed", "_content", "_deadlines", "_headers", "_request", "_response")
+    __slots__ = ("_content", "_headers", "_response")
+
+    _caught = _CAUGHT
+    _unsendable = _UNSENDABLE
 
     def __init__(
         self, response: aiohttp.ClientResponse, request: HttpRequest, deadlines: Deadlines
     ) -> None:
+        super().__init__(request, deadlines)
         self._response = response
         self._content = response.content
-        self._request = request
-        self._deadlines = deadlines
         self._headers: dict[str, str] | None = None
-        self._closed = False
 
     @property
     def status(self) -> int:
@@ -183,46 +185,16 @@ class AiohttpResponse:
             self._headers = lower_headers(self._response.headers.items())
         return self._headers
 
-    async def read(self) -> bytes:
-        """The whole body, under the between-bytes and total limits."""
-        self._check_open()
-        try:
-            total_at = self._deadlines.total_at
-            if total_at is None:
-                return await self._response.read()
-            async with asyncio.timeout_at(total_at):
-                return await self._response.read()
-        except _CAUGHT as exc:
-            raise self._translate(exc) from _cause(exc)
+    async def _read_all(self) -> bytes:
+        return await self._response.read()
 
-    def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive, under the between-bytes and total limits."""
-        self._check_open()
-        return _Chunks(self)
-
-    async def _next_chunk(self) -> bytes:
-        self._check_open()
-        try:
-            total_at = self._deadlines.total_at
-            if total_at is None:
-                data = await self._content.readany()
-            else:
-                async with asyncio.timeout_at(total_at):
-                    data = await self._content.readany()
-        except _CAUGHT as exc:
-            raise self._translate(exc) from _cause(exc)
-        if not data:
-            raise StopAsyncIteration
-        return data
+    async def _read_chunk(self) -> bytes:
+        return await self._content.readany()
 
     def _translate(self, exc: Exception) -> InferenceError:
         return translate_error(
             exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
         )
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RequestCancelled(f"{describe(self._request)}: the response was closed")
 
     async def aclose(self) -> None:
         """Release the connection; if the body was not fully read, close it."""
@@ -236,22 +208,6 @@ class AiohttpResponse:
 
     def __repr__(self) -> str:
         return f"AiohttpResponse({self.status}, {self._request!r})"
-
-
-class _Chunks:
-    """``iter_bytes()``: a plain async iterator, so breaking out of a loop leaves no
-    half-finished async generator behind for the event loop to finalize."""
-
-    __slots__ = ("_response",)
-
-    def __init__(self, response: AiohttpResponse) -> None:
-        self._response = response
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        return await self._response._next_chunk()
 
 
 def translate_error(

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.cookiejar
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import cast
 
 import httpx
@@ -45,13 +45,13 @@ from rakka_inference.core.errors import (
     InternalError,
     NetworkError,
     ProtocolError,
-    RequestCancelled,
     TimeoutPhase,
 )
 from rakka_inference.remote.http import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
     USER_AGENT,
+    BodyReader,
     Deadlines,
     describe,
     lower_headers,
@@ -158,18 +158,19 @@ class HttpxTransport:
         return f"HttpxTransport(http2={self.http2})"
 
 
-class HttpxResponse:
+class HttpxResponse(BodyReader):
     """A response whose head has arrived; the body is read under the between-bytes limit."""
 
-    __slots__ = ("_chunks", "_closed", "_deadlines", "_headers", "_request", "_response")
+    __slots__ = ("_chunks", "_headers", "_response")
+
+    _caught = _CAUGHT
+    _unsendable = _UNSENDABLE
 
     def __init__(self, response: httpx.Response, request: HttpRequest, deadlines: Deadlines):
+        super().__init__(request, deadlines)
         self._response = response
-        self._request = request
-        self._deadlines = deadlines
         self._headers: dict[str, str] | None = None
         self._chunks: AsyncGenerator[bytes, None] | None = None
-        self._closed = False
 
     @property
     def status(self) -> int:
@@ -181,25 +182,10 @@ class HttpxResponse:
             self._headers = lower_headers(self._response.headers.multi_items())
         return self._headers
 
-    async def read(self) -> bytes:
-        """The whole body, under the between-bytes and total limits."""
-        self._check_open()
-        try:
-            total_at = self._deadlines.total_at
-            if total_at is None:
-                return await self._response.aread()
-            async with asyncio.timeout_at(total_at):
-                return await self._response.aread()
-        except _CAUGHT as exc:
-            raise self._translate(exc) from _cause(exc)
+    async def _read_all(self) -> bytes:
+        return await self._response.aread()
 
-    def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive, under the between-bytes and total limits."""
-        self._check_open()
-        return _Chunks(self)
-
-    async def _next_chunk(self) -> bytes:
-        self._check_open()
+    async def _read_chunk(self) -> bytes:
         chunks = self._chunks
         if chunks is None:
             # httpx types it as an iterator; it is an async generator, closed in aclose().
@@ -207,22 +193,14 @@ class HttpxResponse:
                 "AsyncGenerator[bytes, None]", self._response.aiter_bytes()
             )
         try:
-            total_at = self._deadlines.total_at
-            if total_at is None:
-                return await anext(chunks)
-            async with asyncio.timeout_at(total_at):
-                return await anext(chunks)
-        except _CAUGHT as exc:
-            raise self._translate(exc) from _cause(exc)
+            return await anext(chunks)
+        except StopAsyncIteration:
+            return b""
 
     def _translate(self, exc: Exception) -> InferenceError:
         return translate_error(
             exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
         )
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RequestCancelled(f"{describe(self._request)}: the response was closed")
 
     async def aclose(self) -> None:
         """Release the connection; if the body was not fully read, close it."""
@@ -239,22 +217,6 @@ class HttpxResponse:
 
     def __repr__(self) -> str:
         return f"HttpxResponse({self.status}, {self._request!r})"
-
-
-class _Chunks:
-    """``iter_bytes()``: a plain async iterator, so breaking out of a loop leaves no
-    half-finished async generator behind for the event loop to finalize."""
-
-    __slots__ = ("_response",)
-
-    def __init__(self, response: HttpxResponse) -> None:
-        self._response = response
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        return await self._response._next_chunk()
 
 
 def translate_error(
