@@ -60,9 +60,11 @@ async def test_rakka_serve_answers_the_openai_sdk_then_stops_on_sigterm() -> Non
                     text += chunk.choices[0].delta.content
             assert text.startswith("Hello from sandbox-gpt")
             models = await client.models.list()
-            assert {"sandbox-gpt", "sandbox-claude", "sandbox-gemini"} <= {
+            assert {"sandbox-gpt", "sandbox-claude", "sandbox-gemini", "sandbox-embed"} <= {
                 m.id for m in models.data
             }
+            vectors = await client.embeddings.create(model="sandbox-embed", input=["a", "b"])
+            assert len(vectors.data) == 2
         finally:
             await client.close()
         process.send_signal(signal.SIGTERM)

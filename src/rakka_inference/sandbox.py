@@ -1,10 +1,11 @@
 """The embedded default of ``rakka serve`` with no config: a sandbox that needs no keys.
 
-The testkit's mock providers run in this process, and three deployments point at them:
-``sandbox-gpt`` (alias ``sandbox``, falling back to ``sandbox-claude``), ``sandbox-claude``
-and ``sandbox-gemini``. A fresh machine with no API keys therefore answers at once, through
-the same engines, limits and breakers as a real provider. Each provider whose key is set in
-the environment adds a real deployment next to them.
+The testkit's mock providers run in this process, and four deployments point at them:
+``sandbox-gpt`` (alias ``sandbox``, falling back to ``sandbox-claude``), ``sandbox-claude``,
+``sandbox-gemini``, and ``sandbox-embed`` for ``/v1/embeddings``. A fresh machine with no
+API keys therefore answers at once, through the same engines, limits and breakers as a real
+provider. Each provider whose key is set in the environment adds a real deployment next to
+them.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def _reply(name: str) -> ReplyScript:
 # Real deployments added when the provider's key is in the environment.
 _REAL: tuple[tuple[str, str, RuntimeKind, str], ...] = (
     ("OPENAI_API_KEY", "gpt-4o-mini", RuntimeKind.OPENAI, "gpt-4o-mini"),
+    ("OPENAI_API_KEY", "text-embedding-3-small", RuntimeKind.OPENAI, "text-embedding-3-small"),
     ("ANTHROPIC_API_KEY", "claude-haiku-4-5", RuntimeKind.ANTHROPIC, "claude-haiku-4-5"),
     ("GEMINI_API_KEY", "gemini-2.5-flash", RuntimeKind.GEMINI, "gemini-2.5-flash"),
 )
@@ -95,6 +97,12 @@ def sandbox_config(
             runtime_config=OpenAIConfig(endpoint=sandbox.openai.openai_base_url, api_key=key),
             aliases=("sandbox",),
             fallbacks=("sandbox-claude",),
+        ),
+        Deployment(
+            name="sandbox-embed",
+            model="text-embedding-3-small",
+            runtime=RuntimeKind.OPENAI,
+            runtime_config=OpenAIConfig(endpoint=sandbox.openai.openai_base_url, api_key=key),
         ),
         Deployment(
             name="sandbox-claude",

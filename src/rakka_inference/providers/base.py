@@ -15,6 +15,11 @@ remote engine calls it inline on the hot path:
    the provider's error body says (a context-length error, a content filter, a quota).
 5. It holds its runtime config and its price table.
 
+An adapter whose provider serves embeddings also implements :class:`EmbeddingAdapter`:
+:meth:`~EmbeddingAdapter.build_embedding_request` and
+:meth:`~EmbeddingAdapter.parse_embedding_response`. The gateway routes ``/v1/embeddings``
+only to deployments whose adapter does (:func:`supports_embeddings`).
+
 Chunks follow :mod:`rakka_inference.core.stream`: ``usage`` is an increment, tool calls
 arrive as indexed fragments. An event type an adapter does not know is skipped (and logged
 at debug level), never a crash; a malformed event is a
@@ -23,19 +28,25 @@ at debug level), never a crash; a malformed event is a
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from rakka_inference.core.deployment import ModelPrice
 from rakka_inference.core.errors import InferenceError, ProtocolError
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.remote.sse import SseEvent
 from rakka_inference.remote.transport import HttpRequest
 
-__all__ = ["ProviderAdapter", "StreamParser", "load_json_object"]
+__all__ = [
+    "EmbeddingAdapter",
+    "ProviderAdapter",
+    "StreamParser",
+    "load_json_object",
+    "supports_embeddings",
+]
 
 
 class StreamParser(Protocol):
@@ -75,6 +86,25 @@ class ProviderAdapter(Protocol):
     def price(self) -> ModelPrice | None:
         """The price of the deployment's model: the override, else the table's, else None."""
         ...
+
+
+@runtime_checkable
+class EmbeddingAdapter(Protocol):
+    """The embeddings half of a provider's wire format (OpenAI, Azure, Gemini, LiteLLM)."""
+
+    def build_embedding_request(
+        self, request: EmbeddingRequest, credential: Secret
+    ) -> HttpRequest: ...
+
+    def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
+        """The vectors in input order, and the input tokens the provider reports (or, where
+        it reports none, the request's estimate)."""
+        ...
+
+
+def supports_embeddings(adapter: object) -> bool:
+    """Whether ``adapter`` can serve ``/v1/embeddings``."""
+    return isinstance(adapter, EmbeddingAdapter)
 
 
 def load_json_object(raw: bytes, provider: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import orjson
 
 from rakka_inference.core.deployment import LiteLLMConfig, ModelPrice, OpenAIConfig
 from rakka_inference.core.errors import InferenceError
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
@@ -88,8 +88,14 @@ class LiteLLMAdapter:
             base.method, base.url, base.headers, orjson.dumps(self.request_body(request))
         )
 
+    def build_embedding_request(self, request: EmbeddingRequest, credential: Secret) -> HttpRequest:
+        return self._openai.build_embedding_request(request, credential)
+
     def parse_response(self, body: bytes) -> list[TokenChunk]:
         return self._openai.parse_response(body)
+
+    def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
+        return self._openai.parse_embedding_response(body, request)
 
     def stream_parser(self) -> OpenAIStreamParser:
         return self._openai.stream_parser()

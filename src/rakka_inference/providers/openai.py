@@ -33,13 +33,21 @@ from rakka_inference.core.errors import (
     QuotaExhausted,
     ServerError,
 )
-from rakka_inference.core.messages import ChatMessage, ChatRequest, ImagePart, TextPart
+from rakka_inference.core.messages import (
+    ChatMessage,
+    ChatRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
+    ImagePart,
+    TextPart,
+)
 from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import load_json_object
+from rakka_inference.providers.openai_embed import embedding_body, parse_embeddings
 from rakka_inference.remote.sse import SseEvent
 from rakka_inference.remote.transport import HttpRequest
 
@@ -77,12 +85,14 @@ class OpenAIAdapter:
         self._azure = config.variant == "azure"
         if self._azure:
             base = config.endpoint or f"https://{config.resource}.openai.azure.com"
-            self._url = (
-                f"{base.rstrip('/')}/openai/deployments/{config.deployment}"
-                f"/chat/completions?api-version={config.api_version}"
-            )
+            prefix = f"{base.rstrip('/')}/openai/deployments/{config.deployment}"
+            query = f"?api-version={config.api_version}"
+            self._url = f"{prefix}/chat/completions{query}"
+            self._embeddings_url = f"{prefix}/embeddings{query}"
         else:
-            self._url = f"{(config.endpoint or DEFAULT_ENDPOINT).rstrip('/')}/chat/completions"
+            prefix = (config.endpoint or DEFAULT_ENDPOINT).rstrip("/")
+            self._url = f"{prefix}/chat/completions"
+            self._embeddings_url = f"{prefix}/embeddings"
         self._static_headers = {"content-type": "application/json"}
         if not self._azure:
             if config.organization:
@@ -108,13 +118,20 @@ class OpenAIAdapter:
     # ------------------------------------------------------------------ request
 
     def build_request(self, request: ChatRequest, credential: Secret) -> HttpRequest:
+        body = orjson.dumps(self.request_body(request))
+        return HttpRequest("POST", self._url, self._headers(credential), body)
+
+    def build_embedding_request(self, request: EmbeddingRequest, credential: Secret) -> HttpRequest:
+        body = orjson.dumps(embedding_body(request, self.model))
+        return HttpRequest("POST", self._embeddings_url, self._headers(credential), body)
+
+    def _headers(self, credential: Secret) -> dict[str, str]:
         headers = dict(self._static_headers)
         if self._azure and self.config.azure_ad_token is None:
             headers["api-key"] = credential.expose()
         else:
             headers["authorization"] = f"Bearer {credential.expose()}"
-        body = orjson.dumps(self.request_body(request))
-        return HttpRequest("POST", self._url, headers, body)
+        return headers
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for ``request`` (exposed for tests and the LiteLLM adapter)."""
@@ -206,6 +223,9 @@ class OpenAIAdapter:
                 finish_reason=_finish(choice.get("finish_reason")),
             )
         ]
+
+    def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
+        return parse_embeddings(body, request, self._provider)
 
     def stream_parser(self) -> OpenAIStreamParser:
         return OpenAIStreamParser(self._provider)

@@ -47,6 +47,7 @@ from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import CapacityPolicy, RetryPolicy, Serving
 from rakka_inference.core.errors import (
     Backpressure,
+    BadRequest,
     InferenceError,
     InternalError,
     RateLimited,
@@ -55,15 +56,17 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult, Priority
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
+from rakka_inference.providers.base import supports_embeddings
 from rakka_inference.remote.breaker import BreakerState, CircuitBreaker
 from rakka_inference.remote.queue import QueueTicket, RequestQueue
 from rakka_inference.remote.ratelimit import PermitSource
 from rakka_inference.remote.retry import RetryAction, RetryBudget
 from rakka_inference.remote.runner import RemoteRunner
+from rakka_inference.remote.session import SessionSnapshot
 
 __all__ = ["BudgetGate", "RemoteEngineCore", "RemoteWorker", "RequestReport"]
 
@@ -76,7 +79,7 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 class BudgetGate(Protocol):
     """Spend control consulted before a request is queued (see the budgets issue)."""
 
-    def admit(self, request: ChatRequest) -> None:
+    def admit(self, request: ChatRequest | EmbeddingRequest) -> None:
         """Raise BudgetExceeded to refuse the request."""
         ...
 
@@ -99,8 +102,9 @@ class RequestReport:
 
 @dataclass(eq=False, slots=True)
 class _Job:
-    request: ChatRequest
-    stream: BoundedStream[TokenChunk]
+    request: ChatRequest | EmbeddingRequest
+    stream: BoundedStream[Any]
+    """Chunks for a chat request; the one EmbeddingResult for an embeddings request."""
     deadline: float | None
     """The request's own deadline (clock time), if it has one."""
     submitted_at: float
@@ -230,6 +234,29 @@ class RemoteEngineCore:
 
         Raises Backpressure (full, or shutting down) or what the budget gate raises.
         """
+        return self._submit(request, request.priority, deadline)
+
+    @property
+    def serves_embeddings(self) -> bool:
+        return supports_embeddings(self.runner.adapter)
+
+    def submit_embedding(
+        self, request: EmbeddingRequest, *, deadline: float | None = None
+    ) -> BoundedStream[EmbeddingResult]:
+        """Queue an embeddings request; the stream carries its one result.
+
+        Same queue, permits, breaker and retries as a chat request. BadRequest when the
+        provider serves no embeddings.
+        """
+        if not self.serves_embeddings:
+            raise BadRequest(
+                f"the model {request.model!r} does not serve embeddings", param="model"
+            )
+        return self._submit(request, Priority.NORMAL, deadline)
+
+    def _submit(
+        self, request: ChatRequest | EmbeddingRequest, priority: Priority, deadline: float | None
+    ) -> BoundedStream[Any]:
         if not self._accepting:
             raise Backpressure(f"engine {self.name} is shutting down")
         if self._budget is not None:
@@ -245,7 +272,7 @@ class RemoteEngineCore:
             deadline=deadline,
             submitted_at=now,
         )
-        job.ticket = self._queue.put(job, request.priority)
+        job.ticket = self._queue.put(job, priority)
         job.timer = asyncio.get_running_loop().call_later(queue_timeout, self._expire, job)
         job.stream.on_close(lambda: self._cancel(job))
         return job.stream
@@ -321,9 +348,9 @@ class RemoteEngineCore:
         request = job.request
         job.started_at = self._clock()
         error: InferenceError | None = None
-        estimate = request.estimated_prompt_tokens() + request.max_output_tokens(
-            DEFAULT_MAX_OUTPUT_TOKENS
-        )
+        estimate = request.estimated_prompt_tokens()
+        if isinstance(request, ChatRequest):
+            estimate += request.max_output_tokens(DEFAULT_MAX_OUTPUT_TOKENS)
         # Waiting for a rate-limit permit is waiting in line, bounded like the queue.
         permit_deadline = job.started_at + self.serving.queue_timeout_ms / 1000.0
         if job.deadline is not None:
@@ -355,17 +382,10 @@ class RemoteEngineCore:
             job.attempts += 1
             try:
                 with snapshot.lease():
-                    async for chunk in self.runner.attempt(request, snapshot):
-                        visible = bool(
-                            chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason
-                        )
-                        if chunk.usage is not None:
-                            job.usage = job.usage + chunk.usage
-                        if visible and job.first_chunk_at is None:
-                            job.first_chunk_at = self._clock()
-                        # A usage-only chunk (Anthropic's message_start) shows the client
-                        # nothing: it does not commit the stream, so a retry stays possible.
-                        await job.stream.put(chunk, commit=visible)
+                    if isinstance(request, EmbeddingRequest):
+                        await self._embed_once(job, request, snapshot)
+                    else:
+                        await self._chat_once(job, request, snapshot)
             except asyncio.CancelledError:
                 self.breaker.release(admission)
                 raise
@@ -400,6 +420,25 @@ class RemoteEngineCore:
             else:
                 self.breaker.record_success(admission)
                 return
+
+    async def _chat_once(self, job: _Job, request: ChatRequest, snapshot: SessionSnapshot) -> None:
+        async for chunk in self.runner.attempt(request, snapshot):
+            visible = bool(chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason)
+            if chunk.usage is not None:
+                job.usage = job.usage + chunk.usage
+            if visible and job.first_chunk_at is None:
+                job.first_chunk_at = self._clock()
+            # A usage-only chunk (Anthropic's message_start) shows the client nothing: it
+            # does not commit the stream, so a retry stays possible.
+            await job.stream.put(chunk, commit=visible)
+
+    async def _embed_once(
+        self, job: _Job, request: EmbeddingRequest, snapshot: SessionSnapshot
+    ) -> None:
+        result = await self.runner.embed(request, snapshot)
+        job.usage = result.usage
+        job.first_chunk_at = self._clock()
+        await job.stream.put(result)
 
     def _end(self, job: _Job, error: InferenceError | None) -> None:
         now = self._clock()

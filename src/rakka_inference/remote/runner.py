@@ -17,16 +17,17 @@ the provider sees the request end.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import NoReturn
 
 from rakka_inference.core.deployment import RateLimits, RemoteRuntimeConfig, RuntimeKind
-from rakka_inference.core.errors import NetworkError
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.errors import BadRequest, NetworkError
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.pricing import cost_usd
 from rakka_inference.core.runner import SessionRebuildCause, Transport
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.providers.base import ProviderAdapter
+from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter
 from rakka_inference.remote.classify import classify_http_error
 from rakka_inference.remote.session import RemoteSession, SessionSnapshot
 from rakka_inference.remote.sse import SseDecoder
@@ -86,6 +87,21 @@ class RemoteRunner:
 
     # ------------------------------------------------------------------ one attempt
 
+    async def embed(self, request: EmbeddingRequest, snapshot: SessionSnapshot) -> EmbeddingResult:
+        """Send an embeddings request once with ``snapshot``; the adapter must serve them."""
+        adapter = self.adapter
+        if not isinstance(adapter, EmbeddingAdapter):
+            raise BadRequest(f"{adapter.provider} serves no embeddings", param="model")
+        http_request = adapter.build_embedding_request(request, await snapshot.credential())
+        response = await snapshot.transport.send(http_request, self.config.timeouts, stream=False)
+        try:
+            body = await response.read()
+            if response.status >= 400:
+                self._raise_http_error(response.status, response.headers, body)
+            return adapter.parse_embedding_response(body, request)
+        finally:
+            await response.aclose()
+
     async def attempt(
         self, request: ChatRequest, snapshot: SessionSnapshot
     ) -> AsyncIterator[TokenChunk]:
@@ -97,15 +113,7 @@ class RemoteRunner:
         )
         try:
             if response.status >= 400:
-                body = await response.read()
-                error = classify_http_error(
-                    response.status,
-                    response.headers,
-                    body,
-                    provider=adapter.provider,
-                    now=self._wall_clock(),
-                )
-                raise adapter.refine_error(error, body)
+                self._raise_http_error(response.status, response.headers, await response.read())
             if not request.stream:
                 for chunk in adapter.parse_response(await response.read()):
                     yield chunk
@@ -124,3 +132,9 @@ class RemoteRunner:
             )
         finally:
             await response.aclose()
+
+    def _raise_http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> NoReturn:
+        error = classify_http_error(
+            status, headers, body, provider=self.adapter.provider, now=self._wall_clock()
+        )
+        raise self.adapter.refine_error(error, body)

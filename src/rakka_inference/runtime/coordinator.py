@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from rakka_inference.actors.actor import Actor
 from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.errors import CircuitOpen, ModelNotFound
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import TokenChunk
 
 __all__ = [
@@ -58,6 +58,12 @@ class Replica(Protocol):
         self, request: ChatRequest, *, deadline: float | None = None
     ) -> BoundedStream[TokenChunk]:
         """Queue the request; its chunks arrive on the returned stream."""
+        ...
+
+    def submit_embedding(
+        self, request: EmbeddingRequest, *, deadline: float | None = None
+    ) -> BoundedStream[EmbeddingResult]:
+        """Queue an embeddings request; BadRequest when the replica serves none."""
         ...
 
 

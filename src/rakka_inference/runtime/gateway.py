@@ -4,6 +4,8 @@ Routes:
 
 - ``POST /v1/chat/completions`` — streaming (SSE ``chat.completion.chunk`` events, an
   optional final usage chunk, ``data: [DONE]``) and not;
+- ``POST /v1/embeddings`` — routed like chat, to deployments whose provider serves
+  embeddings (others answer 400 naming ``model``);
 - ``GET /v1/models`` — deployments and their aliases;
 - ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
   has a replica serving.
@@ -31,7 +33,15 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
 from typing import Any
 
 import orjson
@@ -45,15 +55,17 @@ from rakka_inference.core.errors import (
     RequestCancelled,
     RouteNotFound,
 )
-from rakka_inference.core.messages import new_request_id
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, new_request_id
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.openai_api import (
     ChunkRenderer,
     completion_json,
+    embeddings_json,
     error_json,
     parse_chat_request,
+    parse_embedding_request,
 )
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
 
@@ -103,6 +115,7 @@ class ApiGateway:
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send, str], Awaitable[None]]]
         self._routes = {
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
@@ -166,12 +179,32 @@ class ApiGateway:
     async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         body = await self._read_body(scope, receive)
         request = parse_chat_request(body, request_id=request_id)
+        actor = self._actor(request)
+        await self._watched(self._answer(actor, request, send, request_id), receive)
+
+    async def _embeddings(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> None:
+        body = await self._read_body(scope, receive)
+        call = parse_embedding_request(body, request_id=request_id)
+        actor = self._actor(call.request)
+
+        async def answer() -> None:
+            result = await actor.embedding()
+            payload = embeddings_json(
+                result, model=call.request.model, encoding_format=call.encoding_format
+            )
+            await _send_json(send, 200, payload, request_id)
+
+        await self._watched(answer(), receive)
+
+    def _actor(self, request: ChatRequest | EmbeddingRequest) -> RequestActor:
         if self.in_flight >= self.max_concurrent:
             raise Backpressure(f"the gateway is at its limit of {self.max_concurrent} requests")
         deadline = (
             None if self.request_timeout_s is None else self._clock() + self.request_timeout_s
         )
-        actor = RequestActor(
+        return RequestActor(
             request,
             self.coordinator,
             self.policies,
@@ -179,11 +212,13 @@ class ApiGateway:
             clock=self._clock,
             on_done=self._on_record,
         )
+
+    async def _watched(self, answer: Coroutine[Any, Any, None], receive: Receive) -> None:
         # The answer runs beside a watch on the connection: a client that goes away, at
         # any point (queued, before the first byte, mid-stream), cancels it — which closes
         # the engine stream, cancels the upstream call and frees every permit.
         self.in_flight += 1
-        work = asyncio.ensure_future(self._answer(actor, send, request_id))
+        work = asyncio.ensure_future(answer)
         watcher = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -199,10 +234,11 @@ class ApiGateway:
         if error is not None:
             raise error
 
-    async def _answer(self, actor: RequestActor, send: Send, request_id: str) -> None:
-        request = actor.request
+    async def _answer(
+        self, actor: RequestActor, request: ChatRequest, send: Send, request_id: str
+    ) -> None:
         if request.stream:
-            await self._stream(actor, send, request_id)
+            await self._stream(actor, request, send, request_id)
             return
         result = await actor.completion()
         body = completion_json(
@@ -210,8 +246,9 @@ class ApiGateway:
         )
         await _send_json(send, 200, body, request_id)
 
-    async def _stream(self, actor: RequestActor, send: Send, request_id: str) -> None:
-        request = actor.request
+    async def _stream(
+        self, actor: RequestActor, request: ChatRequest, send: Send, request_id: str
+    ) -> None:
         renderer = ChunkRenderer(
             request_id=request_id,
             model=request.model,

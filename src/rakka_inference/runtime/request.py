@@ -27,23 +27,25 @@ The protocol:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
     Backpressure,
     InferenceError,
+    InternalError,
     NetworkError,
     Refused,
     ServerError,
     Timeout,
 )
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import ChatCompletion, ChunkAggregator, TokenChunk
 from rakka_inference.core.usage import Usage
 
@@ -65,6 +67,10 @@ class RoutedReplica(Protocol):
     def submit(
         self, request: ChatRequest, *, deadline: float | None = None
     ) -> BoundedStream[TokenChunk]: ...
+
+    def submit_embedding(
+        self, request: EmbeddingRequest, *, deadline: float | None = None
+    ) -> BoundedStream[EmbeddingResult]: ...
 
 
 class Router(Protocol):
@@ -118,8 +124,13 @@ class RequestRecord:
         }
 
 
-def _visible(chunk: TokenChunk) -> bool:
-    return bool(chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason)
+_Submit = Callable[["RoutedReplica"], BoundedStream[Any]]
+
+
+def _visible(item: TokenChunk | EmbeddingResult) -> bool:
+    if isinstance(item, EmbeddingResult):
+        return True
+    return bool(item.text or item.reasoning or item.tool_calls or item.finish_reason)
 
 
 class RequestActor:
@@ -127,7 +138,7 @@ class RequestActor:
 
     def __init__(
         self,
-        request: ChatRequest,
+        request: ChatRequest | EmbeddingRequest,
         router: Router,
         policies: Mapping[str, FallbackPolicy],
         *,
@@ -143,11 +154,37 @@ class RequestActor:
         self._on_done = on_done
         self.record = RequestRecord(request_id=request.request_id, model=request.model)
 
-    async def chunks(self) -> AsyncGenerator[TokenChunk, None]:
+    def chunks(self) -> AsyncGenerator[TokenChunk, None]:
         """The answer's chunks; raises the typed error that ended the request."""
+        request = self.request
+        assert isinstance(request, ChatRequest)
+        return self._run(lambda replica: replica.submit(request, deadline=self._deadline))
+
+    async def completion(self) -> ChatCompletion:
+        """The whole answer, for a non-streaming client."""
+        aggregator = ChunkAggregator()
+        async with contextlib.aclosing(self.chunks()) as chunks:
+            async for chunk in chunks:
+                aggregator.add(chunk)
+        return aggregator.result()
+
+    async def embedding(self) -> EmbeddingResult:
+        """The vectors of an embeddings request (same routing and fallbacks as chat)."""
+        request = self.request
+        assert isinstance(request, EmbeddingRequest)
+        result: EmbeddingResult | None = None
+        walk = self._run(lambda replica: replica.submit_embedding(request, deadline=self._deadline))
+        async with contextlib.aclosing(walk):
+            async for item in walk:
+                result = item
+        if result is None:  # pragma: no cover - an engine always delivers one or fails
+            raise InternalError("the engine ended an embeddings request without a result")
+        return result
+
+    async def _run(self, submit: _Submit) -> AsyncGenerator[Any, None]:
         started = self._clock()
         record = self.record
-        walk = self._walk(started)
+        walk = self._walk(started, submit)
         try:
             async for chunk in walk:
                 yield chunk
@@ -161,14 +198,7 @@ class RequestActor:
             record.latency_s = self._clock() - started
             self._finish()
 
-    async def completion(self) -> ChatCompletion:
-        """The whole answer, for a non-streaming client."""
-        aggregator = ChunkAggregator()
-        async for chunk in self.chunks():
-            aggregator.add(chunk)
-        return aggregator.result()
-
-    async def _walk(self, started: float) -> AsyncGenerator[TokenChunk, None]:
+    async def _walk(self, started: float, submit: _Submit) -> AsyncGenerator[Any, None]:
         record = self.record
         first = self._router.resolve(self.request.model)
         targets = [first, *self._policies.get(first, FallbackPolicy()).fallbacks]
@@ -181,7 +211,7 @@ class RequestActor:
             try:
                 replica = self._router.route_deployment(target)
                 record.replica = replica.name
-                stream = replica.submit(self.request, deadline=self._deadline)
+                stream = submit(replica)
                 try:
                     async for chunk in stream:
                         if chunk.usage is not None:
@@ -213,7 +243,7 @@ class RequestActor:
             return False
         return isinstance(error, _FALLBACK_ON)
 
-    def _take_report(self, stream: BoundedStream[TokenChunk]) -> None:
+    def _take_report(self, stream: BoundedStream[Any]) -> None:
         report = stream.trailer
         attempts = getattr(report, "attempts", None)
         if isinstance(attempts, int):
