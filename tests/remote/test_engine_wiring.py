@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rakka_inference.actors import ActorSystem
 from rakka_inference.core.deployment import (
+    Budget,
+    CapacityPolicy,
     Deployment,
     GeminiConfig,
     Jitter,
+    ModelPrice,
     OpenAIConfig,
     RetryPolicy,
     RuntimeKind,
@@ -27,14 +31,21 @@ from rakka_inference.core.deployment import (
     Timeouts,
     VllmConfig,
 )
-from rakka_inference.core.errors import BudgetExceeded, ConfigError, Timeout, TimeoutPhase
-from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.errors import (
+    Backpressure,
+    BudgetExceeded,
+    ConfigError,
+    Timeout,
+    TimeoutPhase,
+)
+from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingParams
 from rakka_inference.core.runner import SessionRebuildCause, TransportKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
 from rakka_inference.core.usage import Usage
 from rakka_inference.remote.engine import RemoteEngineCore, RequestReport
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.runtime.budget import BudgetLedger
 from rakka_inference.testkit.http_server import (
     RecordedRequest,
     ScriptedHttpServer,
@@ -113,7 +124,6 @@ async def test_unknown_price_means_unknown_cost(
     server: ScriptedHttpServer, system: ActorSystem
 ) -> None:
     deployment = openai_deployment(server)
-    from dataclasses import replace
 
     engine = await started(replace(deployment, model="my-finetune"), system)
     assert engine.runner.estimate_cost(Usage(output_tokens=10)) is None
@@ -123,26 +133,46 @@ async def test_unknown_price_means_unknown_cost(
 # ---------------------------------------------------------------- gates and limits
 
 
-class RefuseAfter:
-    def __init__(self, allowed: int) -> None:
-        self.allowed = allowed
-
-    def admit(self, request: ChatRequest) -> None:
-        if self.allowed <= 0:
-            raise BudgetExceeded("the hourly budget is spent")
-        self.allowed -= 1
+def ledger(limit_usd: float) -> BudgetLedger:
+    price = ModelPrice(input_per_mtok=1_000_000.0, output_per_mtok=1_000_000.0)  # $1 a token
+    return BudgetLedger("d", Budget(max_spend_per_hour=limit_usd), price)
 
 
-async def test_budget_gate_refuses_before_queueing(
+async def test_the_budget_is_reserved_at_submit_and_settled_with_the_real_cost(
     server: ScriptedHttpServer, system: ActorSystem
 ) -> None:
     server.default = openai_answer()
-    engine = await started(openai_deployment(server), system, budget=RefuseAfter(1))
-    assert aggregate([c async for c in engine.submit(chat())]).text == "ok"
+    book = ledger(30.0)
+    price = ModelPrice(input_per_mtok=1_000_000.0, output_per_mtok=1_000_000.0)
+    deployment = openai_deployment(server)
+    engine = await started(replace(deployment, pricing=price), system, budget=book)
+    stream = engine.submit(chat(sampling=SamplingParams(max_tokens=10)))
+    assert book.snapshot().reserved_usd > 0  # held from submit on
+    assert aggregate([c async for c in stream]).text == "ok"
+    snapshot = book.snapshot()
+    assert snapshot.reserved_usd == 0
+    assert snapshot.settled_last_hour_usd == pytest.approx(4.0)  # 3 tokens in, 1 out
+    # The next request's maximum (prompt estimate + 30 output tokens) no longer fits.
     with pytest.raises(BudgetExceeded):
-        engine.submit(chat())
+        engine.submit(chat(sampling=SamplingParams(max_tokens=30)))
     assert len(server.requests) == 1
     await engine.stop()
+
+
+async def test_a_request_refused_for_capacity_holds_no_budget(
+    server: ScriptedHttpServer, system: ActorSystem
+) -> None:
+    server.default = openai_answer()
+    book = ledger(1000.0)
+    serving = Serving(max_concurrent=1, on_capacity_exhausted=CapacityPolicy.REJECT)
+    engine = await started(openai_deployment(server, serving=serving), system, budget=book)
+    first = engine.submit(chat(sampling=SamplingParams(max_tokens=5)))
+    with pytest.raises(Backpressure):
+        engine.submit(chat(sampling=SamplingParams(max_tokens=5)))
+    assert book.snapshot().in_flight == 1
+    first.close()
+    await engine.stop()
+    assert book.snapshot().in_flight == 0
 
 
 async def test_throttle_limits_concurrency(server: ScriptedHttpServer, system: ActorSystem) -> None:

@@ -15,8 +15,9 @@ The protocol of one request:
    rebuild the session after a 401 and try once more, or give up. **Nothing is retried
    once a chunk has gone into the stream**: the failure then ends the stream as
    :class:`StreamInterrupted`, and no content is ever duplicated.
-4. At the end the permit is settled with the real token count, the breaker admission is
-   settled exactly once, and ``on_complete`` receives a :class:`RequestReport` (outcome,
+4. At the end the permit is settled with the real token count, the budget reservation
+   with the real cost (it was made in ``submit``), the breaker admission is settled
+   exactly once, and ``on_complete`` receives a :class:`RequestReport` (outcome,
    attempts, usage, cost, latency, time to first token) for metrics and the log line.
 
 If the consumer closes the stream — the client went away — the request is taken out of
@@ -68,7 +69,7 @@ from rakka_inference.remote.retry import RetryAction, RetryBudget
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import SessionSnapshot
 
-__all__ = ["BudgetGate", "RemoteEngineCore", "RemoteWorker", "RequestReport"]
+__all__ = ["BudgetGate", "BudgetHold", "RemoteEngineCore", "RemoteWorker", "RequestReport"]
 
 log = logging.getLogger("rakka_inference.remote.engine")
 
@@ -76,11 +77,19 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 """Reserved for a request that sets no max_tokens, until its real usage settles."""
 
 
-class BudgetGate(Protocol):
-    """Spend control consulted before a request is queued (see the budgets issue)."""
+class BudgetHold(Protocol):
+    """A budget reservation: the request's maximum cost, held until it is settled."""
 
-    def admit(self, request: ChatRequest | EmbeddingRequest) -> None:
-        """Raise BudgetExceeded to refuse the request."""
+    def settle(self, actual_cost_usd: float | None) -> None:
+        """Replace the hold with the actual cost (once; later calls do nothing)."""
+        ...
+
+
+class BudgetGate(Protocol):
+    """Spend control: reserve-then-settle (:mod:`rakka_inference.runtime.budget`)."""
+
+    def reserve(self, request: ChatRequest | EmbeddingRequest) -> BudgetHold:
+        """Hold the request's maximum cost; raise BudgetExceeded to refuse it."""
         ...
 
 
@@ -109,6 +118,8 @@ class _Job:
     """The request's own deadline (clock time), if it has one."""
     submitted_at: float
     ticket: QueueTicket[_Job] | None = None
+    hold: BudgetHold | None = None
+    """The budget reservation, settled with the actual cost when the request ends."""
     timer: asyncio.TimerHandle | None = None
     task: asyncio.Task[None] | None = None
     started_at: float = 0.0
@@ -259,11 +270,10 @@ class RemoteEngineCore:
     ) -> BoundedStream[Any]:
         if not self._accepting:
             raise Backpressure(f"engine {self.name} is shutting down")
-        if self._budget is not None:
-            self._budget.admit(request)
         busy = self._in_flight + len(self._queue) >= self._limit
         if busy and self.serving.on_capacity_exhausted is not CapacityPolicy.QUEUE:
             raise Backpressure(f"all {self._limit} workers of {self.name} are busy")
+        hold = None if self._budget is None else self._budget.reserve(request)
         now = self._clock()
         queue_timeout = self.serving.queue_timeout_ms / 1000.0
         job = _Job(
@@ -271,8 +281,14 @@ class RemoteEngineCore:
             stream=BoundedStream(self._stream_capacity),
             deadline=deadline,
             submitted_at=now,
+            hold=hold,
         )
-        job.ticket = self._queue.put(job, priority)
+        try:
+            job.ticket = self._queue.put(job, priority)
+        except BaseException:
+            if hold is not None:
+                hold.settle(None)  # never queued: nothing was spent
+            raise
         job.timer = asyncio.get_running_loop().call_later(queue_timeout, self._expire, job)
         job.stream.on_close(lambda: self._cancel(job))
         return job.stream
@@ -454,6 +470,8 @@ class RemoteEngineCore:
             latency_s=now - job.submitted_at,
             ttft_s=None if job.first_chunk_at is None else job.first_chunk_at - job.submitted_at,
         )
+        if job.hold is not None:
+            job.hold.settle(report.cost_usd)
         # The consumer reads the report from the stream's trailer once the stream ends.
         job.stream.trailer = report
         if error is None:
