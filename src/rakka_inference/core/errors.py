@@ -27,7 +27,10 @@ The tree::
         │   │   └── PayloadTooLarge                              no     no       413
         │   ├── ClientUnauthorized   missing or bad client key   no     no       401
         │   ├── ModelNotFound        no deployment or alias      no     no       404
-        │   └── RouteNotFound        no such URL on the gateway  no     no       404
+        │   ├── RouteNotFound        no such URL on the gateway  no     no       404
+        │   └── OperationRefused     the deployment's state forbids it   no  no  409
+        │       ├── IllegalTransition  a lifecycle move the table refuses  no no 409
+        │       └── PlacementFailed  no node can take the replica    no     no       409
         ├── UpstreamError            the provider (or engine) answered badly
         │   ├── RateLimited          429                         yes    no       429
         │   ├── ServerError          5xx                         yes    yes      502
@@ -91,6 +94,9 @@ __all__ = [
     "ClientUnauthorized",
     "ModelNotFound",
     "RouteNotFound",
+    "OperationRefused",
+    "IllegalTransition",
+    "PlacementFailed",
     "UpstreamError",
     "RateLimited",
     "ServerError",
@@ -308,6 +314,25 @@ class RouteNotFound(RequestError):
 
     http_status = 404
     openai_code = "unknown_url"
+
+
+class OperationRefused(RequestError):
+    """An operator's request (admin API, CLI) that the deployment's state does not allow."""
+
+    http_status = 409
+    openai_code = "operation_refused"
+
+
+class IllegalTransition(OperationRefused):
+    """A lifecycle transition the state table does not have (e.g. stopped -> serving)."""
+
+    openai_code = "illegal_transition"
+
+
+class PlacementFailed(OperationRefused):
+    """No node can take a replica: not enough free GPUs, no egress node. Says why."""
+
+    openai_code = "placement_failed"
 
 
 class UpstreamError(InferenceError):

@@ -82,6 +82,9 @@ UNAUTHENTICATED → Unauthorized, NOT_FOUND → UpstreamNotFound, DEADLINE_EXCEE
 (first byte: the upstream gave up, as with a 408). An ``ErrorInfo`` detail with reason
 ``API_KEY_INVALID`` (a 400 on AI Studio) is Unauthorized, so the session re-reads the key.
 A ``RetryInfo.retryDelay`` fills ``retry_after`` when the headers gave none.
+
+Embeddings (``batchEmbedContents`` on AI Studio, ``predict`` on Vertex, same URL base and
+credential header) are set out in :mod:`rakka_inference.providers.gemini_embed`.
 """
 
 from __future__ import annotations
@@ -100,11 +103,16 @@ from rakka_inference.core.errors import (
     InferenceError,
     ProtocolError,
 )
-from rakka_inference.core.messages import ChatRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.providers.base import load_json_object
+from rakka_inference.providers.gemini_embed import (
+    embedding_body,
+    embedding_method,
+    parse_embeddings,
+)
 from rakka_inference.providers.gemini_errors import _error, _error_detail, _error_kind, _retry_delay
 from rakka_inference.providers.gemini_request import (
     SKIP_THOUGHT_SIGNATURE,
@@ -202,12 +210,18 @@ class GeminiAdapter:
             if request.stream
             else f"{self._base}:generateContent"
         )
+        return HttpRequest(
+            "POST", url, self._headers(credential), orjson.dumps(self.request_body(request))
+        )
+
+    def _headers(self, credential: Secret) -> dict[str, str]:
+        """The JSON content type and the credential: a bearer token on Vertex, else a key."""
         headers = {"content-type": "application/json"}
         if self._vertex:
             headers["authorization"] = f"Bearer {credential.expose()}"
         else:
             headers["x-goog-api-key"] = credential.expose()
-        return HttpRequest("POST", url, headers, orjson.dumps(self.request_body(request)))
+        return headers
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for ``request`` (exposed for tests)."""
@@ -285,6 +299,17 @@ class GeminiAdapter:
 
     def stream_parser(self) -> GeminiStreamParser:
         return GeminiStreamParser(self._provider)
+
+    # ------------------------------------------------------------------ embeddings
+
+    def build_embedding_request(self, request: EmbeddingRequest, credential: Secret) -> HttpRequest:
+        """``:batchEmbedContents`` (AI Studio) or ``:predict`` (Vertex) for ``request``."""
+        url = f"{self._base}:{embedding_method(vertex=self._vertex)}"
+        body = embedding_body(request, _strip_prefix(self.model), vertex=self._vertex)
+        return HttpRequest("POST", url, self._headers(credential), orjson.dumps(body))
+
+    def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
+        return parse_embeddings(body, request, vertex=self._vertex, provider=self._provider)
 
     # ------------------------------------------------------------------ errors
 

@@ -9,7 +9,9 @@ Routes (anything else is the API's 404 ``NOT_FOUND``)::
 
 with ``method`` one of ``generateContent``, ``streamGenerateContent`` (``?alt=sse``: one
 ``data: {GenerateContentResponse}`` event per chunk, CRLF-framed as Google frames them;
-without it, the streamed JSON array the API sends by default) and ``countTokens``.
+without it, the streamed JSON array the API sends by default) and ``countTokens``; or, for
+embeddings, ``batchEmbedContents`` (AI Studio) and ``predict`` (Vertex), whose checks,
+answers and faults are set out in :mod:`rakka_inference.testkit.gemini_embed_wire`.
 
 Credentials, checked before anything else, against :attr:`FaultPlan.valid_keys`:
 
@@ -98,6 +100,11 @@ from rakka_inference.testkit.faults import (
     ReplyScript,
     count_tokens,
 )
+from rakka_inference.testkit.gemini_embed_wire import (
+    EMBEDDING_METHODS,
+    EmbeddingRefused,
+    embedding_answer,
+)
 from rakka_inference.testkit.http_server import (
     Chunk,
     Faults,
@@ -119,7 +126,9 @@ _VERTEX = re.compile(
     r"/(?:v1|v1beta1)/projects/[^/]+/locations/[^/]+/publishers/google"
     r"/models/(?P<model>[^/:]+):(?P<method>\w+)"
 )
-_METHODS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
+_METHODS = frozenset(
+    {"generateContent", "streamGenerateContent", "countTokens", *EMBEDDING_METHODS}
+)
 _FIELDS = frozenset(
     {
         "contents",
@@ -241,6 +250,8 @@ class GeminiMock(MockProviderServer):
             return _error(404, "NOT_FOUND", f"Requested entity was not found: {request.path}")
         try:
             self._authenticate(call)
+            if call.method in EMBEDDING_METHODS:
+                return self._embed(request, call)
             body = _body(request, call)
             if call.method == "countTokens":
                 return _json(_count_tokens(body))
@@ -256,6 +267,23 @@ class GeminiMock(MockProviderServer):
             return self._render(call, self._answer(body, prompt), fault)
         except _Refused as refused:
             return refused.response
+
+    def _embed(self, request: RecordedRequest, call: _Call) -> ScriptedResponse:
+        """An embeddings call: its checks and answer, then a fault, as for the others."""
+        try:
+            document = embedding_answer(
+                request.body, method=call.method, vertex=call.vertex, model=call.model
+            )
+        except EmbeddingRefused as refused:
+            return _error(refused.code, refused.status, refused.message)
+        fault = self._take_fault(request, call)
+        if fault is not None and fault.kind is FaultKind.CONTEXT_LENGTH:
+            return self._too_long(self.max_input_tokens + 1, call)
+        if fault is not None and fault.kind is not FaultKind.CONTENT_FILTER:
+            replaced = self._fault_response(fault, call, 0)
+            if replaced is not None:
+                return replaced
+        return self._framed(call, [orjson.dumps(document)], fault)
 
     def _authenticate(self, call: _Call) -> None:
         if self.faults.accepts(call.key):

@@ -1,0 +1,98 @@
+"""The lifecycle of a deployment's replica set, in one table.
+
+::
+
+    pending  → serving | failed | stopped      (stopped: removed before it started)
+    serving  → draining | failed
+    draining → stopped | failed
+    failed   → pending | stopped               (pending: placed again)
+    stopped  → nothing: it is final
+
+- **pending**: built and placed; its replicas are starting (credentials resolved, weights
+  loading). It takes no requests yet.
+- **serving**: registered with the coordinator; takes requests.
+- **draining**: deregistered (no new requests); requests already queued or running finish.
+- **stopped**: every request finished; engines closed. Terminal.
+- **failed**: it could not start, or gave up (a local context poisoned four times in 60 s).
+  It is deregistered; the manager may place it again (back to pending) or remove it.
+
+Every move goes through :meth:`Lifecycle.move`, which refuses what the table does not have
+with :class:`~rakka_inference.core.errors.IllegalTransition`, and keeps the history with a
+readable cause for the admin API.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from rakka_inference.core.errors import IllegalTransition
+
+__all__ = ["TRANSITIONS", "DeploymentState", "Lifecycle", "Transition"]
+
+
+class DeploymentState(enum.StrEnum):
+    PENDING = "pending"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+_S = DeploymentState
+
+TRANSITIONS: Mapping[DeploymentState, frozenset[DeploymentState]] = {
+    _S.PENDING: frozenset({_S.SERVING, _S.FAILED, _S.STOPPED}),
+    _S.SERVING: frozenset({_S.DRAINING, _S.FAILED}),
+    _S.DRAINING: frozenset({_S.STOPPED, _S.FAILED}),
+    _S.FAILED: frozenset({_S.PENDING, _S.STOPPED}),
+    _S.STOPPED: frozenset(),
+}
+"""The legal moves: from a state to the states it may go to. Nothing else is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One move, with when (wall clock) and why."""
+
+    source: DeploymentState
+    target: DeploymentState
+    cause: str
+    at: float
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """The state of one replica set (or one replica), moved only along the table."""
+
+    name: str
+    clock: Callable[[], float] = time.time
+    state: DeploymentState = DeploymentState.PENDING
+    history: list[Transition] = field(default_factory=list)
+
+    def move(self, target: DeploymentState, cause: str) -> Transition:
+        """Go to ``target``; IllegalTransition when the table has no such move."""
+        if target not in TRANSITIONS[self.state]:
+            raise IllegalTransition(
+                f"{self.name} is {self.state.value} and cannot become {target.value} "
+                f"(from {self.state.value} it can become "
+                f"{_listed(TRANSITIONS[self.state])})"
+            )
+        transition = Transition(self.state, target, cause, self.clock())
+        self.state = target
+        self.history.append(transition)
+        return transition
+
+    def can(self, target: DeploymentState) -> bool:
+        return target in TRANSITIONS[self.state]
+
+    @property
+    def terminal(self) -> bool:
+        return not TRANSITIONS[self.state]
+
+
+def _listed(states: frozenset[DeploymentState]) -> str:
+    names = sorted(state.value for state in states)
+    return ", ".join(names) if names else "nothing: it is final"
