@@ -12,6 +12,7 @@ connections, lets in-flight requests finish within the grace period, stops the e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -38,9 +39,10 @@ Send = Callable[[Message], Awaitable[None]]
 class ServeApp:
     """An ASGI app whose lifespan builds the topology inside the server's event loop."""
 
-    def __init__(self, config: Config | None, *, bind: str) -> None:
+    def __init__(self, config: Config | None, *, bind: str, config_file: str | None = None) -> None:
         self._config = config
         self._bind = bind
+        self._config_file = config_file
         self._sandbox: Sandbox | None = None
         self.topology: Topology | None = None
 
@@ -57,10 +59,32 @@ class ServeApp:
             self._sandbox = Sandbox()
             await self._sandbox.start()
             config = sandbox_config(self._sandbox, bind=self._bind)
-        self.topology = Topology(config)
+        source = self._config_file
+        self.topology = Topology(
+            config, reload_source=None if source is None else lambda: load_config(source)
+        )
         await self.topology.start()
+        if source is not None and threading.current_thread() is threading.main_thread():
+            # SIGHUP applies the file again; a bad file is logged and the running config
+            # stays (DeploymentManager.apply checks it whole before changing anything).
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
         names = ", ".join(d.name for d in config.deployments)
         print(f"rakka: serving {names} on http://{self._bind}", flush=True)
+
+    async def _reload(self) -> None:
+        assert self.topology is not None
+        try:
+            report = await self.topology.reload()
+        except Exception as error:
+            log.error("reload rejected, the running config stays: %s", error)
+            return
+        log.info(
+            "reloaded: added %s, changed %s, removed %s",
+            list(report.added),
+            list(report.changed),
+            list(report.removed),
+        )
 
     async def shutdown(self) -> None:
         if self.topology is not None:
@@ -129,7 +153,7 @@ def serve(
     bind_host, _, bind_port = bind.rpartition(":")
     host = host or bind_host.strip("[]")
     port = int(bind_port) if port is None else port
-    app = ServeApp(config, bind=f"{host}:{port}")
+    app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file)
     server = _graceful_server_class()(
         uvicorn.Config(
             app,

@@ -198,6 +198,14 @@ class RemoteEngineCore:
         return open_until is not None and open_until <= self._clock()
 
     @property
+    def open_for_s(self) -> float | None:
+        """Seconds until this replica's open circuit lets a probe through (None: closed)."""
+        if self.breaker.state is not BreakerState.OPEN:
+            return None
+        open_until = self.breaker.snapshot().open_until
+        return None if open_until is None else max(0.0, open_until - self._clock())
+
+    @property
     def load_score(self) -> float:
         """Queued plus in-flight requests over capacity: the router's measure."""
         return (len(self._queue) + self._in_flight) / max(1, self._limit)

@@ -117,6 +117,7 @@ async def build_remote_engine(
     services: RemoteServices,
     *,
     replica: int = 0,
+    name: str | None = None,
     on_complete: Callable[[RequestReport], None] | None = None,
     budget: BudgetGate | None = None,
 ) -> RemoteEngineCore:
@@ -150,7 +151,7 @@ async def build_remote_engine(
     )
     runner = RemoteRunner(adapter, session, config, deployment.runtime)
     return RemoteEngineCore(
-        f"{deployment.name}-{replica}",
+        name or f"{deployment.name}-{replica}",
         runner,
         limiter=limiter,
         breaker=breaker,

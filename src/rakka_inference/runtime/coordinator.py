@@ -111,8 +111,12 @@ class DpCoordinator:
         healthy = [replica for replica in replicas if replica.healthy]
         if not healthy:
             if not replicas:
-                raise CircuitOpen(f"deployment {name!r} has no replica serving")
-            raise CircuitOpen(f"every replica of deployment {name!r} has its circuit open")
+                raise CircuitOpen(f"deployment {name!r} has no replica serving", retry_after=1.0)
+            waits = [w for r in replicas if (w := getattr(r, "open_for_s", None)) is not None]
+            raise CircuitOpen(
+                f"every replica of deployment {name!r} has its circuit open",
+                retry_after=max(1.0, min(waits)) if waits else 1.0,
+            )
         if len(healthy) == 1:
             return healthy[0]
         first, second = self._rng.sample(healthy, 2)

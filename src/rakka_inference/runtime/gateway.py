@@ -42,7 +42,7 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,6 +59,7 @@ from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, new_req
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.runtime.coordinator import DpCoordinator
+from rakka_inference.runtime.metrics import CONTENT_TYPE, InferenceMetrics
 from rakka_inference.runtime.openai_api import (
     ChunkRenderer,
     completion_json,
@@ -69,7 +70,7 @@ from rakka_inference.runtime.openai_api import (
 )
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
 
-__all__ = ["ApiGateway"]
+__all__ = ["AdminHandler", "ApiGateway"]
 
 log = logging.getLogger("rakka_inference.gateway")
 
@@ -78,10 +79,17 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+
+class AdminHandler(Protocol):
+    """The ``/admin/`` routes (:class:`~rakka_inference.runtime.admin.AdminApi`)."""
+
+    async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]: ...
+
+
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 """Every request has a deadline: waiting for a permit, and retry backoffs, stop there."""
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ApiGateway:
@@ -100,7 +108,13 @@ class ApiGateway:
         on_record: Callable[[RequestRecord], None] | None = None,
         on_startup: Callable[[], Awaitable[None]] | None = None,
         on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        metrics: InferenceMetrics | None = None,
+        providers: Mapping[str, str] | None = None,
+        admin: AdminHandler | None = None,
     ) -> None:
+        self.admin = admin
+        self.metrics = metrics
+        self._providers: Mapping[str, str] = providers if providers is not None else {}
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self.coordinator = coordinator
@@ -120,6 +134,8 @@ class ApiGateway:
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
         }
+        if metrics is not None:
+            self._routes["GET", "/metrics"] = self._metrics
 
     # ------------------------------------------------------------------ ASGI
 
@@ -133,6 +149,10 @@ class ApiGateway:
         handler = self._routes.get((scope["method"], scope["path"]))
         try:
             if handler is None:
+                if self.admin is not None and scope["path"].startswith("/admin/"):
+                    status, body = await self.admin.handle(scope, receive)
+                    await _send_json(send, status, body, request_id)
+                    return
                 raise RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})")
             if scope["path"] not in _OPEN_PATHS:  # probes answer without a key
                 self._authorize(scope)
@@ -180,7 +200,9 @@ class ApiGateway:
         body = await self._read_body(scope, receive)
         request = parse_chat_request(body, request_id=request_id)
         actor = self._actor(request)
+        started = self._clock()
         await self._watched(self._answer(actor, request, send, request_id), receive)
+        self._observe_overhead(actor, started)
 
     async def _embeddings(
         self, scope: Scope, receive: Receive, send: Send, request_id: str
@@ -188,6 +210,7 @@ class ApiGateway:
         body = await self._read_body(scope, receive)
         call = parse_embedding_request(body, request_id=request_id)
         actor = self._actor(call.request)
+        started = self._clock()
 
         async def answer() -> None:
             result = await actor.embedding()
@@ -197,6 +220,12 @@ class ApiGateway:
             await _send_json(send, 200, payload, request_id)
 
         await self._watched(answer(), receive)
+        self._observe_overhead(actor, started)
+
+    def _observe_overhead(self, actor: RequestActor, started: float) -> None:
+        if self.metrics is not None and actor.record.engine_s:
+            overhead = self._clock() - started - actor.record.engine_s
+            self.metrics.observe_gateway_overhead(max(0.0, overhead))
 
     def _actor(self, request: ChatRequest | EmbeddingRequest) -> RequestActor:
         if self.in_flight >= self.max_concurrent:
@@ -276,7 +305,7 @@ class ApiGateway:
             }
         )
         try:
-            await self._write_stream(renderer, held, chunks, send)
+            await self._write_stream(renderer, held, chunks, send, actor.record)
         finally:
             await chunks.aclose()
 
@@ -286,13 +315,22 @@ class ApiGateway:
         held: list[TokenChunk],
         chunks: AsyncIterator[TokenChunk],
         send: Send,
+        record: RequestRecord,
     ) -> None:
         body = renderer.first() + b"".join(renderer.render(chunk) for chunk in held)
         await send({"type": "http.response.body", "body": body, "more_body": True})
+        metrics, clock = self.metrics, self._clock
+        deployment = record.deployment or ""
+        provider = self._providers.get(deployment, "")
+        last = clock()
         try:
             async for chunk in chunks:
                 data = renderer.render(chunk)
                 if data:
+                    if metrics is not None:
+                        now = clock()
+                        metrics.observe_inter_token(deployment, provider, now - last)
+                        last = now
                     await send({"type": "http.response.body", "body": data, "more_body": True})
             tail = renderer.final()
         except InferenceError as error:
@@ -308,6 +346,22 @@ class ApiGateway:
             for model in (name, *aliases)
         ]
         await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        assert self.metrics is not None
+        body = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         await _send_json(send, 200, b'{"status":"ok"}', request_id)

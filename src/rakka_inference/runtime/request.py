@@ -106,6 +106,8 @@ class RequestRecord:
     ttft_s: float | None = None
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
+    engine_s: float = 0.0
+    """Time spent inside engines (queued, permits, upstream): the rest is the gateway's."""
 
     def as_log_fields(self) -> dict[str, object]:
         return {
@@ -248,6 +250,9 @@ class RequestActor:
         attempts = getattr(report, "attempts", None)
         if isinstance(attempts, int):
             self.record.attempts += attempts
+        engine_s = getattr(report, "latency_s", None)
+        if isinstance(engine_s, float):
+            self.record.engine_s += engine_s
         cost = getattr(report, "cost_usd", None)
         if isinstance(cost, float):
             self.record.cost_usd = (self.record.cost_usd or 0.0) + cost

@@ -1,29 +1,80 @@
-"""The serving topology of one process: actor system, engines, coordinator, gateway.
+"""The serving topology of one process: actor system, deployments, coordinator, gateway.
 
-:class:`Topology` turns a :class:`~rakka_inference.core.deployment.Config` into running
-replicas — one remote engine per replica of each deployment, registered with the
-coordinator under the deployment's name and aliases — and the :class:`ApiGateway` in front
-of them. ``start`` and ``stop`` are the ASGI lifespan of ``rakka serve``: stopping lets
-every queued and running request finish before the engines close.
+:class:`Topology` wires a :class:`~rakka_inference.core.deployment.Config` into running
+replicas through the :class:`~rakka_inference.runtime.manager.DeploymentManager` (which
+builds each replica's engine with an
+:class:`~rakka_inference.runtime.replicas.EngineBuilder` and registers it with the
+coordinator), the :class:`~rakka_inference.runtime.metrics.InferenceMetrics` behind
+``/metrics``, and the :class:`ApiGateway` in front. ``start`` and ``stop`` are the ASGI
+lifespan of ``rakka serve``: stopping lets every queued and running request finish before
+the engines close. :meth:`Topology.reload` applies a new config while serving.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Config
-from rakka_inference.core.errors import ConfigError, ConfigIssue
-from rakka_inference.remote.engine import RemoteEngineCore
-from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.core.deployment import Config, Deployment, OpenAIConfig, RuntimeKind
+from rakka_inference.remote.factory import RemoteServices
+from rakka_inference.runtime.admin import AdminApi
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
+from rakka_inference.runtime.manager import ApplyReport, DeploymentManager, Engine
+from rakka_inference.runtime.metrics import InferenceMetrics
+from rakka_inference.runtime.replicas import DEFAULT_RUNNERS, EngineBuilder, RunnerFactory
 from rakka_inference.runtime.request import FallbackPolicy, RequestRecord
 
-__all__ = ["Topology"]
+__all__ = ["Topology", "provider_label"]
 
 log = logging.getLogger("rakka_inference.topology")
+
+
+def provider_label(deployment: Deployment) -> str:
+    """The provider a deployment's metrics are labelled with (never a key or a URL)."""
+    config = deployment.runtime_config
+    if isinstance(config, OpenAIConfig) and config.variant == "azure":
+        return "azure"
+    return deployment.runtime.value
+
+
+class _MetricsWatcher:
+    def __init__(self, metrics: InferenceMetrics, builder: EngineBuilder) -> None:
+        self.metrics = metrics
+        self.builder = builder
+
+    def replica_up(self, deployment: str, engine: Engine) -> None:
+        self.metrics.watch_replica(deployment, _Gauges(engine))
+
+    def replica_down(self, deployment: str, engine: Engine) -> None:
+        self.metrics.unwatch_replica(deployment, engine.name)
+
+
+class _Gauges:
+    """A replica's figures as the metrics read them (a local engine has no breaker or
+    limiter: those series are left out for it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.breaker = getattr(engine, "breaker", None)
+        self.limiter = getattr(engine, "limiter", None)
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def in_flight(self) -> int:
+        return self._engine.in_flight
+
+    @property
+    def queued(self) -> int:
+        return self._engine.queued
+
+    @property
+    def capacity(self) -> int:
+        return self._engine.capacity
 
 
 class Topology:
@@ -34,61 +85,71 @@ class Topology:
         config: Config,
         *,
         services: RemoteServices | None = None,
+        runners: Mapping[RuntimeKind, RunnerFactory] | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
+        reload_source: Callable[[], Config] | None = None,
     ) -> None:
-        unsupported = [d for d in config.deployments if not d.is_remote]
-        if unsupported:
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        "<config>",
-                        f"deployment {d.name!r}.runtime",
-                        f"runtime {d.runtime.value!r} is a local runtime, which this build "
-                        "does not serve yet (local runners come with the operations work)",
-                    )
-                    for d in unsupported
-                ]
-            )
         self.config = config
         self.services = services or RemoteServices()
         self.system = ActorSystem(config.cluster.name)
         self.coordinator = DpCoordinator(rng=self.services.rng)
-        self.engines: list[RemoteEngineCore] = []
-        policies = {
-            d.name: FallbackPolicy(
-                fallbacks=d.fallbacks, capacity_policy=d.serving.on_capacity_exhausted
-            )
-            for d in config.deployments
-        }
+        self.metrics = InferenceMetrics()
+        self._on_record = on_record
+        self._reload_source = reload_source
+        self.builder = EngineBuilder(self.services, runners={**DEFAULT_RUNNERS, **(runners or {})})
+        self.policies: dict[str, FallbackPolicy] = {}
+        self.manager = DeploymentManager(
+            self.system,
+            self.coordinator,
+            self.builder,
+            policies=self.policies,
+            watcher=_MetricsWatcher(self.metrics, self.builder),
+        )
+        self._providers: dict[str, str] = {}
         keys = [ref.resolve() for ref in config.cluster.client_api_keys]
         self.gateway = ApiGateway(
             self.coordinator,
-            policies,
+            self.policies,
             client_keys=keys,
-            on_record=on_record,
+            on_record=self._record,
             on_startup=self.start,
             on_shutdown=self.stop,
+            metrics=self.metrics,
+            providers=self._providers,
         )
+        admin_key = config.cluster.admin_api_key
+        self.gateway.admin = AdminApi(self, None if admin_key is None else admin_key.resolve())
 
     async def start(self) -> None:
-        """Build, start and register every replica."""
-        for deployment in self.config.deployments:
-            for replica in range(deployment.replicas):
-                engine = await build_remote_engine(deployment, self.services, replica=replica)
-                await engine.start(self.system, f"engine-{deployment.name}-{replica}")
-                self.engines.append(engine)
-                self.coordinator.register(deployment.name, engine)
-            self.coordinator.set_aliases(deployment.name, deployment.aliases)
-            log.info(
-                "deployment %s serving: %s x%d",
-                deployment.name,
-                deployment.runtime.value,
-                deployment.replicas,
-            )
+        """Build, start and register every replica of the config."""
+        await self.apply(self.config)
+
+    async def apply(self, config: Config) -> ApplyReport:
+        """Apply ``config`` while serving (hot-swap changed deployments)."""
+        report = await self.manager.apply(config)
+        self.config = config
+        self._providers.clear()
+        self._providers.update({d.name: provider_label(d) for d in config.deployments})
+        for name in self.manager.deployments:
+            self.builder.watch_throttle(name, self.manager.engines(name))
+        for name in report.removed:
+            self.builder.forget(name)
+        return report
+
+    async def reload(self) -> ApplyReport:
+        """Read the config again from where it came from and apply it (SIGHUP, admin)."""
+        if self._reload_source is None:
+            raise RuntimeError("this topology was not started from a config file")
+        return await self.apply(self._reload_source())
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Let queued and running requests finish, then close every engine."""
-        for engine in self.engines:
-            await engine.stop(timeout=timeout)
-        self.engines.clear()
+        self.manager.drain_timeout_s = timeout
+        await self.manager.aclose()
         await self.system.shutdown(timeout=timeout)
+
+    def _record(self, record: RequestRecord) -> None:
+        provider = self._providers.get(record.deployment or "", "")
+        self.metrics.record(record, provider)
+        if self._on_record is not None:
+            self._on_record(record)

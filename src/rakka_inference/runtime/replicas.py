@@ -1,0 +1,148 @@
+"""Building one replica's engine from a deployment: remote or local, placed, budgeted.
+
+:class:`EngineBuilder` is the :class:`~rakka_inference.runtime.manager.EngineFactory` of a
+serving process:
+
+- a **remote** deployment gets a :class:`~rakka_inference.remote.engine.RemoteEngineCore`
+  through :func:`~rakka_inference.remote.factory.build_remote_engine`, sharing the
+  process's limiters and breakers;
+- a **local** deployment gets a :class:`~rakka_inference.runtime.engine_core.LocalEngineCore`
+  whose contexts are built by the runner factory registered for its runtime. A runtime
+  with no runner in this build is refused at :meth:`EngineBuilder.check`, before anything
+  changes, with the reason.
+
+Every deployment has a cost ledger (:class:`~rakka_inference.runtime.budget.BudgetLedger`):
+with limits when it has a ``budget`` (reserve-then-settle, its ``on_exceeded`` policy),
+without otherwise, so the cost report covers every deployment. A ledger lives as long as
+its deployment's name and budget: a hot-swap that keeps the budget keeps the spend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from rakka_inference.core.deployment import Budget, Deployment, RuntimeKind
+from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.pricing import resolve_price
+from rakka_inference.core.runner import ModelRunner
+from rakka_inference.providers.registry import adapter_for
+from rakka_inference.remote.engine import RequestReport
+from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.runtime.budget import BudgetBook, BudgetLedger
+from rakka_inference.runtime.engine_core import LocalEngineCore
+from rakka_inference.runtime.manager import Engine
+
+__all__ = ["EngineBuilder", "RunnerFactory"]
+
+log = logging.getLogger("rakka_inference.replicas")
+
+RunnerFactory = Callable[[Deployment], ModelRunner]
+"""Builds a fresh runner for a local deployment (one per context: first load and rebuilds)."""
+
+
+DEFAULT_RUNNERS: Mapping[RuntimeKind, RunnerFactory] = {}
+"""The local runtimes this build serves out of the box (tests register MockRunner)."""
+
+
+class EngineBuilder:
+    """Builds engines for the deployment manager; owns the cost ledgers."""
+
+    def __init__(
+        self,
+        services: RemoteServices | None = None,
+        *,
+        runners: Mapping[RuntimeKind, RunnerFactory] = DEFAULT_RUNNERS,
+        on_complete: Callable[[str, RequestReport], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.services = services or RemoteServices()
+        self.runners = runners
+        self._on_complete = on_complete
+        self._clock = clock
+        self._ledgers: dict[str, BudgetLedger] = {}
+        self._throttle_targets: dict[str, list[Engine]] = {}
+
+    @property
+    def budgets(self) -> BudgetBook:
+        """Every deployment's ledger, for the cost report and ``/metrics``."""
+        return BudgetBook(self._ledgers.values())
+
+    def check(self, deployment: Deployment) -> None:
+        if deployment.is_remote:
+            adapter_for(deployment, self.services.prices)  # raises ConfigError when unbuildable
+            return
+        if deployment.runtime not in self.runners:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "<config>",
+                        f"deployment {deployment.name!r}.runtime",
+                        f"runtime {deployment.runtime.value!r} has no runner in this build "
+                        f"(local runtimes served: {_names(self.runners)})",
+                    )
+                ]
+            )
+
+    async def build(
+        self, deployment: Deployment, name: str, on_failed: Callable[[str], None]
+    ) -> Engine:
+        ledger = self._ledger(deployment)
+        report = self._report_hook(deployment.name)
+        if deployment.is_remote:
+            return await build_remote_engine(
+                deployment, self.services, name=name, on_complete=report, budget=ledger
+            )
+        factory = self.runners[deployment.runtime]
+        engine = LocalEngineCore(
+            name,
+            lambda: factory(deployment),
+            serving=deployment.serving,
+            on_complete=report,
+            on_failed=lambda error: on_failed(f"{type(error).__name__}: {error}"),
+        )
+        return engine
+
+    def _ledger(self, deployment: Deployment) -> BudgetLedger:
+        budget = deployment.budget or Budget()
+        price = resolve_price(deployment.upstream_model, deployment.pricing, self.services.prices)
+        ledger = self._ledgers.get(deployment.name)
+        if ledger is None or ledger.budget != budget or ledger.price != price:
+            ledger = BudgetLedger(
+                deployment.name,
+                budget,
+                price,
+                clock=self._clock,
+                on_throttle=lambda on: self._throttle(deployment.name, on),
+                model=deployment.model,
+            )
+            self._ledgers[deployment.name] = ledger
+        return ledger
+
+    def forget(self, name: str) -> None:
+        """The deployment is gone: drop its ledger."""
+        self._ledgers.pop(name, None)
+
+    def _throttle(self, name: str, on: bool) -> None:
+        log.warning("deployment %s: budget %s", name, "throttling" if on else "back to normal")
+        for engine in self._throttle_targets.get(name, ()):
+            limit = engine.serving.max_concurrent
+            engine.set_concurrency_limit(max(1, limit // 2) if on else limit)
+
+    def watch_throttle(self, name: str, engines: list[Engine]) -> None:
+        """The engines a budget's throttle applies to (the deployment's current replicas)."""
+        self._throttle_targets[name] = engines
+        ledger = self._ledgers.get(name)
+        if ledger is not None and ledger.throttled:
+            self._throttle(name, True)
+
+    def _report_hook(self, name: str) -> Callable[[RequestReport], None] | None:
+        hook = self._on_complete
+        if hook is None:
+            return None
+        return lambda report: hook(name, report)
+
+
+def _names(runners: Mapping[RuntimeKind, RunnerFactory]) -> str:
+    return ", ".join(sorted(kind.value for kind in runners)) or "none"

@@ -1,0 +1,248 @@
+"""The admin API and /metrics through the gateway's ASGI app: keys on every route,
+operations, a config applied over HTTP (and one rejected whole), and exact metrics after a
+scripted mix of outcomes. No secret appears in any answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from rakka_inference.core.deployment import (
+    ClusterConfig,
+    Config,
+    Deployment,
+    Jitter,
+    OpenAIConfig,
+    RetryPolicy,
+    RuntimeKind,
+)
+from rakka_inference.core.secrets import SecretRef
+from rakka_inference.runtime.topology import Topology
+from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript
+from rakka_inference.testkit.mock_openai import OpenAIMock
+
+UPSTREAM = "sk-admin-upstream-secret-0001"
+ADMIN = "rk-admin-secret-0002"
+ROUTES = [
+    ("GET", "/admin/status"),
+    ("GET", "/admin/deployments"),
+    ("POST", "/admin/deployments"),
+    ("DELETE", "/admin/deployments/chat"),
+    ("POST", "/admin/deployments/chat/scale"),
+    ("POST", "/admin/deployments/chat/rebuild_session"),
+    ("POST", "/admin/deployments/chat/drain"),
+    ("POST", "/admin/deployments/chat/circuit"),
+    ("GET", "/admin/circuits"),
+    ("GET", "/admin/ratelimits"),
+    ("GET", "/admin/costs"),
+    ("POST", "/admin/reload"),
+]
+
+
+def deployment(mock: OpenAIMock) -> Deployment:
+    return Deployment(
+        name="chat",
+        model="gpt-4o-mini",
+        runtime=RuntimeKind.OPENAI,
+        runtime_config=OpenAIConfig(
+            endpoint=mock.openai_base_url,
+            api_key=SecretRef.inline(UPSTREAM, warn=False),
+            retry=RetryPolicy(max_retries=0, jitter=Jitter.NONE),
+        ),
+    )
+
+
+async def _client(topology: Topology) -> httpx.AsyncClient:
+    await topology.start()
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=topology.gateway), base_url="http://gateway"
+    )
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[OpenAIMock]:
+    async with OpenAIMock(
+        faults=FaultPlan(valid_keys={UPSTREAM}), reply=ReplyScript(text="fine thanks")
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+async def live(mock: OpenAIMock) -> AsyncIterator[tuple[Topology, httpx.AsyncClient]]:
+    admin_key = SecretRef.inline(ADMIN, warn=False)
+    config = Config(cluster=ClusterConfig(admin_api_key=admin_key), deployments=(deployment(mock),))
+    topology = Topology(config)
+    client = await _client(topology)
+    try:
+        yield topology, client
+    finally:
+        await client.aclose()
+        await topology.stop(timeout=5)
+
+
+def admin(key: str = ADMIN) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def chat(client: httpx.AsyncClient) -> httpx.Response:
+    return await client.post(
+        "/v1/chat/completions",
+        json={"model": "chat", "messages": [{"role": "user", "content": "hello"}]},
+    )
+
+
+async def test_every_route_refuses_a_missing_or_wrong_key(
+    live: tuple[Topology, httpx.AsyncClient],
+) -> None:
+    topology, client = live
+    for method, path in ROUTES:
+        for headers in ({}, admin("rk-wrong"), {"authorization": f"Basic {ADMIN}"}):
+            answer = await client.request(method, path, headers=headers)
+            assert answer.status_code == 401, (method, path, headers)
+            assert answer.json()["error"]["type"] == "authentication_error"
+    assert topology.manager.describe()[0].replicas  # nothing happened
+
+
+async def test_with_no_admin_key_configured_the_api_is_closed(mock: OpenAIMock) -> None:
+    topology = Topology(Config(cluster=ClusterConfig(), deployments=(deployment(mock),)))
+    client = await _client(topology)
+    try:
+        for method, path in ROUTES:
+            answer = await client.request(method, path, headers=admin())
+            assert answer.status_code == 401
+            assert "admin API is closed" in answer.json()["error"]["message"]
+    finally:
+        await client.aclose()
+        await topology.stop(timeout=5)
+
+
+async def test_operations(live: tuple[Topology, httpx.AsyncClient], mock: OpenAIMock) -> None:
+    _topology, client = live
+    assert (await chat(client)).status_code == 200
+    status = (await client.get("/admin/status", headers=admin())).json()
+    [view] = status["deployments"]
+    assert (view["name"], view["state"], view["generation"]) == ("chat", "serving", 1)
+    scaled = await client.post(
+        "/admin/deployments/chat/scale", headers=admin(), json={"replicas": 2}
+    )
+    assert len(scaled.json()["replicas"]) == 2
+    bad = await client.post(
+        "/admin/deployments/chat/scale", headers=admin(), json={"replicas": "x"}
+    )
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "replicas")
+    rotated = await client.post("/admin/deployments/chat/rebuild_session", headers=admin())
+    assert rotated.json()["session_generations"] == [2, 2]
+    opened = await client.post(
+        "/admin/deployments/chat/circuit", headers=admin(), json={"state": "open"}
+    )
+    assert opened.json()["circuits"] == 1
+    refused = await chat(client)
+    assert refused.status_code == 503
+    assert "retry-after" in refused.headers
+    await client.post("/admin/deployments/chat/circuit", headers=admin(), json={"state": "closed"})
+    assert (await chat(client)).status_code == 200
+    circuits = (await client.get("/admin/circuits", headers=admin())).json()["data"]
+    assert circuits[0]["state"] == "closed"
+    costs = (await client.get("/admin/costs?window_s=3600", headers=admin())).json()
+    assert costs["data"][0]["deployment"] == "chat"
+    assert costs["data"][0]["spent_usd"] > 0
+    limits = await client.get("/admin/ratelimits", headers=admin())
+    reload = await client.post("/admin/reload", headers=admin())
+    assert reload.status_code == 409  # started from a Config, not a file
+    everything = b"".join(
+        [status_body.content for status_body in (scaled, rotated, opened, limits)]
+        + [(await client.get("/admin/status", headers=admin())).content]
+    )
+    assert UPSTREAM.encode() not in everything
+    assert ADMIN.encode() not in everything
+    drained = await client.post("/admin/deployments/chat/drain", headers=admin())
+    assert drained.status_code == 200
+    again = await client.post("/admin/deployments/chat/drain", headers=admin())
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "operation_refused")
+    removed = await client.delete("/admin/deployments/chat", headers=admin())
+    assert removed.json() == {"removed": "chat"}
+    assert (await client.get("/admin/nope", headers=admin())).status_code == 404
+
+
+async def test_apply_a_config_over_http(
+    live: tuple[Topology, httpx.AsyncClient], mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology, client = live
+    monkeypatch.setenv("RAKKA_ADMIN_TEST_KEY", UPSTREAM)
+    toml = f"""
+[cluster]
+name = "applied"
+
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+runtime = "openai"
+aliases = ["default"]
+[deployment.runtime_config]
+endpoint = "{mock.openai_base_url}"
+api_key = {{ from_env = "RAKKA_ADMIN_TEST_KEY" }}
+"""
+    applied = await client.post("/admin/deployments", headers=admin(), content=toml)
+    assert applied.status_code == 200, applied.text
+    assert applied.json()["applied"]["changed"] == ["chat"]
+    answer = await client.post(
+        "/v1/chat/completions",
+        json={"model": "default", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert answer.status_code == 200
+    broken = toml.replace('runtime = "openai"', 'runtime = "openai"\nreplicas = "two"')
+    rejected = await client.post("/admin/deployments", headers=admin(), content=broken)
+    assert rejected.status_code == 400
+    assert "replicas" in rejected.json()["error"]["message"]
+    assert topology.manager.describe()[0].generation == 2  # unchanged by the rejection
+    empty = await client.post("/admin/deployments", headers=admin(), content=b"")
+    assert empty.status_code == 400
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{name}{{{wanted}}} not in /metrics"
+    return float(match.group(1))
+
+
+async def test_metrics_count_a_scripted_mix_exactly(
+    live: tuple[Topology, httpx.AsyncClient], mock: OpenAIMock
+) -> None:
+    _, client = live
+    tokens_in = tokens_out = 0
+    for _ in range(3):
+        usage = (await chat(client)).json()["usage"]
+        tokens_in += usage["prompt_tokens"]
+        tokens_out += usage["completion_tokens"]
+    mock.faults.next(Fault.content_filter(), Fault.server_error(500))
+    assert (await chat(client)).status_code == 400
+    assert (await chat(client)).status_code == 502
+    text = (await client.get("/metrics")).text
+    labels = {"deployment": "chat", "provider": "openai"}
+    assert _sample(text, "inference_requests_total", **labels, outcome="ok") == 3
+    assert _sample(text, "inference_requests_total", **labels, outcome="content_filtered") == 1
+    assert _sample(text, "inference_requests_total", **labels, outcome="server_error") == 1
+    assert _sample(text, "inference_tokens_in_total", **labels) == tokens_in
+    assert _sample(text, "inference_tokens_out_total", **labels) == tokens_out
+    cost = _sample(text, "inference_cost_usd_total", **labels)
+    costs = (await client.get("/admin/costs", headers=admin())).json()["data"]
+    assert cost == pytest.approx(costs[0]["spent_usd"])
+    assert _sample(text, "inference_workers_busy", deployment="chat", replica="chat-0") == 0
+    assert "inference_gateway_overhead_seconds_count" in text
+    assert UPSTREAM not in text
+
+
+async def test_a_hot_swapped_deployment_keeps_its_spend(
+    live: tuple[Topology, httpx.AsyncClient], mock: OpenAIMock
+) -> None:
+    topology, client = live
+    await chat(client)
+    before = topology.builder.budgets.report()[0].spent_usd
+    changed = replace(deployment(mock), aliases=("kept",))
+    await topology.apply(replace(topology.config, deployments=(changed,)))
+    assert topology.builder.budgets.report()[0].spent_usd == before

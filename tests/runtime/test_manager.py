@@ -1,0 +1,191 @@
+"""DeploymentManager: diff-and-apply, hot-swap under load, scale, drain, rebuild, reload
+of a bad config, and replicas that fail — against the OpenAI-format mock over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from rakka_inference.core.deployment import (
+    ClusterConfig,
+    Config,
+    Deployment,
+    OpenAIConfig,
+    RuntimeKind,
+    Serving,
+    VllmConfig,
+)
+from rakka_inference.core.errors import ConfigError, ModelNotFound, OperationRefused
+from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.secrets import SecretRef
+from rakka_inference.core.stream import aggregate
+from rakka_inference.runtime.lifecycle import DeploymentState
+from rakka_inference.runtime.request import RequestActor
+from rakka_inference.runtime.topology import Topology
+from rakka_inference.testkit.faults import FaultPlan, ReplyScript
+from rakka_inference.testkit.mock_openai import OpenAIMock
+
+KEY = "sk-manager-0001"
+ROTATED = "sk-manager-0002"
+
+
+def deployment(mock: OpenAIMock, name: str = "chat", **kw: object) -> Deployment:
+    config = OpenAIConfig(endpoint=mock.openai_base_url, api_key=SecretRef.inline(KEY, warn=False))
+    return Deployment(
+        name=name,
+        model="gpt-4o-mini",
+        runtime=RuntimeKind.OPENAI,
+        runtime_config=config,
+        serving=Serving(max_concurrent=256, queue_capacity=1024),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def config(*deployments: Deployment) -> Config:
+    return Config(cluster=ClusterConfig(), deployments=deployments)
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[OpenAIMock]:
+    async with OpenAIMock(
+        faults=FaultPlan(valid_keys={KEY, ROTATED}), reply=ReplyScript(text="a b c d", chunks=4)
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+async def topology(mock: OpenAIMock) -> AsyncIterator[Topology]:
+    topology = Topology(config(deployment(mock)))
+    await topology.start()
+    try:
+        yield topology
+    finally:
+        await topology.stop(timeout=5)
+
+
+async def ask(topology: Topology, model: str = "chat", *, stream: bool = False) -> str:
+    request = ChatRequest(
+        model=model, messages=(ChatMessage.user("hi"),), stream=stream, include_usage=stream
+    )
+    actor = RequestActor(request, topology.coordinator, topology.policies)
+    return aggregate([chunk async for chunk in actor.chunks()]).text
+
+
+async def test_apply_adds_changes_and_removes(topology: Topology, mock: OpenAIMock) -> None:
+    manager = topology.manager
+    assert manager.state("chat") is DeploymentState.SERVING
+    assert await ask(topology) == "a b c d"
+    changed = replace(deployment(mock), aliases=("default",), replicas=2)
+    report = await topology.apply(config(changed, deployment(mock, "extra")))
+    assert (report.added, report.changed, report.removed) == (("extra",), ("chat",), ())
+    [status] = [s for s in manager.describe() if s.name == "chat"]
+    assert status.generation == 2
+    assert len(status.replicas) == 2
+    assert status.last_change == "hot-swap"
+    assert await ask(topology, "default") == "a b c d"
+    report = await topology.apply(config(changed))
+    assert report.removed == ("extra",)
+    assert report.unchanged == ("chat",)
+    with pytest.raises(ModelNotFound):
+        await ask(topology, "extra")
+    await manager.aclose()  # drains finish; nothing is left running
+    assert not manager.deployments
+
+
+async def test_a_hot_swap_under_200_streams_loses_none(
+    topology: Topology, mock: OpenAIMock
+) -> None:
+    mock.reply = ReplyScript(text="one two three four five", chunks=5, chunk_delay_s=0.02)
+    old_engines = {engine.name for engine in topology.manager.engines("chat")}
+    streams = [asyncio.ensure_future(ask(topology, stream=True)) for _ in range(200)]
+    await asyncio.sleep(0.03)  # every stream is mid-answer
+    changed = replace(deployment(mock), serving=Serving(max_concurrent=300, queue_capacity=1024))
+    report = await topology.apply(config(changed))
+    assert report.changed == ("chat",)
+    new_engines = {engine.name for engine in topology.manager.engines("chat")}
+    assert not old_engines & new_engines
+    answers = await asyncio.gather(*streams)
+    assert answers == ["one two three four five"] * 200
+    assert await ask(topology) == "one two three four five"
+
+
+async def test_an_invalid_config_is_rejected_whole(topology: Topology, mock: OpenAIMock) -> None:
+    before = topology.manager.describe()
+    local = Deployment(name="gpu", model="m", runtime=RuntimeKind.VLLM, runtime_config=VllmConfig())
+    with pytest.raises(ConfigError, match="has no runner in this build"):
+        await topology.apply(config(deployment(mock, "new"), local))
+    assert topology.manager.describe() == before
+    assert await ask(topology) == "a b c d"
+    with pytest.raises(ModelNotFound):
+        await ask(topology, "new")
+
+
+async def test_a_start_failure_leaves_the_running_deployments(
+    topology: Topology, mock: OpenAIMock
+) -> None:
+    broken = Deployment(
+        name="broken",
+        model="gpt-4o-mini",
+        runtime=RuntimeKind.OPENAI,
+        runtime_config=OpenAIConfig(
+            endpoint=mock.openai_base_url,
+            api_key=SecretRef.from_env("RAKKA_TEST_UNSET_VARIABLE_FOR_MANAGER"),
+        ),
+    )
+    changed = replace(deployment(mock), replicas=2)
+    with pytest.raises(Exception, match="RAKKA_TEST_UNSET_VARIABLE_FOR_MANAGER"):
+        await topology.apply(config(changed, broken))
+    [status] = topology.manager.describe()
+    assert (status.name, status.generation, len(status.replicas)) == ("chat", 1, 1)
+    assert await ask(topology) == "a b c d"
+
+
+async def test_scale_up_and_down(topology: Topology) -> None:
+    manager = topology.manager
+    status = await manager.scale("chat", 3)
+    assert [r.state for r in status.replicas] == [DeploymentState.SERVING] * 3
+    assert len(topology.coordinator.table.replicas["chat"]) == 3
+    status = await manager.scale("chat", 1)
+    assert len(status.replicas) == 1
+    assert len(topology.coordinator.table.replicas["chat"]) == 1
+    assert await ask(topology) == "a b c d"
+    with pytest.raises(OperationRefused, match="at least 1 replica"):
+        await manager.scale("chat", 0)
+    with pytest.raises(ModelNotFound):
+        await manager.scale("nope", 2)
+
+
+async def test_drain_then_operations_are_refused(topology: Topology) -> None:
+    manager = topology.manager
+    await manager.drain("chat")
+    assert manager.state("chat") is DeploymentState.STOPPED
+    with pytest.raises(OperationRefused, match="is stopped"):
+        await manager.scale("chat", 2)
+    with pytest.raises(OperationRefused, match="is stopped"):
+        await manager.rebuild_session("chat")
+    with pytest.raises(OperationRefused, match="is stopped"):
+        await manager.drain("chat")
+
+
+async def test_rebuild_session_rotates_without_dropping(
+    topology: Topology, mock: OpenAIMock
+) -> None:
+    mock.reply = ReplyScript(text="x y", chunks=2, chunk_delay_s=0.02)
+    running = [asyncio.ensure_future(ask(topology, stream=True)) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    generations = await topology.manager.rebuild_session("chat")
+    assert generations == [2]
+    assert await asyncio.gather(*running) == ["x y"] * 20
+    assert await ask(topology) == "x y"
+
+
+async def test_remove_forgets_the_deployment(topology: Topology) -> None:
+    await topology.manager.remove("chat")
+    assert topology.manager.describe() == []
+    with pytest.raises(ModelNotFound):
+        await ask(topology)
+    with pytest.raises(ModelNotFound):
+        await topology.manager.remove("chat")
