@@ -4,6 +4,10 @@
                             serve the gateway (no config: the embedded sandbox)
     rakka validate FILE     check a configuration and summarize what it deploys
     rakka demo              show retries, the circuit breaker, fallback and key rotation
+    rakka status            a running gateway's deployments, circuits, limits and spend
+    rakka cost-report       spend per deployment and model over a window
+    rakka rotate-credentials DEPLOYMENT
+                            new sessions with a fresh credential, dropping nothing
     rakka --version
 
 Exit status: 0 on success, 1 when the configuration is rejected or cannot be read, 2 on a
@@ -18,6 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from rakka_inference import __version__
+from rakka_inference.cli_admin import add_commands
 from rakka_inference.core.config import LoadedConfig, load_config_report
 from rakka_inference.core.deployment import (
     ClusterConfig,
@@ -58,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", metavar="FILE", help="the TOML configuration")
     validate.set_defaults(command=_validate)
+    add_commands(commands)
     serve = commands.add_parser(
         "serve",
         help="serve the OpenAI-compatible gateway",

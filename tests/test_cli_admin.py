@@ -1,0 +1,117 @@
+"""``rakka status``, ``cost-report`` and ``rotate-credentials`` against a real gateway
+over loopback HTTP, with the admin key from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+
+from rakka_inference.cli import main
+from rakka_inference.core.deployment import (
+    Budget,
+    ClusterConfig,
+    Config,
+    Deployment,
+    OpenAIConfig,
+    RuntimeKind,
+)
+from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.secrets import SecretRef
+from rakka_inference.runtime.request import RequestActor
+from rakka_inference.runtime.topology import Topology
+from rakka_inference.testkit.faults import FaultPlan
+from rakka_inference.testkit.mock_openai import OpenAIMock
+
+UPSTREAM = "sk-cli-upstream-0001"
+ADMIN = "rk-cli-admin-0002"
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[str, Topology]]:
+    async with OpenAIMock(faults=FaultPlan(valid_keys={UPSTREAM})) as mock:
+        deployment = Deployment(
+            name="chat",
+            model="gpt-4o-mini",
+            runtime=RuntimeKind.OPENAI,
+            runtime_config=OpenAIConfig(
+                endpoint=mock.openai_base_url, api_key=SecretRef.inline(UPSTREAM, warn=False)
+            ),
+            budget=Budget(max_spend_per_hour=5.0),
+        )
+        config = Config(
+            cluster=ClusterConfig(admin_api_key=SecretRef.inline(ADMIN, warn=False)),
+            deployments=(deployment,),
+        )
+        topology = Topology(config)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                topology.gateway, host="127.0.0.1", port=0, lifespan="on", log_level="warning"
+            )
+        )
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            while not server.started:
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            yield f"http://127.0.0.1:{port}", topology
+        finally:
+            server.should_exit = True
+            await serving
+
+
+async def run(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_status_cost_report_and_rotation(
+    gateway: tuple[str, Topology],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, topology = gateway
+    monkeypatch.setenv("RAKKA_ADMIN_KEY", ADMIN)
+    request = ChatRequest(model="chat", messages=(ChatMessage.user("hi"),))
+    actor = RequestActor(request, topology.coordinator, topology.policies)
+    await actor.completion()
+
+    assert await run("status", "--url", url) == 0
+    out = capsys.readouterr().out
+    assert "chat" in out
+    assert "serving" in out
+    assert "of 5" in out  # the hourly budget
+    assert UPSTREAM not in out
+    assert ADMIN not in out
+
+    assert await run("cost-report", "--url", url, "--window", "1h") == 0
+    out = capsys.readouterr().out
+    assert "gpt-4o-mini" in out
+    assert "spend over the last 3600 s" in out
+
+    assert await run("rotate-credentials", "chat", "--url", url) == 0
+    assert "generation 2" in capsys.readouterr().out
+
+    assert await run("status", "--url", url, "--json") == 0
+    assert '"deployments"' in capsys.readouterr().out
+
+
+async def test_refusals_are_reported(
+    gateway: tuple[str, Topology],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, _ = gateway
+    monkeypatch.delenv("RAKKA_ADMIN_KEY", raising=False)
+    assert await run("status", "--url", url) == 1
+    assert "set RAKKA_ADMIN_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("RAKKA_ADMIN_KEY", "rk-wrong")
+    assert await run("status", "--url", url) == 1
+    assert "answered 401" in capsys.readouterr().err
+    monkeypatch.setenv("RAKKA_ADMIN_KEY", ADMIN)
+    assert await run("rotate-credentials", "nope", "--url", url) == 1
+    assert "answered 404" in capsys.readouterr().err
+    assert await run("cost-report", "--url", url, "--window", "soon") == 2
+    assert await run("status", "--url", "http://127.0.0.1:9") == 1
+    assert "cannot reach" in capsys.readouterr().err
