@@ -189,3 +189,38 @@ async def test_remove_forgets_the_deployment(topology: Topology) -> None:
         await ask(topology)
     with pytest.raises(ModelNotFound):
         await topology.manager.remove("chat")
+
+
+async def test_local_replicas_are_placed_on_gpus_and_released(mock: OpenAIMock) -> None:
+    from rakka_inference.core.errors import PlacementFailed
+    from rakka_inference.runtime.placement import Node, NodeInventory, Placement
+    from rakka_inference.testkit.mock_runner import MockRunner
+
+    placement = Placement(NodeInventory([Node("gpu-node", gpus=("0",))]))
+    topology = Topology(
+        config(deployment(mock)),
+        runners={RuntimeKind.VLLM: lambda d: MockRunner()},
+        placement=placement,
+    )
+    await topology.start()
+    try:
+        wide = Deployment(
+            name="wide",
+            model="m",
+            runtime=RuntimeKind.VLLM,
+            runtime_config=VllmConfig(tensor_parallel_size=2),
+        )
+        with pytest.raises(PlacementFailed, match="needs 2 free GPUs"):
+            await topology.apply(config(deployment(mock), wide))
+        assert [s.name for s in topology.manager.describe()] == ["chat"]
+        one = replace(wide, name="local", runtime_config=VllmConfig())
+        await topology.apply(config(deployment(mock), one))
+        assert placement.snapshot()[0].free_gpus == 0
+        assert await ask(topology, "local")
+        with pytest.raises(PlacementFailed):
+            await topology.manager.scale("local", 2)
+        await topology.apply(config(deployment(mock)))  # removed: drained, GPU released
+        await topology.manager.aclose()
+        assert placement.snapshot()[0].free_gpus == 1
+    finally:
+        await topology.stop(timeout=5)

@@ -37,6 +37,7 @@ from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.lifecycle import DeploymentState, Lifecycle
+from rakka_inference.runtime.placement import Assignment, Placement
 from rakka_inference.runtime.request import FallbackPolicy
 
 __all__ = [
@@ -121,6 +122,7 @@ class _Replica:
     index: int
     engine: Engine
     lifecycle: Lifecycle
+    assignment: Assignment | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -175,6 +177,7 @@ class DeploymentManager:
         *,
         policies: MutableMapping[str, FallbackPolicy] | None = None,
         watcher: ReplicaWatcher | None = None,
+        placement: Placement | None = None,
         drain_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -185,6 +188,7 @@ class DeploymentManager:
             policies if policies is not None else {}
         )
         self.watcher = watcher
+        self.placement = placement
         self.drain_timeout_s = drain_timeout_s
         self._clock = clock
         self._sets: dict[str, _ReplicaSet] = {}
@@ -254,6 +258,14 @@ class DeploymentManager:
             removed = [name for name in self._sets if name not in wanted]
             for deployment in (*added, *changed):
                 self.factory.check(deployment)
+            if self.placement is not None:  # PlacementFailed rejects the whole config
+                self.placement.plan(
+                    [*added, *changed],
+                    generations={
+                        d.name: self._sets[d.name].generation + 1 if d.name in self._sets else 1
+                        for d in (*added, *changed)
+                    },
+                )
             for name in removed:
                 await self._retire(name, f"removed from the config ({len(wanted)} deployments)")
             # New and changed sets start before any routing changes, so a start failure
@@ -391,11 +403,16 @@ class DeploymentManager:
         replica = _Replica(index, engine, Lifecycle(f"replica {engine.name!r}", self._clock))
         holder.append(replica)
         try:
+            if self.placement is not None:
+                replica.assignment = self.placement.place(
+                    deployment, index, generation=replica_set.generation
+                )
             self._started += 1  # actor names stay unique across replacements
             await engine.start(self.system, f"engine-{engine.name}-{self._started}")
         except BaseException:
             replica.lifecycle.move(S.FAILED, "start failed")
             await engine.stop(timeout=0)
+            self._release(replica)
             raise
         return replica
 
@@ -466,6 +483,7 @@ class DeploymentManager:
     async def _drain_replicas(self, replicas: Iterable[_Replica]) -> None:
         async def one(replica: _Replica) -> None:
             await replica.engine.stop(timeout=self.drain_timeout_s)
+            self._release(replica)
             if replica.lifecycle.can(S.STOPPED):
                 replica.lifecycle.move(S.STOPPED, "drained")
 
@@ -474,6 +492,7 @@ class DeploymentManager:
     async def _stop_unregistered(self, replica_set: _ReplicaSet, cause: str) -> None:
         for replica in replica_set.replicas:
             await replica.engine.stop(timeout=0)
+            self._release(replica)
             if replica.lifecycle.can(S.STOPPED):
                 replica.lifecycle.move(S.STOPPED, cause)
         if replica_set.lifecycle.can(S.STOPPED):
@@ -496,6 +515,7 @@ class DeploymentManager:
 
     async def _replace(self, replica_set: _ReplicaSet, failed: _Replica, reason: str) -> None:
         await failed.engine.stop(timeout=0)
+        self._release(failed)
         async with self._lock:
             if replica_set.lifecycle.state is not S.SERVING or failed not in replica_set.replicas:
                 return
@@ -510,6 +530,15 @@ class DeploymentManager:
             position = replica_set.replicas.index(failed)
             replica_set.replicas[position] = fresh
             self._register(replica_set, fresh, f"replaced a failed replica ({reason})")
+
+    def _release(self, replica: _Replica) -> None:
+        if self.placement is not None and replica.assignment is not None:
+            self.placement.release(replica.assignment)
+            replica.assignment = None
+
+    def placements(self) -> tuple[Any, ...]:
+        """Nodes and what occupies them (empty without a placement policy)."""
+        return () if self.placement is None else self.placement.snapshot()
 
     def _spawn(self, work: Awaitable[Any], name: str) -> None:
         async def run() -> None:

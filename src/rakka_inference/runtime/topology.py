@@ -23,6 +23,7 @@ from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
 from rakka_inference.runtime.manager import ApplyReport, DeploymentManager, Engine
 from rakka_inference.runtime.metrics import InferenceMetrics
+from rakka_inference.runtime.placement import NodeInventory, Placement
 from rakka_inference.runtime.replicas import DEFAULT_RUNNERS, EngineBuilder, RunnerFactory
 from rakka_inference.runtime.request import FallbackPolicy, RequestRecord
 
@@ -88,6 +89,7 @@ class Topology:
         runners: Mapping[RuntimeKind, RunnerFactory] | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
         reload_source: Callable[[], Config] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.config = config
         self.services = services or RemoteServices()
@@ -104,6 +106,7 @@ class Topology:
             self.builder,
             policies=self.policies,
             watcher=_MetricsWatcher(self.metrics, self.builder),
+            placement=placement or Placement(NodeInventory.local()),
         )
         self._providers: dict[str, str] = {}
         keys = [ref.resolve() for ref in config.cluster.client_api_keys]
