@@ -143,7 +143,7 @@ class LocalEngineCore:
     @property
     def healthy(self) -> bool:
         """Started, not failed and not stopping: routing may send requests here."""
-        return self._worker is not None and self._accepting
+        return self._worker is not None and self._worker.is_alive and self._accepting
 
     @property
     def load_score(self) -> float:

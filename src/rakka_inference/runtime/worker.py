@@ -262,9 +262,8 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
         if not self._running:
             return
         error = engine.teardown_error()
-        for task, job in list(self._running.items()):
-            engine.abort(job, error)
-            task.cancel()
+        for job in list(self._running.values()):
+            engine.abort(job, error)  # cancels the task; the task ends the request
         await asyncio.gather(*self._running, return_exceptions=True)
 
     def _settle(self, job: LocalJob, task: asyncio.Task[None]) -> None:

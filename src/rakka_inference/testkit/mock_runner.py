@@ -8,6 +8,7 @@ Each ``execute`` or ``embed`` call plays the :class:`MockReply` keyed to its pro
 (:meth:`MockScript.answer`), or else takes the next one in line (the script's default once
 none is left), in call order:
 
+>>> from rakka_inference.core.errors import ContextPoisoned
 >>> script = MockScript(
 ...     MockReply.text("Hel", "lo"),
 ...     MockReply.failing(ContextPoisoned("bad context"), after=1),
