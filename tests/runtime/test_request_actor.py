@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,8 +15,10 @@ from rakka_inference.core.errors import (
     Backpressure,
     BadRequest,
     CircuitOpen,
+    ContextPoisoned,
     InferenceError,
     ModelNotFound,
+    OutOfMemory,
     ServerError,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
@@ -88,11 +90,27 @@ class FakeRouter:
             return self.aliases[model]
         raise ModelNotFound(f"no {model}", param="model")
 
-    def route_deployment(self, deployment: str) -> ScriptedReplica:
+    def route_deployment(self, deployment: str, exclude: Collection[str] = ()) -> ScriptedReplica:
         target = self.replicas[deployment]
         if isinstance(target, InferenceError):
             raise target
         return target
+
+
+@dataclass
+class TwoReplicas:
+    """Routes to the first replica not excluded, like the coordinator does."""
+
+    replicas: list[ScriptedReplica]
+
+    def resolve(self, model: str) -> str:
+        return model
+
+    def route_deployment(self, deployment: str, exclude: Collection[str] = ()) -> ScriptedReplica:
+        for replica in self.replicas:
+            if replica.name not in exclude:
+                return replica
+        raise CircuitOpen("no replica left")
 
 
 ANSWER = [
@@ -227,3 +245,20 @@ async def test_the_client_going_away_closes_the_engine_stream(
     assert "hi" not in str(fields)  # never the prompt
     replica.hold.set()  # type: ignore[union-attr]
     await asyncio.sleep(0)
+
+
+async def test_a_poisoned_context_is_retried_on_another_replica() -> None:
+    poisoned = ScriptedReplica("a", fail_with=ContextPoisoned("context lost"))
+    healthy = ScriptedReplica("b", chunks=list(ANSWER))
+    actor = RequestActor(request(), TwoReplicas([poisoned, healthy]), {})
+    chunks = [chunk async for chunk in actor.chunks()]
+    assert "".join(c.text for c in chunks) == "Hello"
+    assert (poisoned.submitted, healthy.submitted, actor.record.replica) == (1, 1, "b")
+
+
+async def test_when_every_replica_is_poisoned_the_client_hears_why() -> None:
+    replicas = [ScriptedReplica(n, fail_with=OutOfMemory("oom")) for n in ("a", "b")]
+    actor = RequestActor(request(), TwoReplicas(replicas), {})
+    with pytest.raises(OutOfMemory):
+        [chunk async for chunk in actor.chunks()]
+    assert [r.submitted for r in replicas] == [1, 1]

@@ -17,7 +17,7 @@ with :class:`CircuitOpen`, so the caller can fall back to another deployment.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,12 +103,13 @@ class DpCoordinator:
         """The replica to send a request for ``model`` (a name or an alias) to."""
         return self.route_deployment(self.table.resolve(model))
 
-    def route_deployment(self, name: str) -> Replica:
-        """The replica of deployment ``name`` to send a request to."""
+    def route_deployment(self, name: str, exclude: Collection[str] = ()) -> Replica:
+        """The replica of deployment ``name`` to send a request to, none of ``exclude``
+        (replicas that already failed this request)."""
         replicas = self.table.replicas.get(name)
         if replicas is None:
             raise ModelNotFound(f"the model {name!r} does not exist", param="model")
-        healthy = [replica for replica in replicas if replica.healthy]
+        healthy = [r for r in replicas if r.healthy and r.name not in exclude]
         if not healthy:
             if not replicas:
                 raise CircuitOpen(f"deployment {name!r} has no replica serving", retry_after=1.0)

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,9 +38,13 @@ from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
     Backpressure,
+    CircuitOpen,
+    ContextPoisoned,
+    EngineError,
     InferenceError,
     InternalError,
     NetworkError,
+    OutOfMemory,
     Refused,
     ServerError,
     Timeout,
@@ -55,7 +59,14 @@ log = logging.getLogger("rakka_inference.requests")
 
 # Failures a different deployment can cure. (A retryable upstream error reaches us only
 # once its retries are spent: the engine retried it already.)
-_FALLBACK_ON: tuple[type[InferenceError], ...] = (Refused, Timeout, ServerError, NetworkError)
+_FALLBACK_ON: tuple[type[InferenceError], ...] = (
+    Refused,
+    Timeout,
+    ServerError,
+    NetworkError,
+    ContextPoisoned,
+    OutOfMemory,
+)
 
 
 class RoutedReplica(Protocol):
@@ -80,7 +91,7 @@ class Router(Protocol):
         """The deployment name for a model name or alias (ModelNotFound otherwise)."""
         ...
 
-    def route_deployment(self, deployment: str) -> RoutedReplica: ...
+    def route_deployment(self, deployment: str, exclude: Collection[str] = ()) -> RoutedReplica: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,33 +220,46 @@ class RequestActor:
             record.tried.append(target)
             record.deployment = target
             policy = self._policies.get(target, FallbackPolicy())
-            committed = False
-            try:
-                replica = self._router.route_deployment(target)
-                record.replica = replica.name
-                stream = submit(replica)
+            failed: list[str] = []  # replicas whose engine failed this request retryably
+            while True:
+                committed = False
+                replica_name: str | None = None
                 try:
-                    async for chunk in stream:
-                        if chunk.usage is not None:
-                            record.usage = record.usage + chunk.usage
-                        if not committed and _visible(chunk):
-                            committed = True
-                            record.ttft_s = self._clock() - started
-                        yield chunk
-                finally:
-                    stream.close()  # a no-op once finished; cancels the upstream otherwise
-                    self._take_report(stream)
-                return
-            except InferenceError as error:
-                if committed or not self._falls_back(error, policy):
-                    raise
-                log.info(
-                    "request %s: %s from %s, trying the next deployment",
-                    record.request_id,
-                    type(error).__name__,
-                    target,
-                )
-                last_error = error
+                    replica = self._router.route_deployment(target, failed)
+                    replica_name = record.replica = replica.name
+                    stream = submit(replica)
+                    try:
+                        async for chunk in stream:
+                            if chunk.usage is not None:
+                                record.usage = record.usage + chunk.usage
+                            if not committed and _visible(chunk):
+                                committed = True
+                                record.ttft_s = self._clock() - started
+                            yield chunk
+                    finally:
+                        stream.close()  # a no-op once finished; cancels the upstream otherwise
+                        self._take_report(stream)
+                    return
+                except InferenceError as error:
+                    if committed:
+                        raise
+                    if isinstance(error, EngineError) and error.retryable and replica_name:
+                        # A poisoned or out-of-memory context: another replica may serve it.
+                        failed.append(replica_name)
+                        last_error = error
+                        continue
+                    if failed and isinstance(error, CircuitOpen):
+                        error = last_error or error  # every replica failed it: say why
+                    if not self._falls_back(error, policy):
+                        raise error from None
+                    log.info(
+                        "request %s: %s from %s, trying the next deployment",
+                        record.request_id,
+                        type(error).__name__,
+                        target,
+                    )
+                    last_error = error
+                    break
         assert last_error is not None
         raise last_error
 
