@@ -42,7 +42,18 @@ RunnerFactory = Callable[[Deployment], ModelRunner]
 """Builds a fresh runner for a local deployment (one per context: first load and rebuilds)."""
 
 
-DEFAULT_RUNNERS: Mapping[RuntimeKind, RunnerFactory] = {}
+def _sentence_transformers(deployment: Deployment) -> ModelRunner:
+    # Imported on use: the runner's backends need the optional ``embeddings`` extra.
+    from rakka_inference.local.sentence_embed import (  # noqa: PLC0415
+        SentenceTransformersRunner,
+    )
+
+    return SentenceTransformersRunner(deployment)
+
+
+DEFAULT_RUNNERS: Mapping[RuntimeKind, RunnerFactory] = {
+    RuntimeKind.SENTENCE_TRANSFORMERS: _sentence_transformers,
+}
 """The local runtimes this build serves out of the box (tests register MockRunner)."""
 
 
