@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-import uvicorn
 
 from rakka_inference.cli import main
 from rakka_inference.core.deployment import (
@@ -24,6 +23,7 @@ from rakka_inference.runtime.request import RequestActor
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import FaultPlan
 from rakka_inference.testkit.mock_openai import OpenAIMock
+from rakka_inference.testkit.serving import serving
 
 UPSTREAM = "sk-cli-upstream-0001"
 ADMIN = "rk-cli-admin-0002"
@@ -46,20 +46,8 @@ async def gateway() -> AsyncIterator[tuple[str, Topology]]:
             deployments=(deployment,),
         )
         topology = Topology(config)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                topology.gateway, host="127.0.0.1", port=0, lifespan="on", log_level="warning"
-            )
-        )
-        serving = asyncio.ensure_future(server.serve())
-        try:
-            while not server.started:
-                await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            yield f"http://127.0.0.1:{port}", topology
-        finally:
-            server.should_exit = True
-            await serving
+        async with serving(topology.gateway) as base:
+            yield base, topology
 
 
 async def run(*argv: str) -> int:

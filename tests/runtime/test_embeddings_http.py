@@ -4,7 +4,6 @@ and a provider that serves no embeddings."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from rakka_inference.core.deployment import (
     AnthropicConfig,
@@ -30,6 +28,7 @@ from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan
 from rakka_inference.testkit.mock_anthropic import AnthropicMock
 from rakka_inference.testkit.mock_openai import OpenAIMock, embedding_vector
+from rakka_inference.testkit.serving import serving
 
 KEY = "sk-embed-upstream-0001"
 FLAKY_KEY = "sk-embed-flaky-0002"
@@ -85,25 +84,12 @@ async def live() -> AsyncIterator[Live]:
         )
         records: list[RequestRecord] = []
         topology = Topology(config, on_record=records.append)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                topology.gateway, host="127.0.0.1", port=0, lifespan="on", log_level="warning"
-            )
-        )
-        serving = asyncio.ensure_future(server.serve())
-        try:
-            while not server.started:
-                await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            base = f"http://127.0.0.1:{port}"
+        async with serving(topology.gateway) as base:
             client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
             try:
                 yield Live(mock, client, base, records)
             finally:
                 await client.close()
-        finally:
-            server.should_exit = True
-            await serving
 
 
 async def test_the_sdk_gets_the_providers_vectors_in_input_order(live: Live) -> None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import openai
 import pytest
-import uvicorn
 
 from rakka_inference.core.deployment import (
     CircuitBreakerConfig,
@@ -27,6 +26,7 @@ from rakka_inference.runtime.request import RequestRecord
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript, ScriptedToolCall
 from rakka_inference.testkit.mock_openai import OpenAIMock
+from rakka_inference.testkit.serving import serving
 
 UPSTREAM_KEY = "sk-upstream-e2e-0001"
 CLIENT_KEY = "rk-e2e-client-0001"
@@ -68,25 +68,12 @@ async def live() -> AsyncIterator[Live]:
         )
         records: list[RequestRecord] = []
         topology = Topology(config, on_record=records.append)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                topology.gateway, host="127.0.0.1", port=0, lifespan="on", log_level="warning"
-            )
-        )
-        serving = asyncio.ensure_future(server.serve())
-        try:
-            while not server.started:
-                await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            base = f"http://127.0.0.1:{port}"
+        async with serving(topology.gateway) as base:
             client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=CLIENT_KEY, max_retries=0)
             try:
                 yield Live(mock, client, base, records)
             finally:
                 await client.close()
-        finally:
-            server.should_exit = True
-            await serving
 
 
 async def test_tools_round_trip(live: Live) -> None:

@@ -27,7 +27,6 @@ line and field); the running deployments stay as they were.
 
 from __future__ import annotations
 
-import hmac
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
@@ -48,6 +47,7 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.core.secrets import Secret
 from rakka_inference.remote.breaker import BreakerState
+from rakka_inference.runtime.gateway import bearer_matches
 from rakka_inference.runtime.manager import ApplyReport
 
 if TYPE_CHECKING:
@@ -124,13 +124,7 @@ class AdminApi:
             raise ClientUnauthorized(
                 "the admin API is closed: set cluster.admin_api_key to open it"
             )
-        header = ""
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                header = value.decode("latin-1")
-        scheme, _, token = header.partition(" ")
-        valid = hmac.compare_digest(token.strip().encode(), self._key)
-        if scheme.lower() != "bearer" or not valid:
+        if not bearer_matches(scope, (self._key,)):
             raise ClientUnauthorized("a valid admin key is required: Authorization: Bearer <key>")
 
     # ------------------------------------------------------------------ views

@@ -70,7 +70,7 @@ from rakka_inference.runtime.openai_api import (
 )
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
 
-__all__ = ["AdminHandler", "ApiGateway"]
+__all__ = ["AdminHandler", "ApiGateway", "bearer_matches"]
 
 log = logging.getLogger("rakka_inference.gateway")
 
@@ -184,14 +184,7 @@ class ApiGateway:
     def _authorize(self, scope: Scope) -> None:
         if not self._keys:
             return
-        header = _header(scope, b"authorization") or ""
-        scheme, _, presented = header.partition(" ")
-        token = presented.strip().encode()
-        # Compare with every key, always, so the time taken says nothing about which.
-        valid = False
-        for key in self._keys:
-            valid |= hmac.compare_digest(token, key)
-        if scheme.lower() != "bearer" or not valid:
+        if not bearer_matches(scope, self._keys):
             raise ClientUnauthorized("a valid API key is required: Authorization: Bearer <key>")
 
     # ------------------------------------------------------------------ routes
@@ -397,6 +390,20 @@ class ApiGateway:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def bearer_matches(scope: Scope, keys: Iterable[bytes]) -> bool:
+    """Whether the request's ``Authorization: Bearer`` token is one of ``keys``.
+
+    Every key is compared, always, in constant time: the time taken says nothing about
+    which key (or how much of one) matched.
+    """
+    scheme, _, presented = (_header(scope, b"authorization") or "").partition(" ")
+    token = presented.strip().encode()
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(token, key)
+    return valid and scheme.lower() == "bearer"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
