@@ -28,6 +28,7 @@ from rakka_inference.core.deployment import (
 )
 from rakka_inference.core.errors import (
     BadRequest,
+    ConfigError,
     ContextPoisoned,
     OutOfMemory,
     Unrecoverable,
@@ -47,6 +48,7 @@ from rakka_inference.local.sentence_embed import (
     SentenceTransformersRunner,
     is_shipped_model,
 )
+from rakka_inference.runtime.replicas import EngineBuilder
 
 FOOD = "A man is eating food."
 BREAD = "A man is eating a piece of bread."
@@ -549,3 +551,40 @@ async def test_rebuilding_reloads_for_new_config_or_a_poisoned_context(
     assert len(loads) == 3
     await runner.embed(_request(FOOD))
     assert loads[-1].calls == [[FOOD]]
+
+
+# --------------------------------------------------------------------------- checked at apply
+
+
+@pytest.mark.parametrize(
+    ("deployment", "field"),
+    [
+        (_deployment("all-MiniLM-L6-v2"), None),
+        (_deployment("sentence-transformers/all-minilm-l6-v2"), None),
+        (_deployment("all-MiniLM-L12-v2"), "model"),
+        (_deployment("all-MiniLM-L6-v2", model_path="/nonexistent/minilm"), "model_path"),
+    ],
+)
+def test_the_model_source_is_checked_before_apply(
+    deployment: Deployment, field: str | None
+) -> None:
+    """A misspelt model is a ConfigError naming the field, not a replica failing to start."""
+    builder = EngineBuilder()
+    if field is None:
+        builder.check(deployment)  # whether the extra is installed is for load_weights
+        return
+    with pytest.raises(ConfigError) as caught:
+        builder.check(deployment)
+    assert f"deployment 'minilm'.{'runtime_config.' if field == 'model_path' else ''}{field}" in (
+        str(caught.value)
+    )
+
+
+def test_a_local_directory_names_a_model(tmp_path: Path) -> None:
+    EngineBuilder().check(_deployment(str(tmp_path)))
+    EngineBuilder().check(_deployment("anything", model_path=str(tmp_path)))
+
+
+def test_a_replacement_runner_is_not_held_to_the_default_check() -> None:
+    builder = EngineBuilder(runners={RuntimeKind.SENTENCE_TRANSFORMERS: SentenceTransformersRunner})
+    builder.check(_deployment("whatever-the-test-runner-serves"))

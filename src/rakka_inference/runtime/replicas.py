@@ -8,8 +8,8 @@ serving process:
   process's limiters and breakers;
 - a **local** deployment gets a :class:`~rakka_inference.runtime.engine_core.LocalEngineCore`
   whose contexts are built by the runner factory registered for its runtime. A runtime
-  with no runner in this build is refused at :meth:`EngineBuilder.check`, before anything
-  changes, with the reason.
+  with no runner in this build, or a model its runner cannot find, is refused at
+  :meth:`EngineBuilder.check`, before anything changes, with the field and the reason.
 
 Every deployment has a cost ledger (:class:`~rakka_inference.runtime.budget.BudgetLedger`):
 with limits when it has a ``budget`` (reserve-then-settle, its ``on_exceeded`` policy),
@@ -41,6 +41,9 @@ log = logging.getLogger("rakka_inference.replicas")
 RunnerFactory = Callable[[Deployment], ModelRunner]
 """Builds a fresh runner for a local deployment (one per context: first load and rebuilds)."""
 
+RunnerCheck = Callable[[Deployment], "tuple[str, str] | None"]
+"""Why a runtime's runner could not serve a deployment, as (field, reason); ``None`` if it can."""
+
 
 def _sentence_transformers(deployment: Deployment) -> ModelRunner:
     # Imported on use: the runner's backends need the optional ``embeddings`` extra.
@@ -51,10 +54,21 @@ def _sentence_transformers(deployment: Deployment) -> ModelRunner:
     return SentenceTransformersRunner(deployment)
 
 
+def _sentence_transformers_check(deployment: Deployment) -> tuple[str, str] | None:
+    from rakka_inference.local.sentence_embed import model_source_problem  # noqa: PLC0415
+
+    return model_source_problem(deployment)
+
+
 DEFAULT_RUNNERS: Mapping[RuntimeKind, RunnerFactory] = {
     RuntimeKind.SENTENCE_TRANSFORMERS: _sentence_transformers,
 }
 """The local runtimes this build serves out of the box (tests register MockRunner)."""
+
+DEFAULT_CHECKS: Mapping[RuntimeKind, RunnerCheck] = {
+    RuntimeKind.SENTENCE_TRANSFORMERS: _sentence_transformers_check,
+}
+"""What each runtime's runner needs of a deployment, checked before it is applied."""
 
 
 class EngineBuilder:
@@ -65,11 +79,23 @@ class EngineBuilder:
         services: RemoteServices | None = None,
         *,
         runners: Mapping[RuntimeKind, RunnerFactory] = DEFAULT_RUNNERS,
+        checks: Mapping[RuntimeKind, RunnerCheck] | None = None,
         on_complete: Callable[[str, RequestReport], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services or RemoteServices()
         self.runners = runners
+        # A default check belongs to its default runner: a runner registered in its place
+        # (MockRunner in tests) is not held to it.
+        self.checks: Mapping[RuntimeKind, RunnerCheck] = (
+            checks
+            if checks is not None
+            else {
+                kind: check
+                for kind, check in DEFAULT_CHECKS.items()
+                if runners.get(kind) is DEFAULT_RUNNERS.get(kind)
+            }
+        )
         self._on_complete = on_complete
         self._clock = clock
         self._ledgers: dict[str, BudgetLedger] = {}
@@ -85,16 +111,16 @@ class EngineBuilder:
             adapter_for(deployment, self.services.prices)  # raises ConfigError when unbuildable
             return
         if deployment.runtime not in self.runners:
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        "<config>",
-                        f"deployment {deployment.name!r}.runtime",
-                        f"runtime {deployment.runtime.value!r} has no runner in this build "
-                        f"(local runtimes served: {_names(self.runners)})",
-                    )
-                ]
+            raise _config_error(
+                deployment,
+                "runtime",
+                f"runtime {deployment.runtime.value!r} has no runner in this build "
+                f"(local runtimes served: {_names(self.runners)})",
             )
+        check = self.checks.get(deployment.runtime)
+        problem = None if check is None else check(deployment)
+        if problem is not None:
+            raise _config_error(deployment, *problem)
 
     async def build(
         self, deployment: Deployment, name: str, on_failed: Callable[[str], None]
@@ -153,6 +179,10 @@ class EngineBuilder:
         if hook is None:
             return None
         return lambda report: hook(name, report)
+
+
+def _config_error(deployment: Deployment, field: str, reason: str) -> ConfigError:
+    return ConfigError([ConfigIssue("<config>", f"deployment {deployment.name!r}.{field}", reason)])
 
 
 def _names(runners: Mapping[RuntimeKind, RunnerFactory]) -> str:
