@@ -11,12 +11,18 @@ Three kinds of process, all on 127.0.0.1:
   from a real model), a usage chunk and ``data: [DONE]``;
 - the gateway: ``rakka serve --config <tmp toml>`` with one deployment ``bench`` (runtime
   openai, endpoint the upstream), pinned to ONE core of its own;
+- the floor: a bare relay on the gateway's core, also a child process — uvloop protocols
+  that copy bytes between the client's connection and an upstream connection of its own,
+  with no parsing at all. Whatever a Python gateway does, it does at least this (one read
+  and one write per chunk); ``gw / relay`` is the gateway's CPU over the relay's, the
+  figure least affected by how fast this machine's wake-ups and system calls are;
 - the load generator: this process, a bare asyncio keep-alive client with a fixed number of
   workers (one connection each), pinned to another core. The upstream shares that core, so
   the gateway's core measures the gateway alone.
 
-Each case (unary or stream, 1, 16 or 64 workers) runs direct (client -> upstream) and via
-the gateway (client -> gateway -> upstream) in alternating rounds of the same run; the added
+Each case (unary or stream, 1, 16 or 64 workers) runs direct (client -> upstream), through
+the relay and via the gateway (client -> gateway -> upstream) in alternating rounds of the
+same run; the added
 latency (gateway minus direct) is the figure to compare across machines. The gateway's CPU
 per request is its process CPU time (``/proc/<pid>/stat`` utime + stime) over the requests
 served; ``load CPU/req`` is the same for the client and the upstream together, a baseline
@@ -171,6 +177,12 @@ class _Upstream(asyncio.Protocol):
 
 
 def serve_upstream(core: int, gap_ms: float) -> None:
+    answers = _answers()
+    _serve_forever(core, lambda: _Upstream(answers, gap_ms / 1e3))
+
+
+def _serve_forever(core: int, protocol: Callable[[], asyncio.Protocol]) -> None:
+    """Serve ``protocol`` on a free port, printed for the parent, until SIGTERM."""
     _pin(core)
     try:
         import uvloop
@@ -181,10 +193,7 @@ def serve_upstream(core: int, gap_ms: float) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        answers = _answers()
-        server = await loop.create_server(
-            lambda: _Upstream(answers, gap_ms / 1e3), "127.0.0.1", 0, backlog=1024
-        )
+        server = await loop.create_server(protocol, "127.0.0.1", 0, backlog=1024)
         print(server.sockets[0].getsockname()[1], flush=True)  # the parent waits for it
         stop = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
@@ -192,6 +201,58 @@ def serve_upstream(core: int, gap_ms: float) -> None:
         server.close()
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ the floor: a bare relay
+
+
+class _RelayUp(asyncio.Protocol):
+    """The relay's upstream connection: every byte goes to its client as it comes."""
+
+    def __init__(self, down: asyncio.Transport) -> None:
+        self.down = down
+
+    def data_received(self, data: bytes) -> None:
+        self.down.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.down.close()
+
+
+class _RelayDown(asyncio.Protocol):
+    """One client connection of the relay, with an upstream connection of its own."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.up: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.opening = asyncio.ensure_future(self._open())
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        up, _ = await loop.create_connection(
+            lambda: _RelayUp(self.transport), "127.0.0.1", self.upstream_port
+        )
+        self.up = up
+        for data in self.early:
+            up.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.up is None:
+            self.early.append(data)
+        else:
+            self.up.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.up is not None:
+            self.up.close()
+
+
+def serve_relay(core: int, upstream_port: int) -> None:
+    _serve_forever(core, lambda: _RelayDown(upstream_port))
 
 
 # ------------------------------------------------------------------ the load generator
@@ -294,7 +355,20 @@ def _full_stream(body: bytes, chunks: int) -> bool:
 
 
 def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of a whole process (all its threads), in seconds."""
+    """The CPU time of a whole process (all its threads, user and kernel), in seconds.
+
+    From each thread's ``schedstat`` (nanoseconds) where the kernel has it; otherwise
+    utime + stime from ``stat``, in clock ticks (10 ms: too coarse for a short run at one
+    stream at a time, which uses a few tens of ms in all).
+    """
+    try:
+        total_ns = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as schedstat:
+                total_ns += int(schedstat.read().split()[0])
+        return total_ns / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     with open(f"/proc/{pid}/stat", "rb") as stat:
         fields = stat.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -350,13 +424,13 @@ async def _load(
 
     await asyncio.gather(*(worker(c, clock() + warm_s, False) for c in connections))
     gateway_cpu = _proc_cpu_s(pids["gateway"]) if "gateway" in pids else 0.0
-    load_cpu = time.process_time() + _proc_cpu_s(pids["upstream"])
+    load_cpu = _proc_cpu_s(os.getpid()) + _proc_cpu_s(pids["upstream"])
     start = clock()
     await asyncio.gather(*(worker(c, start + duration_s, True) for c in connections))
     run.wall_s = clock() - start
     if "gateway" in pids:
         run.gateway_cpu_s = _proc_cpu_s(pids["gateway"]) - gateway_cpu
-    run.load_core_cpu_s = time.process_time() + _proc_cpu_s(pids["upstream"]) - load_cpu
+    run.load_core_cpu_s = _proc_cpu_s(os.getpid()) + _proc_cpu_s(pids["upstream"]) - load_cpu
     for connection in connections:
         assert connection.transport is not None
         connection.transport.close()
@@ -432,13 +506,17 @@ def _healthz(port: int) -> bool:
 
 def _start_upstream(core: int, gap_ms: float) -> tuple[subprocess.Popen[bytes], int]:
     """The upstream process, pinned to ``core``, and its port."""
-    command = [sys.executable, __file__, "--upstream", "--core", str(core), "--gap-ms", str(gap_ms)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    return _start_child(["--upstream", "--core", str(core), "--gap-ms", str(gap_ms)])
+
+
+def _start_child(flags: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """This script as a child process (the upstream or the relay), and its port."""
+    process = subprocess.Popen([sys.executable, __file__, *flags], stdout=subprocess.PIPE)
     assert process.stdout is not None
     line = process.stdout.readline()
     if not line.strip().isdigit():
         _stop(process)
-        raise RuntimeError("the upstream did not start")
+        raise RuntimeError(f"the child {flags[0]} did not start")
     return process, int(line)
 
 
@@ -480,6 +558,7 @@ class Case:
     kind: str  # "unary" or "stream"
     concurrency: int
     direct: Run
+    relay: Run
     gateway: Run
 
 
@@ -487,23 +566,30 @@ class Case:
 class Ports:
     upstream: int
     gateway: int
-    pids: dict[str, int]  # "upstream" and "gateway"
+    relay: int
+    pids: dict[str, int]  # "upstream", "gateway" and "relay"
 
 
 async def _cases(args: argparse.Namespace, ports: Ports) -> list[Case]:
-    """Every case, direct and via the gateway in alternating rounds, printed as it ends."""
-    direct_pids = {"upstream": ports.pids["upstream"]}
+    """Every case: direct, relayed and via the gateway in alternating rounds, printed as it
+    ends. A run measures the CPU of the process under ``pids["gateway"]``."""
+    upstream = ports.pids["upstream"]
+    direct_pids = {"upstream": upstream}
+    relay_pids = {"upstream": upstream, "gateway": ports.pids["relay"]}
+    gateway_pids = {"upstream": upstream, "gateway": ports.pids["gateway"]}
     cases: list[Case] = []
     for kind in ("unary", "stream"):
         stream = kind == "stream"
         check = STREAM_CHUNKS if stream else 0
         for concurrency in CONCURRENCY:
             direct: list[Run] = []
+            relayed: list[Run] = []
             via: list[Run] = []
             for _ in range(args.rounds):
                 for port, pids, runs in (
                     (ports.upstream, direct_pids, direct),
-                    (ports.gateway, ports.pids, via),
+                    (ports.relay, relay_pids, relayed),
+                    (ports.gateway, gateway_pids, via),
                 ):
                     runs.append(
                         await _load(
@@ -516,7 +602,7 @@ async def _cases(args: argparse.Namespace, ports: Ports) -> list[Case]:
                             check=check,
                         )
                     )
-            case = Case(kind, concurrency, _merge(direct), _merge(via))
+            case = Case(kind, concurrency, _merge(direct), _merge(relayed), _merge(via))
             cases.append(case)
             _print_case(case, header=len(cases) == 1)
     return cases
@@ -531,10 +617,14 @@ def _bench(args: argparse.Namespace, gateway_core: int, load_core: int) -> None:
     except ImportError:
         pass
     upstream: subprocess.Popen[bytes] | None = None
+    relay: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="rakka-bench-") as tmp:
         try:
             upstream, upstream_port = _start_upstream(load_core, args.gap_ms)
+            relay, relay_port = _start_child(
+                ["--relay", "--core", str(gateway_core), "--upstream-port", str(upstream_port)]
+            )
             gateway_port = _free_port()
             config = Path(tmp) / "rakka.toml"
             config.write_text(_config(upstream_port, gateway_port))
@@ -552,13 +642,15 @@ def _bench(args: argparse.Namespace, gateway_core: int, load_core: int) -> None:
                 f" | {args.rounds} round(s) x {args.duration:g} s per side and case",
                 flush=True,
             )
-            pids = {"upstream": upstream.pid, "gateway": gateway.pid}
+            pids = {"upstream": upstream.pid, "gateway": gateway.pid, "relay": relay.pid}
+            ports = Ports(upstream_port, gateway_port, relay_port, pids)
             with asyncio.Runner(loop_factory=loop_factory) as runner:
-                cases = runner.run(_cases(args, Ports(upstream_port, gateway_port, pids)))
+                cases = runner.run(_cases(args, ports))
             _print_summary(cases, startup_s, idle_rss, _rss_mb(gateway.pid))
-            print(f" gateway CPU while idle: {idle_cpu_ms_per_s:.0f} ms/s (10 ms resolution))")
+            print(f" gateway CPU while idle: {idle_cpu_ms_per_s:.2f} ms/s)")
         finally:
             _stop(gateway)
+            _stop(relay)
             _stop(upstream)
 
 
@@ -566,16 +658,16 @@ def _print_case(case: Case, *, header: bool) -> None:
     if header:
         print(
             f"\n{'case':8} {'conc':>4} {'path':8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
-            f" {'+p50 ms':>8} {'+p99 ms':>8} {'gw CPU/req':>11} {'gw core':>8} {'load core':>9}"
-            f" {'load CPU/req':>12}"
+            f" {'+p50 ms':>8} {'+p99 ms':>8} {'CPU/req':>11} {'gw core':>8} {'load core':>9}"
+            f" {'load CPU/req':>12} {'gw / relay':>10}"
         )
-    for name, run in (("direct", case.direct), ("gateway", case.gateway)):
+    for name, run in (("direct", case.direct), ("relay", case.relay), ("gateway", case.gateway)):
         p50, p99 = _p(run.latency_ms, 0.5), _p(run.latency_ms, 0.99)
         line = (
             f"{case.kind:8} {case.concurrency:4} {name:8} {run.requests / run.wall_s:8.0f}"
             f" {p50:8.3f} {p99:8.3f}"
         )
-        if name == "gateway":
+        if name != "direct":
             d50, d99 = _p(case.direct.latency_ms, 0.5), _p(case.direct.latency_ms, 0.99)
             cpu = run.gateway_cpu_s / run.requests * 1e3
             line += (
@@ -586,16 +678,27 @@ def _print_case(case: Case, *, header: bool) -> None:
             line += f" {'':8} {'':8} {'':11} {'':8}"
         line += f" {run.load_core_cpu_s / run.wall_s:8.0%}"
         line += f" {run.load_core_cpu_s / run.requests * 1e3:9.3f} ms"
+        if name == "gateway":
+            line += f" {_per_request(run) / _per_request(case.relay):9.2f}x"
         print(line, flush=True)
+
+
+def _per_request(run: Run) -> float:
+    """The measured process's CPU per request, in seconds."""
+    return run.gateway_cpu_s / max(1, run.requests)
 
 
 def _print_summary(cases: list[Case], startup_s: float, idle_rss: float, loaded_rss: float) -> None:
     def cpu(kind: str) -> dict[int, float]:
-        return {
-            c.concurrency: c.gateway.gateway_cpu_s / c.gateway.requests * 1e3
+        return {c.concurrency: _per_request(c.gateway) * 1e3 for c in cases if c.kind == kind}
+
+    def floor(kind: str) -> str:
+        return "  ".join(
+            f"c{c.concurrency}={_per_request(c.relay) * 1e3:.3f}"
+            f" ({_per_request(c.gateway) / _per_request(c.relay):.1f}x)"
             for c in cases
             if c.kind == kind
-        }
+        )
 
     c1 = next(c for c in cases if c.kind == "unary" and c.concurrency == 1)
     added = _p(c1.gateway.latency_ms, 0.5) - _p(c1.direct.latency_ms, 0.5)
@@ -619,6 +722,9 @@ def _print_summary(cases: list[Case], startup_s: float, idle_rss: float, loaded_
             f" {met:>4} {format(LITELLM[key], 'g') + ' ' + unit:>20}"
         )
     print(f"(added p50 at concurrency 1, {STREAM_CHUNKS}-chunk stream: {added_stream:+.3f} ms;")
+    print(" bare relay CPU per request, and the gateway's as a multiple of it:")
+    print(f"   unary  {floor('unary')} ms")
+    print(f"   stream {floor('stream')} ms")
     print(f" gateway RSS after the load: {loaded_rss:.1f} MB;")
 
 
@@ -630,10 +736,15 @@ def main() -> int:
     parser.add_argument("--warm", type=float, default=0.25, help="warm-up seconds before each")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="upstream gap between chunks")
     parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--relay", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
         serve_upstream(args.core, args.gap_ms)
+        return 0
+    if args.relay:
+        serve_relay(args.core, args.upstream_port)
         return 0
     if args.quick:
         args.duration, args.rounds, args.warm = 0.5, 1, 0.1
