@@ -1,27 +1,32 @@
-"""ApiGateway: the OpenAI-compatible HTTP surface, as a bare ASGI application.
+"""ApiGateway: the OpenAI- and Anthropic-compatible HTTP surface, as a bare ASGI application.
 
 Routes:
 
 - ``POST /v1/chat/completions`` — streaming (SSE ``chat.completion.chunk`` events, an
   optional final usage chunk, ``data: [DONE]``) and not;
+- ``POST /v1/messages`` — Anthropic's Messages format in and out, streaming (Anthropic's
+  event stream, usage always) and not, against any deployment
+  (:mod:`~rakka_inference.runtime.anthropic_api`); its errors are Anthropic error bodies;
 - ``POST /v1/embeddings`` — routed like chat, to deployments whose provider serves
   embeddings (others answer 400 naming ``model``);
 - ``GET /v1/models`` — deployments and their aliases;
 - ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
   has a replica serving.
 
-Every error is an OpenAI-style JSON body with the status of its class (400 naming the
-param, 401, 404, 413, 429 and 503 with ``Retry-After``, 502, 504). Each response carries
-``x-request-id``.
+Every error is an OpenAI-style JSON body (Anthropic-style on ``/v1/messages``) with the
+status of its class (400 naming the param, 401, 404, 413, 429 and 503 with
+``Retry-After``, 502, 504). Each response carries ``x-request-id``.
 
 Limits: the body size (413 before it is read past the limit) and the number of requests in
 flight (429 ``backpressure`` beyond it). Client keys, when configured, are checked in
-constant time; a request without a valid ``Authorization: Bearer`` key gets 401.
+constant time; a request without a valid ``Authorization: Bearer`` key gets 401
+(``/v1/messages`` also takes the key from ``x-api-key``, as Anthropic's API does).
 
 A streaming response watches for the client going away (``http.disconnect``): the
 request's task is then cancelled, which closes the engine stream, cancels the upstream call
 and releases every permit. If the upstream fails after the first byte, the client gets the
-partial content once, then an error event, then ``[DONE]``.
+partial content once, then an error event, then ``[DONE]`` (Anthropic's stream ends at
+its ``error`` event).
 
 The module is written on raw ASGI, with no framework, because the gateway's own overhead is
 the product: one dict lookup routes a request, and bodies are bytes end to end.
@@ -58,6 +63,12 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, new_request_id
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.runtime.anthropic_api import (
+    MessageStreamRenderer,
+    anthropic_error_json,
+    message_json,
+    parse_messages_request,
+)
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.metrics import CONTENT_TYPE, InferenceMetrics
 from rakka_inference.runtime.openai_api import (
@@ -70,7 +81,7 @@ from rakka_inference.runtime.openai_api import (
 )
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
 
-__all__ = ["AdminHandler", "ApiGateway", "bearer_matches"]
+__all__ = ["AdminHandler", "ApiGateway", "bearer_matches", "header_key_matches"]
 
 log = logging.getLogger("rakka_inference.gateway")
 
@@ -86,10 +97,28 @@ class AdminHandler(Protocol):
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]: ...
 
 
+class _StreamRenderer(Protocol):
+    """One streamed answer in a wire format (OpenAI's ChunkRenderer, Anthropic's)."""
+
+    def first(self) -> bytes: ...
+
+    def render(self, chunk: TokenChunk) -> bytes: ...
+
+    def final(self) -> bytes: ...
+
+    def error(self, error: InferenceError) -> bytes: ...
+
+
+_ErrorRenderer = Callable[[InferenceError], tuple[int, dict[str, str], bytes]]
+
+
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 """Every request has a deadline: waiting for a permit, and retry backoffs, stop there."""
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_MESSAGES_PATH = "/v1/messages"
+_ERROR_RENDERERS: dict[str, _ErrorRenderer] = {_MESSAGES_PATH: anthropic_error_json}
+"""Routes whose errors are not OpenAI-style; looked up only when an error is answered."""
 
 
 class ApiGateway:
@@ -130,6 +159,7 @@ class ApiGateway:
         self._routes = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", _MESSAGES_PATH): self._messages,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
@@ -160,7 +190,8 @@ class ApiGateway:
         except RequestCancelled:
             return  # the client is gone: there is nobody to answer
         except InferenceError as error:
-            await _send_error(send, error, request_id)
+            render = _ERROR_RENDERERS.get(scope["path"], error_json)
+            await _send_error(send, error, request_id, render)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -182,10 +213,15 @@ class ApiGateway:
                 return
 
     def _authorize(self, scope: Scope) -> None:
-        if not self._keys:
+        if not self._keys or bearer_matches(scope, self._keys):
             return
-        if not bearer_matches(scope, self._keys):
-            raise ClientUnauthorized("a valid API key is required: Authorization: Bearer <key>")
+        if scope["path"] == _MESSAGES_PATH:
+            if header_key_matches(scope, b"x-api-key", self._keys):
+                return
+            raise ClientUnauthorized(
+                "a valid API key is required: x-api-key: <key> or Authorization: Bearer <key>"
+            )
+        raise ClientUnauthorized("a valid API key is required: Authorization: Bearer <key>")
 
     # ------------------------------------------------------------------ routes
 
@@ -195,6 +231,24 @@ class ApiGateway:
         actor = self._actor(request)
         started = self._clock()
         await self._watched(self._answer(actor, request, send, request_id), receive)
+        self._observe_overhead(actor, started)
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        body = await self._read_body(scope, receive)
+        request = parse_messages_request(body, request_id=request_id)
+        actor = self._actor(request)
+        started = self._clock()
+
+        async def answer() -> None:
+            if request.stream:
+                renderer = MessageStreamRenderer(request_id, request.model)
+                await self._send_stream(renderer, actor, send, request_id)
+                return
+            result = await actor.completion()
+            payload = message_json(result, request_id=request_id, model=request.model)
+            await _send_json(send, 200, payload, request_id)
+
+        await self._watched(answer(), receive)
         self._observe_overhead(actor, started)
 
     async def _embeddings(
@@ -277,6 +331,11 @@ class ApiGateway:
             created=int(time.time()),
             include_usage=request.include_usage,
         )
+        await self._send_stream(renderer, actor, send, request_id)
+
+    async def _send_stream(
+        self, renderer: _StreamRenderer, actor: RequestActor, send: Send, request_id: str
+    ) -> None:
         chunks = actor.chunks()
         # Nothing is sent until the first visible chunk: a failure before it is a plain
         # JSON error with its own status (after every fallback was tried). Usage-only
@@ -304,13 +363,16 @@ class ApiGateway:
 
     async def _write_stream(
         self,
-        renderer: ChunkRenderer,
+        renderer: _StreamRenderer,
         held: list[TokenChunk],
         chunks: AsyncIterator[TokenChunk],
         send: Send,
         record: RequestRecord,
     ) -> None:
-        body = renderer.first() + b"".join(renderer.render(chunk) for chunk in held)
+        # The held chunks are rendered before the opening event is built, so an Anthropic
+        # message_start can report the prompt usage an upstream sent ahead of the content.
+        opening = b"".join(renderer.render(chunk) for chunk in held)
+        body = renderer.first() + opening
         await send({"type": "http.response.body", "body": body, "more_body": True})
         metrics, clock = self.metrics, self._clock
         deployment = record.deployment or ""
@@ -399,11 +461,22 @@ def bearer_matches(scope: Scope, keys: Iterable[bytes]) -> bool:
     which key (or how much of one) matched.
     """
     scheme, _, presented = (_header(scope, b"authorization") or "").partition(" ")
-    token = presented.strip().encode()
+    return _one_of(presented.strip().encode(), keys) and scheme.lower() == "bearer"
+
+
+def header_key_matches(scope: Scope, header: bytes, keys: Iterable[bytes]) -> bool:
+    """Whether the request's ``header`` (such as ``x-api-key``) holds one of ``keys``.
+
+    Compared as :func:`bearer_matches` compares: every key, in constant time.
+    """
+    return _one_of((_header(scope, header) or "").strip().encode(), keys)
+
+
+def _one_of(token: bytes, keys: Iterable[bytes]) -> bool:
     valid = False
     for key in keys:
         valid |= hmac.compare_digest(token, key)
-    return valid and scheme.lower() == "bearer"
+    return valid
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -433,12 +506,14 @@ async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> N
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, error: InferenceError, request_id: str) -> None:
+async def _send_error(
+    send: Send, error: InferenceError, request_id: str, render: _ErrorRenderer = error_json
+) -> None:
     try:
-        status, headers, body = error_json(error)
+        status, headers, body = render(error)
     except Exception:  # pragma: no cover - a bug in rendering must still answer
         log.exception("rendering an error failed")
-        status, headers, body = error_json(InternalError("internal error"))
+        status, headers, body = render(InternalError("internal error"))
     await send(
         {
             "type": "http.response.start",

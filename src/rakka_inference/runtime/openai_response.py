@@ -49,6 +49,7 @@ __all__ = [
     "completion_json",
     "embeddings_json",
     "error_json",
+    "error_status",
     "usage_json",
 ]
 
@@ -237,15 +238,24 @@ class ChunkRenderer:
 def error_json(error: InferenceError) -> tuple[int, dict[str, str], bytes]:
     """``(status, headers, body)`` of the JSON error answer for ``error``.
 
+    Status and headers are :func:`error_status`'s; the body is ``application/json``.
+    """
+    status, headers = error_status(error)
+    return status, headers, orjson.dumps(error.to_openai_error())
+
+
+def error_status(error: InferenceError) -> tuple[int, dict[str, str]]:
+    """The HTTP status and headers of the error answer for ``error``, in any wire format.
+
     The headers hold only ``retry-after`` (whole seconds, rounded up), set for a 429 or
-    503 whose error carries ``retry_after``; the body is ``application/json``.
+    503 whose error carries ``retry_after``.
     """
     headers: dict[str, str] = {}
     status = error.http_status
     retry_after = error.retry_after
     if retry_after is not None and status in _RETRY_AFTER_STATUSES and math.isfinite(retry_after):
         headers["retry-after"] = str(max(0, math.ceil(retry_after)))
-    return status, headers, orjson.dumps(error.to_openai_error())
+    return status, headers
 
 
 def embeddings_json(
