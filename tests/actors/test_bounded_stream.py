@@ -90,3 +90,84 @@ async def test_bookkeeping_items_do_not_commit() -> None:
     assert not stream.committed
     await stream.put("visible text")
     assert stream.committed
+
+
+# --------------------------------------------------------------------------- direct delivery
+
+
+async def test_an_attached_sink_gets_queued_items_first_then_each_put_in_order() -> None:
+    stream: BoundedStream[int] = BoundedStream(capacity=2)
+    seen: list[tuple[int, bool]] = []
+    consumer = asyncio.current_task()
+
+    async def sink(item: int) -> None:
+        seen.append((item, asyncio.current_task() is consumer))
+
+    await stream.put(0)
+    await stream.put(1)
+    blocked = asyncio.create_task(stream.put(2))  # full: waits
+    await asyncio.sleep(0)
+    await stream.attach(sink)
+    await blocked  # freed by the drain; goes to the sink on the producer's task
+
+    async def produce() -> None:
+        for item in (3, 4):
+            await stream.put(item)
+        stream.finish()
+
+    producer = asyncio.create_task(produce())
+    await stream.ended()
+    await producer
+    assert [item for item, _ in seen] == [0, 1, 2, 3, 4]
+    assert [on_consumer for _, on_consumer in seen] == [True, True, False, False, False]
+    with pytest.raises(RuntimeError, match="attached already"):
+        await stream.attach(sink)
+
+
+async def test_ended_raises_the_producers_error() -> None:
+    stream: BoundedStream[int] = BoundedStream()
+    got: list[int] = []
+
+    async def sink(item: int) -> None:
+        got.append(item)
+
+    await stream.attach(sink)
+    await stream.put(1)
+    stream.fail(ServerError("upstream broke"))
+    with pytest.raises(ServerError, match="upstream broke"):
+        await stream.ended()
+    assert got == [1]
+
+
+async def test_a_failing_sink_closes_the_stream_and_the_consumer_hears_why() -> None:
+    stream: BoundedStream[int] = BoundedStream()
+    closed: list[bool] = []
+    stream.on_close(lambda: closed.append(True))
+
+    async def sink(item: int) -> None:
+        raise ConnectionResetError("client gone")
+
+    await stream.attach(sink)
+    waiting = asyncio.create_task(stream.ended())
+    await asyncio.sleep(0)
+    with pytest.raises(RequestCancelled, match="ConnectionResetError"):
+        await stream.put(1, commit=True)
+    assert stream.closed
+    assert closed == [True]  # the producer's work is told to stop, once
+    with pytest.raises(ConnectionResetError):
+        await waiting
+    with pytest.raises(RequestCancelled):
+        await stream.put(2)
+
+
+async def test_a_usage_only_item_through_a_sink_does_not_commit() -> None:
+    stream: BoundedStream[int] = BoundedStream()
+
+    async def sink(item: int) -> None:
+        pass
+
+    await stream.attach(sink)
+    await stream.put(1, commit=False)
+    assert not stream.committed
+    stream.finish()
+    await stream.ended()
