@@ -16,8 +16,10 @@ The pipeline, one small unit per step:
    runtime's record. A remote runtime without a key gets its standard environment variable,
    made explicit as ``SecretRef.from_env(...)``.
 5. **Check.** Record checks (:func:`.config_rules.record_issues`: Azure, Vertex and
-   LiteLLM needs, budgets, backoff order) and checks across deployments
-   (:func:`_check_references`: unique names and aliases, fallbacks that exist).
+   LiteLLM needs, budgets, backoff order), checks across deployments
+   (:func:`_check_references`: unique names and aliases, fallbacks that exist), and that
+   enabled tracing has the OpenTelemetry packages it needs installed
+   (:func:`missing_tracing_packages`).
 
 No step stops at the first problem: every issue is collected and one ``ConfigError`` lists
 them all. Secrets are not resolved here; they are read when used, so a configuration can be
@@ -27,6 +29,7 @@ validated on a machine that does not hold the keys.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import tomllib
@@ -55,6 +58,7 @@ from rakka_inference.core.deployment import (
     RuntimeConfig,
     RuntimeKind,
     Serving,
+    TracingConfig,
     default_credential_env,
     infer_runtime,
     runtime_config_type,
@@ -63,9 +67,11 @@ from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.secrets import SecretRef
 
 __all__ = [
+    "OTEL_EXTRA",
     "LoadedConfig",
     "load_config",
     "load_config_report",
+    "missing_tracing_packages",
     "parse_config",
     "parse_config_report",
 ]
@@ -153,7 +159,24 @@ def _syntax_issue(source: str, text: str, message: str) -> ConfigIssue:
     )
 
 
-_TOP_LEVEL: Final = ("cluster", "deployment")
+_TOP_LEVEL: Final = ("cluster", "deployment", "tracing")
+
+OTEL_EXTRA: Final = "pip install 'rakka-inference[otel]'"
+
+
+def missing_tracing_packages(config: TracingConfig) -> tuple[str, ...]:
+    """The OpenTelemetry modules ``config`` needs that cannot be imported here."""
+    needed = ["opentelemetry.sdk"]
+    if config.exporter == "otlp":
+        needed.append("opentelemetry.exporter.otlp.proto.http")
+    return tuple(name for name in needed if not _importable(name))
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
 
 
 def _runtime_keys(*, remote: bool) -> frozenset[str]:
@@ -206,10 +229,23 @@ class _Loader:
         references: list[_References] = []
         deployments = [self._deployment(raw, i, references) for i, raw in enumerate(tables)]
         _check_references(references, self._issues)
+        tracing = self._tracing(document.get("tracing", {}))
         built = [deployment for deployment in deployments if deployment is not None]
-        if cluster is INVALID or len(built) != len(deployments):
+        if cluster is INVALID or tracing is INVALID or len(built) != len(deployments):
             return None
-        return Config(cluster=cluster, deployments=tuple(built))
+        return Config(cluster=cluster, deployments=tuple(built), tracing=tracing)
+
+    def _tracing(self, raw: object) -> Any:
+        tracing = self._convert.record(TracingConfig, raw, ("tracing",), base=TracingConfig())
+        if isinstance(tracing, TracingConfig) and tracing.enabled:
+            missing = missing_tracing_packages(tracing)
+            if missing:
+                self._issues.add(
+                    ("tracing", "enabled"),
+                    f"tracing needs OpenTelemetry, not installed here ({', '.join(missing)}): "
+                    f"{OTEL_EXTRA}",
+                )
+        return tracing
 
     def _deployment(
         self, raw: object, index: int, references: list[_References]

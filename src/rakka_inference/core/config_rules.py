@@ -37,6 +37,7 @@ from rakka_inference.core.deployment import (
     SentenceTransformersConfig,
     Serving,
     Timeouts,
+    TracingConfig,
     TransformersConfig,
     VllmConfig,
 )
@@ -63,6 +64,10 @@ def _at_least(bound: float) -> FieldRule:
 
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
+def _ratio(value: float) -> str | None:
+    return None if 0 <= value <= 1 else f"must be in [0, 1], got {value}"
 
 
 def _non_empty(value: str) -> str | None:
@@ -151,6 +156,7 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
     },
     TransformersConfig: {"max_new_tokens_default": _POSITIVE},
     SentenceTransformersConfig: {"batch_size": _POSITIVE},
+    TracingConfig: {"service_name": _non_empty, "endpoint": _http_url, "sample_ratio": _ratio},
 }
 
 
@@ -183,6 +189,8 @@ def record_issues(record: object) -> Iterator[tuple[str | None, str]]:
             yield from _variant_fields(record, "vertex", ("project", "region", "credentials"), ())
         case LiteLLMConfig() if record.endpoint is None:
             yield "endpoint", "is required: the URL of the LiteLLM proxy"
+        case TracingConfig() if record.endpoint is not None and record.exporter != "otlp":
+            yield "endpoint", f"applies only to exporter = 'otlp' (exporter is {record.exporter!r})"
 
 
 def _variant_fields(

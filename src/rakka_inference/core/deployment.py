@@ -37,6 +37,7 @@ __all__ = [
     "SentenceTransformersConfig",
     "Serving",
     "Timeouts",
+    "TracingConfig",
     "TransformersConfig",
     "VllmConfig",
     "default_credential_env",
@@ -377,11 +378,26 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry spans, one trace per request (the ``otel`` extra)."""
+
+    enabled: bool = False
+    service_name: str = "rakka-inference"
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+    endpoint: str | None = None
+    """OTLP/HTTP traces URL; unset: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or the
+    exporter's default (``http://localhost:4318/v1/traces``)."""
+    sample_ratio: float = 1.0
+    """The share of requests traced, unless the caller's trace decides (parent-based)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
-    """A whole configuration: the cluster and its deployments."""
+    """A whole configuration: the cluster, its deployments, and tracing."""
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     deployments: tuple[Deployment, ...] = ()
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def deployment(self, name: str) -> Deployment:
         for deployment in self.deployments:

@@ -24,6 +24,11 @@ If the consumer closes the stream — the client went away — the request is ta
 the queue or its task is cancelled: the HTTP response closes (the provider sees the
 connection end) and every permit is released.
 
+With tracing on, ``submit`` keeps the caller's current span (the request's attempt) as the
+parent of the stages here: ``rakka.queue``, ``rakka.rate_limit``, and one
+``rakka.upstream`` per HTTP attempt, with a ``first_token`` event
+(:mod:`rakka_inference.core.tracing`).
+
 The queue belongs to the engine, not to the actors, so a worker restarted by its
 supervisor finds every queued request still there. The load score used for routing is
 ``(queued + in flight) / capacity``.
@@ -45,6 +50,7 @@ from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.actors.supervision import Directive, OneForOneStrategy
 from rakka_inference.actors.system import ActorSystem
+from rakka_inference.core import tracing
 from rakka_inference.core.deployment import CapacityPolicy, RetryPolicy, Serving
 from rakka_inference.core.errors import (
     Backpressure,
@@ -60,6 +66,7 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult, Priority
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.core.tracing import NO_SPAN, Span
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import supports_embeddings
 from rakka_inference.remote.breaker import BreakerState, CircuitBreaker
@@ -126,6 +133,10 @@ class _Job:
     first_chunk_at: float | None = None
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
+    trace: Span = NO_SPAN
+    """The caller's span at submit: the parent of this request's spans here."""
+    queued: Span = NO_SPAN
+    """The ``rakka.queue`` span while the request waits in the queue."""
 
 
 class RemoteEngineCore:
@@ -290,6 +301,7 @@ class RemoteEngineCore:
             deadline=deadline,
             submitted_at=now,
             hold=hold,
+            trace=tracing.current(),
         )
         try:
             job.ticket = self._queue.put(job, priority)
@@ -297,6 +309,7 @@ class RemoteEngineCore:
             if hold is not None:
                 hold.settle(None)  # never queued: nothing was spent
             raise
+        job.queued = job.trace.child(tracing.QUEUE)
         job.timer = asyncio.get_running_loop().call_later(queue_timeout, self._expire, job)
         job.stream.on_close(lambda: self._cancel(job))
         return job.stream
@@ -347,6 +360,8 @@ class RemoteEngineCore:
         """Serve one job on its own task, so cancelling it never cancels the worker."""
         if job.timer is not None:
             job.timer.cancel()
+        job.queued.end()
+        job.queued = NO_SPAN
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._serve(job), name=job.request.request_id)
         job.task = task
@@ -380,7 +395,8 @@ class RemoteEngineCore:
         if job.deadline is not None:
             permit_deadline = min(permit_deadline, job.deadline)
         try:
-            permit = await self.limiter.acquire(estimate, deadline=permit_deadline)
+            with job.trace.child(tracing.RATE_LIMIT):
+                permit = await self.limiter.acquire(estimate, deadline=permit_deadline)
             try:
                 await self._attempts(job)
             finally:
@@ -404,12 +420,17 @@ class RemoteEngineCore:
             admission = self.breaker.admit()
             snapshot = session.current
             job.attempts += 1
+            upstream = job.trace.child(tracing.UPSTREAM)
+            if upstream.recording:
+                provider = self.runner.adapter.provider
+                upstream.update({"rakka.provider": provider, "rakka.retry": job.attempts - 1})
             try:
-                with snapshot.lease():
+                # Current while the runner sends: it records the HTTP status on this span.
+                with upstream, upstream.activate(), snapshot.lease():
                     if isinstance(request, EmbeddingRequest):
                         await self._embed_once(job, request, snapshot)
                     else:
-                        await self._chat_once(job, request, snapshot)
+                        await self._chat_once(job, request, snapshot, upstream)
             except asyncio.CancelledError:
                 self.breaker.release(admission)
                 raise
@@ -445,13 +466,16 @@ class RemoteEngineCore:
                 self.breaker.record_success(admission)
                 return
 
-    async def _chat_once(self, job: _Job, request: ChatRequest, snapshot: SessionSnapshot) -> None:
+    async def _chat_once(
+        self, job: _Job, request: ChatRequest, snapshot: SessionSnapshot, upstream: Span
+    ) -> None:
         async for chunk in self.runner.attempt(request, snapshot):
             visible = bool(chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason)
             if chunk.usage is not None:
                 job.usage = job.usage + chunk.usage
             if visible and job.first_chunk_at is None:
                 job.first_chunk_at = self._clock()
+                upstream.event(tracing.FIRST_TOKEN)
             # A usage-only chunk (Anthropic's message_start) shows the client nothing: it
             # does not commit the stream, so a retry stays possible.
             await job.stream.put(chunk, commit=visible)
@@ -480,6 +504,9 @@ class RemoteEngineCore:
         )
         if job.hold is not None:
             job.hold.settle(report.cost_usd)
+        if error is not None:
+            job.queued.fail(error)  # still queued: it expired, or the client went away
+        job.queued.end()
         # The consumer reads the report from the stream's trailer once the stream ends.
         job.stream.trailer = report
         if error is None:

@@ -12,6 +12,9 @@ name the generation that failed and concurrent 401s rebuild the session once.
 
 Cancellation (the client went away) closes the HTTP response, and with it the connection:
 the provider sees the request end.
+
+With tracing on, the response's status goes on the current span: the engine's
+``rakka.upstream`` span for this attempt.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NoReturn
 
+from rakka_inference.core import tracing
 from rakka_inference.core.deployment import RateLimits, RemoteRuntimeConfig, RuntimeKind
 from rakka_inference.core.errors import BadRequest, NetworkError
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
@@ -33,6 +37,8 @@ from rakka_inference.remote.session import RemoteSession, SessionSnapshot
 from rakka_inference.remote.sse import SseDecoder
 
 __all__ = ["RemoteRunner"]
+
+_HTTP_STATUS = "http.response.status_code"
 
 
 class RemoteRunner:
@@ -94,6 +100,7 @@ class RemoteRunner:
             raise BadRequest(f"{adapter.provider} serves no embeddings", param="model")
         http_request = adapter.build_embedding_request(request, await snapshot.credential())
         response = await snapshot.transport.send(http_request, self.config.timeouts, stream=False)
+        tracing.current().set(_HTTP_STATUS, response.status)
         try:
             body = await response.read()
             if response.status >= 400:
@@ -111,6 +118,7 @@ class RemoteRunner:
         response = await snapshot.transport.send(
             http_request, self.config.timeouts, stream=request.stream
         )
+        tracing.current().set(_HTTP_STATUS, response.status)
         try:
             if response.status >= 400:
                 self._raise_http_error(response.status, response.headers, await response.read())

@@ -29,6 +29,10 @@ another replica when nothing has reached its client yet; after the first visible
 failure ends the stream as :class:`StreamInterrupted`. When the replica gives up,
 :attr:`LocalEngineCore.failed` turns true and ``on_failed(cause)`` is called once: the owner
 deregisters the replica and places a new one.
+
+With tracing on, a request's stages here are spans under the caller's span at ``submit``:
+``rakka.queue`` while QUEUED, ``rakka.engine`` while RUNNING (the runner serving it), each
+ended by the move out of its state (:mod:`rakka_inference.core.tracing`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import Any
 from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.actors.system import ActorSystem
+from rakka_inference.core import tracing
 from rakka_inference.core.deployment import CapacityPolicy, Serving
 from rakka_inference.core.errors import (
     ActorDead,
@@ -56,6 +61,7 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult, Priority
 from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.core.tracing import NO_SPAN
 from rakka_inference.remote.engine import RequestReport
 from rakka_inference.remote.queue import RequestQueue
 from rakka_inference.runtime.worker import (
@@ -254,6 +260,8 @@ class LocalEngineCore:
         now = self.clock()
         job = LocalJob(request=request, stream=stream, deadline=deadline, submitted_at=now)
         job.ticket = self._queue.put(job, priority)
+        job.trace = tracing.current()
+        job.stage = job.trace.child(tracing.QUEUE)
         self._jobs.add(job)
         loop = asyncio.get_running_loop()
         job.timers.append(
@@ -288,6 +296,8 @@ class LocalEngineCore:
         if job is None:
             return None
         job.move(JobState.DISPATCHED)
+        job.stage.end()
+        job.stage = NO_SPAN
         self._in_flight += 1
         return job
 
@@ -296,6 +306,7 @@ class LocalEngineCore:
         job.move(JobState.RUNNING)
         job.task = task
         job.started_at = self.clock()
+        job.stage = job.trace.child(tracing.ENGINE)
 
     def context_ready(self, runner: ModelRunner) -> None:
         """For the context: a runner is loaded; dispatching may go on."""
@@ -367,6 +378,9 @@ class LocalEngineCore:
         for timer in job.timers:
             timer.cancel()
         self._jobs.discard(job)
+        if error is not None:
+            job.stage.fail(error)
+        job.stage.end()
         if error is not None and job.stream.committed and not isinstance(error, RequestCancelled):
             interrupted = StreamInterrupted(f"{error.message} (after part of the answer was sent)")
             interrupted.__cause__ = error

@@ -22,6 +22,11 @@ The protocol:
    duplicated.
 4. At the end, one structured log line: request id, deployment, replica, attempts, outcome,
    latency, time to first token, tokens and cost — never a secret, never prompt text.
+
+With tracing on, the request is the root span ``rakka.request`` (the same figures as the
+log line), with a ``rakka.route`` and a ``rakka.attempt`` span for every replica tried; the
+attempt span is current while the engine takes the request, so the engine's spans are its
+children (:mod:`rakka_inference.core.tracing`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rakka_inference.actors.stream import BoundedStream
+from rakka_inference.core import tracing
 from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
     Backpressure,
@@ -51,6 +57,7 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import ChatCompletion, ChunkAggregator, TokenChunk
+from rakka_inference.core.tracing import Span
 from rakka_inference.core.usage import Usage
 
 __all__ = ["RequestActor", "RequestRecord", "RoutedReplica", "Router"]
@@ -197,12 +204,14 @@ class RequestActor:
     async def _run(self, submit: _Submit) -> AsyncGenerator[Any, None]:
         started = self._clock()
         record = self.record
-        walk = self._walk(started, submit)
+        span = tracing.start_span(tracing.REQUEST)
+        walk = self._walk(started, submit, span)
         try:
             async for chunk in walk:
                 yield chunk
         except BaseException as error:
             record.outcome = _outcome(error)
+            span.fail(error, record.outcome)
             raise
         finally:
             # Closing the walk now (not when it is collected) closes the engine stream,
@@ -210,13 +219,16 @@ class RequestActor:
             await walk.aclose()
             record.latency_s = self._clock() - started
             self._finish()
+            if span.recording:
+                span.update(_span_attributes(record))
+            span.end()
 
-    async def _walk(self, started: float, submit: _Submit) -> AsyncGenerator[Any, None]:
+    async def _walk(self, started: float, submit: _Submit, span: Span) -> AsyncGenerator[Any, None]:
         record = self.record
         first = self._router.resolve(self.request.model)
         targets = [first, *self._policies.get(first, FallbackPolicy()).fallbacks]
         last_error: InferenceError | None = None
-        for target in targets:
+        for index, target in enumerate(targets):
             record.tried.append(target)
             record.deployment = target
             policy = self._policies.get(target, FallbackPolicy())
@@ -225,20 +237,24 @@ class RequestActor:
                 committed = False
                 replica_name: str | None = None
                 try:
-                    replica = self._router.route_deployment(target, failed)
+                    replica = self._route(span, target, failed)
                     replica_name = record.replica = replica.name
-                    stream = submit(replica)
-                    try:
-                        async for chunk in stream:
-                            if chunk.usage is not None:
-                                record.usage = record.usage + chunk.usage
-                            if not committed and _visible(chunk):
-                                committed = True
-                                record.ttft_s = self._clock() - started
-                            yield chunk
-                    finally:
-                        stream.close()  # a no-op once finished; cancels the upstream otherwise
-                        self._take_report(stream)
+                    with span.child(tracing.ATTEMPT) as attempt:
+                        if attempt.recording:
+                            attempt.update(_attempt_attributes(target, index, replica, last_error))
+                        with attempt.activate():  # the engine's spans become its children
+                            stream = submit(replica)
+                        try:
+                            async for chunk in stream:
+                                if chunk.usage is not None:
+                                    record.usage = record.usage + chunk.usage
+                                if not committed and _visible(chunk):
+                                    committed = True
+                                    record.ttft_s = self._clock() - started
+                                yield chunk
+                        finally:
+                            stream.close()  # a no-op once finished; else cancels the upstream
+                            self._take_report(stream)
                     return
                 except InferenceError as error:
                     if committed:
@@ -263,6 +279,14 @@ class RequestActor:
         assert last_error is not None
         raise last_error
 
+    def _route(self, span: Span, deployment: str, exclude: Collection[str]) -> RoutedReplica:
+        """The coordinator's pick of a replica, under a ``rakka.route`` span."""
+        with span.child(tracing.ROUTE) as route:
+            replica = self._router.route_deployment(deployment, exclude)
+            if route.recording:
+                route.update({"rakka.deployment": deployment, "rakka.replica": replica.name})
+            return replica
+
     @staticmethod
     def _falls_back(error: InferenceError, policy: FallbackPolicy) -> bool:
         if isinstance(error, Backpressure) and policy.capacity_policy is CapacityPolicy.REJECT:
@@ -286,6 +310,34 @@ class RequestActor:
         log.info("request", extra={"request": record.as_log_fields()})
         if self._on_done is not None:
             self._on_done(record)
+
+
+def _attempt_attributes(
+    deployment: str, index: int, replica: RoutedReplica, cause: InferenceError | None
+) -> dict[str, tracing.AttributeValue | None]:
+    return {
+        "rakka.deployment": deployment,
+        "rakka.replica": replica.name,
+        "rakka.fallback.index": index,
+        "rakka.fallback.cause": None if cause is None else type(cause).__name__,
+    }
+
+
+def _span_attributes(record: RequestRecord) -> dict[str, tracing.AttributeValue | None]:
+    """The request span's figures: the log line's, never a secret, never prompt text."""
+    return {
+        "rakka.request.id": record.request_id,
+        "gen_ai.request.model": record.model,
+        "rakka.deployment": record.deployment,
+        "rakka.replica": record.replica,
+        "rakka.outcome": record.outcome,
+        "rakka.attempts": record.attempts,
+        "rakka.fallbacks": max(0, len(record.tried) - 1),
+        "gen_ai.usage.input_tokens": record.usage.input_tokens,
+        "gen_ai.usage.output_tokens": record.usage.output_tokens,
+        "rakka.cost_usd": record.cost_usd,
+        "rakka.ttft_ms": None if record.ttft_s is None else round(record.ttft_s * 1000, 3),
+    }
 
 
 def _outcome(error: BaseException) -> str:

@@ -8,15 +8,23 @@ coordinator), the :class:`~rakka_inference.runtime.metrics.InferenceMetrics` beh
 ``/metrics``, and the :class:`ApiGateway` in front. ``start`` and ``stop`` are the ASGI
 lifespan of ``rakka serve``: stopping lets every queued and running request finish before
 the engines close. :meth:`Topology.reload` applies a new config while serving.
+
+With ``[tracing] enabled = true``, ``start`` installs the OpenTelemetry tracer provider
+first and ``stop`` shuts it down last, exporting the spans still buffered
+(:mod:`rakka_inference.core.tracing`). Tracing is read at start: a reload that changes
+``[tracing]`` takes effect at the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
 from rakka_inference.actors.system import ActorSystem
+from rakka_inference.core import tracing
 from rakka_inference.core.deployment import Config, Deployment, OpenAIConfig, RuntimeKind
+from rakka_inference.core.tracing import Tracing
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.admin import AdminApi
 from rakka_inference.runtime.coordinator import DpCoordinator
@@ -109,6 +117,7 @@ class Topology:
             placement=placement or Placement(NodeInventory.local()),
         )
         self._providers: dict[str, str] = {}
+        self._tracing: Tracing | None = None
         keys = [ref.resolve() for ref in config.cluster.client_api_keys]
         self.gateway = ApiGateway(
             self.coordinator,
@@ -124,11 +133,15 @@ class Topology:
         self.gateway.admin = AdminApi(self, None if admin_key is None else admin_key.resolve())
 
     async def start(self) -> None:
-        """Build, start and register every replica of the config."""
+        """Start tracing if configured; build, start and register every replica."""
+        if self.config.tracing.enabled and self._tracing is None:
+            self._tracing = tracing.setup(self.config.tracing)
         await self.apply(self.config)
 
     async def apply(self, config: Config) -> ApplyReport:
         """Apply ``config`` while serving (hot-swap changed deployments)."""
+        if config.tracing != self.config.tracing:
+            log.warning("[tracing] changed: the change takes effect at the next start")
         report = await self.manager.apply(config)
         self.config = config
         self._providers.clear()
@@ -148,8 +161,14 @@ class Topology:
     async def stop(self, timeout: float = 30.0) -> None:
         """Let queued and running requests finish, then close every engine."""
         self.manager.drain_timeout_s = timeout
-        await self.manager.aclose()
-        await self.system.shutdown(timeout=timeout)
+        try:
+            await self.manager.aclose()
+            await self.system.shutdown(timeout=timeout)
+        finally:
+            if self._tracing is not None:
+                # Exporting what is buffered may wait on the collector: not on the loop.
+                await asyncio.to_thread(self._tracing.shutdown)
+                self._tracing = None
 
     def _record(self, record: RequestRecord) -> None:
         provider = self._providers.get(record.deployment or "", "")

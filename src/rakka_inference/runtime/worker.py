@@ -64,6 +64,7 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
 from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.core.tracing import NO_SPAN, Span
 from rakka_inference.core.usage import Usage
 from rakka_inference.remote.queue import QueueTicket
 
@@ -139,6 +140,10 @@ class LocalJob:
     started_at: float = 0.0
     first_chunk_at: float | None = None
     usage: Usage = field(default_factory=Usage)
+    trace: Span = NO_SPAN
+    """The caller's span at submit: the parent of this request's spans in the engine."""
+    stage: Span = NO_SPAN
+    """The span of the stage it is in: ``rakka.queue``, then ``rakka.engine``."""
 
     @property
     def dispatched(self) -> bool:
