@@ -136,7 +136,7 @@ class TestChunkAggregator:
     ) -> None:
         aggregator = ChunkAggregator()
         aggregator.add(TokenChunk(tool_calls=(delta,)))
-        with pytest.raises(ProtocolError, match=f"index 3 has no {missing}"):
+        with pytest.raises(ProtocolError, match=f"index 3 never received {missing}"):
             aggregator.result()
 
     def test_result_can_be_taken_midway(self) -> None:

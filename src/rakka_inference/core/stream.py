@@ -165,7 +165,7 @@ class ChunkAggregator:
             partial = self._tool_calls[index]
             if partial.id is None or partial.name is None:
                 missing = "an id" if partial.id is None else "a name"
-                raise ProtocolError(f"streamed tool call at index {index} has no {missing}")
+                raise ProtocolError(f"streamed tool call at index {index} never received {missing}")
             calls.append(
                 ToolCall(id=partial.id, name=partial.name, arguments="".join(partial.arguments))
             )
