@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from opentelemetry import trace
@@ -245,6 +246,78 @@ async def test_each_request_is_a_trace_of_its_own(live: Live, spans: InMemorySpa
     await ask(live)
     roots = [span for span in spans.get_finished_spans() if span.name == tracing.REQUEST]
     assert len({root.context.trace_id for root in roots if root.context is not None}) == 2
+
+
+CLIENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CLIENT_SPAN = 0x00F067AA0BA902B7
+
+
+@pytest.mark.parametrize("route", ["chat", "messages", "embeddings"])
+async def test_a_clients_trace_context_is_joined(
+    live: Live, spans: InMemorySpanExporter, route: str
+) -> None:
+    """A ``traceparent`` header makes the request span a child of the client's span, in
+    the client's trace, with its ``tracestate`` kept; on every model route."""
+    headers = {
+        "traceparent": f"00-{CLIENT_TRACE:032x}-{CLIENT_SPAN:016x}-01",
+        "tracestate": "vendor=opaque-value",
+    }
+    if route == "chat":
+        assert await ask(live, extra_headers=headers) == "Traced answer"
+    elif route == "embeddings":
+        await live.client.embeddings.create(model="main", input="hi", extra_headers=headers)
+    else:
+        async with httpx.AsyncClient(
+            base_url=str(live.client.base_url).removesuffix("v1/")
+        ) as http:
+            answer = await http.post(
+                "/v1/messages",
+                headers={**headers, "x-api-key": CLIENT_KEY},
+                json={
+                    "model": "main",
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+        assert answer.status_code == 200
+    (root,) = [span for span in spans.get_finished_spans() if span.name == tracing.REQUEST]
+    assert root.context is not None
+    assert root.parent is not None
+    assert root.context.trace_id == CLIENT_TRACE
+    assert root.parent.span_id == CLIENT_SPAN
+    assert root.parent.is_remote
+    assert root.context.trace_state.get("vendor") == "opaque-value"
+    # Every stage is in the client's trace too.
+    assert {span.context.trace_id for span in spans.get_finished_spans() if span.context} == {
+        CLIENT_TRACE
+    }
+
+
+async def test_a_client_trace_that_is_not_sampled_records_nothing(
+    live: Live, spans: InMemorySpanExporter
+) -> None:
+    """Sampling follows the client's decision (its ``sampled`` flag is off here)."""
+    traceparent = f"00-{CLIENT_TRACE:032x}-{CLIENT_SPAN:016x}-00"
+    assert await ask(live, extra_headers={"traceparent": traceparent}) == "Traced answer"
+    assert spans.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "not-a-traceparent",
+        f"00-{0:032x}-{CLIENT_SPAN:016x}-01",  # an all-zero trace id is invalid
+        f"00-{CLIENT_TRACE:032x}-{0:016x}-01",  # so is an all-zero span id
+    ],
+)
+async def test_a_malformed_trace_context_starts_a_trace_of_its_own(
+    live: Live, spans: InMemorySpanExporter, traceparent: str
+) -> None:
+    assert await ask(live, extra_headers={"traceparent": traceparent}) == "Traced answer"
+    (root,) = [span for span in spans.get_finished_spans() if span.name == tracing.REQUEST]
+    assert root.parent is None
+    assert root.context is not None
+    assert root.context.trace_id != CLIENT_TRACE
 
 
 async def test_a_429_retried_then_answered_has_two_upstream_spans(

@@ -46,6 +46,11 @@ upstream's message may quote the request), nor are prompts, answers, headers or 
 attributes above are the whole list. A client that goes away ends its spans with outcome
 ``cancelled`` and no error status.
 
+A client's trace is joined: the gateway hands the request's W3C Trace Context headers
+(``traceparent``, ``tracestate``) to :func:`start_span`, and the request span becomes a
+child of the client's span, in the client's trace. Headers that do not parse start a trace
+of its own, as no headers do.
+
 Sampling is decided once, for the request span (parent-based: a caller's own trace
 decides; else ``sample_ratio``). A request left out gets no spans below it — its stages are
 :data:`NO_SPAN` — so it costs little more than tracing off. The costs, measured by
@@ -182,7 +187,7 @@ class _Backend(Protocol):
     @property
     def provider(self) -> object: ...
 
-    def start_span(self, name: str) -> Span: ...
+    def start_span(self, name: str, remote_parent: Mapping[str, str] | None = None) -> Span: ...
 
     def current(self) -> Span: ...
 
@@ -195,10 +200,15 @@ def enabled() -> bool:
     return _backend is not None
 
 
-def start_span(name: str) -> Span:
-    """Start a request's root span (a child of the current span, if the caller has one)."""
+TRACE_HEADERS: Final = (b"traceparent", b"tracestate")
+"""The W3C Trace Context request headers, lower-case as ASGI gives them."""
+
+
+def start_span(name: str, remote_parent: Mapping[str, str] | None = None) -> Span:
+    """Start a request's root span: a child of the span ``remote_parent``'s W3C Trace
+    Context headers name, when they name one; else of the current span, if any."""
     backend = _backend
-    return NO_SPAN if backend is None else backend.start_span(name)
+    return NO_SPAN if backend is None else backend.start_span(name, remote_parent)
 
 
 def current() -> Span:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from rakka_inference.core import tracing
 from rakka_inference.core.deployment import TracingConfig
@@ -27,6 +29,7 @@ from rakka_inference.core.tracing import NO_SPAN, Attributes, AttributeValue, Sp
 __all__ = ["ConfiguredTracing", "OtelBackend", "OtelSpan"]
 
 _INSTRUMENTATION = "rakka_inference"
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
 def _recorded(tracer: trace.Tracer, span: trace.Span) -> Span:
@@ -88,8 +91,11 @@ class OtelBackend:
         self.provider = provider
         self._tracer = provider.get_tracer(_INSTRUMENTATION)
 
-    def start_span(self, name: str) -> Span:
-        return _recorded(self._tracer, self._tracer.start_span(name))
+    def start_span(self, name: str, remote_parent: Mapping[str, str] | None = None) -> Span:
+        # Only the W3C headers are read: a malformed ``traceparent`` extracts to no parent,
+        # and the span starts a trace of its own.
+        context = _TRACE_CONTEXT.extract(remote_parent) if remote_parent else None
+        return _recorded(self._tracer, self._tracer.start_span(name, context=context))
 
     def current(self) -> Span:
         return _recorded(self._tracer, trace.get_current_span())

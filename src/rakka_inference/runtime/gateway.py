@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
     Backpressure,
     ClientUnauthorized,
@@ -228,7 +229,7 @@ class ApiGateway:
     async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         body = await self._read_body(scope, receive)
         request = parse_chat_request(body, request_id=request_id)
-        actor = self._actor(request)
+        actor = self._actor(request, scope)
         started = self._clock()
         await self._watched(self._answer(actor, request, send, request_id), receive)
         self._observe_overhead(actor, started)
@@ -236,7 +237,7 @@ class ApiGateway:
     async def _messages(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         body = await self._read_body(scope, receive)
         request = parse_messages_request(body, request_id=request_id)
-        actor = self._actor(request)
+        actor = self._actor(request, scope)
         started = self._clock()
 
         async def answer() -> None:
@@ -256,7 +257,7 @@ class ApiGateway:
     ) -> None:
         body = await self._read_body(scope, receive)
         call = parse_embedding_request(body, request_id=request_id)
-        actor = self._actor(call.request)
+        actor = self._actor(call.request, scope)
         started = self._clock()
 
         async def answer() -> None:
@@ -274,7 +275,7 @@ class ApiGateway:
             overhead = self._clock() - started - actor.record.engine_s
             self.metrics.observe_gateway_overhead(max(0.0, overhead))
 
-    def _actor(self, request: ChatRequest | EmbeddingRequest) -> RequestActor:
+    def _actor(self, request: ChatRequest | EmbeddingRequest, scope: Scope) -> RequestActor:
         if self.in_flight >= self.max_concurrent:
             raise Backpressure(f"the gateway is at its limit of {self.max_concurrent} requests")
         deadline = (
@@ -287,6 +288,7 @@ class ApiGateway:
             deadline=deadline,
             clock=self._clock,
             on_done=self._on_record,
+            trace_parent=_trace_headers(scope) if tracing.enabled() else None,
         )
 
     async def _watched(self, answer: Coroutine[Any, Any, None], receive: Receive) -> None:
@@ -477,6 +479,16 @@ def _one_of(token: bytes, keys: Iterable[bytes]) -> bool:
     for key in keys:
         valid |= hmac.compare_digest(token, key)
     return valid
+
+
+def _trace_headers(scope: Scope) -> dict[str, str] | None:
+    """The request's W3C Trace Context headers, so its trace joins the client's."""
+    found = {
+        key.decode("latin-1"): value.decode("latin-1")
+        for key, value in scope["headers"]
+        if key in tracing.TRACE_HEADERS
+    }
+    return found or None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -165,8 +165,11 @@ class RequestActor:
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_done: Callable[[RequestRecord], None] | None = None,
+        trace_parent: Mapping[str, str] | None = None,
     ) -> None:
         self.request = request
+        self._trace_parent = trace_parent
+        """The client's W3C Trace Context headers, when tracing is on and it sent them."""
         self._router = router
         self._policies = policies
         self._deadline = deadline
@@ -204,7 +207,7 @@ class RequestActor:
     async def _run(self, submit: _Submit) -> AsyncGenerator[Any, None]:
         started = self._clock()
         record = self.record
-        span = tracing.start_span(tracing.REQUEST)
+        span = tracing.start_span(tracing.REQUEST, self._trace_parent)
         walk = self._walk(started, submit, span)
         try:
             async for chunk in walk:
