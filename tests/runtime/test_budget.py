@@ -368,6 +368,35 @@ def test_throttle_turns_on_once_and_off_when_spend_is_back_under() -> None:
     assert [e.exceeded for e in events] == [True, False, True, False]
 
 
+def test_spend_hovering_at_the_limit_does_not_flip_the_throttle_per_request() -> None:
+    """Back means at most 95% of the limit: a reservation taking spend over and its
+    settlement bringing it just under do not release and throttle again each time."""
+    events: list[BudgetEvent] = []
+    throttles: list[bool] = []
+    ledger = ledger_for(
+        hourly(10.0, BudgetAction.THROTTLE), FakeClock(T0), events=events, throttles=throttles
+    )
+    base = ledger.reserve(chat(10))  # exactly at the limit: not over
+    assert throttles == []
+    for _ in range(5):
+        ledger.reserve(chat(1)).settle(0.0)  # 11 reserved, then 10 again
+    assert throttles == [True]
+    base.settle(9.6)  # under the limit, not yet back to 95% of it
+    assert ledger.throttled
+    assert ledger.snapshot().exceeded == (BudgetWindow.HOUR,)
+    ledger.reserve(chat(1)).settle(0.0)  # 10.6 while reserved, 9.6 after
+    assert throttles == [True]
+    assert [e.exceeded for e in events] == [True]
+
+
+def test_back_at_95_percent_of_the_limit_lifts_the_throttle() -> None:
+    throttles: list[bool] = []
+    clock = FakeClock(T0)
+    ledger = ledger_for(hourly(10.0, BudgetAction.THROTTLE), clock, throttles=throttles)
+    ledger.reserve(chat(11)).settle(9.5)
+    assert throttles == [True, False]  # 9.5 settled is exactly 95%: back
+
+
 def test_a_failing_callback_is_logged_and_the_accounting_stands(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

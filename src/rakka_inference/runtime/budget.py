@@ -44,12 +44,14 @@ What exceeding a limit does (``on_exceeded``)
   maximum cost alone exceeds the limit: it is refused until it sets a lower ``max_tokens``).
 - ``warn``: the request is admitted.
 - ``throttle``: the request is admitted and ``on_throttle(True)`` is called (the engine
-  halves its concurrency); ``on_throttle(False)`` when spend is back at or under every
-  limit.
+  halves its concurrency); ``on_throttle(False)`` when spend is back under every limit.
 
 Under every policy a :class:`BudgetEvent` is sent to ``on_event`` once per *crossing*:
 ``exceeded=True`` when a window's spend goes from at-or-under its limit to over it, and
-``exceeded=False`` when it comes back. The state is re-evaluated on every reserve, settle
+``exceeded=False`` when it comes back — to at most :data:`RECOVERY` of the limit (95%),
+not merely under it. Spend that hovers at a limit, a reservation taking it over and the
+settlement bringing it back, would otherwise throttle and release the engine, and send a
+pair of events, with every request. The state is re-evaluated on every reserve, settle
 and query (``spent_last_*``, :meth:`~BudgetLedger.snapshot`), so roll-off is noticed on
 the next of those; a ``/metrics`` scrape is enough to lift a throttle on an idle
 deployment. A callback that raises is logged; it does not undo the accounting.
@@ -107,6 +109,7 @@ __all__ = [
     "BudgetSnapshot",
     "BudgetWindow",
     "CostReportRow",
+    "RECOVERY",
 ]
 
 log = logging.getLogger("rakka_inference.runtime.budget")
@@ -118,6 +121,8 @@ HOUR_S = 3600.0
 DAY_S = 86_400.0
 _HOUR_BUCKET_S, _HOUR_BUCKETS = 60.0, 61
 _DAY_BUCKET_S, _DAY_BUCKETS = 900.0, 97
+RECOVERY = 0.95
+"""A window over its limit counts as back once spend is at most this share of the limit."""
 
 _T = TypeVar("_T")
 
@@ -389,8 +394,9 @@ class BudgetLedger:
         events: list[BudgetEvent] = []
         for window, ring, limit, usd in self._limits:
             spent = ring.total + self._reserved
-            over = spent > limit
-            if over == (window in self._over):
+            was_over = window in self._over
+            over = spent > (limit * RECOVERY if was_over else limit)
+            if over == was_over:
                 continue
             if over:
                 self._over.add(window)
