@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from _pinning import pin_to_one_core
 from rakka_inference.core.usage import Usage
 from rakka_inference.runtime.metrics import InferenceMetrics
 from rakka_inference.runtime.prometheus import Registry
@@ -122,11 +122,7 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=500_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    pinned = "not pinned"
-    if hasattr(os, "sched_setaffinity"):
-        core = sorted(os.sched_getaffinity(0))[0]
-        os.sched_setaffinity(0, {core})
-        pinned = f"pinned to core {core}"
+    pinned = pin_to_one_core()
     cases: list[tuple[str, Callable[[int], float], int]] = [
         ("baseline: bare dict += 1", bench_baseline, args.ops),
         ("counter.labels(...).inc()", bench_labels_inc, args.ops),

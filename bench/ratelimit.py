@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import statistics
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 
+from _pinning import pin_to_one_core
 from rakka_inference.core.deployment import RateLimits
 from rakka_inference.remote.distributed_limit import DistributedRateLimiter
 from rakka_inference.remote.ratelimit import LimiterKey, Permit, RateLimiter
@@ -145,11 +145,7 @@ def main() -> int:
     parser.add_argument("--ops", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    pinned = "not pinned"
-    if hasattr(os, "sched_setaffinity"):
-        core = sorted(os.sched_getaffinity(0))[0]
-        os.sched_setaffinity(0, {core})
-        pinned = f"pinned to core {core}"
+    pinned = pin_to_one_core()
     cases: list[tuple[str, Callable[[int], float]]] = [
         ("baseline: bare dict + deque", bench_baseline),
         ("exact: try_acquire + settle", bench_exact),

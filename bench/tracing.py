@@ -39,7 +39,6 @@ import asyncio
 import collections
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -59,6 +58,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
+from _pinning import pin_to_one_core
 from rakka_inference.core import tracing
 from rakka_inference.core.deployment import (
     ClusterConfig,
@@ -471,11 +471,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    pinned = "not pinned"
-    if hasattr(os, "sched_setaffinity"):
-        core = sorted(os.sched_getaffinity(0))[0]
-        os.sched_setaffinity(0, {core})
-        pinned = f"pinned to core {core}"
+    pinned = pin_to_one_core()
     try:
         import uvloop
 

@@ -32,6 +32,7 @@ __all__ = [
     "ChatCompletion",
     "ChunkAggregator",
     "FinishReason",
+    "PartialToolCall",
     "TokenChunk",
     "ToolCallDelta",
     "aggregate",
@@ -108,7 +109,10 @@ class ChatCompletion:
     usage: Usage | None = None
 
 
-class _PartialToolCall:
+class PartialToolCall:
+    """A streamed tool call being assembled: its id and name once told, its argument
+    fragments so far."""
+
     __slots__ = ("arguments", "id", "name")
 
     def __init__(self) -> None:
@@ -129,7 +133,7 @@ class ChunkAggregator:
     def __init__(self) -> None:
         self._text: list[str] = []
         self._reasoning: list[str] = []
-        self._tool_calls: dict[int, _PartialToolCall] = {}
+        self._tool_calls: dict[int, PartialToolCall] = {}
         self._finish_reason: FinishReason | None = None
         self._usage = UsageAccumulator(UsageMode.DELTA)
 
@@ -142,7 +146,7 @@ class ChunkAggregator:
         for delta in chunk.tool_calls:
             call = self._tool_calls.get(delta.index)
             if call is None:
-                call = self._tool_calls[delta.index] = _PartialToolCall()
+                call = self._tool_calls[delta.index] = PartialToolCall()
             if call.id is None and delta.id:
                 call.id = delta.id
             if call.name is None and delta.name:

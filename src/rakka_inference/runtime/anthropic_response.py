@@ -49,7 +49,13 @@ from typing import Any
 import orjson
 
 from rakka_inference.core.errors import InferenceError, ProtocolError, QuotaExhausted
-from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, ToolCallDelta
+from rakka_inference.core.stream import (
+    ChatCompletion,
+    FinishReason,
+    PartialToolCall,
+    TokenChunk,
+    ToolCallDelta,
+)
 from rakka_inference.core.usage import Usage
 from rakka_inference.runtime.openai_response import error_status
 
@@ -161,17 +167,6 @@ def _event(name: bytes, payload: dict[str, Any]) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
-class _PendingCall:
-    """A streamed tool call that has not yet told its id and name: its block waits."""
-
-    __slots__ = ("arguments", "id", "name")
-
-    def __init__(self) -> None:
-        self.id: str | None = None
-        self.name: str | None = None
-        self.arguments: list[str] = []
-
-
 class MessageStreamRenderer:
     """Renders one streamed answer as Anthropic SSE events. Belongs to one stream.
 
@@ -209,7 +204,7 @@ class MessageStreamRenderer:
         """The bytes before a text delta's JSON string, for the open text block."""
         self._tool_blocks: dict[int, int] = {}
         """Tool-call index → its content block index."""
-        self._pending: dict[int, _PendingCall] = {}
+        self._pending: dict[int, PartialToolCall] = {}
 
     @property
     def usage(self) -> Usage | None:
@@ -319,7 +314,7 @@ class MessageStreamRenderer:
             return
         pending = self._pending.get(delta.index)
         if pending is None:
-            pending = self._pending[delta.index] = _PendingCall()
+            pending = self._pending[delta.index] = PartialToolCall()
         pending.id = pending.id or delta.id
         pending.name = pending.name or delta.name
         if delta.arguments:
