@@ -2,7 +2,7 @@
 
     RAKKA_BENCH_CONFIG=rakka.toml granian --interface asgi --factory bench/_granian_app.py:app
 
-builds the same :class:`~rakka_inference.serve.ServeApp` that ``rakka serve --config`` hands
+builds the same :class:`~rakka_inference.apps.serve.ServeApp` that ``rakka serve --config`` hands
 to uvicorn; its ASGI lifespan builds the topology inside granian's event loop, as it does
 inside uvicorn's. The subclass only adds a line to the log once the lifespan shutdown has
 stopped the topology, so the benchmark can tell that granian ran it; requests take the very
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
+from rakka_inference.apps.serve import ServeApp
 from rakka_inference.core.config import load_config
-from rakka_inference.serve import ServeApp
 
 CONFIG_VARIABLE = "RAKKA_BENCH_CONFIG"
 STOPPED_LINE = "rakka-bench: lifespan shutdown done"

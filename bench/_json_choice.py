@@ -31,9 +31,10 @@ import msgspec
 import orjson
 
 import gateway as gw
+from rakka_inference.api.openai_request import parse_chat_request
+from rakka_inference.api.openai_response import ChunkRenderer, completion_json
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.runtime.openai_api import ChunkRenderer, completion_json, parse_chat_request
 
 # ---------------------------------------------------------------------- typed shapes
 

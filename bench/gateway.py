@@ -488,7 +488,7 @@ def _gateway_command(config: Path, port: int, core: int) -> list[str]:
     command = (
         [str(rakka)]
         if rakka.exists()
-        else [sys.executable, "-m", "rakka_inference.cli"]  # same code, no console script
+        else [sys.executable, "-m", "rakka_inference.apps.cli"]  # same code, no console script
     )
     command += ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     taskset = shutil.which("taskset")

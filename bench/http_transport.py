@@ -186,7 +186,7 @@ def _variants(url: str, kind: str, first: list[float]) -> dict[str, Variant]:
     from rakka_inference.core.deployment import Timeouts
     from rakka_inference.remote.http_aiohttp import AiohttpTransport
     from rakka_inference.remote.http_httpx import HttpxTransport
-    from rakka_inference.remote.transport import HttpRequest, HttpTransport
+    from rakka_inference.wire.http import HttpRequest, HttpTransport
 
     stream = kind == "stream"
     path = "/stream" if stream else "/v1/chat/completions"

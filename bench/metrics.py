@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 from _pinning import pin_to_one_core
 from rakka_inference.core.usage import Usage
-from rakka_inference.runtime.metrics import InferenceMetrics
-from rakka_inference.runtime.prometheus import Registry
-from rakka_inference.runtime.request import RequestRecord
+from rakka_inference.engine.report import RequestRecord
+from rakka_inference.observe.metrics import InferenceMetrics
+from rakka_inference.observe.prometheus import Registry
 
 OUTCOMES = ("ok", "rate_limited", "server_error", "timed_out", "circuit_open", "backpressure")
 

@@ -3,7 +3,7 @@
     python bench/providers.py [--streams N]
 
 Each provider's stream is the wire format its API sends for a 20-piece text answer (with
-usage), fed to :class:`~rakka_inference.remote.sse.SseDecoder` one network read per event
+usage), fed to :class:`~rakka_inference.wire.sse.SseDecoder` one network read per event
 and then to the adapter's stream parser — exactly what the remote runner does per chunk.
 The baseline, in the same run, is the least any consumer must do with the same bytes:
 ``orjson.loads`` of every event's payload. Reported: microseconds per stream and the
@@ -25,7 +25,7 @@ from rakka_inference.providers.anthropic import AnthropicAdapter
 from rakka_inference.providers.base import ProviderAdapter
 from rakka_inference.providers.gemini import GeminiAdapter
 from rakka_inference.providers.openai import OpenAIAdapter
-from rakka_inference.remote.sse import SseDecoder
+from rakka_inference.wire.sse import SseDecoder
 
 PIECES = [f" word{i}" for i in range(20)]
 

@@ -3,7 +3,7 @@
     pip install -e '.[bench]' granian msgspec
     python bench/server_choice.py [--quick] [--only server|json]
 
-Server: the same gateway app, ``rakka serve``'s :class:`~rakka_inference.serve.ServeApp`
+Server: the same gateway app, ``rakka serve``'s :class:`~rakka_inference.apps.serve.ServeApp`
 (one deployment in front of ``bench/gateway.py``'s mock upstream), served by
 
 - ``uvicorn``, with uvloop and httptools: ``rakka serve --config``, i.e. ``serve.py`` as

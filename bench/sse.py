@@ -24,7 +24,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from rakka_inference.remote.sse import SseDecoder
+from rakka_inference.wire.sse import SseDecoder
 
 
 def make_stream(events: int) -> list[bytes]:

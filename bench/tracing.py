@@ -72,9 +72,10 @@ from rakka_inference.core.deployment import (
 from rakka_inference.core.errors import ServerError
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.tracing import NO_SPAN, Span
+from rakka_inference.observe import tracing as otel_tracing
 from rakka_inference.remote.factory import RemoteServices
-from rakka_inference.remote.transport import HttpRequest
 from rakka_inference.runtime.topology import Topology
+from rakka_inference.wire.http import HttpRequest
 
 STREAM_CHUNKS = 20
 GATEWAY_CPU_US = 350.0  # README: gateway CPU per unary request at 16 clients
@@ -325,7 +326,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             samples: dict[str, list[float]] = {case.name: [] for case in cases}
             for _ in range(args.rounds):
                 for case in cases:
-                    tracing.configure(case.provider)
+                    otel_tracing.configure(case.provider)
                     gc.collect()
                     # Exported spans are dropped every 100 requests, as an exporter would:
                     # kept, they would grow the heap that every GC pass walks.
@@ -333,7 +334,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     samples[case.name].append(
                         await _per_request_us(app, body, args.requests, clear)
                     )
-            tracing.configure(None)
+            otel_tracing.configure(None)
             for case in cases:
                 if case.provider is not None:
                     case.provider.shutdown()
@@ -451,7 +452,7 @@ def _layer_us(n: int = 5000) -> tuple[float, float]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     raw = _raw_sdk(provider.get_tracer("bench"))
-    tracing.configure(provider)
+    otel_tracing.configure(provider)
     ours: list[float] = []
     sdk: list[float] = []
     try:
@@ -461,7 +462,7 @@ def _layer_us(n: int = 5000) -> tuple[float, float]:
                 into.append(timeit.timeit(fn, number=n) / n * 1e6)
                 exporter.clear()
     finally:
-        tracing.configure(None)
+        otel_tracing.configure(None)
         provider.shutdown()
     return statistics.median(ours), statistics.median(sdk)
 

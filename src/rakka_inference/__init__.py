@@ -11,7 +11,7 @@ import ``runtime``):
 - :mod:`rakka_inference.runtime` — the actor topology: gateway, request, coordinator, engines;
 - :mod:`rakka_inference.local` — local model runners;
 - :mod:`rakka_inference.testkit` — shipped test doubles;
-- :mod:`rakka_inference.cli` — the ``rakka`` command.
+- :mod:`rakka_inference.apps.cli` — the ``rakka`` command.
 """
 
 __version__ = "0.1.0"

@@ -40,7 +40,7 @@ from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta,
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.anthropic import AnthropicAdapter
-from rakka_inference.remote.sse import SseDecoder, SseEvent
+from rakka_inference.wire.sse import SseDecoder, SseEvent
 
 KEY = Secret("sk-ant-test-0123456789")
 MODEL = "claude-sonnet-4-5"

@@ -43,7 +43,7 @@ from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers import gemini
 from rakka_inference.providers.gemini import GeminiAdapter, gemini_schema
-from rakka_inference.remote.sse import SseDecoder
+from rakka_inference.wire.sse import SseDecoder
 
 KEY = Secret("AIzaSy-test-0123456789")
 TOKEN = Secret("ya29.test-access-token")

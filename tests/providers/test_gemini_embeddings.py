@@ -36,9 +36,7 @@ from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import EmbeddingAdapter, supports_embeddings
 from rakka_inference.providers.gemini import GeminiAdapter
-from rakka_inference.remote.classify import classify_http_error
 from rakka_inference.remote.http import create_transport
-from rakka_inference.remote.transport import HttpRequest, HttpTransport
 from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultPlan
 from rakka_inference.testkit.gemini_embed_wire import (
     MAX_BATCH_REQUESTS,
@@ -47,6 +45,8 @@ from rakka_inference.testkit.gemini_embed_wire import (
 )
 from rakka_inference.testkit.mock_gemini import GeminiMock
 from rakka_inference.testkit.mock_openai import EMBEDDING_DIMENSIONS, embedding_vector
+from rakka_inference.wire.classify import classify_http_error
+from rakka_inference.wire.http import HttpRequest, HttpTransport
 
 KEY = Secret("AIzaSy-embed-test-0123456789")
 TOKEN = Secret("ya29.embed-test-access-token")

@@ -28,7 +28,7 @@ from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta,
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.openai import OpenAIAdapter
-from rakka_inference.remote.sse import SseDecoder
+from rakka_inference.wire.sse import SseDecoder
 
 KEY = Secret("sk-test-0123456789")
 

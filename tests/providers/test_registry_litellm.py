@@ -22,7 +22,7 @@ from rakka_inference.providers.gemini import GeminiAdapter
 from rakka_inference.providers.litellm import LiteLLMAdapter
 from rakka_inference.providers.openai import OpenAIAdapter
 from rakka_inference.providers.registry import adapter_for, remote_runtimes
-from rakka_inference.remote.sse import SseDecoder
+from rakka_inference.wire.sse import SseDecoder
 
 
 def deployment(runtime: RuntimeKind, config: object, model: str = "m") -> Deployment:

@@ -42,7 +42,8 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingPara
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, aggregate
 from rakka_inference.core.tools import ToolCall, ToolDefinition
-from rakka_inference.remote.engine import RemoteEngineCore, RequestReport
+from rakka_inference.engine.report import RequestReport
+from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.testkit.faults import (
     Fault,

@@ -34,8 +34,8 @@ from rakka_inference.remote.credentials import (
     StaticCredential,
     credential_provider_for,
 )
-from rakka_inference.remote.transport import HttpRequest, HttpResponse
 from rakka_inference.testkit.clock import FakeClock
+from rakka_inference.wire.http import HttpRequest, HttpResponse
 
 PY = sys.executable
 TOKEN_URI = "https://oauth2.example.test/token"

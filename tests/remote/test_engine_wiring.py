@@ -43,9 +43,10 @@ from rakka_inference.core.runner import SessionRebuildCause, TransportKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
 from rakka_inference.core.usage import Usage
-from rakka_inference.remote.engine import RemoteEngineCore, RequestReport
+from rakka_inference.engine.budget import BudgetLedger
+from rakka_inference.engine.report import RequestReport
+from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
-from rakka_inference.runtime.budget import BudgetLedger
 from rakka_inference.testkit.http_server import (
     RecordedRequest,
     ScriptedHttpServer,

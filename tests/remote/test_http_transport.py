@@ -36,8 +36,8 @@ from rakka_inference.remote import http_aiohttp, http_httpx
 from rakka_inference.remote.http import Deadlines, create_transport, lower_headers, timeout_error
 from rakka_inference.remote.http_aiohttp import AiohttpTransport
 from rakka_inference.remote.http_httpx import HttpxTransport
-from rakka_inference.remote.transport import HttpRequest, HttpResponse, HttpTransport
 from rakka_inference.testkit.http_server import Chunk, ScriptedHttpServer, ScriptedResponse
+from rakka_inference.wire.http import HttpRequest, HttpResponse, HttpTransport
 
 KINDS = ["httpx", "aiohttp"]
 

@@ -43,7 +43,8 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest, Priority
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, TokenChunk, aggregate
-from rakka_inference.remote.engine import RemoteEngineCore, RequestReport
+from rakka_inference.engine.report import RequestReport
+from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.testkit.http_server import (
     RecordedRequest,

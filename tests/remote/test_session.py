@@ -22,8 +22,8 @@ from rakka_inference.remote.session import (
     RemoteSessionActor,
     SessionSnapshot,
 )
-from rakka_inference.remote.transport import HttpRequest, HttpResponse
 from rakka_inference.testkit.clock import FakeClock
+from rakka_inference.wire.http import HttpRequest, HttpResponse
 
 UNAUTHORIZED = SessionRebuildCause.UNAUTHORIZED
 OPERATOR = SessionRebuildCause.OPERATOR

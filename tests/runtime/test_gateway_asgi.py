@@ -22,10 +22,11 @@ from rakka_inference.core.deployment import (
     Timeouts,
 )
 from rakka_inference.core.secrets import Secret, SecretRef
+from rakka_inference.engine.report import RequestRecord
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
-from rakka_inference.runtime.request import FallbackPolicy, RequestRecord
+from rakka_inference.runtime.request import FallbackPolicy
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_openai import OpenAIMock
 

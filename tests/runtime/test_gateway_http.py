@@ -22,7 +22,7 @@ from rakka_inference.core.deployment import (
     Timeouts,
 )
 from rakka_inference.core.secrets import SecretRef
-from rakka_inference.runtime.request import RequestRecord
+from rakka_inference.engine.report import RequestRecord
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript, ScriptedToolCall
 from rakka_inference.testkit.mock_openai import OpenAIMock

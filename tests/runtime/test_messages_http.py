@@ -25,7 +25,7 @@ from rakka_inference.core.deployment import (
     RuntimeKind,
 )
 from rakka_inference.core.secrets import SecretRef
-from rakka_inference.runtime.request import RequestRecord
+from rakka_inference.engine.report import RequestRecord
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript, ScriptedToolCall
 from rakka_inference.testkit.mock_anthropic import AnthropicMock

@@ -24,8 +24,8 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.remote.engine import RequestReport
-from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
+from rakka_inference.engine.report import RequestRecord, RequestReport
+from rakka_inference.runtime.request import FallbackPolicy, RequestActor
 
 Script = Callable[[BoundedStream[TokenChunk]], "asyncio.Future[None] | None"]
 

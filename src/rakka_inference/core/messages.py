@@ -26,6 +26,7 @@ from rakka_inference.core.tools import ToolCall, ToolChoice, ToolChoiceMode, Too
 from rakka_inference.core.usage import Usage
 
 __all__ = [
+    "DEFAULT_MAX_OUTPUT_TOKENS",
     "Role",
     "TextPart",
     "ImagePart",
@@ -41,6 +42,10 @@ __all__ = [
     "new_request_id",
     "MAX_STOP_SEQUENCES",
 ]
+
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+"""The output cap assumed for a request that sets no ``max_tokens``, where its runtime names
+none of its own: what the limiter estimates and the budget reserves until usage settles."""
 
 MAX_STOP_SEQUENCES = 4
 """OpenAI accepts at most four stop sequences; so do we, whatever the provider."""

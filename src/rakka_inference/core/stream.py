@@ -82,6 +82,14 @@ class TokenChunk:
     finish_reason: FinishReason | None = None
 
     @property
+    def visible(self) -> bool:
+        """Whether the client sees something of this chunk: text, reasoning, a tool call or
+        the finish. The first visible chunk commits the request: from then on nothing is
+        retried, re-routed or failed over, so no content is ever duplicated. A usage-only
+        chunk (Anthropic's ``message_start``) is not visible."""
+        return bool(self.text or self.reasoning or self.tool_calls or self.finish_reason)
+
+    @property
     def is_empty(self) -> bool:
         """Whether the chunk carries nothing (a keep-alive, or an event we do not map)."""
         return (

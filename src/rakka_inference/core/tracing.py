@@ -3,7 +3,8 @@
 Off unless configured (``[tracing] enabled = true``, or :func:`configure` with a
 ``TracerProvider``). Off, every call here returns or acts on :data:`NO_SPAN`, whose methods
 do nothing, and OpenTelemetry is never imported: the package is an optional extra
-(``pip install 'rakka-inference[otel]'``). On, :mod:`.tracing_otel` backs the same calls.
+(``pip install 'rakka-inference[otel]'``). On, :mod:`rakka_inference.observe.tracing`
+installs the OpenTelemetry backend behind the same calls.
 
 The spans of one request (names and attributes are stable; attributes are ``rakka.*``
 unless OpenTelemetry's conventions name them)::
@@ -70,14 +71,9 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self, TypeAlias
+from typing import Final, Protocol, Self, TypeAlias
 
-from rakka_inference.core.config import OTEL_EXTRA, missing_tracing_packages
-from rakka_inference.core.deployment import TracingConfig
-from rakka_inference.core.errors import ConfigError, ConfigIssue, InferenceError, RequestCancelled
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import TracerProvider
+from rakka_inference.core.errors import InferenceError, RequestCancelled
 
 __all__ = [
     "ATTEMPT",
@@ -92,13 +88,12 @@ __all__ = [
     "AttributeValue",
     "Attributes",
     "Span",
-    "Tracing",
-    "configure",
+    "Backend",
     "current",
     "enabled",
+    "install",
     "is_cancellation",
     "outcome_of",
-    "setup",
     "start_span",
     "traces_with",
 ]
@@ -183,7 +178,9 @@ NO_SPAN: Final = Span()
 """The span of disabled tracing."""
 
 
-class _Backend(Protocol):
+class Backend(Protocol):
+    """What records spans when tracing is on."""
+
     @property
     def provider(self) -> object: ...
 
@@ -192,7 +189,7 @@ class _Backend(Protocol):
     def current(self) -> Span: ...
 
 
-_backend: _Backend | None = None
+_backend: Backend | None = None
 
 
 def enabled() -> bool:
@@ -223,38 +220,11 @@ def traces_with(provider: object) -> bool:
     return _backend is not None and _backend.provider is provider
 
 
-def configure(provider: TracerProvider | None) -> None:
-    """Trace with ``provider`` from now on; ``None`` turns tracing off.
+def install(backend: Backend | None) -> None:
+    """Record spans with ``backend`` from now on; ``None`` turns tracing off.
 
-    The global OpenTelemetry provider is left as it is: an application that embeds the
-    gateway keeps its own, and tests give each run a provider of its own.
+    :mod:`rakka_inference.observe.tracing` installs the OpenTelemetry backend; this module
+    only holds the switch, so engines trace without importing OpenTelemetry.
     """
     global _backend  # noqa: PLW0603 - one switch for the process, read on every request
-    if provider is None:
-        _backend = None
-        return
-    from rakka_inference.core.tracing_otel import OtelBackend  # noqa: PLC0415 - optional
-
-    _backend = OtelBackend(provider)
-
-
-class Tracing(Protocol):
-    """Tracing set up from a configuration; :meth:`shutdown` exports what is left."""
-
-    def shutdown(self) -> None: ...
-
-
-def setup(config: TracingConfig) -> Tracing:
-    """Build a ``TracerProvider`` from ``[tracing]`` and trace with it.
-
-    Raises :class:`ConfigError` naming the ``otel`` extra when OpenTelemetry is missing
-    (:func:`~rakka_inference.core.config.load_config` says so first, with the line).
-    """
-    missing = missing_tracing_packages(config)
-    if missing:
-        message = f"tracing needs OpenTelemetry, not installed here ({', '.join(missing)})"
-        issue = ConfigIssue("[tracing]", "tracing.enabled", f"{message}: {OTEL_EXTRA}")
-        raise ConfigError([issue])
-    from rakka_inference.core.tracing_otel import ConfiguredTracing  # noqa: PLC0415
-
-    return ConfiguredTracing.install(config)
+    _backend = backend

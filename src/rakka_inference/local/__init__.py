@@ -1,1 +1,2 @@
-"""Local model runners (GPU and CPU)."""
+"""Local engines: the local engine core, its two-tier supervision (WorkerActor and
+ContextActor), and the runners it drives."""

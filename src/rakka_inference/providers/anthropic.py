@@ -92,9 +92,9 @@ from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
 from rakka_inference.providers.base import load_json_object
-from rakka_inference.remote.classify import MAX_UPSTREAM_MESSAGE_CHARS
-from rakka_inference.remote.sse import SseEvent
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.classify import MAX_UPSTREAM_MESSAGE_CHARS
+from rakka_inference.wire.http import HttpRequest
+from rakka_inference.wire.sse import SseEvent
 
 __all__ = ["AnthropicAdapter", "AnthropicStreamParser", "anthropic_usage"]
 

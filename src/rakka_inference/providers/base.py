@@ -5,7 +5,7 @@ remote engine calls it inline on the hot path:
 
 1. :meth:`ProviderAdapter.build_request` turns a provider-neutral
    :class:`~rakka_inference.core.messages.ChatRequest` and the current credential into an
-   :class:`~rakka_inference.remote.transport.HttpRequest` (URL, headers, body). Keys go in
+   :class:`~rakka_inference.wire.http.HttpRequest` (URL, headers, body). Keys go in
    headers, never in the URL.
 2. For a unary answer, :meth:`ProviderAdapter.parse_response` turns the body into chunks.
 3. For a stream, :meth:`ProviderAdapter.stream_parser` gives a fresh, stateful
@@ -37,8 +37,8 @@ from rakka_inference.core.errors import InferenceError, ProtocolError
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.remote.sse import SseEvent
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.http import HttpRequest
+from rakka_inference.wire.sse import SseEvent
 
 __all__ = [
     "EmbeddingAdapter",

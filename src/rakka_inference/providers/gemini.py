@@ -128,7 +128,7 @@ from rakka_inference.providers.gemini_response import (
     _raise_for_refusal,
     gemini_usage,
 )
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.http import HttpRequest
 
 # The request and response halves live in gemini_request / gemini_response /
 # gemini_errors; their public names are re-exported here, where callers import them.

@@ -24,7 +24,7 @@ from rakka_inference.core.errors import (
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.remote.classify import MAX_UPSTREAM_MESSAGE_CHARS, parse_duration
+from rakka_inference.wire.classify import MAX_UPSTREAM_MESSAGE_CHARS, parse_duration
 
 _ERROR_STATUSES: Mapping[str, type[InferenceError]] = {
     "INVALID_ARGUMENT": BadRequest,

@@ -21,7 +21,7 @@ from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import load_json_object
 from rakka_inference.providers.gemini_errors import _error, _error_kind, _quote, _retry_delay
-from rakka_inference.remote.sse import SseEvent
+from rakka_inference.wire.sse import SseEvent
 
 __all__ = ["GeminiStreamParser", "gemini_usage"]
 

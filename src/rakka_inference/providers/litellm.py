@@ -23,7 +23,7 @@ from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.providers.openai import OpenAIAdapter, OpenAIStreamParser
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["LiteLLMAdapter"]
 

@@ -48,8 +48,8 @@ from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import load_json_object
 from rakka_inference.providers.openai_embed import embedding_body, parse_embeddings
-from rakka_inference.remote.sse import SseEvent
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.http import HttpRequest
+from rakka_inference.wire.sse import SseEvent
 
 __all__ = ["OpenAIAdapter", "OpenAIStreamParser", "openai_usage"]
 

@@ -1,1 +1,2 @@
-"""Provider-neutral infrastructure for remote runtimes: streaming, failure policies, sessions."""
+"""The remote engine: permit → breaker → retry, the rate limiter and its CRDT, circuit
+breakers, sessions and credentials, and the HTTP transports."""

@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import RakkaError, SecretError
 from rakka_inference.core.secrets import Secret, SecretRef
-from rakka_inference.remote.transport import HttpRequest, HttpTransport
+from rakka_inference.wire.http import HttpRequest, HttpTransport
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",

@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from rakka_inference.actors.actor import Actor
 from rakka_inference.actors.ref import ActorRef
@@ -63,57 +63,30 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
-from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult, Priority
+from rakka_inference.core.messages import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    ChatRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
+    Priority,
+)
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.tracing import NO_SPAN, Span
 from rakka_inference.core.usage import Usage
+from rakka_inference.engine.budget import BudgetGate, BudgetHold
+from rakka_inference.engine.queue import QueueTicket, RequestQueue
+from rakka_inference.engine.report import RequestReport
 from rakka_inference.providers.base import supports_embeddings
 from rakka_inference.remote.breaker import BreakerState, CircuitBreaker
-from rakka_inference.remote.queue import QueueTicket, RequestQueue
 from rakka_inference.remote.ratelimit import PermitSource
 from rakka_inference.remote.retry import RetryAction, RetryBudget
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import SessionSnapshot
 
-__all__ = ["BudgetGate", "BudgetHold", "RemoteEngineCore", "RemoteWorker", "RequestReport"]
+__all__ = ["RemoteEngineCore", "RemoteWorker"]
 
 log = logging.getLogger("rakka_inference.remote.engine")
-
-DEFAULT_MAX_OUTPUT_TOKENS = 4096
-"""Reserved for a request that sets no max_tokens, until its real usage settles."""
-
-
-class BudgetHold(Protocol):
-    """A budget reservation: the request's maximum cost, held until it is settled."""
-
-    def settle(self, actual_cost_usd: float | None) -> None:
-        """Replace the hold with the actual cost (once; later calls do nothing)."""
-        ...
-
-
-class BudgetGate(Protocol):
-    """Spend control: reserve-then-settle (:mod:`rakka_inference.runtime.budget`)."""
-
-    def reserve(self, request: ChatRequest | EmbeddingRequest) -> BudgetHold:
-        """Hold the request's maximum cost; raise BudgetExceeded to refuse it."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReport:
-    """What happened to one request, for metrics and the per-request log line."""
-
-    request_id: str
-    outcome: str
-    """``ok`` or the snake-case name of the error class that ended it."""
-    error: InferenceError | None
-    attempts: int
-    usage: Usage
-    cost_usd: float | None
-    queued_s: float
-    latency_s: float
-    ttft_s: float | None
 
 
 @dataclass(eq=False, slots=True)
@@ -160,9 +133,12 @@ class RemoteEngineCore:
         rng: random.Random | None = None,
         on_complete: Callable[[RequestReport], None] | None = None,
         budget: BudgetGate | None = None,
+        default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
         stream_capacity: int = 64,
     ) -> None:
         self.name = name
+        self.default_max_output_tokens = default_max_output_tokens
+        """The output cap the limiter estimates for a request that sets no max_tokens."""
         self.runner = runner
         self.limiter = limiter
         self.breaker = breaker
@@ -389,7 +365,7 @@ class RemoteEngineCore:
         error: InferenceError | None = None
         estimate = request.estimated_prompt_tokens()
         if isinstance(request, ChatRequest):
-            estimate += request.max_output_tokens(DEFAULT_MAX_OUTPUT_TOKENS)
+            estimate += request.max_output_tokens(self.default_max_output_tokens)
         # Waiting for a rate-limit permit is waiting in line, bounded like the queue.
         permit_deadline = job.started_at + self.serving.queue_timeout_ms / 1000.0
         if job.deadline is not None:
@@ -470,7 +446,7 @@ class RemoteEngineCore:
         self, job: _Job, request: ChatRequest, snapshot: SessionSnapshot, upstream: Span
     ) -> None:
         async for chunk in self.runner.attempt(request, snapshot):
-            visible = bool(chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason)
+            visible = chunk.visible
             if chunk.usage is not None:
                 job.usage = job.usage + chunk.usage
             if visible and job.first_chunk_at is None:

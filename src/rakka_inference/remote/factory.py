@@ -25,6 +25,8 @@ from rakka_inference.core.deployment import (
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret, SecretRef
+from rakka_inference.engine.budget import BudgetGate
+from rakka_inference.engine.report import RequestReport
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.breaker import BreakerKey, BreakerRegistry
 from rakka_inference.remote.credentials import (
@@ -32,12 +34,12 @@ from rakka_inference.remote.credentials import (
     ServiceAccountCredential,
     credential_provider_for,
 )
-from rakka_inference.remote.engine import BudgetGate, RemoteEngineCore, RequestReport
+from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.http import DEFAULT_MAX_CONNECTIONS, create_transport
 from rakka_inference.remote.ratelimit import LimiterKey, RateLimiter
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import RemoteSession
-from rakka_inference.remote.transport import HttpTransport
+from rakka_inference.wire.http import HttpTransport
 
 __all__ = ["RemoteServices", "build_remote_engine"]
 

@@ -1,4 +1,4 @@
-"""Choosing an :class:`~rakka_inference.remote.transport.HttpTransport`, and what the two
+"""Choosing an :class:`~rakka_inference.wire.http.HttpTransport`, and what the two
 implementations share.
 
 Two implementations sit behind the seam:
@@ -78,7 +78,7 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
-from rakka_inference.remote.transport import HttpRequest, HttpTransport
+from rakka_inference.wire.http import HttpRequest, HttpTransport
 
 __all__ = [
     "BodyReader",

@@ -1,4 +1,4 @@
-"""The :class:`~rakka_inference.remote.transport.HttpTransport` on aiohttp (HTTP/1.1).
+"""The :class:`~rakka_inference.wire.http.HttpTransport` on aiohttp (HTTP/1.1).
 
 How the phases map onto aiohttp (see :mod:`rakka_inference.remote.http` for the shared
 design): requests go out with ``ClientTimeout(connect=, sock_connect=)`` only, so aiohttp's
@@ -54,7 +54,7 @@ from rakka_inference.remote.http import (
     lower_headers,
     timeout_error,
 )
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["AiohttpResponse", "AiohttpTransport", "translate_error"]
 

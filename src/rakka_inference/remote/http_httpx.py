@@ -1,4 +1,4 @@
-"""The :class:`~rakka_inference.remote.transport.HttpTransport` on httpx (HTTP/1.1, HTTP/2).
+"""The :class:`~rakka_inference.wire.http.HttpTransport` on httpx (HTTP/1.1, HTTP/2).
 
 How the phases map onto httpx (see :mod:`rakka_inference.remote.http` for the shared
 design): each request carries its own timeout mapping in ``extensions["timeout"]``, a dict
@@ -57,7 +57,7 @@ from rakka_inference.remote.http import (
     lower_headers,
     timeout_error,
 )
-from rakka_inference.remote.transport import HttpRequest
+from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["HttpxResponse", "HttpxTransport", "translate_error"]
 

@@ -2,7 +2,7 @@
 
 A runner makes exactly one attempt: build the request with the adapter, send it with the
 session snapshot's transport, then decode the answer into chunks — the SSE stream through
-:class:`~rakka_inference.remote.sse.SseDecoder` and the adapter's stream parser, or the
+:class:`~rakka_inference.wire.sse.SseDecoder` and the adapter's stream parser, or the
 unary body through the adapter. A status >= 400 is classified (generic HTTP rules, then the
 adapter's refinement) and raised as a typed error.
 
@@ -32,9 +32,9 @@ from rakka_inference.core.runner import SessionRebuildCause, Transport
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter
-from rakka_inference.remote.classify import classify_http_error
 from rakka_inference.remote.session import RemoteSession, SessionSnapshot
-from rakka_inference.remote.sse import SseDecoder
+from rakka_inference.wire.classify import classify_http_error
+from rakka_inference.wire.sse import SseDecoder
 
 __all__ = ["RemoteRunner"]
 

@@ -75,7 +75,7 @@ from rakka_inference.core.errors import InternalError, RakkaError
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.secrets import Secret
 from rakka_inference.remote.credentials import CredentialProvider, SingleFlight
-from rakka_inference.remote.transport import HttpTransport
+from rakka_inference.wire.http import HttpTransport
 
 __all__ = [
     "SESSION_SUPERVISION",

@@ -1,1 +1,2 @@
-"""The serving topology: gateway, per-request actors, coordinator, engines, deployments."""
+"""The serving topology: gateway, per-request actors, coordinator, deployment manager,
+placement, lifecycle and the admin API."""

@@ -51,6 +51,19 @@ from typing import Any, Protocol
 
 import orjson
 
+from rakka_inference.api.anthropic_request import parse_messages_request
+from rakka_inference.api.anthropic_response import (
+    MessageStreamRenderer,
+    anthropic_error_json,
+    message_json,
+)
+from rakka_inference.api.openai_request import parse_chat_request, parse_embedding_request
+from rakka_inference.api.openai_response import (
+    ChunkRenderer,
+    completion_json,
+    embeddings_json,
+    error_json,
+)
 from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
     Backpressure,
@@ -64,23 +77,10 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, new_request_id
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.runtime.anthropic_api import (
-    MessageStreamRenderer,
-    anthropic_error_json,
-    message_json,
-    parse_messages_request,
-)
+from rakka_inference.engine.report import RequestRecord
+from rakka_inference.observe.metrics import CONTENT_TYPE, InferenceMetrics
 from rakka_inference.runtime.coordinator import DpCoordinator
-from rakka_inference.runtime.metrics import CONTENT_TYPE, InferenceMetrics
-from rakka_inference.runtime.openai_api import (
-    ChunkRenderer,
-    completion_json,
-    embeddings_json,
-    error_json,
-    parse_chat_request,
-    parse_embedding_request,
-)
-from rakka_inference.runtime.request import FallbackPolicy, RequestActor, RequestRecord
+from rakka_inference.runtime.request import FallbackPolicy, RequestActor
 
 __all__ = ["AdminHandler", "ApiGateway", "bearer_matches", "header_key_matches"]
 
@@ -345,7 +345,7 @@ class ApiGateway:
         held: list[TokenChunk] = []
         async for chunk in chunks:
             held.append(chunk)
-            if chunk.text or chunk.reasoning or chunk.tool_calls or chunk.finish_reason:
+            if chunk.visible:
                 break
         await send(
             {

@@ -6,12 +6,12 @@ serving process:
 - a **remote** deployment gets a :class:`~rakka_inference.remote.engine.RemoteEngineCore`
   through :func:`~rakka_inference.remote.factory.build_remote_engine`, sharing the
   process's limiters and breakers;
-- a **local** deployment gets a :class:`~rakka_inference.runtime.engine_core.LocalEngineCore`
+- a **local** deployment gets a :class:`~rakka_inference.local.engine.LocalEngineCore`
   whose contexts are built by the runner factory registered for its runtime. A runtime
   with no runner in this build, or a model its runner cannot find, is refused at
   :meth:`EngineBuilder.check`, before anything changes, with the field and the reason.
 
-Every deployment has a cost ledger (:class:`~rakka_inference.runtime.budget.BudgetLedger`):
+Every deployment has a cost ledger (:class:`~rakka_inference.engine.budget.BudgetLedger`):
 with limits when it has a ``budget`` (reserve-then-settle, its ``on_exceeded`` policy),
 without otherwise, so the cost report covers every deployment. A ledger lives as long as
 its deployment's name and budget: a hot-swap that keeps the budget keeps the spend.
@@ -27,11 +27,11 @@ from rakka_inference.core.deployment import Budget, Deployment, RuntimeKind
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import resolve_price
 from rakka_inference.core.runner import ModelRunner
+from rakka_inference.engine.budget import BudgetBook, BudgetLedger
+from rakka_inference.engine.report import RequestReport
+from rakka_inference.local.engine import LocalEngineCore
 from rakka_inference.providers.registry import adapter_for
-from rakka_inference.remote.engine import RequestReport
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
-from rakka_inference.runtime.budget import BudgetBook, BudgetLedger
-from rakka_inference.runtime.engine_core import LocalEngineCore
 from rakka_inference.runtime.manager import Engine
 
 __all__ = ["EngineBuilder", "RunnerFactory"]

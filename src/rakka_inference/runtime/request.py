@@ -36,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rakka_inference.actors.stream import BoundedStream
@@ -58,9 +58,9 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import ChatCompletion, ChunkAggregator, TokenChunk
 from rakka_inference.core.tracing import Span
-from rakka_inference.core.usage import Usage
+from rakka_inference.engine.report import RequestRecord
 
-__all__ = ["RequestActor", "RequestRecord", "RoutedReplica", "Router"]
+__all__ = ["RequestActor", "RoutedReplica", "Router"]
 
 log = logging.getLogger("rakka_inference.requests")
 
@@ -109,48 +109,13 @@ class FallbackPolicy:
     capacity_policy: CapacityPolicy = CapacityPolicy.QUEUE
 
 
-@dataclass(slots=True)
-class RequestRecord:
-    """The figures of the per-request log line."""
-
-    request_id: str
-    model: str
-    deployment: str | None = None
-    replica: str | None = None
-    attempts: int = 0
-    tried: list[str] = field(default_factory=list)
-    outcome: str = "ok"
-    latency_s: float = 0.0
-    ttft_s: float | None = None
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float | None = None
-    engine_s: float = 0.0
-    """Time spent inside engines (queued, permits, upstream): the rest is the gateway's."""
-
-    def as_log_fields(self) -> dict[str, object]:
-        return {
-            "request_id": self.request_id,
-            "model": self.model,
-            "deployment": self.deployment,
-            "replica": self.replica,
-            "attempts": self.attempts,
-            "fallbacks_tried": len(self.tried) - 1 if self.tried else 0,
-            "outcome": self.outcome,
-            "latency_ms": round(self.latency_s * 1000, 3),
-            "ttft_ms": None if self.ttft_s is None else round(self.ttft_s * 1000, 3),
-            "tokens_in": self.usage.input_tokens,
-            "tokens_out": self.usage.output_tokens,
-            "cost_usd": self.cost_usd,
-        }
-
-
 _Submit = Callable[["RoutedReplica"], BoundedStream[Any]]
 
 
 def _visible(item: TokenChunk | EmbeddingResult) -> bool:
     if isinstance(item, EmbeddingResult):
         return True
-    return bool(item.text or item.reasoning or item.tool_calls or item.finish_reason)
+    return item.visible
 
 
 class RequestActor:

@@ -4,14 +4,14 @@
 replicas through the :class:`~rakka_inference.runtime.manager.DeploymentManager` (which
 builds each replica's engine with an
 :class:`~rakka_inference.runtime.replicas.EngineBuilder` and registers it with the
-coordinator), the :class:`~rakka_inference.runtime.metrics.InferenceMetrics` behind
+coordinator), the :class:`~rakka_inference.observe.metrics.InferenceMetrics` behind
 ``/metrics``, and the :class:`ApiGateway` in front. ``start`` and ``stop`` are the ASGI
 lifespan of ``rakka serve``: stopping lets every queued and running request finish before
 the engines close. :meth:`Topology.reload` applies a new config while serving.
 
 With ``[tracing] enabled = true``, ``start`` installs the OpenTelemetry tracer provider
 first and ``stop`` shuts it down last, exporting the spans still buffered
-(:mod:`rakka_inference.core.tracing`). Tracing is read at start: a reload that changes
+(:mod:`rakka_inference.observe.tracing`). Tracing is read at start: a reload that changes
 ``[tracing]`` takes effect at the next start.
 """
 
@@ -22,18 +22,19 @@ import logging
 from collections.abc import Callable, Mapping
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core import tracing
 from rakka_inference.core.deployment import Config, Deployment, OpenAIConfig, RuntimeKind
-from rakka_inference.core.tracing import Tracing
+from rakka_inference.engine.report import RequestRecord
+from rakka_inference.observe import tracing
+from rakka_inference.observe.metrics import InferenceMetrics
+from rakka_inference.observe.tracing import Tracing
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.admin import AdminApi
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
 from rakka_inference.runtime.manager import ApplyReport, DeploymentManager, Engine
-from rakka_inference.runtime.metrics import InferenceMetrics
 from rakka_inference.runtime.placement import NodeInventory, Placement
 from rakka_inference.runtime.replicas import DEFAULT_RUNNERS, EngineBuilder, RunnerFactory
-from rakka_inference.runtime.request import FallbackPolicy, RequestRecord
+from rakka_inference.runtime.request import FallbackPolicy
 
 __all__ = ["Topology", "provider_label"]
 

@@ -1,0 +1,184 @@
+"""The ``rakka`` command.
+
+    rakka serve [--config FILE] [--host H] [--port P]
+                            serve the gateway (no config: the embedded sandbox)
+    rakka validate FILE     check a configuration and summarize what it deploys
+    rakka demo              show retries, the circuit breaker, fallback and key rotation
+    rakka status            a running gateway's deployments, circuits, limits and spend
+    rakka cost-report       spend per deployment and model over a window
+    rakka rotate-credentials DEPLOYMENT
+                            new sessions with a fresh credential, dropping nothing
+    rakka --version
+
+Exit status: 0 on success, 1 when the configuration is rejected or cannot be read, 2 on a
+usage error. Summaries name where each key comes from (``env:OPENAI_API_KEY``), never a key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from rakka_inference import __version__
+from rakka_inference.apps.cli_admin import add_commands
+from rakka_inference.core.config import LoadedConfig, load_config_report
+from rakka_inference.core.deployment import (
+    ClusterConfig,
+    Deployment,
+    GeminiConfig,
+    OpenAIConfig,
+    RemoteRuntimeConfig,
+)
+from rakka_inference.core.errors import ConfigError
+
+__all__ = ["format_summary", "main"]
+
+_Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    command: _Command = args.command
+    return command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rakka",
+        description="Serve LLM requests from remote providers and local engines.",
+    )
+    parser.add_argument("--version", action="version", version=f"rakka {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    validate = commands.add_parser(
+        "validate",
+        help="check a configuration file and summarize it",
+        description="Check a configuration file; print every issue, or a summary.",
+    )
+    validate.add_argument("file", metavar="FILE", help="the TOML configuration")
+    validate.set_defaults(command=_validate)
+    add_commands(commands)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible gateway",
+        description="Serve the gateway. With no --config: mock providers in this process, "
+        "plus a real deployment for each provider key in the environment.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="the TOML configuration")
+    serve.add_argument("--host", help="overrides [cluster].bind's host")
+    serve.add_argument("--port", type=int, help="overrides [cluster].bind's port")
+    serve.add_argument(
+        "--grace", type=float, default=30.0, help="seconds to finish in-flight requests on stop"
+    )
+    serve.set_defaults(command=_serve)
+    demo = commands.add_parser(
+        "demo",
+        help="show the failure paths against in-process mock providers",
+        description="Start mock providers and a gateway, then show the happy path, a 429 "
+        "retried, the circuit opening, a fallback and a key rotation, in one report.",
+    )
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rakka_inference.apps.demo import main as demo_main  # noqa: PLC0415
+
+    return demo_main()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rakka_inference.apps.serve import serve  # noqa: PLC0415 - keeps validate light
+
+    try:
+        return serve(args.config, host=args.host, port=args.port, grace_s=args.grace)
+    except ConfigError as exc:
+        print(f"{args.config}: configuration rejected", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            loaded = load_config_report(args.file)
+        except ConfigError as exc:
+            loaded = None
+            issues = exc.issues
+    for warning in caught:
+        print(f"warning: {warning.filename}:{warning.lineno}: {warning.message}", file=sys.stderr)
+    if loaded is None:
+        count = len(issues)
+        print(
+            f"{args.file}: configuration rejected ({count} issue{'s' if count != 1 else ''})",
+            file=sys.stderr,
+        )
+        for issue in issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    print(format_summary(loaded))
+    return 0
+
+
+def format_summary(loaded: LoadedConfig) -> str:
+    """What a configuration deploys, one line per deployment. Never a secret's value."""
+    config = loaded.config
+    count = len(config.deployments)
+    lines = [
+        f"{loaded.source}: OK",
+        _cluster_line(config.cluster),
+        f"{count} deployment{'s' if count != 1 else ''}{':' if count else ''}",
+    ]
+    lines.extend(_deployment_line(deployment, loaded) for deployment in config.deployments)
+    return "\n".join(lines)
+
+
+def _cluster_line(cluster: ClusterConfig) -> str:
+    clients = ", ".join(ref.describe() for ref in cluster.client_api_keys) or "none (open)"
+    admin = cluster.admin_api_key.describe() if cluster.admin_api_key else "none (admin API off)"
+    return f"cluster {cluster.name!r} on {cluster.bind}; client keys: {clients}; admin key: {admin}"
+
+
+# Variants worth naming in a summary: not the provider's default one.
+_NAMED_VARIANTS = ("azure", "vertex")
+
+
+def _deployment_line(deployment: Deployment, loaded: LoadedConfig) -> str:
+    model = deployment.model
+    if deployment.upstream_model != model:
+        model += f" (upstream {deployment.upstream_model})"
+    settings = deployment.runtime_config
+    notes = [variant] if (variant := getattr(settings, "variant", None)) in _NAMED_VARIANTS else []
+    if deployment.name in loaded.inferred_runtimes:
+        notes.append("inferred")
+    runtime = deployment.runtime.value + (f" ({', '.join(notes)})" if notes else "")
+    parts = [f"model {model}", f"runtime {runtime}", f"replicas {deployment.replicas}"]
+    if deployment.fallbacks:
+        parts.append(f"fallbacks {', '.join(deployment.fallbacks)}")
+    if deployment.aliases:
+        parts.append(f"aliases {', '.join(deployment.aliases)}")
+    if isinstance(settings, RemoteRuntimeConfig):
+        parts.append(_credential(settings, deployment.name in loaded.default_credentials))
+    return f"  {deployment.name}: " + "; ".join(parts)
+
+
+def _credential(settings: RemoteRuntimeConfig, defaulted: bool) -> str:
+    if isinstance(settings, GeminiConfig) and settings.credentials is not None:
+        return f"credentials {settings.credentials.describe()}"
+    if isinstance(settings, OpenAIConfig) and settings.azure_ad_token is not None:
+        return f"token {settings.azure_ad_token.describe()}"
+    if settings.api_key is None:
+        return "key none"
+    return f"key {settings.api_key.describe()}{' (default)' if defaulted else ''}"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m rakka_inference.apps.cli`
+    sys.exit(main())

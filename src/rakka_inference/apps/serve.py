@@ -1,0 +1,180 @@
+"""``rakka serve``: the gateway and its topology under an HTTP server.
+
+With ``--config FILE`` it serves the file's deployments on ``[cluster].bind`` (``--host``
+and ``--port`` override it). With no config it serves the embedded sandbox
+(:mod:`rakka_inference.apps.sandbox`): mock providers in this process, and a real deployment for
+each provider whose key is in the environment.
+
+The server is uvicorn with uvloop and httptools. SIGTERM or SIGINT stops accepting
+connections, lets in-flight requests finish within the grace period, stops the engines
+(queued requests are served first) and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from rakka_inference.core.config import load_config
+from rakka_inference.core.deployment import Config
+from rakka_inference.runtime.topology import Topology
+
+if TYPE_CHECKING:
+    from rakka_inference.apps.sandbox import Sandbox
+
+__all__ = ["ServeApp", "serve"]
+
+log = logging.getLogger("rakka_inference.apps.serve")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ServeApp:
+    """An ASGI app whose lifespan builds the topology inside the server's event loop."""
+
+    def __init__(self, config: Config | None, *, bind: str, config_file: str | None = None) -> None:
+        self._config = config
+        self._bind = bind
+        self._config_file = config_file
+        self._sandbox: Sandbox | None = None
+        self.topology: Topology | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        assert self.topology is not None, "requests arrive only after startup"
+        await self.topology.gateway(scope, receive, send)
+
+    async def startup(self) -> None:
+        config = self._config
+        if config is None:
+            # Only the no-config path needs the mock providers: imported here, so that
+            # ``rakka serve --config`` never loads them.
+            from rakka_inference.apps.sandbox import Sandbox, sandbox_config  # noqa: PLC0415
+
+            self._sandbox = Sandbox()
+            await self._sandbox.start()
+            config = sandbox_config(self._sandbox, bind=self._bind)
+        source = self._config_file
+        self.topology = Topology(
+            config, reload_source=None if source is None else lambda: load_config(source)
+        )
+        await self.topology.start()
+        if source is not None and threading.current_thread() is threading.main_thread():
+            # SIGHUP applies the file again; a bad file is logged and the running config
+            # stays (DeploymentManager.apply checks it whole before changing anything).
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+        names = ", ".join(d.name for d in config.deployments)
+        print(f"rakka: serving {names} on http://{self._bind}", flush=True)
+
+    async def _reload(self) -> None:
+        assert self.topology is not None
+        try:
+            report = await self.topology.reload()
+        except Exception as error:
+            log.error("reload rejected, the running config stays: %s", error)
+            return
+        log.info(
+            "reloaded: added %s, changed %s, removed %s",
+            list(report.added),
+            list(report.changed),
+            list(report.removed),
+        )
+
+    async def shutdown(self) -> None:
+        if self.topology is not None:
+            await self.topology.stop()
+        if self._sandbox is not None:
+            await self._sandbox.stop()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as error:
+                    log.exception("startup failed")
+                    await self.shutdown()
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _graceful_server_class() -> type[Any]:
+    import uvicorn  # noqa: PLC0415
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, except that a graceful stop exits 0.
+
+        uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, so the process
+        ends "killed by signal". A stop we asked for and completed is a success: the
+        handlers here only ask the server to exit (a second signal forces it).
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
+def serve(
+    config_file: str | None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    grace_s: float = 30.0,
+) -> int:
+    """Run until SIGTERM/SIGINT; the exit status."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    config = load_config(config_file) if config_file is not None else None
+    bind = config.cluster.bind if config is not None else "127.0.0.1:8080"
+    bind_host, _, bind_port = bind.rpartition(":")
+    host = host or bind_host.strip("[]")
+    port = int(bind_port) if port is None else port
+    app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file)
+    server = _graceful_server_class()(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            timeout_graceful_shutdown=int(grace_s),
+            access_log=False,
+            log_level="info",
+        )
+    )
+    server.run()
+    if not server.started:
+        print("rakka: the server did not start (see the log above)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,312 @@
+"""The gateway's metrics (DESIGN §6), on the registry of :mod:`.prometheus`.
+
+Counted as requests end (:meth:`InferenceMetrics.record`, from the RequestActor's
+``on_done``)::
+
+    inference_requests_total{deployment,provider,outcome}
+    inference_request_duration_seconds{deployment,provider}        histogram
+    inference_time_to_first_token_seconds{deployment,provider}     histogram
+    inference_inter_token_latency_seconds{deployment,provider}     histogram
+    inference_tokens_in_total{deployment,provider}
+    inference_tokens_out_total{deployment,provider}
+    inference_cost_usd_total{deployment,provider}
+    inference_gateway_overhead_seconds                             histogram
+
+Read when ``/metrics`` is scraped, from every replica given to :meth:`watch_replica`::
+
+    inference_circuit_state{deployment,replica}        0 closed, 1 half-open, 2 open
+    inference_ratelimit_utilization{deployment,replica,dimension}
+                                                       used / configured, rpm and tpm
+    inference_workers_busy{deployment,replica}
+    inference_workers_idle{deployment,replica}
+    inference_queue_depth{deployment,replica}
+
+Labels carry only names from the configuration (deployment, replica, provider) and the
+outcome, which is ``ok`` or an error class's ``outcome`` (a bounded set). Never a request
+id, never the model string a client sent, never a credential or its fingerprint. A request
+that ended before it was routed to a deployment (unknown model, bad client key) is counted
+with ``deployment=""``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from rakka_inference.engine.report import RequestRecord
+from rakka_inference.observe.prometheus import (
+    CONTENT_TYPE,
+    DEFAULT_MAX_SERIES,
+    CounterChild,
+    LabelValues,
+    Registry,
+)
+from rakka_inference.remote.breaker import BreakerState
+
+__all__ = [
+    "CIRCUIT_STATE_VALUES",
+    "CONTENT_TYPE",
+    "DURATION_BUCKETS",
+    "GATEWAY_OVERHEAD_BUCKETS",
+    "INTER_TOKEN_BUCKETS",
+    "TTFT_BUCKETS",
+    "BreakerView",
+    "InferenceMetrics",
+    "LimiterView",
+    "ReplicaGauges",
+    "UtilizationView",
+]
+
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
+"""Whole requests: a cached short answer in tens of ms, a long generation in minutes."""
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5)
+GATEWAY_OVERHEAD_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1)
+"""The gateway's own added time: tens of µs when healthy, ms when something is wrong."""
+
+CIRCUIT_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+_MAX_OUTCOMES = 64
+"""Outcome children cached per (deployment, provider); more still count, uncached."""
+
+
+class BreakerView(Protocol):
+    @property
+    def state(self) -> BreakerState: ...
+
+
+class UtilizationView(Protocol):
+    """A limiter's snapshot: used over configured, ``None`` where that limit is off."""
+
+    @property
+    def request_utilization(self) -> float | None: ...
+
+    @property
+    def token_utilization(self) -> float | None: ...
+
+
+class LimiterView(Protocol):
+    def utilization(self) -> UtilizationView: ...
+
+
+class ReplicaGauges(Protocol):
+    """What a replica shows to the scrape. :class:`RemoteEngineCore` is one as it is; a
+    replica with no breaker or no limiter (a local engine) answers ``None`` there and its
+    circuit or rate-limit series are left out."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def capacity(self) -> int:
+        """Requests it may run at once now (its busy plus idle workers)."""
+        ...
+
+    @property
+    def breaker(self) -> BreakerView | None: ...
+
+    @property
+    def limiter(self) -> LimiterView | None: ...
+
+
+class _Series:
+    """The children of one (deployment, provider): one dict lookup per record()."""
+
+    __slots__ = (
+        "cost",
+        "duration",
+        "inter_token",
+        "key",
+        "outcomes",
+        "tokens_in",
+        "tokens_out",
+        "ttft",
+    )
+
+    def __init__(self, metrics: InferenceMetrics, key: LabelValues) -> None:
+        self.key = key
+        self.outcomes: dict[str, CounterChild] = {}
+        self.duration = metrics.request_duration.labels(*key)
+        self.ttft = metrics.time_to_first_token.labels(*key)
+        self.inter_token = metrics.inter_token_latency.labels(*key)
+        self.tokens_in = metrics.tokens_in.labels(*key)
+        self.tokens_out = metrics.tokens_out.labels(*key)
+        self.cost = metrics.cost_usd.labels(*key)
+
+
+class InferenceMetrics:
+    """The gateway's metrics; render them with :meth:`render` for ``/metrics``.
+
+    Record from the event loop's thread (see :mod:`.prometheus`).
+    """
+
+    CONTENT_TYPE = CONTENT_TYPE
+
+    def __init__(
+        self, registry: Registry | None = None, *, max_series: int = DEFAULT_MAX_SERIES
+    ) -> None:
+        """Register the metrics on ``registry`` (a new one by default); each holds at most
+        ``max_series`` label sets (see :mod:`.prometheus` for what happens past that)."""
+        self.registry = registry = Registry() if registry is None else registry
+        self._max_series = max_series
+        pair = ("deployment", "provider")
+        replica = ("deployment", "replica")
+        self.requests = registry.counter(
+            "inference_requests_total",
+            "Requests ended, by outcome (ok, or the error that ended them).",
+            (*pair, "outcome"),
+            max_series=max_series,
+        )
+        self.request_duration = registry.histogram(
+            "inference_request_duration_seconds",
+            "Time from routing a request to its last chunk.",
+            pair,
+            buckets=DURATION_BUCKETS,
+            max_series=max_series,
+        )
+        self.time_to_first_token = registry.histogram(
+            "inference_time_to_first_token_seconds",
+            "Time from routing a request to its first visible chunk.",
+            pair,
+            buckets=TTFT_BUCKETS,
+            max_series=max_series,
+        )
+        self.inter_token_latency = registry.histogram(
+            "inference_inter_token_latency_seconds",
+            "Time between consecutive visible chunks of a streamed answer.",
+            pair,
+            buckets=INTER_TOKEN_BUCKETS,
+            max_series=max_series,
+        )
+        self.tokens_in = registry.counter(
+            "inference_tokens_in_total",
+            "Prompt tokens, cached ones included.",
+            pair,
+            max_series=max_series,
+        )
+        self.tokens_out = registry.counter(
+            "inference_tokens_out_total",
+            "Generated tokens, reasoning included.",
+            pair,
+            max_series=max_series,
+        )
+        self.cost_usd = registry.counter(
+            "inference_cost_usd_total",
+            "Estimated cost in US dollars, by the price table.",
+            pair,
+            max_series=max_series,
+        )
+        self.gateway_overhead = registry.histogram(
+            "inference_gateway_overhead_seconds",
+            "Time the gateway itself adds to a request (parsing, routing, encoding).",
+            buckets=GATEWAY_OVERHEAD_BUCKETS,
+        )
+        gauges = (
+            ("inference_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+            ("inference_workers_busy", "Requests running on the replica now."),
+            ("inference_workers_idle", "Free request slots on the replica now."),
+            ("inference_queue_depth", "Requests waiting in the replica's queue."),
+        )
+        collects = (self._circuit_states, self._workers_busy, self._workers_idle, self._queue_depth)
+        for (name, help_text), collect in zip(gauges, collects, strict=True):
+            registry.gauge_callback(name, help_text, replica, collect, max_series=max_series)
+        registry.gauge_callback(
+            "inference_ratelimit_utilization",
+            "Rate-limit use in the current window over the configured limit (rpm, tpm).",
+            (*replica, "dimension"),
+            self._ratelimit_utilization,
+            max_series=max_series,
+        )
+        self._series: dict[LabelValues, _Series] = {}
+        self._replicas: dict[LabelValues, ReplicaGauges] = {}
+
+    # ------------------------------------------------------------------ counted
+
+    def _series_for(self, deployment: str, provider: str) -> _Series:
+        key = (deployment, provider)
+        series = self._series.get(key)
+        if series is None:
+            series = _Series(self, key)
+            # The metrics fold past max_series by themselves; the cache only stops growing.
+            if len(self._series) < self._max_series:
+                self._series[key] = series
+        return series
+
+    def record(self, record: RequestRecord, provider: str) -> None:
+        """Count one finished request: outcome, latency, TTFT, tokens, cost."""
+        series = self._series_for(record.deployment or "", provider)
+        outcome = record.outcome
+        counter = series.outcomes.get(outcome)
+        if counter is None:
+            counter = self.requests.labels(*series.key, outcome)
+            if len(series.outcomes) < min(_MAX_OUTCOMES, self._max_series):
+                series.outcomes[outcome] = counter
+        counter.inc()
+        series.duration.observe(record.latency_s)
+        if record.ttft_s is not None:
+            series.ttft.observe(record.ttft_s)
+        usage = record.usage
+        series.tokens_in.inc(usage.input_tokens)
+        series.tokens_out.inc(usage.output_tokens)
+        if record.cost_usd is not None:
+            series.cost.inc(record.cost_usd)
+
+    def observe_inter_token(self, deployment: str, provider: str, seconds: float) -> None:
+        """The gap between two visible chunks of one streamed answer."""
+        self._series_for(deployment, provider).inter_token.observe(seconds)
+
+    def observe_gateway_overhead(self, seconds: float) -> None:
+        self.gateway_overhead.observe(seconds)
+
+    # ------------------------------------------------------------------ read at scrape
+
+    def watch_replica(self, deployment: str, replica: ReplicaGauges) -> None:
+        """Report ``replica``'s gauges from now on (replacing one of the same name)."""
+        self._replicas[deployment, replica.name] = replica
+
+    def unwatch_replica(self, deployment: str, replica: ReplicaGauges | str) -> None:
+        """Stop reporting a replica (given itself or its name); unknown ones are ignored."""
+        name = replica if isinstance(replica, str) else replica.name
+        self._replicas.pop((deployment, name), None)
+
+    def _circuit_states(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, replica in self._replicas.items():
+            breaker = replica.breaker
+            if breaker is not None:
+                yield key, CIRCUIT_STATE_VALUES[breaker.state]
+
+    def _ratelimit_utilization(self) -> Iterator[tuple[LabelValues, float]]:
+        for (deployment, name), replica in self._replicas.items():
+            limiter = replica.limiter
+            if limiter is None:
+                continue
+            snapshot = limiter.utilization()
+            rpm, tpm = snapshot.request_utilization, snapshot.token_utilization
+            if rpm is not None:
+                yield (deployment, name, "rpm"), rpm
+            if tpm is not None:
+                yield (deployment, name, "tpm"), tpm
+
+    def _workers_busy(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, replica in self._replicas.items():
+            yield key, replica.in_flight
+
+    def _workers_idle(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, replica in self._replicas.items():
+            yield key, max(0, replica.capacity - replica.in_flight)
+
+    def _queue_depth(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, replica in self._replicas.items():
+            yield key, replica.queued
+
+    # ------------------------------------------------------------------ exposition
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format; serve it with :data:`CONTENT_TYPE`."""
+        return self.registry.render()

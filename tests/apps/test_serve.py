@@ -1,0 +1,151 @@
+"""``rakka serve``: the embedded sandbox over real HTTP, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+
+import openai
+
+from rakka_inference.apps.serve import ServeApp
+from rakka_inference.core.deployment import (
+    ClusterConfig,
+    Config,
+    Deployment,
+    RuntimeKind,
+    VllmConfig,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_rakka_serve_answers_the_openai_sdk_then_stops_on_sigterm() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+        "serve",
+        "--port",
+        str(port),
+        "--grace",
+        "5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        while True:
+            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+            assert line, "the server exited before it was ready"
+            if "Application startup complete" in line:
+                break
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        try:
+            stream = await client.chat.completions.create(
+                model="sandbox",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            text = ""
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
+            assert text.startswith("Hello from sandbox-gpt")
+            models = await client.models.list()
+            assert {"sandbox-gpt", "sandbox-claude", "sandbox-gemini", "sandbox-embed"} <= {
+                m.id for m in models.data
+            }
+            vectors = await client.embeddings.create(model="sandbox-embed", input=["a", "b"])
+            assert len(vectors.data) == 2
+        finally:
+            await client.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_a_topology_that_cannot_start_fails_the_lifespan() -> None:
+    local = Deployment(name="l", model="m", runtime=RuntimeKind.VLLM, runtime_config=VllmConfig())
+    app = ServeApp(Config(cluster=ClusterConfig(), deployments=(local,)), bind="127.0.0.1:1")
+    inbox = [{"type": "lifespan.startup"}]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return inbox.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await app({"type": "lifespan"}, receive, send)  # type: ignore[arg-type]
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "local runtime" in str(sent[0]["message"])
+
+
+async def test_sigterm_during_100_streams_loses_none() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+        "serve",
+        "--port",
+        str(port),
+        "--grace",
+        "20",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        while (
+            "Application startup complete"
+            not in (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        ):
+            pass
+        client = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+        )
+        started = asyncio.Event()
+        begun = 0
+
+        async def one() -> str:
+            nonlocal begun
+            stream = await client.chat.completions.create(
+                model="sandbox-gpt", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            text = ""
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    if not text:
+                        begun += 1
+                        if begun == 100:
+                            started.set()
+                    text += chunk.choices[0].delta.content
+            return text
+
+        try:
+            streams = [asyncio.ensure_future(one()) for _ in range(100)]
+            await asyncio.wait_for(started.wait(), 60)  # all 100 are mid-stream
+            process.send_signal(signal.SIGTERM)
+            texts = await asyncio.gather(*streams)
+        finally:
+            await client.close()
+        assert all(
+            t.startswith("Hello from sandbox-gpt") and t.endswith("next to it.") for t in texts
+        )
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
