@@ -17,7 +17,8 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion as SdkCompletion
 from openai.types.chat import ChatCompletionChunk
 
-from rakka_inference.api.openai_request import parse_chat_request, parse_embedding_request
+from rakka_inference.api.openai_embeddings import parse_embedding_request
+from rakka_inference.api.openai_request import parse_chat_request
 from rakka_inference.api.openai_response import (
     ChunkRenderer,
     chat_completion_id,

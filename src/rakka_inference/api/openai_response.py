@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from rakka_inference.api.openai_request import EncodingFormat
+from rakka_inference.api.openai_embeddings import EncodingFormat
 from rakka_inference.core.errors import InferenceError
 from rakka_inference.core.messages import EmbeddingResult
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, ToolCallDelta
