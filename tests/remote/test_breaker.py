@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from rakka_inference.actors import ActorSystem
 from rakka_inference.core.deployment import CircuitBreakerConfig
 from rakka_inference.core.errors import (
     BadRequest,
@@ -27,15 +26,10 @@ from rakka_inference.remote.breaker import (
     Admission,
     BreakerEvent,
     BreakerKey,
-    BreakerRegistry,
     BreakerSnapshot,
     BreakerState,
     BreakerTransition,
     CircuitBreaker,
-    CircuitBreakerActor,
-    ForceClose,
-    ForceOpen,
-    GetSnapshot,
     next_state,
 )
 from rakka_inference.testkit.clock import FakeClock
@@ -594,53 +588,3 @@ def test_no_observer_is_fine() -> None:
 def test_config_is_validated(config: CircuitBreakerConfig, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         CircuitBreaker(KEY, config, clock=FakeClock())
-
-
-# --------------------------------------------------------------------------- actor, registry
-
-
-async def test_the_actor_answers_admin_messages() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(KEY, CircuitBreakerConfig(), clock=clock)
-    async with ActorSystem(clock=clock) as system:
-        ref = system.spawn(lambda: CircuitBreakerActor(breaker), "breaker")
-        snapshot = await ref.ask(GetSnapshot())
-        assert isinstance(snapshot, BreakerSnapshot)
-        assert snapshot.state is CLOSED
-        opened = await ref.ask(ForceOpen(120.0))
-        assert opened.state is OPEN
-        assert opened.open_until == clock.now + 120.0
-        with pytest.raises(CircuitOpen):
-            breaker.admit()  # the hot path sees it at once, no hop
-        closed = await ref.ask(ForceClose())
-        assert closed.state is CLOSED
-        assert closed.cause == "forced closed by operator"
-        with pytest.raises(TypeError, match="does not handle str"):
-            await ref.ask("explode")  # type: ignore[arg-type]
-        # The bad message failed the actor, which restarts with the same breaker.
-        assert (await ref.ask(GetSnapshot())).cause == "forced closed by operator"
-
-
-def test_the_registry_shares_one_breaker_per_endpoint(caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock()
-    seen: list[BreakerTransition] = []
-    registry = BreakerRegistry(clock=clock, on_transition=seen.append)
-    config = CircuitBreakerConfig(failure_threshold=1)
-    first = registry.get_or_create(KEY, config)
-    assert registry.get_or_create(BreakerKey(KEY.provider, KEY.endpoint), config) is first
-    with caplog.at_level(logging.WARNING, logger="rakka_inference.remote.breaker"):
-        shared = registry.get_or_create(KEY, CircuitBreakerConfig(failure_threshold=5))
-    assert shared is first
-    assert shared.config == config
-    assert "is shared" in caplog.text
-    other_key = BreakerKey("openai", "https://eu.api.openai.com/v1")
-    other = registry.get_or_create(other_key, config)
-    assert other is not first
-    assert registry.get(other_key) is other
-    assert registry.get(BreakerKey("x", "y")) is None
-    assert len(registry) == 2
-    assert list(registry) == [first, other]
-    first.record_failure(first.admit(), http_503())
-    assert [t.key for t in seen] == [KEY]
-    assert [s.state for s in registry.snapshots()] == [OPEN, CLOSED]
-    assert str(KEY) == "openai at https://api.openai.com/v1"

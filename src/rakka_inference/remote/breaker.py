@@ -1,4 +1,9 @@
-"""A circuit breaker per (provider, endpoint): stop calling an upstream that keeps failing.
+"""The circuit breaker of one (provider, endpoint): stop calling an upstream that keeps failing.
+
+A plain synchronous object, not an actor: the engine's workers call it inline, and the
+operator's force-open and force-close (admin API) call it directly. One per endpoint,
+shared by every deployment calling it, kept by
+:class:`~rakka_inference.remote.breaker_registry.BreakerRegistry`.
 
 The states and what moves between them, all in :data:`TRANSITIONS`::
 
@@ -37,8 +42,7 @@ Counting:
 - With ``failure_rate_threshold`` set, the circuit also trips when, over the last
   ``failure_rate_window_ms``, at least ``failure_rate_min_calls`` calls finished and the
   counted failures among them reached that fraction. Non-counted failures are left out of
-  both counts. The window is ten time buckets, so memory is bounded and the window's edge
-  is exact to a tenth of its length.
+  both counts (:class:`~rakka_inference.remote.breaker_counting.FailureWindow`).
 - Outcomes of calls that finish while the circuit is open or half-open do not count,
   except the probes' own.
 
@@ -60,38 +64,31 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeAlias
 
-from rakka_inference.actors import Actor
 from rakka_inference.core.deployment import CircuitBreakerConfig
-from rakka_inference.core.errors import (
-    CircuitOpen,
-    InferenceError,
-    InternalError,
-    NetworkError,
-    ProtocolError,
-    Timeout,
+from rakka_inference.core.errors import CircuitOpen, InferenceError, InternalError
+from rakka_inference.remote.breaker_counting import (
+    FailureWindow,
+    describe_failure,
+    failure_label,
+    format_seconds,
+    streak_cause,
+    validate_config,
 )
 
 __all__ = [
     "TRANSITIONS",
     "Admission",
-    "BreakerCommand",
     "BreakerEvent",
     "BreakerKey",
-    "BreakerRegistry",
     "BreakerSnapshot",
     "BreakerState",
     "BreakerTransition",
     "CircuitBreaker",
-    "CircuitBreakerActor",
-    "ForceClose",
-    "ForceOpen",
-    "GetSnapshot",
     "next_state",
 ]
 
@@ -218,7 +215,7 @@ class CircuitBreaker:
         clock: Callable[[], float],
         on_transition: Callable[[BreakerTransition], None] | None = None,
     ) -> None:
-        _validate(config)
+        validate_config(config)
         self.key = key
         self.config = config
         self._clock = clock
@@ -237,7 +234,7 @@ class CircuitBreaker:
         self._window = (
             None
             if config.failure_rate_threshold is None
-            else _FailureWindow(config.failure_rate_window_ms / 1000.0)
+            else FailureWindow(config.failure_rate_window_ms / 1000.0)
         )
 
     @property
@@ -256,7 +253,7 @@ class CircuitBreaker:
             assert self._opened_at is not None
             if now < self._open_until:
                 raise self._refusal(now)
-            period = _seconds(self._open_until - self._opened_at)
+            period = format_seconds(self._open_until - self._opened_at)
             self._fire(BreakerEvent.OPEN_ELAPSED, now, f"open for {period}; probing")
         if self._probes >= self.config.half_open_max_probes:
             raise self._refusal(now)
@@ -281,18 +278,18 @@ class CircuitBreaker:
                 return
             self._probes -= 1
             self._open_duration_s = min(self._max_open_s, self._open_duration_s * 2)
-            self._open(BreakerEvent.PROBE_FAILED, f"probe failed: {_describe(error)}")
+            self._open(BreakerEvent.PROBE_FAILED, f"probe failed: {describe_failure(error)}")
             return
         if self._state is not BreakerState.CLOSED or not error.counts_for_breaker:
             return
-        self._streak[_label(error)] += 1
+        self._streak[failure_label(error)] += 1
         rate_cause = None
         if self._window is not None:
             now = self._clock()
             self._window.record(now, failed=True)
-            rate_cause = self._rate_cause(self._window, now)
+            rate_cause = self._window.trip_cause(now, self.config)
         if self._streak.total() >= self.config.failure_threshold:
-            self._open(BreakerEvent.TRIP, self._streak_cause())
+            self._open(BreakerEvent.TRIP, streak_cause(self._streak))
         elif rate_cause is not None:
             self._open(BreakerEvent.TRIP, rate_cause)
 
@@ -309,7 +306,7 @@ class CircuitBreaker:
         if not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"duration_s must be a positive number, got {duration_s!r}")
         now = self._clock()
-        cause = f"forced open by operator for {_seconds(duration_s)}"
+        cause = f"forced open by operator for {format_seconds(duration_s)}"
         self._opened_at, self._open_until, self._open_cause = now, now + duration_s, cause
         self._fire(BreakerEvent.FORCE_OPEN, now, cause)
 
@@ -353,7 +350,7 @@ class CircuitBreaker:
         now = self._clock()
         duration = self._open_duration_s
         self._opened_at, self._open_until, self._open_cause = now, now + duration, cause
-        self._fire(event, now, f"{cause}; open for {_seconds(duration)}")
+        self._fire(event, now, f"{cause}; open for {format_seconds(duration)}")
 
     def _fire(self, event: BreakerEvent, now: float, cause: str) -> None:
         previous = self._state
@@ -388,7 +385,7 @@ class CircuitBreaker:
             retry_at = self._open_until
             wait = max(0.0, retry_at - now)
             retry_after = wait
-            detail = f"{self._open_cause}; next probe in {_seconds(wait)}"
+            detail = f"{self._open_cause}; next probe in {format_seconds(wait)}"
         else:
             detail = f"{self._probes} probe(s) in flight after: {self._open_cause}"
         state = self._state.value.replace("_", "-")
@@ -399,197 +396,3 @@ class CircuitBreaker:
             retry_at=retry_at,
             retry_after=retry_after,
         )
-
-    def _streak_cause(self) -> str:
-        count = self._streak.total()
-        if len(self._streak) == 1:
-            (label,) = self._streak
-            if label.isdigit():
-                return f"opened after {count} consecutive {label} responses"
-        parts = ", ".join(f"{label} ×{n}" for label, n in self._streak.most_common())  # noqa: RUF001
-        return f"opened after {count} consecutive failures ({parts})"
-
-    def _rate_cause(self, window: _FailureWindow, now: float) -> str | None:
-        threshold = self.config.failure_rate_threshold
-        assert threshold is not None
-        calls, failures = window.totals(now)
-        if calls < self.config.failure_rate_min_calls or failures < threshold * calls:
-            return None
-        return (
-            f"failure rate {failures / calls:.0%} over {_seconds(window.length_s)} ({calls} calls)"
-        )
-
-
-class _FailureWindow:
-    """Finished calls and counted failures over a sliding window, in ten time buckets."""
-
-    BUCKETS = 10
-
-    __slots__ = ("_buckets", "_width", "length_s")
-
-    def __init__(self, length_s: float) -> None:
-        self.length_s = length_s
-        self._width = length_s / self.BUCKETS
-        self._buckets: deque[list[int]] = deque()  # [bucket index, calls, failures]
-
-    def record(self, now: float, *, failed: bool) -> None:
-        index = self._expire(now)
-        buckets = self._buckets
-        if not buckets or buckets[-1][0] < index:
-            buckets.append([index, 0, 0])
-        bucket = buckets[-1]
-        bucket[1] += 1
-        bucket[2] += failed
-
-    def totals(self, now: float) -> tuple[int, int]:
-        self._expire(now)
-        return sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets)
-
-    def clear(self) -> None:
-        self._buckets.clear()
-
-    def _expire(self, now: float) -> int:
-        buckets = self._buckets
-        index = int(now // self._width)
-        if buckets:
-            index = max(index, buckets[-1][0])  # a clock never goes back; be safe if it does
-        while buckets and buckets[0][0] <= index - self.BUCKETS:
-            buckets.popleft()
-        return index
-
-
-def _validate(config: CircuitBreakerConfig) -> None:
-    problems = [
-        message
-        for failed, message in (
-            (config.failure_threshold < 1, "failure_threshold must be >= 1"),
-            (config.open_duration_ms <= 0, "open_duration_ms must be > 0"),
-            (
-                config.max_open_duration_ms < config.open_duration_ms,
-                "max_open_duration_ms must be >= open_duration_ms",
-            ),
-            (config.half_open_max_probes < 1, "half_open_max_probes must be >= 1"),
-            (
-                config.failure_rate_threshold is not None
-                and not 0 < config.failure_rate_threshold <= 1,
-                "failure_rate_threshold must be in (0, 1]",
-            ),
-            (config.failure_rate_window_ms <= 0, "failure_rate_window_ms must be > 0"),
-            (config.failure_rate_min_calls < 1, "failure_rate_min_calls must be >= 1"),
-        )
-        if failed
-    ]
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _label(error: InferenceError) -> str:
-    """How a failure is named in a trip's cause: a status code, or what kind of failure."""
-    if isinstance(error, Timeout):
-        return "timeout"
-    if isinstance(error, NetworkError):
-        return "network error"
-    if isinstance(error, ProtocolError):
-        return "protocol error"
-    if error.upstream_status is not None:
-        return str(error.upstream_status)
-    return type(error).__name__
-
-
-def _describe(error: InferenceError) -> str:
-    name = type(error).__name__
-    if isinstance(error, Timeout):
-        return f"{name} ({error.phase.value})"
-    return name if error.upstream_status is None else f"{name} {error.upstream_status}"
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-# --------------------------------------------------------------------------- admin
-
-
-@dataclass(frozen=True, slots=True)
-class ForceOpen:
-    duration_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ForceClose:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class GetSnapshot:
-    pass
-
-
-BreakerCommand: TypeAlias = ForceOpen | ForceClose | GetSnapshot
-
-
-class CircuitBreakerActor(Actor[BreakerCommand]):
-    """The admin face of one breaker. Every command replies with the breaker's snapshot.
-
-    Callers on the hot path hold the :class:`CircuitBreaker` itself and never ask this
-    actor; the breaker outlives restarts of the actor, which only holds a reference.
-    """
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-
-    async def receive(self, message: BreakerCommand) -> Any:
-        command: object = message  # the mailbox is untyped at run time
-        if isinstance(command, ForceOpen):
-            self.breaker.force_open(command.duration_s)
-        elif isinstance(command, ForceClose):
-            self.breaker.force_close()
-        elif not isinstance(command, GetSnapshot):
-            return await super().receive(message)
-        return self.breaker.snapshot()
-
-
-class BreakerRegistry:
-    """One breaker per (provider, endpoint), shared by every deployment that calls it.
-
-    The first deployment to ask for a key sets its breaker's config; a later one asking
-    with a different config shares the existing breaker, and the difference is logged.
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float],
-        on_transition: Callable[[BreakerTransition], None] | None = None,
-    ) -> None:
-        self._clock = clock
-        self._on_transition = on_transition
-        self._breakers: dict[BreakerKey, CircuitBreaker] = {}
-
-    def get_or_create(self, key: BreakerKey, config: CircuitBreakerConfig) -> CircuitBreaker:
-        breaker = self._breakers.get(key)
-        if breaker is None:
-            breaker = CircuitBreaker(
-                key, config, clock=self._clock, on_transition=self._on_transition
-            )
-            self._breakers[key] = breaker
-        elif breaker.config != config:
-            log.warning(
-                "circuit breaker for %s is shared; keeping its first config %r, not %r",
-                key,
-                breaker.config,
-                config,
-            )
-        return breaker
-
-    def get(self, key: BreakerKey) -> CircuitBreaker | None:
-        return self._breakers.get(key)
-
-    def snapshots(self) -> tuple[BreakerSnapshot, ...]:
-        return tuple(breaker.snapshot() for breaker in self._breakers.values())
-
-    def __iter__(self) -> Iterator[CircuitBreaker]:
-        return iter(self._breakers.values())
-
-    def __len__(self) -> int:
-        return len(self._breakers)
