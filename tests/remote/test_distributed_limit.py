@@ -13,9 +13,9 @@ import pytest
 
 from rakka_inference.core.deployment import RateLimits
 from rakka_inference.core.errors import RateLimitExceeded
-from rakka_inference.remote.distributed_limit import (
-    ApproximateLimiter,
-    DistributedRateLimiter,
+from rakka_inference.remote.distributed_limit import DistributedRateLimiter
+from rakka_inference.remote.distributed_limit_approximate import ApproximateLimiter
+from rakka_inference.remote.distributed_limit_rule import (
     epoch_grant,
     over_spend_bound,
     reserve_epochs,
