@@ -184,8 +184,8 @@ def _variants(url: str, kind: str, first: list[float]) -> dict[str, Variant]:
     import httpx
 
     from rakka_inference.core.deployment import Timeouts
-    from rakka_inference.remote.http_aiohttp import AiohttpTransport
-    from rakka_inference.remote.http_httpx import HttpxTransport
+    from rakka_inference.remote.transports.aiohttp import AiohttpTransport
+    from rakka_inference.remote.transports.httpx import HttpxTransport
     from rakka_inference.wire.http import HttpRequest, HttpTransport
 
     stream = kind == "stream"

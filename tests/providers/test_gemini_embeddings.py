@@ -36,7 +36,7 @@ from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import EmbeddingAdapter, supports_embeddings
 from rakka_inference.providers.gemini import GeminiAdapter
-from rakka_inference.remote.http import create_transport
+from rakka_inference.remote.transports.factory import create_transport
 from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultPlan
 from rakka_inference.testkit.gemini_embed_wire import (
     MAX_BATCH_REQUESTS,

@@ -32,11 +32,14 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
-from rakka_inference.remote import http_aiohttp, http_httpx
-from rakka_inference.remote.http import Deadlines, create_transport, lower_headers, timeout_error
-from rakka_inference.remote.http_aiohttp import AiohttpTransport
-from rakka_inference.remote.http_httpx import HttpxTransport
-from rakka_inference.testkit.http_server import Chunk, ScriptedHttpServer, ScriptedResponse
+from rakka_inference.remote.transports import aiohttp as aiohttp_transport
+from rakka_inference.remote.transports import httpx as httpx_transport
+from rakka_inference.remote.transports.aiohttp import AiohttpTransport
+from rakka_inference.remote.transports.base import Deadlines, lower_headers, timeout_error
+from rakka_inference.remote.transports.factory import create_transport
+from rakka_inference.remote.transports.httpx import HttpxTransport
+from rakka_inference.testkit.http_script import Chunk, ScriptedResponse
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 from rakka_inference.wire.http import HttpRequest, HttpResponse, HttpTransport
 
 KINDS = ["httpx", "aiohttp"]
@@ -534,7 +537,7 @@ def test_create_transport_rejects_what_cannot_be() -> None:
 def test_without_httpx_installed_http2_is_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "rakka_inference.remote.http_httpx", None)
+    monkeypatch.setitem(sys.modules, "rakka_inference.remote.transports.httpx", None)
     with pytest.raises(ConfigError, match=r"rakka-inference\[http2\]"):
         create_transport(http2=True)
 
@@ -631,7 +634,9 @@ HEAD, BODY = TimeoutPhase.FIRST_BYTE, TimeoutPhase.BETWEEN_BYTES
 def test_httpx_exception_table(
     exc: Exception, read_phase: TimeoutPhase, kind: type[InferenceError], phase: TimeoutPhase | None
 ) -> None:
-    error = http_httpx.translate_error(exc, REQUEST, read_phase=read_phase, deadlines=DEADLINES)
+    error = httpx_transport.translate_error(
+        exc, REQUEST, read_phase=read_phase, deadlines=DEADLINES
+    )
     assert_ours(error, kind)
     if phase is not None:
         assert isinstance(error, Timeout)
@@ -659,7 +664,9 @@ def test_httpx_exception_table(
 def test_aiohttp_exception_table(
     exc: Exception, read_phase: TimeoutPhase, kind: type[InferenceError], phase: TimeoutPhase | None
 ) -> None:
-    error = http_aiohttp.translate_error(exc, REQUEST, read_phase=read_phase, deadlines=DEADLINES)
+    error = aiohttp_transport.translate_error(
+        exc, REQUEST, read_phase=read_phase, deadlines=DEADLINES
+    )
     assert_ours(error, kind)
     if phase is not None:
         assert isinstance(error, Timeout)
@@ -671,5 +678,5 @@ def test_aiohttp_malformed_head_is_a_protocol_error() -> None:
     url = yarl.URL("http://h/v1")
     info = aiohttp.RequestInfo(url, "POST", CIMultiDictProxy(CIMultiDict()), url)
     exc = aiohttp.ClientResponseError(info, (), status=400, message="Invalid HTTP")
-    error = http_aiohttp.translate_error(exc, REQUEST, read_phase=HEAD, deadlines=DEADLINES)
+    error = aiohttp_transport.translate_error(exc, REQUEST, read_phase=HEAD, deadlines=DEADLINES)
     assert_ours(error, ProtocolError)

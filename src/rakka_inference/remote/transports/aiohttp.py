@@ -1,9 +1,9 @@
 """The :class:`~rakka_inference.wire.http.HttpTransport` on aiohttp (HTTP/1.1).
 
-How the phases map onto aiohttp (see :mod:`rakka_inference.remote.http` for the shared
-design): requests go out with ``ClientTimeout(connect=, sock_connect=)`` only, so aiohttp's
-read timer is off while the head is awaited and our first-byte deadline governs. Once the
-head is in and the body is not yet complete, the connection's protocol gets
+How the phases map onto aiohttp (see :mod:`rakka_inference.remote.transports.base` for the
+shared design): requests go out with ``ClientTimeout(connect=, sock_connect=)`` only, so
+aiohttp's read timer is off while the head is awaited and our first-byte deadline governs.
+Once the head is in and the body is not yet complete, the connection's protocol gets
 ``read_timeout = read_timeout_ms`` and its timer is started: aiohttp re-arms it on every
 packet received, which is exactly the between-bytes limit, at no cost of ours per chunk.
 
@@ -44,7 +44,7 @@ from rakka_inference.core.errors import (
     RequestCancelled,
     TimeoutPhase,
 )
-from rakka_inference.remote.http import (
+from rakka_inference.remote.transports.base import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
     USER_AGENT,

@@ -1,9 +1,9 @@
 """The :class:`~rakka_inference.wire.http.HttpTransport` on httpx (HTTP/1.1, HTTP/2).
 
-How the phases map onto httpx (see :mod:`rakka_inference.remote.http` for the shared
-design): each request carries its own timeout mapping in ``extensions["timeout"]``, a dict
-this module builds and owns. It starts with ``read`` unset, so the head is bounded only by
-our first-byte deadline; once the head is in, ``read`` becomes ``read_timeout_ms``, which
+How the phases map onto httpx (see :mod:`rakka_inference.remote.transports.base` for the
+shared design): each request carries its own timeout mapping in ``extensions["timeout"]``, a
+dict this module builds and owns. It starts with ``read`` unset, so the head is bounded only
+by our first-byte deadline; once the head is in, ``read`` becomes ``read_timeout_ms``, which
 httpcore looks up when the body read begins (HTTP/1.1) or on every read (HTTP/2). That keeps
 the between-bytes limit on httpcore's own per-read timer, with no second timer per chunk.
 
@@ -47,7 +47,7 @@ from rakka_inference.core.errors import (
     ProtocolError,
     TimeoutPhase,
 )
-from rakka_inference.remote.http import (
+from rakka_inference.remote.transports.base import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
     USER_AGENT,
