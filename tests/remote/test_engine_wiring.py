@@ -47,11 +47,8 @@ from rakka_inference.engine.budget import BudgetLedger
 from rakka_inference.engine.report import RequestReport
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
-from rakka_inference.testkit.http_server import (
-    RecordedRequest,
-    ScriptedHttpServer,
-    ScriptedResponse,
-)
+from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 
 PATH = "/v1/chat/completions"
 

@@ -11,12 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from rakka_inference.testkit.http_server import (
-    Chunk,
-    RecordedRequest,
-    ScriptedHttpServer,
-    ScriptedResponse,
-)
+from rakka_inference.testkit.http_script import Chunk, RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from rakka_inference.testkit.anthropic_render import MAX_CONTEXT_TOKENS, ORGANIZATION_ID
 from rakka_inference.testkit.faults import (
     FAULT_HEADER,
     Fault,
@@ -20,13 +21,8 @@ from rakka_inference.testkit.faults import (
     ReplyScript,
     ScriptedToolCall,
 )
-from rakka_inference.testkit.http_server import ScriptedResponse
-from rakka_inference.testkit.mock_anthropic import (
-    MAX_CONTEXT_TOKENS,
-    MESSAGES_PATH,
-    ORGANIZATION_ID,
-    AnthropicMock,
-)
+from rakka_inference.testkit.http_script import ScriptedResponse
+from rakka_inference.testkit.mock_anthropic import MESSAGES_PATH, AnthropicMock
 
 KEY = "sk-ant-api03-mock-key"
 MODEL = "claude-mock"  # not a real model: the SDK warns about deprecated names

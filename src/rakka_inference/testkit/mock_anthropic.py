@@ -73,73 +73,53 @@ malformed_chunk     stream: event number ``after_chunks`` (0-based; the last eve
 Every answer carries ``request-id`` (``req_...``) and ``anthropic-organization-id``; a
 success also carries ``anthropic-ratelimit-*`` headers. An error body is
 ``{"type": "error", "error": {"type", "message"}, "request_id"}``.
+
+Layout: this module holds the server and composes its answers;
+:mod:`rakka_inference.testkit.anthropic_wire` reads and checks requests,
+:mod:`rakka_inference.testkit.anthropic_render` renders messages, events, errors and
+headers.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import re
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from rakka_inference.testkit.anthropic_render import (
+    Reply,
+    error_response,
+    fault_error,
+    identity_headers,
+    limit_headers,
+    stream_response,
+    unary_response,
+)
+from rakka_inference.testkit.anthropic_wire import (
+    Rejected,
+    api_key,
+    cut_text,
+    last_user_text,
+    prompt_texts,
+    tool_calls,
+    validated_body,
+)
 from rakka_inference.testkit.faults import (
     FAULT_HEADER,
     Fault,
     FaultKind,
     FaultPlan,
     ReplyScript,
-    ScriptedToolCall,
     count_tokens,
 )
-from rakka_inference.testkit.http_server import (
-    Chunk,
-    Faults,
-    RecordedRequest,
-    ScriptedHttpServer,
-    ScriptedResponse,
-)
+from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 from rakka_inference.testkit.mock_base import MockProviderServer
 
-__all__ = ["MAX_CONTEXT_TOKENS", "MESSAGES_PATH", "ORGANIZATION_ID", "AnthropicMock"]
+__all__ = ["MESSAGES_PATH", "AnthropicMock"]
 
 MESSAGES_PATH = "/v1/messages"
-ORGANIZATION_ID = "00000000-0000-4000-8000-00000000a11c"
-"""The ``anthropic-organization-id`` on every answer."""
-MAX_CONTEXT_TOKENS = 200_000
-"""The context window named in the mock's "prompt is too long" answer."""
-
-_RATE_LIMITS = {"requests": 50, "tokens": 80_000, "input-tokens": 40_000, "output-tokens": 16_000}
-_TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
-_WORD = re.compile(r"\S+")
-
-
-class _Rejected(Exception):
-    """A request the API refuses: rendered as its error answer."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    """One answer, before it is rendered as a message object or as events."""
-
-    message_id: str
-    model: str
-    content: list[dict[str, Any]]
-    stop_reason: str
-    stop_sequence: str | None
-    input_tokens: int
-    output_tokens: int
 
 
 class AnthropicMock(MockProviderServer):
@@ -170,45 +150,45 @@ class AnthropicMock(MockProviderServer):
         request_id = self._ident("req")
         try:
             if (request.method, request.path) != ("POST", MESSAGES_PATH):
-                raise _Rejected(404, "not_found_error", "Not Found")
-            key = _api_key(request.headers)
+                raise Rejected(404, "not_found_error", "Not Found")
+            key = api_key(request.headers)
             if not key:
-                raise _Rejected(401, "authentication_error", "x-api-key header is required")
+                raise Rejected(401, "authentication_error", "x-api-key header is required")
             if not self.faults.accepts(key):
-                raise _Rejected(401, "authentication_error", "invalid x-api-key")
+                raise Rejected(401, "authentication_error", "invalid x-api-key")
             if not request.headers.get("anthropic-version"):
-                raise _Rejected(
+                raise Rejected(
                     400, "invalid_request_error", "anthropic-version: header is required"
                 )
-            body = _validated(request.body)
+            body = validated_body(request.body)
             try:
                 fault = self.faults.take(key, request.headers.get(FAULT_HEADER))
             except ValueError as exc:
-                raise _Rejected(400, "invalid_request_error", f"{FAULT_HEADER}: {exc}") from None
+                raise Rejected(400, "invalid_request_error", f"{FAULT_HEADER}: {exc}") from None
             return self._answer(body, fault, request_id)
-        except _Rejected as rejected:
-            return _error(rejected.status, rejected.kind, rejected.message, request_id)
+        except Rejected as rejected:
+            return error_response(rejected.status, rejected.kind, rejected.message, request_id)
 
     def _answer(
         self, body: dict[str, Any], fault: Fault | None, request_id: str
     ) -> ScriptedResponse:
         stream = body.get("stream") is True
         if fault is not None:
-            failed = _fault_error(fault, body, request_id, stream=stream)
+            failed = fault_error(fault, body, request_id, stream=stream)
             if failed is not None:
                 return failed
         refusal = fault is not None and fault.kind is FaultKind.CONTENT_FILTER
         reply = self._compose(body, refusal=refusal)
-        headers = [*_identity_headers(request_id), *_limit_headers(limited=False)]
+        headers = [*identity_headers(request_id), *limit_headers(limited=False)]
         if stream:
-            return self._stream(reply, fault, headers, request_id)
-        return _unary(reply, fault, headers)
+            return stream_response(reply, self.reply, fault, headers, request_id)
+        return unary_response(reply, fault, headers)
 
-    def _compose(self, body: dict[str, Any], *, refusal: bool) -> _Reply:
+    def _compose(self, body: dict[str, Any], *, refusal: bool) -> Reply:
         script = self.reply
         content: list[dict[str, Any]] = []
         stop_sequence: str | None = None
-        calls = [] if refusal else _tool_calls(body, script)
+        calls = [] if refusal else tool_calls(body, script)
         if refusal:
             stop_reason = "refusal"
         elif calls:
@@ -220,352 +200,20 @@ class AnthropicMock(MockProviderServer):
                 content.append({**block, "input": dict(call.arguments)})
             stop_reason = "tool_use"
         else:
-            text = script.answer_text(_last_user_text(body["messages"]))
-            text, stop_reason, stop_sequence = _cut(text, body)
+            text = script.answer_text(last_user_text(body["messages"]))
+            text, stop_reason, stop_sequence = cut_text(text, body)
             if text:
                 content.append({"type": "text", "text": text})
         said = [
             b["text"] if b["type"] == "text" else f"{b['name']} {orjson.dumps(b['input']).decode()}"
             for b in content
         ]
-        return _Reply(
+        return Reply(
             message_id=self._ident("msg"),
             model=str(body["model"]),
             content=content,
             stop_reason=stop_reason,
             stop_sequence=stop_sequence,
-            input_tokens=count_tokens(_prompt_texts(body)),
+            input_tokens=count_tokens(prompt_texts(body)),
             output_tokens=count_tokens(said),
         )
-
-    def _stream(
-        self,
-        reply: _Reply,
-        fault: Fault | None,
-        headers: list[tuple[str, str]],
-        request_id: str,
-    ) -> ScriptedResponse:
-        delay = self.reply.chunk_delay_s
-        events: list[tuple[str, Mapping[str, Any], float]] = [
-            ("message_start", {"message": _message(reply, start=True)}, 0.0),
-            ("ping", {}, 0.0),
-        ]
-        for index, block in enumerate(reply.content):
-            opening = {**block, "text": ""} if block["type"] == "text" else {**block, "input": {}}
-            events.append(("content_block_start", {"index": index, "content_block": opening}, 0.0))
-            if block["type"] == "text":
-                deltas = [
-                    {"type": "text_delta", "text": p} for p in self.reply.pieces(block["text"])
-                ]
-            else:
-                arguments = orjson.dumps(block["input"]).decode() if block["input"] else ""
-                pieces = self.reply.pieces(arguments)
-                deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces]
-            events += [("content_block_delta", {"index": index, "delta": d}, delay) for d in deltas]
-            events.append(("content_block_stop", {"index": index}, 0.0))
-        stop = {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence}
-        usage = {"output_tokens": reply.output_tokens}
-        events.append(("message_delta", {"delta": stop, "usage": usage}, 0.0))
-        events.append(("message_stop", {}, 0.0))
-        chunks = [Chunk(_event(name, payload), wait) for name, payload, wait in events]
-        if fault is not None and fault.kind is FaultKind.OVERLOADED:
-            chunks = chunks[: fault.after_chunks]
-            error = _error_body("overloaded_error", "Overloaded", request_id)
-            chunks.append(Chunk(_event("error", error)))
-        elif fault is not None and fault.kind is FaultKind.MALFORMED_CHUNK:
-            at = min(fault.after_chunks, len(chunks) - 1)
-            name, payload, wait = events[at]
-            chunks[at] = Chunk(_event(name, payload, broken=True), wait)
-        return ScriptedResponse.stream(
-            chunks,
-            content_type="text/event-stream; charset=utf-8",
-            headers=[("cache-control", "no-cache"), *headers],
-            **_transport_faults(fault, len(chunks)),
-        )
-
-
-# ---------------------------------------------------------------------- rendering
-
-
-def _message(reply: _Reply, *, start: bool = False) -> dict[str, Any]:
-    return {
-        "id": reply.message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": reply.model,
-        "content": [] if start else reply.content,
-        "stop_reason": None if start else reply.stop_reason,
-        "stop_sequence": None if start else reply.stop_sequence,
-        "usage": {
-            "input_tokens": reply.input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": 1 if start else reply.output_tokens,
-        },
-    }
-
-
-def _unary(reply: _Reply, fault: Fault | None, headers: list[tuple[str, str]]) -> ScriptedResponse:
-    data = orjson.dumps(_message(reply))
-    half = len(data) // 2
-    pairs = [("content-type", "application/json"), *headers]
-    kind = fault.kind if fault is not None else None
-    if kind is FaultKind.MALFORMED_CHUNK:
-        return ScriptedResponse(200, pairs, [data[:half]])
-    body = [data[:half], data[half:]] if kind in (FaultKind.STALL, FaultKind.RESET) else [data]
-    return ScriptedResponse(200, pairs, body, **_transport_faults(fault, 1))
-
-
-def _transport_faults(fault: Fault | None, chunks: int) -> Faults:
-    if fault is None:
-        return {}
-    if fault.kind is FaultKind.SLOW_FIRST_BYTE:
-        return {"first_byte_delay": fault.delay_s}
-    if fault.kind is FaultKind.STALL:
-        return {"stall_after_chunks": min(fault.after_chunks, chunks)}
-    if fault.kind is FaultKind.RESET:
-        return {"reset_after_chunks": min(fault.after_chunks, chunks)}
-    return {}
-
-
-def _event(name: str, payload: Mapping[str, Any], *, broken: bool = False) -> bytes:
-    """One SSE event; ``broken`` keeps only the first half of its JSON."""
-    data = orjson.dumps({"type": name, **payload})
-    if broken:
-        data = data[: len(data) // 2]
-    return b"event: %s\ndata: %s\n\n" % (name.encode(), data)
-
-
-def _fault_error(
-    fault: Fault, body: Mapping[str, Any], request_id: str, *, stream: bool
-) -> ScriptedResponse | None:
-    """The error answer ``fault`` stands for; None for faults that shape a normal answer."""
-    kind = fault.kind
-    if kind is FaultKind.RATE_LIMIT:
-        message = (
-            "This request would exceed your organization's rate limit of 50 requests per "
-            "minute. Please retry after the time given in the retry-after header."
-        )
-        headers = _retry_headers(fault.retry_after_s or 0.0)
-        return _error(429, "rate_limit_error", message, request_id, headers)
-    if kind is FaultKind.SERVER_ERROR and fault.status == 529:
-        return _error(529, "overloaded_error", "Overloaded", request_id)
-    if kind is FaultKind.SERVER_ERROR:
-        return _error(fault.status or 503, "api_error", "Internal server error", request_id)
-    if kind is FaultKind.OVERLOADED and not stream:
-        return _error(529, "overloaded_error", "Overloaded", request_id)
-    if kind is FaultKind.CONTEXT_LENGTH:
-        tokens = MAX_CONTEXT_TOKENS + count_tokens(_prompt_texts(body))
-        message = f"prompt is too long: {tokens} tokens > {MAX_CONTEXT_TOKENS} maximum"
-        return _error(400, "invalid_request_error", message, request_id)
-    if kind is FaultKind.UNAUTHORIZED:
-        return _error(401, "authentication_error", "invalid x-api-key", request_id)
-    return None
-
-
-def _error_body(kind: str, message: str, request_id: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
-
-
-def _error(
-    status: int,
-    kind: str,
-    message: str,
-    request_id: str,
-    headers: Sequence[tuple[str, str]] = (),
-) -> ScriptedResponse:
-    return ScriptedResponse.json(
-        _error_body(kind, message, request_id),
-        status=status,
-        headers=[*_identity_headers(request_id), *headers],
-    )
-
-
-def _identity_headers(request_id: str) -> list[tuple[str, str]]:
-    """What the API puts on every answer."""
-    return [("request-id", request_id), ("anthropic-organization-id", ORGANIZATION_ID)]
-
-
-def _retry_headers(retry_after_s: float) -> list[tuple[str, str]]:
-    headers = [("retry-after", str(math.ceil(retry_after_s)))]
-    if retry_after_s != math.ceil(retry_after_s):
-        headers.append(("retry-after-ms", f"{retry_after_s * 1000:g}"))
-    return headers + _limit_headers(limited=True, reset_in_s=retry_after_s)
-
-
-def _limit_headers(*, limited: bool, reset_in_s: float = 60.0) -> list[tuple[str, str]]:
-    reset = datetime.fromtimestamp(math.ceil(time.time() + reset_in_s), UTC)
-    stamp = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
-    headers = []
-    for name, limit in _RATE_LIMITS.items():
-        remaining = 0 if limited else limit - 1
-        headers += [
-            (f"anthropic-ratelimit-{name}-limit", str(limit)),
-            (f"anthropic-ratelimit-{name}-remaining", str(remaining)),
-            (f"anthropic-ratelimit-{name}-reset", stamp),
-        ]
-    return headers
-
-
-# ---------------------------------------------------------------------- reading the request
-
-
-def _api_key(headers: Mapping[str, str]) -> str | None:
-    """The key from ``x-api-key``, else from ``Authorization: Bearer`` (newer SDKs send that)."""
-    key = headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
-def _invalid(message: str) -> _Rejected:
-    return _Rejected(400, "invalid_request_error", message)
-
-
-def _validated(raw: bytes) -> dict[str, Any]:
-    """The request body, or the API's 400 for what it would refuse."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _invalid("There was an error parsing the body as JSON") from None
-    if not isinstance(body, dict):
-        raise _invalid("body: Input should be a valid dictionary")
-    for name in ("model", "max_tokens", "messages"):
-        if name not in body:
-            raise _invalid(f"{name}: Field required")
-    if not isinstance(body["model"], str) or not body["model"]:
-        raise _invalid("model: Input should be a valid string")
-    max_tokens = body["max_tokens"]
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _invalid("max_tokens: Input should be greater than or equal to 1")
-    temperature = body.get("temperature")
-    if temperature is not None and not (
-        isinstance(temperature, int | float) and 0 <= temperature <= 1
-    ):
-        raise _invalid("temperature: Input should be less than or equal to 1")
-    if not isinstance(body.get("stream", False), bool):
-        raise _invalid("stream: Input should be a valid boolean")
-    messages = body["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages: at least one message is required")
-    for index, message in enumerate(messages):
-        _check_message(index, message, messages)
-    _check_tools(body)
-    return body
-
-
-def _blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return [block for block in content or () if isinstance(block, dict)]
-
-
-def _check_message(index: int, message: object, messages: list[Any]) -> None:
-    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-        raise _invalid(f"messages.{index}.role: Input should be 'user' or 'assistant'")
-    content = message.get("content")
-    if not isinstance(content, str | list) or not content:
-        raise _invalid(
-            f"messages.{index}: all messages must have non-empty content except for the "
-            "optional final assistant message"
-        )
-    blocks = _blocks(message)
-    if isinstance(content, list) and len(blocks) != len(content):
-        raise _invalid(f"messages.{index}.content: Input should be a valid list of blocks")
-    if any(b.get("type") == "text" and not b.get("text") for b in blocks):
-        raise _invalid("messages: text content blocks must be non-empty")
-    answered = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
-    previous = _blocks(messages[index - 1]) if index else []
-    called = {b.get("id") for b in previous if b.get("type") == "tool_use"}
-    if answered - called:
-        unexpected = ", ".join(sorted(str(i) for i in answered - called))
-        raise _invalid(
-            f"messages.{index}.content: unexpected `tool_use_id` found in `tool_result` "
-            f"blocks: {unexpected}. Each `tool_result` block must have a corresponding "
-            "`tool_use` block in the previous message."
-        )
-    if index and called - answered:
-        missing = ", ".join(sorted(str(i) for i in called - answered))
-        raise _invalid(
-            f"messages.{index - 1}: `tool_use` ids were found without `tool_result` blocks "
-            f"immediately after: {missing}. Each `tool_use` block must have a corresponding "
-            "`tool_result` block in the next message."
-        )
-
-
-def _check_tools(body: Mapping[str, Any]) -> None:
-    tools = body.get("tools") or []
-    if not isinstance(tools, list) or not all(
-        isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools
-    ):
-        raise _invalid("tools: each tool needs a name")
-    choice = body.get("tool_choice")
-    if choice is None:
-        return
-    if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICES:
-        raise _invalid("tool_choice: Input tag does not match any of 'auto', 'any', 'tool', 'none'")
-    if choice["type"] == "tool" and choice.get("name") not in {t["name"] for t in tools}:
-        raise _invalid(f"tool_choice: tool {choice.get('name')!r} is not among the tools")
-
-
-def _texts(blocks: list[dict[str, Any]]) -> list[str]:
-    texts: list[str] = []
-    for block in blocks:
-        if block.get("type") == "text":
-            texts.append(str(block["text"]))
-        elif block.get("type") == "tool_result":
-            texts += _texts(_blocks(block))
-    return texts
-
-
-def _prompt_texts(body: Mapping[str, Any]) -> list[str]:
-    system = body.get("system") or []
-    texts = [system] if isinstance(system, str) else _texts(list(system))
-    for message in body["messages"]:
-        texts += _texts(_blocks(message))
-    return texts
-
-
-def _answers_tools(messages: list[dict[str, Any]]) -> bool:
-    last = messages[-1]
-    return last["role"] == "user" and any(b.get("type") == "tool_result" for b in _blocks(last))
-
-
-def _last_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message["role"] == "user":
-            return " ".join(_texts(_blocks(message)))
-    return ""
-
-
-def _tool_calls(body: Mapping[str, Any], script: ReplyScript) -> list[ScriptedToolCall]:
-    tools = body.get("tools") or []
-    choice = body.get("tool_choice") or {"type": "auto"}
-    if not tools or choice["type"] == "none":
-        return []
-    calls = list(script.tool_calls)
-    if choice["type"] == "tool":
-        calls = [c for c in calls if c.name == choice["name"]] or [ScriptedToolCall(choice["name"])]
-    elif choice["type"] == "any":
-        calls = calls or [ScriptedToolCall(tools[0]["name"])]
-    elif _answers_tools(body["messages"]):
-        return []
-    return calls[:1] if choice.get("disable_parallel_tool_use") else calls
-
-
-def _cut(text: str, body: Mapping[str, Any]) -> tuple[str, str, str | None]:
-    """``(text, stop_reason, stop_sequence)`` after the request's stop sequences and limit."""
-    found = [(text.find(s), s) for s in body.get("stop_sequences") or () if s and s in text]
-    if found:
-        at, sequence = min(found)
-        text, reason, stop_sequence = text[:at], "stop_sequence", sequence
-    else:
-        reason, stop_sequence = "end_turn", None
-    words = list(_WORD.finditer(text))
-    if len(words) > body["max_tokens"]:
-        return text[: words[body["max_tokens"] - 1].end()], "max_tokens", None
-    return text, reason, stop_sequence

@@ -10,7 +10,8 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from rakka_inference.testkit.http_server import RecordedRequest, ScriptedHttpServer
+from rakka_inference.testkit.http_script import RecordedRequest
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 
 __all__ = ["MockProviderServer"]
 

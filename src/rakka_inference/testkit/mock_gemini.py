@@ -80,15 +80,18 @@ malformed_chunk    event number ``after_chunks`` (0-based: that many good events
 Errors of a ``streamGenerateContent`` call without ``alt=sse`` are a one-element JSON
 array, as the API sends them. :meth:`GeminiMock.start` / :meth:`GeminiMock.stop` run it
 outside pytest too.
+
+Layout: this module holds the server and composes its answers;
+:mod:`rakka_inference.testkit.gemini_wire` reads and checks requests,
+:mod:`rakka_inference.testkit.gemini_render` renders documents, framing and errors, and
+:mod:`rakka_inference.testkit.gemini_embed_wire` the embeddings calls.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -105,13 +108,38 @@ from rakka_inference.testkit.gemini_embed_wire import (
     EmbeddingRefused,
     embedding_answer,
 )
-from rakka_inference.testkit.http_server import (
-    Chunk,
-    Faults,
-    RecordedRequest,
-    ScriptedHttpServer,
-    ScriptedResponse,
+from rakka_inference.testkit.gemini_render import (
+    Answer,
+    Refused,
+    bad_credential,
+    blocked_candidate,
+    count_tokens_answer,
+    document,
+    error_response,
+    framed,
+    json_response,
+    rate_limited,
+    server_error,
+    too_long,
+    usage_metadata,
 )
+from rakka_inference.testkit.gemini_wire import (
+    GeminiCall,
+    InvalidArgument,
+    array_stream,
+    contents_of,
+    field,
+    first_words,
+    last_turn_text,
+    list_of,
+    mapping_of,
+    prompt_texts,
+    read_body,
+    route,
+    words,
+)
+from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 from rakka_inference.testkit.mock_base import MockProviderServer
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "JWT_BEARER_GRANT", "GeminiMock"]
@@ -120,88 +148,6 @@ JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 """The ``grant_type`` ``POST /token`` takes: a service account's signed JWT (RFC 7523)."""
 DEFAULT_MAX_INPUT_TOKENS = 1_048_576
 """The context window of Gemini 2.5 models, the default ``max_input_tokens``."""
-
-_AI_STUDIO = re.compile(r"/(?:v1|v1beta|v1alpha)/models/(?P<model>[^/:]+):(?P<method>\w+)")
-_VERTEX = re.compile(
-    r"/(?:v1|v1beta1)/projects/[^/]+/locations/[^/]+/publishers/google"
-    r"/models/(?P<model>[^/:]+):(?P<method>\w+)"
-)
-_METHODS = frozenset(
-    {"generateContent", "streamGenerateContent", "countTokens", *EMBEDDING_METHODS}
-)
-_FIELDS = frozenset(
-    {
-        "contents",
-        "systemInstruction",
-        "tools",
-        "toolConfig",
-        "safetySettings",
-        "generationConfig",
-        "cachedContent",
-        "labels",
-        "model",
-    }
-)
-_JSON = (("Content-Type", "application/json; charset=UTF-8"),)
-_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-_STATUS_NAMES: Mapping[int, str] = {
-    500: "INTERNAL",
-    501: "UNIMPLEMENTED",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-_STATUS_MESSAGES: Mapping[str, str] = {
-    "INTERNAL": "An internal error has occurred. Please retry or report in "
-    "https://developers.generativeai.google/guide/troubleshooting",
-    "UNAVAILABLE": "The service is currently unavailable.",
-    "DEADLINE_EXCEEDED": "The request timed out. Please try again.",
-    "UNIMPLEMENTED": "Operation is not implemented, or supported, or enabled.",
-    "UNKNOWN": "An unknown error occurred.",
-}
-_SEE_AUTH = (
-    "Expected OAuth 2 access token, login cookie or other valid authentication credential. "
-    "See https://developers.google.com/identity/sign-in/web/devconsole-project."
-)
-_HARM_CATEGORIES = (
-    "HARM_CATEGORY_HATE_SPEECH",
-    "HARM_CATEGORY_DANGEROUS_CONTENT",
-    "HARM_CATEGORY_HARASSMENT",
-    "HARM_CATEGORY_SEXUALLY_EXPLICIT",
-)
-_BLOCKED_CATEGORY = "HARM_CATEGORY_DANGEROUS_CONTENT"
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One model call, as its URL and headers say."""
-
-    vertex: bool
-    model: str
-    method: str
-    sse: bool
-    key: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """What the model says to one request, before it is framed."""
-
-    thought: str | None
-    text: str
-    calls: tuple[dict[str, Any], ...]
-    finish: str
-    prompt_tokens: int
-    output_tokens: int
-    thought_tokens: int
-
-
-class _Refused(Exception):
-    """A request the API refuses; ``response`` is its answer."""
-
-    def __init__(self, response: ScriptedResponse) -> None:
-        super().__init__(response.status)
-        self.response = response
 
 
 class GeminiMock(MockProviderServer):
@@ -245,37 +191,42 @@ class GeminiMock(MockProviderServer):
     def _respond(self, request: RecordedRequest) -> ScriptedResponse:
         if request.method == "POST" and request.path == "/token":
             return self._token(request)
-        call = _route(request)
+        call = route(request)
         if call is None:
-            return _error(404, "NOT_FOUND", f"Requested entity was not found: {request.path}")
+            return error_response(
+                404, "NOT_FOUND", f"Requested entity was not found: {request.path}"
+            )
         try:
             self._authenticate(call)
             if call.method in EMBEDDING_METHODS:
                 return self._embed(request, call)
-            body = _body(request, call)
+            body = read_body(request, call)
             if call.method == "countTokens":
-                return _json(_count_tokens(body))
+                return json_response(count_tokens_answer(body))
             fault = self._take_fault(request, call)
-            prompt = count_tokens(_prompt_texts(body))
+            prompt = count_tokens(prompt_texts(body))
             if fault is not None and fault.kind is FaultKind.CONTEXT_LENGTH:
                 prompt = max(prompt, self.max_input_tokens + 1)
             if prompt > self.max_input_tokens:
-                raise _Refused(self._too_long(prompt, call))
+                raise Refused(self._too_long(prompt, call))
             replaced = None if fault is None else self._fault_response(fault, call, prompt)
             if replaced is not None:
                 return replaced
             return self._render(call, self._answer(body, prompt), fault)
-        except _Refused as refused:
+        except InvalidArgument as invalid:
+            stream = array_stream(call)
+            return error_response(400, "INVALID_ARGUMENT", invalid.message, stream=stream)
+        except Refused as refused:
             return refused.response
 
-    def _embed(self, request: RecordedRequest, call: _Call) -> ScriptedResponse:
+    def _embed(self, request: RecordedRequest, call: GeminiCall) -> ScriptedResponse:
         """An embeddings call: its checks and answer, then a fault, as for the others."""
         try:
-            document = embedding_answer(
+            answer = embedding_answer(
                 request.body, method=call.method, vertex=call.vertex, model=call.model
             )
         except EmbeddingRefused as refused:
-            return _error(refused.code, refused.status, refused.message)
+            return error_response(refused.code, refused.status, refused.message)
         fault = self._take_fault(request, call)
         if fault is not None and fault.kind is FaultKind.CONTEXT_LENGTH:
             return self._too_long(self.max_input_tokens + 1, call)
@@ -283,32 +234,32 @@ class GeminiMock(MockProviderServer):
             replaced = self._fault_response(fault, call, 0)
             if replaced is not None:
                 return replaced
-        return self._framed(call, [orjson.dumps(document)], fault)
+        return self._framed(call, [orjson.dumps(answer)], fault)
 
-    def _authenticate(self, call: _Call) -> None:
+    def _authenticate(self, call: GeminiCall) -> None:
         if self.faults.accepts(call.key):
             return
         if call.vertex or call.key:
-            raise _Refused(_bad_credential(call, missing=not call.key))
-        raise _Refused(
-            _error(
+            raise Refused(bad_credential(call, missing=not call.key))
+        raise Refused(
+            error_response(
                 403,
                 "PERMISSION_DENIED",
                 "Method doesn't allow unregistered callers (callers without established "
                 "identity). Please use API Key or other form of API consumer identity to call "
                 "this API.",
-                stream=_array_stream(call),
+                stream=array_stream(call),
             )
         )
 
-    def _take_fault(self, request: RecordedRequest, call: _Call) -> Fault | None:
+    def _take_fault(self, request: RecordedRequest, call: GeminiCall) -> Fault | None:
         header = request.headers.get(FAULT_HEADER)
         try:
             return self.faults.take(call.key, header)
         except ValueError as exc:
             message = f"bad {FAULT_HEADER} header: {exc}"
-            raise _Refused(
-                _error(400, "INVALID_ARGUMENT", message, stream=_array_stream(call))
+            raise Refused(
+                error_response(400, "INVALID_ARGUMENT", message, stream=array_stream(call))
             ) from None
 
     def _token(self, request: RecordedRequest) -> ScriptedResponse:
@@ -334,77 +285,64 @@ class GeminiMock(MockProviderServer):
 
     # ------------------------------------------------------------------ faults
 
-    def _fault_response(self, fault: Fault, call: _Call, prompt: int) -> ScriptedResponse | None:
+    def _fault_response(
+        self, fault: Fault, call: GeminiCall, prompt: int
+    ) -> ScriptedResponse | None:
         """The answer a fault replaces the normal one with; None: the fault shapes that one."""
-        stream = _array_stream(call)
+        stream = array_stream(call)
         if fault.kind is FaultKind.RATE_LIMIT:
-            return _rate_limited(call, fault.retry_after_s or 1.0)
+            return rate_limited(call, fault.retry_after_s or 1.0)
         if fault.kind is FaultKind.SERVER_ERROR:
-            status = fault.status or 503
-            name = _STATUS_NAMES.get(status, "UNKNOWN")
-            return _error(status, name, _STATUS_MESSAGES[name], stream=stream)
+            return server_error(fault.status or 503, stream=stream)
         if fault.kind is FaultKind.OVERLOADED:
             message = "The model is overloaded. Please try again later."
-            return _error(503, "UNAVAILABLE", message, stream=stream)
+            return error_response(503, "UNAVAILABLE", message, stream=stream)
         if fault.kind is FaultKind.UNAUTHORIZED:
-            return _bad_credential(call, missing=False)
+            return bad_credential(call, missing=False)
         if fault.kind is FaultKind.CONTENT_FILTER:
             return self._filtered(call, prompt)
         return None
 
-    def _too_long(self, prompt: int, call: _Call) -> ScriptedResponse:
-        message = (
-            f"The input token count ({prompt}) exceeds the maximum number of tokens allowed "
-            f"({self.max_input_tokens})."
-        )
-        return _error(400, "INVALID_ARGUMENT", message, stream=_array_stream(call))
+    def _too_long(self, prompt: int, call: GeminiCall) -> ScriptedResponse:
+        return too_long(prompt, self.max_input_tokens, call)
 
-    def _filtered(self, call: _Call, prompt: int) -> ScriptedResponse:
-        ratings: list[dict[str, Any]] = [
-            {"category": category, "probability": "NEGLIGIBLE"} for category in _HARM_CATEGORIES
-        ]
-        ratings[_HARM_CATEGORIES.index(_BLOCKED_CATEGORY)] = {
-            "category": _BLOCKED_CATEGORY,
-            "probability": "HIGH",
-            "blocked": True,
-        }
-        candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": ratings}
+    def _filtered(self, call: GeminiCall, prompt: int) -> ScriptedResponse:
         usage = self._usage(prompt, 0, 0)
-        document = _document(call, self._response_id(), [candidate], usage)
-        return self._framed(call, [orjson.dumps(document)], None)
+        answer = document(call, self._response_id(), [blocked_candidate()], usage)
+        return self._framed(call, [orjson.dumps(answer)], None)
 
     # ------------------------------------------------------------------ answers
 
-    def _answer(self, body: Mapping[str, Any], prompt: int) -> _Answer:
-        generation = _mapping(_field(body, "generationConfig"))
-        thinking = _mapping(_field(generation, "thinkingConfig"))
+    def _answer(self, body: Mapping[str, Any], prompt: int) -> Answer:
+        generation = mapping_of(field(body, "generationConfig"))
+        thinking = mapping_of(field(generation, "thinkingConfig"))
         thought_tokens = count_tokens([self.thoughts]) if self.thoughts is not None else 0
-        shown = self.thoughts if _field(thinking, "includeThoughts") is True else None
+        shown = self.thoughts if field(thinking, "includeThoughts") is True else None
         calls = self._calls(body)
         if calls:
             tokens = count_tokens(
                 [f"{c['name']} {orjson.dumps(c['args']).decode()}" for c in calls]
             )
-            return _Answer(shown, "", calls, "STOP", prompt, tokens, thought_tokens)
-        text = self.reply.answer_text(_last_turn_text(_contents(body)))
+            return Answer(shown, "", calls, "STOP", prompt, tokens, thought_tokens)
+        text = self.reply.answer_text(last_turn_text(contents_of(body)))
         finish = "STOP"
-        limit = _field(generation, "maxOutputTokens")
-        if isinstance(limit, int) and _words(text) > limit:
-            text, finish = _first_words(text, limit), "MAX_TOKENS"
-        return _Answer(shown, text, (), finish, prompt, _words(text), thought_tokens)
+        limit = field(generation, "maxOutputTokens")
+        if isinstance(limit, int) and words(text) > limit:
+            text, finish = first_words(text, limit), "MAX_TOKENS"
+        return Answer(shown, text, (), finish, prompt, words(text), thought_tokens)
 
     def _calls(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
         declared = [
-            str(_field(function, "name"))
-            for tool in _list(_field(body, "tools"))
-            for function in _list(_field(_mapping(tool), "functionDeclarations"))
+            str(field(function, "name"))
+            for tool in list_of(field(body, "tools"))
+            for function in list_of(field(mapping_of(tool), "functionDeclarations"))
             if isinstance(function, dict)
         ]
-        config = _mapping(_field(_mapping(_field(body, "toolConfig")), "functionCallingConfig"))
-        mode = str(_field(config, "mode") or "AUTO")
+        config = mapping_of(field(mapping_of(field(body, "toolConfig")), "functionCallingConfig"))
+        mode = str(field(config, "mode") or "AUTO")
         if not declared or mode == "NONE":
             return ()
-        allowed = [str(name) for name in _list(_field(config, "allowedFunctionNames"))] or declared
+        allowed = [str(name) for name in list_of(field(config, "allowedFunctionNames"))] or declared
         calls = tuple(
             {"name": call.name, "args": dict(call.arguments)}
             for call in self.reply.tool_calls
@@ -412,14 +350,14 @@ class GeminiMock(MockProviderServer):
         )
         if mode == "ANY":
             return calls or ({"name": allowed[0], "args": {}},)
-        contents = _contents(body)
+        contents = contents_of(body)
         answered = bool(contents) and any(
-            _field(_mapping(part), "functionResponse") is not None
-            for part in _list(_mapping(contents[-1]).get("parts"))
+            field(mapping_of(part), "functionResponse") is not None
+            for part in list_of(mapping_of(contents[-1]).get("parts"))
         )
         return () if answered else calls
 
-    def _render(self, call: _Call, answer: _Answer, fault: Fault | None) -> ScriptedResponse:
+    def _render(self, call: GeminiCall, answer: Answer, fault: Fault | None) -> ScriptedResponse:
         events: list[list[dict[str, Any]]] = []
         if answer.thought is not None:
             events.append([{"text": answer.thought, "thought": True}])
@@ -440,9 +378,9 @@ class GeminiMock(MockProviderServer):
             candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
             if last:
                 candidate["finishReason"] = answer.finish
-            output = answer.output_tokens if last else _words(spoken)
+            output = answer.output_tokens if last else words(spoken)
             usage = self._usage(answer.prompt_tokens, output, answer.thought_tokens)
-            documents.append(orjson.dumps(_document(call, response_id, [candidate], usage)))
+            documents.append(orjson.dumps(document(call, response_id, [candidate], usage)))
         return self._framed(call, documents, fault)
 
     def _response_id(self) -> str:
@@ -450,324 +388,9 @@ class GeminiMock(MockProviderServer):
         return f"mock-{self._answers}"
 
     def _usage(self, prompt: int, output: int, thoughts: int) -> dict[str, Any]:
-        usage: dict[str, Any] = {"promptTokenCount": prompt}
-        if output:
-            usage["candidatesTokenCount"] = output
-        usage["totalTokenCount"] = prompt + output + thoughts
-        cached = min(self.cached_tokens, prompt)
-        if cached:
-            usage["cachedContentTokenCount"] = cached
-        if thoughts:
-            usage["thoughtsTokenCount"] = thoughts
-        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
-        return usage
+        return usage_metadata(prompt, output, thoughts, cached=self.cached_tokens)
 
-    def _framed(self, call: _Call, documents: list[bytes], fault: Fault | None) -> ScriptedResponse:
-        """``documents`` as the call's framing, with the stream-shaping ``fault`` applied."""
-        kind = fault.kind if fault is not None else None
-        streaming = call.method == "streamGenerateContent"
-        if fault is not None and kind is FaultKind.MALFORMED_CHUNK:
-            index = min(fault.after_chunks, len(documents) - 1)
-            documents[index] = documents[index][: len(documents[index]) // 2]
-        options: Faults = {}
-        if fault is not None and kind is FaultKind.SLOW_FIRST_BYTE:
-            options["first_byte_delay"] = fault.delay_s
-        elif fault is not None and kind is FaultKind.STALL:
-            options["stall_after_chunks"] = _strike(fault, documents, streaming)
-        elif fault is not None and kind is FaultKind.RESET:
-            options["reset_after_chunks"] = _strike(fault, documents, streaming)
-        if not streaming:
-            return ScriptedResponse(200, _JSON, documents, **options)
-        if call.sse:
-            frames = [b"data: " + document + b"\r\n\r\n" for document in documents]
-            content_type = "text/event-stream"
-        else:
-            frames = [(b"," if n else b"[") + document for n, document in enumerate(documents)]
-            frames[-1] += b"]"
-            content_type = _JSON[0][1]
-        delay = self.reply.chunk_delay_s
-        chunks = [Chunk(frame, delay if n else 0.0) for n, frame in enumerate(frames)]
-        return ScriptedResponse.stream(chunks, content_type=content_type, **options)
-
-
-# ---------------------------------------------------------------------- requests
-
-
-def _route(request: RecordedRequest) -> _Call | None:
-    if request.method != "POST":
-        return None
-    vertex = _VERTEX.fullmatch(request.path)
-    match = vertex or _AI_STUDIO.fullmatch(request.path)
-    if match is None or match["method"] not in _METHODS:
-        return None
-    query = parse_qs(request.query)
-    if vertex is not None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
-    else:
-        key = request.headers.get("x-goog-api-key") or query.get("key", [None])[0]
-    return _Call(
-        vertex=vertex is not None,
-        model=unquote(match["model"]),
-        method=match["method"],
-        sse=query.get("alt", [""])[0] == "sse",
-        key=key or None,
-    )
-
-
-def _body(request: RecordedRequest, call: _Call) -> dict[str, Any]:
-    def invalid(message: str) -> _Refused:
-        return _Refused(_error(400, "INVALID_ARGUMENT", message, stream=_array_stream(call)))
-
-    try:
-        body = orjson.loads(request.body)
-    except orjson.JSONDecodeError:
-        raise invalid("Invalid JSON payload received. Unexpected token.") from None
-    if not isinstance(body, dict):
-        raise invalid("Invalid JSON payload received. Expected an object.")
-    if call.method == "countTokens":
-        return body
-    for name in body:
-        if _camel(name) not in _FIELDS:
-            raise invalid(
-                f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
-            )
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents:
-        raise invalid("* GenerateContentRequest.contents: contents is not specified\n")
-    for index, content in enumerate(contents):
-        parts = content.get("parts") if isinstance(content, dict) else None
-        if not isinstance(parts, list) or not parts:
-            raise invalid(
-                f"* GenerateContentRequest.contents[{index}].parts: "
-                "contents.parts must not be empty.\n"
-            )
-        if content.get("role", "user") not in ("user", "model"):
-            raise invalid("Please use a valid role: user, model.")
-    return body
-
-
-def _contents(body: Mapping[str, Any]) -> list[Any]:
-    return _list(body.get("contents"))
-
-
-def _part_texts(parts: Sequence[Any]) -> list[str]:
-    """Each part as text: its text, or a function call or response as name and JSON."""
-    texts: list[str] = []
-    for part in parts:
-        item = _mapping(part)
-        if isinstance(item.get("text"), str):
-            texts.append(item["text"])
-        for key, payload in (("functionCall", "args"), ("functionResponse", "response")):
-            value = _mapping(_field(item, key))
-            if value:
-                texts.append(f"{value.get('name')} {orjson.dumps(value.get(payload)).decode()}")
-    return texts
-
-
-def _prompt_texts(body: Mapping[str, Any]) -> list[str]:
-    system = _mapping(_field(body, "systemInstruction"))
-    texts = _part_texts(_list(system.get("parts")))
-    for content in _contents(body):
-        texts.extend(_part_texts(_list(_mapping(content).get("parts"))))
-    return texts
-
-
-def _last_turn_text(contents: Sequence[Any]) -> str:
-    """What the echo answers: the last user turn's text, or its function responses."""
-    for content in reversed(contents):
-        turn = _mapping(content)
-        if turn.get("role", "user") != "user":
-            continue
-        parts = [_mapping(part) for part in _list(turn.get("parts"))]
-        responses = [_mapping(_field(p, "functionResponse")) for p in parts]
-        rendered = [
-            f"{r.get('name')} returned {orjson.dumps(r.get('response')).decode()}"
-            for r in responses
-            if r
-        ]
-        if rendered:
-            return "; ".join(rendered)
-        return "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
-    return ""
-
-
-def _document(
-    call: _Call, response_id: str, candidates: list[dict[str, Any]], usage: dict[str, Any]
-) -> dict[str, Any]:
-    """One GenerateContentResponse (a whole answer, or one stream event of it)."""
-    return {
-        "candidates": candidates,
-        "usageMetadata": usage,
-        "modelVersion": call.model,
-        "responseId": response_id,
-    }
-
-
-def _count_tokens(body: Mapping[str, Any]) -> dict[str, Any]:
-    inner = _mapping(_field(body, "generateContentRequest"))
-    total = count_tokens(_prompt_texts(inner or body))
-    return {
-        "totalTokens": total,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}],
-    }
-
-
-# ---------------------------------------------------------------------- errors
-
-
-def _json(
-    document: Any, *, status: int = 200, headers: Sequence[tuple[str, str]] = ()
-) -> ScriptedResponse:
-    """A JSON answer with Google's ``Content-Type``."""
-    return ScriptedResponse(status, (*_JSON, *headers), [orjson.dumps(document)])
-
-
-def _array_stream(call: _Call) -> bool:
-    """Whether errors go out as a JSON array: a stream without ``alt=sse``."""
-    return call.method == "streamGenerateContent" and not call.sse
-
-
-def _error(
-    code: int,
-    status: str,
-    message: str,
-    *,
-    details: Sequence[Mapping[str, Any]] = (),
-    headers: Sequence[tuple[str, str]] = (),
-    stream: bool = False,
-) -> ScriptedResponse:
-    error: dict[str, Any] = {"code": code, "message": message, "status": status}
-    if details:
-        error["details"] = [dict(detail) for detail in details]
-    document: Any = [{"error": error}] if stream else {"error": error}
-    return _json(document, status=code, headers=headers)
-
-
-def _bad_credential(call: _Call, *, missing: bool) -> ScriptedResponse:
-    stream = _array_stream(call)
-    if not call.vertex:
-        message = "API key not valid. Please pass a valid API key."
-        details: list[dict[str, Any]] = [
-            {
-                "@type": _ERROR_INFO,
-                "reason": "API_KEY_INVALID",
-                "domain": "googleapis.com",
-                "metadata": {"service": "generativelanguage.googleapis.com"},
-            },
-            {
-                "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
-                "locale": "en-US",
-                "message": message,
-            },
-        ]
-        return _error(400, "INVALID_ARGUMENT", message, details=details, stream=stream)
-    if missing:
-        message = f"Request is missing required authentication credential. {_SEE_AUTH}"
-        reason = "CREDENTIALS_MISSING"
-    else:
-        message = f"Request had invalid authentication credentials. {_SEE_AUTH}"
-        reason = "ACCESS_TOKEN_TYPE_UNSUPPORTED"
-    info = {
-        "@type": _ERROR_INFO,
-        "reason": reason,
-        "metadata": {
-            "service": "aiplatform.googleapis.com",
-            "method": f"google.cloud.aiplatform.v1.PredictionService.{_pascal(call.method)}",
-        },
-    }
-    challenge = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
-    return _error(
-        401,
-        "UNAUTHENTICATED",
-        message,
-        details=[info],
-        headers=[("WWW-Authenticate", challenge)],
-        stream=stream,
-    )
-
-
-def _rate_limited(call: _Call, retry_after_s: float) -> ScriptedResponse:
-    delay = f"{retry_after_s:.9f}".rstrip("0").rstrip(".")  # "0.5", "120": no exponent
-    service = "aiplatform" if call.vertex else "generativelanguage"
-    details: list[dict[str, Any]] = [
-        {
-            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-            "violations": [
-                {
-                    "quotaMetric": f"{service}.googleapis.com/generate_content_requests",
-                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
-                    "quotaDimensions": {"location": "global", "model": call.model},
-                    "quotaValue": "15",
-                }
-            ],
-        },
-        {
-            "@type": "type.googleapis.com/google.rpc.Help",
-            "links": [
-                {
-                    "description": "Learn more about Gemini API quotas",
-                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
-                }
-            ],
-        },
-        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay}s"},
-    ]
-    message = (
-        "You exceeded your current quota, please check your plan and billing details. For "
-        "more information on this error, head to: https://ai.google.dev/gemini-api/docs/"
-        "rate-limits."
-    )
-    return _error(
-        429,
-        "RESOURCE_EXHAUSTED",
-        message,
-        details=details,
-        headers=[("Retry-After", delay)],
-        stream=_array_stream(call),
-    )
-
-
-# ---------------------------------------------------------------------- small helpers
-
-
-def _field(holder: Mapping[str, Any], camel: str) -> Any:
-    """``holder[camel]``, or its snake_case spelling, which proto JSON also accepts."""
-    if camel in holder:
-        return holder[camel]
-    return holder.get(re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower())
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(word.capitalize() for word in rest)
-
-
-def _pascal(name: str) -> str:
-    return name[:1].upper() + name[1:]
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _strike(fault: Fault, documents: Sequence[bytes], streaming: bool) -> int:
-    """After how many chunks a stall or reset strikes: a unary body is one, so after none."""
-    return min(fault.after_chunks, len(documents)) if streaming else 0
-
-
-def _words(text: str) -> int:
-    """Output tokens of ``text``: ``count_tokens`` without its floor of 1, so "" is 0."""
-    return count_tokens([text]) if text.split() else 0
-
-
-def _first_words(text: str, limit: int) -> str:
-    """``text`` up to the end of its ``limit``-th word."""
-    if limit <= 0:
-        return ""
-    ends = [match.end() for match in re.finditer(r"\S+", text)]
-    return text[: ends[limit - 1]]
+    def _framed(
+        self, call: GeminiCall, documents: list[bytes], fault: Fault | None
+    ) -> ScriptedResponse:
+        return framed(call, documents, fault, chunk_delay_s=self.reply.chunk_delay_s)

@@ -94,11 +94,8 @@ from rakka_inference.testkit.faults import (
     ReplyScript,
     count_tokens,
 )
-from rakka_inference.testkit.http_server import (
-    RecordedRequest,
-    ScriptedHttpServer,
-    ScriptedResponse,
-)
+from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.http_server import ScriptedHttpServer
 from rakka_inference.testkit.mock_base import MockProviderServer
 from rakka_inference.testkit.openai_render import (
     AZURE_401,

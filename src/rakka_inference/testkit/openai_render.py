@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from rakka_inference.testkit.faults import Fault, FaultKind, count_tokens
-from rakka_inference.testkit.http_server import Chunk, Faults, RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.http_script import Chunk, Faults, RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.openai_wire import (
     ChatRequest,
     InvalidRequest,

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from rakka_inference.testkit.faults import ReplyScript, ScriptedToolCall
-from rakka_inference.testkit.http_server import RecordedRequest
+from rakka_inference.testkit.http_script import RecordedRequest
 
 __all__ = [
     "NOT_JSON",
