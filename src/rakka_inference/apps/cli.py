@@ -27,8 +27,6 @@ from rakka_inference.core.config import LoadedConfig, load_config_report
 from rakka_inference.core.deployment import (
     ClusterConfig,
     Deployment,
-    GeminiConfig,
-    OpenAIConfig,
     RemoteRuntimeConfig,
 )
 from rakka_inference.core.errors import ConfigError
@@ -147,8 +145,8 @@ def _cluster_line(cluster: ClusterConfig) -> str:
     return f"cluster {cluster.name!r} on {cluster.bind}; client keys: {clients}; admin key: {admin}"
 
 
-# Variants worth naming in a summary: not the provider's default one.
-_NAMED_VARIANTS = ("azure", "vertex")
+# How a summary names each kind of credential field.
+_CREDENTIAL_WORDS = {"api_key": "key", "azure_ad_token": "token", "credentials": "credentials"}
 
 
 def _deployment_line(deployment: Deployment, loaded: LoadedConfig) -> str:
@@ -156,7 +154,9 @@ def _deployment_line(deployment: Deployment, loaded: LoadedConfig) -> str:
     if deployment.upstream_model != model:
         model += f" (upstream {deployment.upstream_model})"
     settings = deployment.runtime_config
-    notes = [variant] if (variant := getattr(settings, "variant", None)) in _NAMED_VARIANTS else []
+    notes: list[str] = []
+    if isinstance(settings, RemoteRuntimeConfig) and settings.named_variant is not None:
+        notes.append(settings.named_variant)
     if deployment.name in loaded.inferred_runtimes:
         notes.append("inferred")
     runtime = deployment.runtime.value + (f" ({', '.join(notes)})" if notes else "")
@@ -171,13 +171,11 @@ def _deployment_line(deployment: Deployment, loaded: LoadedConfig) -> str:
 
 
 def _credential(settings: RemoteRuntimeConfig, defaulted: bool) -> str:
-    if isinstance(settings, GeminiConfig) and settings.credentials is not None:
-        return f"credentials {settings.credentials.describe()}"
-    if isinstance(settings, OpenAIConfig) and settings.azure_ad_token is not None:
-        return f"token {settings.azure_ad_token.describe()}"
-    if settings.api_key is None:
-        return "key none"
-    return f"key {settings.api_key.describe()}{' (default)' if defaulted else ''}"
+    word = _CREDENTIAL_WORDS.get(settings.credential_field, settings.credential_field)
+    ref = settings.credential
+    if ref is None:
+        return f"{word} none"
+    return f"{word} {ref.describe()}{' (default)' if defaulted else ''}"
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m rakka_inference.apps.cli`

@@ -52,8 +52,6 @@ from rakka_inference.core.deployment import (
     ClusterConfig,
     Config,
     Deployment,
-    GeminiConfig,
-    OpenAIConfig,
     RemoteRuntimeConfig,
     RuntimeConfig,
     RuntimeKind,
@@ -283,8 +281,8 @@ class _Loader:
         name = converted["name"]
         if inferred:
             self.inferred.add(name)
-        if isinstance(runtime_config, RemoteRuntimeConfig) and runtime_config.api_key is None:
-            runtime_config = self._default_api_key(runtime, runtime_config, name)
+        if isinstance(runtime_config, RemoteRuntimeConfig):
+            runtime_config = self._default_api_key(runtime_config, name)
         return Deployment(**converted, runtime=runtime, runtime_config=runtime_config)
 
     def _runtime(
@@ -299,16 +297,14 @@ class _Loader:
         return infer_runtime(model, lambda kind: self._has_credentials(kind, table))
 
     def _has_credentials(self, runtime: RuntimeKind, table: dict[str, Any]) -> bool:
+        config_type = runtime_config_type(runtime)
+        if not issubclass(config_type, RemoteRuntimeConfig):
+            return False
         variant = table.get("variant")
         variant = variant if isinstance(variant, str) else None
-        if "api_key" in table:
+        if any(name in table for name in config_type.credential_fields_for(variant)):
             return True
-        if runtime is RuntimeKind.GEMINI and variant == "vertex" and "credentials" in table:
-            return True
-        if runtime is RuntimeKind.OPENAI and variant == "azure" and "azure_ad_token" in table:
-            return True
-        env = default_credential_env(runtime, variant)
-        return bool(env and self._environ.get(env))
+        return bool(self._environ.get(config_type.credential_env_for(variant)))
 
     def _runtime_config(
         self, runtime: RuntimeKind, raw: object, path: FieldPath, inferred_from: str | None
@@ -326,15 +322,14 @@ class _Loader:
         record = self._convert.record(cls, raw, path, context=context)
         return None if record is INVALID else record
 
-    def _default_api_key(self, runtime: RuntimeKind, config: _Remote, name: str) -> _Remote:
-        if isinstance(config, GeminiConfig) and config.variant == "vertex":
-            return config  # Vertex authenticates with `credentials`, required above
-        if isinstance(config, OpenAIConfig) and config.azure_ad_token is not None:
+    def _default_api_key(self, config: _Remote, name: str) -> _Remote:
+        """An unset API key becomes the runtime's conventional variable, made explicit.
+        A config whose credential is another field (a Vertex service account, an Azure
+        Entra ID token) is left as it is: its own checks report a missing one."""
+        if config.credential_field != "api_key" or config.api_key is not None:
             return config
-        env = default_credential_env(runtime, getattr(config, "variant", None))
-        assert env is not None, "every remote runtime has a standard key variable"
         self.defaulted.add(name)
-        return dataclasses.replace(config, api_key=SecretRef.from_env(env))
+        return dataclasses.replace(config, api_key=SecretRef.from_env(config.credential_env))
 
 
 def _remote_only(key: str, runtime: RuntimeKind, inferred_from: str | None) -> str:

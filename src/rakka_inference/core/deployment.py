@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import ClassVar, Literal, TypeAlias
 
+from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS
 from rakka_inference.core.secrets import SecretRef
 
 __all__ = [
@@ -193,7 +194,18 @@ class ModelPrice:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RemoteRuntimeConfig:
-    """What every remote runtime shares: where, who, and the failure policies."""
+    """What every remote runtime shares: where, who, and the failure policies.
+
+    Each runtime's record also answers what is provider-specific about it, so that the
+    loader, the CLI, placement and the engine ask it rather than decide by provider name:
+    its provider label, which field holds its credential, the conventional environment
+    variable of that credential, and the default output-token cap.
+    """
+
+    PROVIDER: ClassVar[str] = ""
+    """The provider label of the runtime's default variant."""
+    CREDENTIAL_ENV: ClassVar[str] = ""
+    """The conventional environment variable of the default variant's API key."""
 
     endpoint: str | None = None
     """Base URL. Unset means the provider's public endpoint."""
@@ -205,10 +217,55 @@ class RemoteRuntimeConfig:
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
+    @classmethod
+    def credential_env_for(cls, variant: str | None = None) -> str:
+        """The conventional environment variable of ``variant``'s credential."""
+        return cls.CREDENTIAL_ENV
+
+    @classmethod
+    def credential_fields_for(cls, variant: str | None = None) -> tuple[str, ...]:
+        """The fields that, when set, configure ``variant``'s credential."""
+        return ("api_key",)
+
+    @property
+    def provider_label(self) -> str:
+        """The provider in metrics labels, errors and limiter and breaker keys."""
+        return self.PROVIDER
+
+    @property
+    def named_variant(self) -> str | None:
+        """The variant, when it is not the provider's default one (worth naming in a
+        summary); ``None`` otherwise."""
+        return None
+
+    @property
+    def credential_field(self) -> str:
+        """The secret-reference field that holds the credential this config sends."""
+        return "api_key"
+
+    @property
+    def credential(self) -> SecretRef | None:
+        """The credential this config sends (the value of :attr:`credential_field`)."""
+        return self.api_key
+
+    @property
+    def credential_env(self) -> str:
+        """The conventional environment variable of this config's credential."""
+        return self.credential_env_for()
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        """The output cap of a request that sets none: the limiter's estimate, the budget's
+        reservation and, where the API requires one, the upstream ``max_tokens``."""
+        return DEFAULT_MAX_OUTPUT_TOKENS
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpenAIConfig(RemoteRuntimeConfig):
     """OpenAI, Azure OpenAI (``variant = "azure"``) and any OpenAI-compatible endpoint."""
+
+    PROVIDER: ClassVar[str] = "openai"
+    CREDENTIAL_ENV: ClassVar[str] = "OPENAI_API_KEY"
 
     variant: Literal["openai", "azure"] = "openai"
     organization: str | None = None
@@ -222,17 +279,55 @@ class OpenAIConfig(RemoteRuntimeConfig):
     azure_ad_token: SecretRef | None = None
     """Azure: an Entra ID bearer token used instead of the ``api-key`` header."""
 
+    @classmethod
+    def credential_env_for(cls, variant: str | None = None) -> str:
+        return "AZURE_OPENAI_API_KEY" if variant == "azure" else cls.CREDENTIAL_ENV
+
+    @classmethod
+    def credential_fields_for(cls, variant: str | None = None) -> tuple[str, ...]:
+        return ("api_key", "azure_ad_token") if variant == "azure" else ("api_key",)
+
+    @property
+    def provider_label(self) -> str:
+        return "azure" if self.variant == "azure" else self.PROVIDER
+
+    @property
+    def named_variant(self) -> str | None:
+        return None if self.variant == "openai" else self.variant
+
+    @property
+    def credential_field(self) -> str:
+        return "api_key" if self.azure_ad_token is None else "azure_ad_token"
+
+    @property
+    def credential(self) -> SecretRef | None:
+        return self.api_key if self.azure_ad_token is None else self.azure_ad_token
+
+    @property
+    def credential_env(self) -> str:
+        return self.credential_env_for(self.variant)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AnthropicConfig(RemoteRuntimeConfig):
+    PROVIDER: ClassVar[str] = "anthropic"
+    CREDENTIAL_ENV: ClassVar[str] = "ANTHROPIC_API_KEY"
+
     anthropic_version: str = "2023-06-01"
-    max_tokens_default: int = 4096
+    max_tokens_default: int = DEFAULT_MAX_OUTPUT_TOKENS
     """The Messages API requires ``max_tokens``; this fills it when the request has none."""
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        return self.max_tokens_default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GeminiConfig(RemoteRuntimeConfig):
     """Gemini through AI Studio (an API key, sent in a header) or Vertex AI (OAuth2)."""
+
+    PROVIDER: ClassVar[str] = "gemini"
+    CREDENTIAL_ENV: ClassVar[str] = "GEMINI_API_KEY"
 
     variant: Literal["ai_studio", "vertex"] = "ai_studio"
     project: str | None = None
@@ -245,10 +340,37 @@ class GeminiConfig(RemoteRuntimeConfig):
     """Passed to the API unchanged as ``safetySettings``, e.g.
     ``[{ category = "HARM_CATEGORY_HATE_SPEECH", threshold = "BLOCK_ONLY_HIGH" }]``."""
 
+    @classmethod
+    def credential_env_for(cls, variant: str | None = None) -> str:
+        return "GOOGLE_APPLICATION_CREDENTIALS" if variant == "vertex" else cls.CREDENTIAL_ENV
+
+    @classmethod
+    def credential_fields_for(cls, variant: str | None = None) -> tuple[str, ...]:
+        return ("api_key", "credentials") if variant == "vertex" else ("api_key",)
+
+    @property
+    def named_variant(self) -> str | None:
+        return None if self.variant == "ai_studio" else self.variant
+
+    @property
+    def credential_field(self) -> str:
+        return "credentials" if self.variant == "vertex" else "api_key"
+
+    @property
+    def credential(self) -> SecretRef | None:
+        return self.credentials if self.variant == "vertex" else self.api_key
+
+    @property
+    def credential_env(self) -> str:
+        return self.credential_env_for(self.variant)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LiteLLMConfig(RemoteRuntimeConfig):
     """The OpenAI wire format aimed at a LiteLLM proxy, which retries on its own."""
+
+    PROVIDER: ClassVar[str] = "litellm"
+    CREDENTIAL_ENV: ClassVar[str] = "LITELLM_API_KEY"
 
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_retries=1))
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -264,6 +386,11 @@ class LocalRuntimeConfig:
     model_path: str | None = None
     """A local directory with the weights. Unset means the deployment's model name."""
 
+    @property
+    def default_max_output_tokens(self) -> int:
+        """The output cap of a request that sets none (the budget's reservation)."""
+        return DEFAULT_MAX_OUTPUT_TOKENS
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VllmConfig(LocalRuntimeConfig):
@@ -277,6 +404,10 @@ class VllmConfig(LocalRuntimeConfig):
 class TransformersConfig(LocalRuntimeConfig):
     device: str = "cpu"
     max_new_tokens_default: int = 256
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        return self.max_new_tokens_default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,6 +476,15 @@ class Deployment:
     @property
     def is_remote(self) -> bool:
         return self.runtime.is_remote
+
+    @property
+    def provider_label(self) -> str:
+        """The provider in metrics labels (never a key or a URL): the remote runtime
+        config's label, else the local runtime's name."""
+        config = self.runtime_config
+        if isinstance(config, RemoteRuntimeConfig):
+            return config.provider_label
+        return self.runtime.value
 
     @property
     def upstream_model(self) -> str:
@@ -417,21 +557,14 @@ _INFERENCE_RULES: tuple[tuple[tuple[str, ...], RuntimeKind], ...] = (
     (("litellm/",), RuntimeKind.LITELLM),
 )
 
-_DEFAULT_CREDENTIAL_ENV: dict[RuntimeKind, str] = {
-    RuntimeKind.OPENAI: "OPENAI_API_KEY",
-    RuntimeKind.ANTHROPIC: "ANTHROPIC_API_KEY",
-    RuntimeKind.GEMINI: "GEMINI_API_KEY",
-    RuntimeKind.LITELLM: "LITELLM_API_KEY",
-}
-
 
 def default_credential_env(runtime: RuntimeKind, variant: str | None = None) -> str | None:
-    """The environment variable a remote runtime reads its key from when none is configured."""
-    if runtime is RuntimeKind.OPENAI and variant == "azure":
-        return "AZURE_OPENAI_API_KEY"
-    if runtime is RuntimeKind.GEMINI and variant == "vertex":
-        return "GOOGLE_APPLICATION_CREDENTIALS"
-    return _DEFAULT_CREDENTIAL_ENV.get(runtime)
+    """The environment variable a remote runtime reads its key from when none is configured
+    (its runtime config's answer); ``None`` for a local runtime."""
+    config_type = _CONFIG_TYPES[runtime]
+    if not issubclass(config_type, RemoteRuntimeConfig):
+        return None
+    return config_type.credential_env_for(variant)
 
 
 def infer_runtime(model: str, has_credentials: Callable[[RuntimeKind], bool]) -> RuntimeKind:

@@ -524,13 +524,15 @@ class BudgetBook:
         *,
         prices: PriceTable | None = None,
         clock: Callable[[], float] = time.time,
-        default_max_output_tokens: int = 4096,
+        default_max_output_tokens: int | None = None,
         on_event: Callable[[BudgetEvent], None] | None = None,
         on_throttle: Callable[[str, bool], None] | None = None,
     ) -> BudgetBook:
         """Ledgers for ``config``'s deployments with a ``budget``, priced like their
         adapters (the deployment's ``pricing``, else ``prices``, else the shipped table).
-        ``on_throttle`` is called with the deployment's name."""
+        Each reserves with its runtime config's default output cap unless
+        ``default_max_output_tokens`` overrides it. ``on_throttle`` is called with the
+        deployment's name."""
         ledgers: list[BudgetLedger] = []
         for deployment in config.deployments:
             if deployment.budget is None:
@@ -548,7 +550,9 @@ class BudgetBook:
                     deployment.budget,
                     price,
                     clock=clock,
-                    default_max_output_tokens=default_max_output_tokens,
+                    default_max_output_tokens=deployment.runtime_config.default_max_output_tokens
+                    if default_max_output_tokens is None
+                    else default_max_output_tokens,
                     on_event=on_event,
                     on_throttle=None
                     if on_throttle is None

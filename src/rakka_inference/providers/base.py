@@ -44,6 +44,7 @@ __all__ = [
     "EmbeddingAdapter",
     "ProviderAdapter",
     "StreamParser",
+    "TokenCredential",
     "load_json_object",
     "supports_embeddings",
 ]
@@ -99,6 +100,28 @@ class EmbeddingAdapter(Protocol):
     def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
         """The vectors in input order, and the input tokens the provider reports (or, where
         it reports none, the request's estimate)."""
+        ...
+
+
+class TokenCredential(Protocol):
+    """A credential a provider obtains by exchanging the configured secret for a token
+    (Vertex AI's service-account OAuth), renewed before it expires. It matches the remote
+    session's credential-provider protocol, plus ``aclose``."""
+
+    async def credential(self) -> Secret:
+        """The current token; cached, fetched only when none is usable."""
+        ...
+
+    async def refresh(self) -> None:
+        """Re-read the secret and fetch a new token now."""
+        ...
+
+    def describe(self) -> str:
+        """Where the credential comes from. Never the value."""
+        ...
+
+    async def aclose(self) -> None:
+        """Cancel a fetch in flight."""
         ...
 
 

@@ -151,14 +151,14 @@ class GeminiAdapter:
         config: GeminiConfig,
         model: str,
         *,
-        provider: str = "gemini",
+        provider: str | None = None,
         price_override: ModelPrice | None = None,
         prices: PriceTable | None = None,
         safety_settings: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.config = config
         self.model = model
-        self._provider = provider
+        self._provider = provider or config.provider_label
         self._price = resolve_price(model, price_override, prices)
         self._safety_settings = [dict(setting) for setting in safety_settings]
         self._vertex = config.variant == "vertex"

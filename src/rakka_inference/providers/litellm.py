@@ -36,7 +36,7 @@ class LiteLLMAdapter:
         config: LiteLLMConfig,
         model: str,
         *,
-        provider: str = "litellm",
+        provider: str | None = None,
         price_override: ModelPrice | None = None,
         prices: PriceTable | None = None,
     ) -> None:
@@ -53,7 +53,7 @@ class LiteLLMAdapter:
                 timeouts=config.timeouts,
             ),
             model,
-            provider=provider,
+            provider=provider or config.provider_label,
             price_override=price_override,
             prices=prices,
         )

@@ -80,7 +80,7 @@ class OpenAIAdapter:
     ) -> None:
         self.config = config
         self.model = model
-        self._provider = provider or ("azure" if config.variant == "azure" else "openai")
+        self._provider = provider or config.provider_label
         self._price = resolve_price(model, price_override, prices)
         self._azure = config.variant == "azure"
         if self._azure:

@@ -21,14 +21,19 @@ from rakka_inference.core.deployment import (
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.providers.anthropic import AnthropicAdapter
-from rakka_inference.providers.base import ProviderAdapter
+from rakka_inference.providers.base import ProviderAdapter, TokenCredential
 from rakka_inference.providers.gemini import GeminiAdapter
+from rakka_inference.providers.gemini_vertex import vertex_token_credential
 from rakka_inference.providers.litellm import LiteLLMAdapter
 from rakka_inference.providers.openai import OpenAIAdapter
+from rakka_inference.wire.http import HttpTransport
 
-__all__ = ["adapter_for", "remote_runtimes"]
+__all__ = ["TokenCredentialFactory", "adapter_for", "remote_runtimes", "token_credential_for"]
 
 _Factory = Callable[[Deployment, PriceTable | None], ProviderAdapter]
+
+TokenCredentialFactory = Callable[[HttpTransport], TokenCredential]
+"""Builds a deployment's token credential over the transport it fetches tokens with."""
 
 
 def _openai(deployment: Deployment, prices: PriceTable | None) -> ProviderAdapter:
@@ -96,3 +101,12 @@ def _config(deployment: Deployment, kind: type[Any]) -> Any:
     # Deployment.__post_init__ guarantees the runtime_config type matches the runtime.
     assert isinstance(deployment.runtime_config, kind)
     return deployment.runtime_config
+
+
+def token_credential_for(deployment: Deployment) -> TokenCredentialFactory | None:
+    """How ``deployment`` exchanges its configured secret for a token (Vertex AI's service
+    account); ``None`` when the secret is sent as it is (an API key)."""
+    config = deployment.runtime_config
+    if isinstance(config, GeminiConfig):
+        return vertex_token_credential(config)
+    return None

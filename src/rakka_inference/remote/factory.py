@@ -1,11 +1,12 @@
 """Wiring one remote replica from a :class:`~rakka_inference.core.deployment.Deployment`.
 
-``build_remote_engine`` picks the adapter from the registry, the credential provider from
-the runtime config (an API key reference, an Azure Entra ID token, or a Vertex service
-account), a session over pooled transports, the rate limiter for the (provider, key
-fingerprint, model) key and the circuit breaker for the (provider, endpoint) key — shared
-with every other replica and deployment that uses the same key or endpoint — and returns
-an engine ready to ``start``.
+``build_remote_engine`` picks the adapter from the registry, the credential provider the
+runtime config and the registry answer for (an API key reference, an Azure Entra ID token,
+or a Vertex service account), a session over pooled transports, the rate limiter for the
+(provider, key fingerprint, model) key and the circuit breaker for the (provider, endpoint)
+key — shared with every other replica and deployment that uses the same key or endpoint —
+and returns an engine ready to ``start``, its limiter estimating with the runtime config's
+default output-token cap (the one its budget ledger reserves with and the adapter sends).
 """
 
 from __future__ import annotations
@@ -16,24 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from rakka_inference.core.deployment import (
-    Deployment,
-    GeminiConfig,
-    OpenAIConfig,
-    RemoteRuntimeConfig,
-)
+from rakka_inference.core.deployment import Deployment, RemoteRuntimeConfig
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import PriceTable
-from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.engine.budget import BudgetGate
 from rakka_inference.engine.report import RequestReport
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.breaker import BreakerKey, BreakerRegistry
-from rakka_inference.remote.credentials import (
-    CredentialProvider,
-    ServiceAccountCredential,
-    credential_provider_for,
-)
+from rakka_inference.remote.credentials import deployment_credential
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.http import DEFAULT_MAX_CONNECTIONS, create_transport
 from rakka_inference.remote.ratelimit import LimiterKey, RateLimiter
@@ -69,51 +60,6 @@ def _transport_factory(
     return lambda: create_transport(http2=config.http2, max_connections=size)
 
 
-class _OwningCredential:
-    """A credential provider that also owns (and closes) the transport it fetches with."""
-
-    def __init__(self, inner: ServiceAccountCredential, transport: HttpTransport) -> None:
-        self._inner = inner
-        self._transport = transport
-
-    async def credential(self) -> Secret:
-        return await self._inner.credential()
-
-    async def refresh(self) -> None:
-        await self._inner.refresh()
-
-    def describe(self) -> str:
-        return self._inner.describe()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-        await self._transport.aclose()
-
-
-def _credentials(
-    deployment: Deployment, config: RemoteRuntimeConfig, services: RemoteServices
-) -> CredentialProvider:
-    if isinstance(config, GeminiConfig) and config.variant == "vertex":
-        assert config.credentials is not None  # the config loader requires it
-        # The token exchange gets its own small transport, closed with the session.
-        transport = _transport_factory(services, config, 1)()
-        return _OwningCredential(ServiceAccountCredential(config.credentials, transport), transport)
-    ref: SecretRef | None = config.api_key
-    if isinstance(config, OpenAIConfig) and config.azure_ad_token is not None:
-        ref = config.azure_ad_token
-    if ref is None:
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    "<deployment>",
-                    f"deployment {deployment.name!r}.runtime_config.api_key",
-                    "a remote deployment needs a credential",
-                )
-            ]
-        )
-    return credential_provider_for(ref)
-
-
 async def build_remote_engine(
     deployment: Deployment,
     services: RemoteServices,
@@ -138,7 +84,12 @@ async def build_remote_engine(
     adapter = adapter_for(deployment, services.prices)
     session = RemoteSession(
         _transport_factory(services, config, deployment.serving.max_concurrent),
-        _credentials(deployment, config, services),
+        deployment_credential(
+            deployment,
+            config,
+            # A token exchange gets its own small transport, closed with the session.
+            _transport_factory(services, config, 1),
+        ),
         clock=services.clock,
     )
     snapshot = await session.start()
@@ -165,4 +116,5 @@ async def build_remote_engine(
         rng=services.rng,
         on_complete=on_complete,
         budget=budget,
+        default_max_output_tokens=config.default_max_output_tokens,
     )

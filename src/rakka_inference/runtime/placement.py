@@ -33,15 +33,12 @@ from typing import NamedTuple
 
 from rakka_inference.core.deployment import (
     Deployment,
-    GeminiConfig,
-    OpenAIConfig,
     RemoteRuntimeConfig,
     SentenceTransformersConfig,
     TransformersConfig,
     VllmConfig,
 )
 from rakka_inference.core.errors import PlacementFailed, SecretError
-from rakka_inference.providers.registry import adapter_for
 
 __all__ = [
     "Assignment",
@@ -208,18 +205,14 @@ def credential_key(deployment: Deployment) -> CredentialKey | None:
     config = deployment.runtime_config
     if not isinstance(config, RemoteRuntimeConfig):
         return None
-    ref = config.api_key
-    if isinstance(config, OpenAIConfig) and config.azure_ad_token is not None:
-        ref = config.azure_ad_token
-    if isinstance(config, GeminiConfig) and config.variant == "vertex":
-        ref = config.credentials
+    ref = config.credential
     if ref is None:
         return None
     try:
         fingerprint = ref.resolve().fingerprint()
     except SecretError:
         return None
-    return CredentialKey(adapter_for(deployment).provider, fingerprint)
+    return CredentialKey(config.provider_label, fingerprint)
 
 
 # --------------------------------------------------------------------------- inventory

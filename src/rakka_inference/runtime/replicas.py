@@ -155,6 +155,9 @@ class EngineBuilder:
                 model=deployment.model,
             )
             self._ledgers[deployment.name] = ledger
+        # The cap the engine's limiter estimates with and the adapter sends (a hot swap
+        # may change it while keeping the spend).
+        ledger.default_max_output_tokens = deployment.runtime_config.default_max_output_tokens
         return ledger
 
     def forget(self, name: str) -> None:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Config, Deployment, OpenAIConfig, RuntimeKind
+from rakka_inference.core.deployment import Config, Deployment, RuntimeKind
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe import tracing
 from rakka_inference.observe.metrics import InferenceMetrics
@@ -43,10 +43,7 @@ log = logging.getLogger("rakka_inference.topology")
 
 def provider_label(deployment: Deployment) -> str:
     """The provider a deployment's metrics are labelled with (never a key or a URL)."""
-    config = deployment.runtime_config
-    if isinstance(config, OpenAIConfig) and config.variant == "azure":
-        return "azure"
-    return deployment.runtime.value
+    return deployment.provider_label
 
 
 class _MetricsWatcher:
