@@ -47,7 +47,7 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.core.secrets import Secret
 from rakka_inference.remote.breaker import BreakerState
-from rakka_inference.runtime.gateway import bearer_matches
+from rakka_inference.runtime.asgi import bearer_matches
 from rakka_inference.runtime.manager import ApplyReport
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ Routes:
   optional final usage chunk, ``data: [DONE]``) and not;
 - ``POST /v1/messages`` — Anthropic's Messages format in and out, streaming (Anthropic's
   event stream, usage always) and not, against any deployment
-  (:mod:`~rakka_inference.runtime.anthropic_api`); its errors are Anthropic error bodies;
+  (:mod:`~rakka_inference.api.anthropic_request`); its errors are Anthropic error bodies;
 - ``POST /v1/embeddings`` — routed like chat, to deployments whose provider serves
   embeddings (others answer 400 naming ``model``);
 - ``GET /v1/models`` — deployments and their aliases;
@@ -28,68 +28,61 @@ and releases every permit. If the upstream fails after the first byte, the clien
 partial content once, then an error event, then ``[DONE]`` (Anthropic's stream ends at
 its ``error`` event).
 
-The module is written on raw ASGI, with no framework, because the gateway's own overhead is
-the product: one dict lookup routes a request, and bodies are bytes end to end.
+The module is written on raw ASGI (:mod:`~rakka_inference.runtime.asgi`), with no framework,
+because the gateway's own overhead is the product: one dict lookup routes a request, and
+bodies are bytes end to end. The inference routes, one per dialect, are in
+:mod:`~rakka_inference.runtime.dialects`; a streamed answer is written by
+:mod:`~rakka_inference.runtime.streaming`. This module holds what they share: routing,
+keys, the limits, the watch on the connection, and the operational routes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Mapping,
-    MutableMapping,
-)
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
 
-from rakka_inference.api.anthropic_request import parse_messages_request
-from rakka_inference.api.anthropic_response import (
-    MessageStreamRenderer,
-    anthropic_error_json,
-    message_json,
-)
-from rakka_inference.api.openai_request import parse_chat_request, parse_embedding_request
-from rakka_inference.api.openai_response import (
-    ChunkRenderer,
-    completion_json,
-    embeddings_json,
-    error_json,
-)
+from rakka_inference.api.anthropic_response import anthropic_error_json
+from rakka_inference.api.openai_response import error_json
 from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
     Backpressure,
     ClientUnauthorized,
     InferenceError,
-    InternalError,
-    PayloadTooLarge,
     RequestCancelled,
     RouteNotFound,
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, new_request_id
 from rakka_inference.core.secrets import Secret
-from rakka_inference.core.stream import TokenChunk
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe.metrics import CONTENT_TYPE, InferenceMetrics
+from rakka_inference.runtime import dialects
+from rakka_inference.runtime.asgi import (
+    ErrorRenderer,
+    Receive,
+    Scope,
+    Send,
+    bearer_matches,
+    disconnected,
+    header,
+    header_key_matches,
+    receive_body,
+    send_error,
+    send_json,
+    trace_headers,
+)
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor
+from rakka_inference.runtime.streaming import StreamRenderer, send_stream
 
-__all__ = ["AdminHandler", "ApiGateway", "bearer_matches", "header_key_matches"]
+__all__ = ["AdminHandler", "ApiGateway"]
 
 log = logging.getLogger("rakka_inference.gateway")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class AdminHandler(Protocol):
@@ -98,32 +91,20 @@ class AdminHandler(Protocol):
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]: ...
 
 
-class _StreamRenderer(Protocol):
-    """One streamed answer in a wire format (OpenAI's ChunkRenderer, Anthropic's)."""
-
-    def first(self) -> bytes: ...
-
-    def render(self, chunk: TokenChunk) -> bytes: ...
-
-    def final(self) -> bytes: ...
-
-    def error(self, error: InferenceError) -> bytes: ...
-
-
-_ErrorRenderer = Callable[[InferenceError], tuple[int, dict[str, str], bytes]]
-
-
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 """Every request has a deadline: waiting for a permit, and retry backoffs, stop there."""
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _MESSAGES_PATH = "/v1/messages"
-_ERROR_RENDERERS: dict[str, _ErrorRenderer] = {_MESSAGES_PATH: anthropic_error_json}
+_ERROR_RENDERERS: dict[str, ErrorRenderer] = {_MESSAGES_PATH: anthropic_error_json}
 """Routes whose errors are not OpenAI-style; looked up only when an error is answered."""
 
 
 class ApiGateway:
-    """The ASGI application in front of the coordinator."""
+    """The ASGI application in front of the coordinator.
+
+    It is the :class:`~rakka_inference.runtime.dialects.Serving` of the inference routes.
+    """
 
     def __init__(
         self,
@@ -158,9 +139,9 @@ class ApiGateway:
         self.in_flight = 0
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send, str], Awaitable[None]]]
         self._routes = {
-            ("POST", "/v1/chat/completions"): self._chat,
-            ("POST", "/v1/embeddings"): self._embeddings,
-            ("POST", _MESSAGES_PATH): self._messages,
+            ("POST", "/v1/chat/completions"): partial(dialects.chat, self),
+            ("POST", "/v1/embeddings"): partial(dialects.embeddings, self),
+            ("POST", _MESSAGES_PATH): partial(dialects.messages, self),
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
@@ -176,13 +157,13 @@ class ApiGateway:
             return
         if scope["type"] != "http":
             return
-        request_id = _header(scope, b"x-request-id") or new_request_id()
+        request_id = header(scope, b"x-request-id") or new_request_id()
         handler = self._routes.get((scope["method"], scope["path"]))
         try:
             if handler is None:
                 if self.admin is not None and scope["path"].startswith("/admin/"):
                     status, body = await self.admin.handle(scope, receive)
-                    await _send_json(send, status, body, request_id)
+                    await send_json(send, status, body, request_id)
                     return
                 raise RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})")
             if scope["path"] not in _OPEN_PATHS:  # probes answer without a key
@@ -192,7 +173,7 @@ class ApiGateway:
             return  # the client is gone: there is nobody to answer
         except InferenceError as error:
             render = _ERROR_RENDERERS.get(scope["path"], error_json)
-            await _send_error(send, error, request_id, render)
+            await send_error(send, error, request_id, render)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -224,58 +205,14 @@ class ApiGateway:
             )
         raise ClientUnauthorized("a valid API key is required: Authorization: Bearer <key>")
 
-    # ------------------------------------------------------------------ routes
+    # ------------------------------------------------------------------ serving
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        body = await self._read_body(scope, receive)
-        request = parse_chat_request(body, request_id=request_id)
-        actor = self._actor(request, scope)
-        started = self._clock()
-        await self._watched(self._answer(actor, request, send, request_id), receive)
-        self._observe_overhead(actor, started)
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, refused (413) past ``max_body_bytes``."""
+        return await receive_body(scope, receive, self.max_body_bytes)
 
-    async def _messages(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        body = await self._read_body(scope, receive)
-        request = parse_messages_request(body, request_id=request_id)
-        actor = self._actor(request, scope)
-        started = self._clock()
-
-        async def answer() -> None:
-            if request.stream:
-                renderer = MessageStreamRenderer(request_id, request.model)
-                await self._send_stream(renderer, actor, send, request_id)
-                return
-            result = await actor.completion()
-            payload = message_json(result, request_id=request_id, model=request.model)
-            await _send_json(send, 200, payload, request_id)
-
-        await self._watched(answer(), receive)
-        self._observe_overhead(actor, started)
-
-    async def _embeddings(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str
-    ) -> None:
-        body = await self._read_body(scope, receive)
-        call = parse_embedding_request(body, request_id=request_id)
-        actor = self._actor(call.request, scope)
-        started = self._clock()
-
-        async def answer() -> None:
-            result = await actor.embedding()
-            payload = embeddings_json(
-                result, model=call.request.model, encoding_format=call.encoding_format
-            )
-            await _send_json(send, 200, payload, request_id)
-
-        await self._watched(answer(), receive)
-        self._observe_overhead(actor, started)
-
-    def _observe_overhead(self, actor: RequestActor, started: float) -> None:
-        if self.metrics is not None and actor.record.engine_s:
-            overhead = self._clock() - started - actor.record.engine_s
-            self.metrics.observe_gateway_overhead(max(0.0, overhead))
-
-    def _actor(self, request: ChatRequest | EmbeddingRequest, scope: Scope) -> RequestActor:
+    def actor(self, request: ChatRequest | EmbeddingRequest, scope: Scope) -> RequestActor:
+        """A request actor for ``request``; :class:`Backpressure` at ``max_concurrent``."""
         if self.in_flight >= self.max_concurrent:
             raise Backpressure(f"the gateway is at its limit of {self.max_concurrent} requests")
         deadline = (
@@ -288,7 +225,31 @@ class ApiGateway:
             deadline=deadline,
             clock=self._clock,
             on_done=self._on_record,
-            trace_parent=_trace_headers(scope) if tracing.enabled() else None,
+            trace_parent=trace_headers(scope) if tracing.enabled() else None,
+        )
+
+    async def serve(
+        self, actor: RequestActor, answer: Coroutine[Any, Any, None], receive: Receive
+    ) -> None:
+        """Run ``answer`` while watching the connection; then observe the gateway's overhead."""
+        started = self._clock()
+        await self._watched(answer, receive)
+        if self.metrics is not None and actor.record.engine_s:
+            overhead = self._clock() - started - actor.record.engine_s
+            self.metrics.observe_gateway_overhead(max(0.0, overhead))
+
+    async def stream(
+        self, renderer: StreamRenderer, actor: RequestActor, send: Send, request_id: str
+    ) -> None:
+        """Stream ``actor``'s answer through ``renderer``, observing inter-token gaps."""
+        await send_stream(
+            renderer,
+            actor,
+            send,
+            request_id,
+            clock=self._clock,
+            metrics=self.metrics,
+            providers=self._providers,
         )
 
     async def _watched(self, answer: Coroutine[Any, Any, None], receive: Receive) -> None:
@@ -297,7 +258,7 @@ class ApiGateway:
         # the engine stream, cancels the upstream call and frees every permit.
         self.in_flight += 1
         work = asyncio.ensure_future(answer)
-        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher = asyncio.ensure_future(disconnected(receive))
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -312,88 +273,7 @@ class ApiGateway:
         if error is not None:
             raise error
 
-    async def _answer(
-        self, actor: RequestActor, request: ChatRequest, send: Send, request_id: str
-    ) -> None:
-        if request.stream:
-            await self._stream(actor, request, send, request_id)
-            return
-        result = await actor.completion()
-        body = completion_json(
-            result, request_id=request_id, model=request.model, created=int(time.time())
-        )
-        await _send_json(send, 200, body, request_id)
-
-    async def _stream(
-        self, actor: RequestActor, request: ChatRequest, send: Send, request_id: str
-    ) -> None:
-        renderer = ChunkRenderer(
-            request_id=request_id,
-            model=request.model,
-            created=int(time.time()),
-            include_usage=request.include_usage,
-        )
-        await self._send_stream(renderer, actor, send, request_id)
-
-    async def _send_stream(
-        self, renderer: _StreamRenderer, actor: RequestActor, send: Send, request_id: str
-    ) -> None:
-        chunks = actor.chunks()
-        # Nothing is sent until the first visible chunk: a failure before it is a plain
-        # JSON error with its own status (after every fallback was tried). Usage-only
-        # chunks before it are held back.
-        held: list[TokenChunk] = []
-        async for chunk in chunks:
-            held.append(chunk)
-            if chunk.visible:
-                break
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-request-id", request_id.encode()),
-                ],
-            }
-        )
-        try:
-            await self._write_stream(renderer, held, chunks, send, actor.record)
-        finally:
-            await chunks.aclose()
-
-    async def _write_stream(
-        self,
-        renderer: _StreamRenderer,
-        held: list[TokenChunk],
-        chunks: AsyncIterator[TokenChunk],
-        send: Send,
-        record: RequestRecord,
-    ) -> None:
-        # The held chunks are rendered before the opening event is built, so an Anthropic
-        # message_start can report the prompt usage an upstream sent ahead of the content.
-        opening = b"".join(renderer.render(chunk) for chunk in held)
-        body = renderer.first() + opening
-        await send({"type": "http.response.body", "body": body, "more_body": True})
-        metrics, clock = self.metrics, self._clock
-        deployment = record.deployment or ""
-        provider = self._providers.get(deployment, "")
-        last = clock()
-        try:
-            async for chunk in chunks:
-                data = renderer.render(chunk)
-                if data:
-                    if metrics is not None:
-                        now = clock()
-                        metrics.observe_inter_token(deployment, provider, now - last)
-                        last = now
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-            tail = renderer.final()
-        except InferenceError as error:
-            # After the first byte: the partial answer stands; an error event ends it.
-            tail = renderer.error(error)
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+    # ------------------------------------------------------------------ operations
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         created = int(time.time())
@@ -402,7 +282,7 @@ class ApiGateway:
             for name, aliases in self.coordinator.models()
             for model in (name, *aliases)
         ]
-        await _send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
+        await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         assert self.metrics is not None
@@ -421,121 +301,13 @@ class ApiGateway:
         await send({"type": "http.response.body", "body": body})
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        await _send_json(send, 200, b'{"status":"ok"}', request_id)
+        await send_json(send, 200, b'{"status":"ok"}', request_id)
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         table = self.coordinator.table
         waiting = sorted(name for name, replicas in table.replicas.items() if not replicas)
         if not table.replicas or waiting:
             body = orjson.dumps({"status": "not ready", "deployments_without_replicas": waiting})
-            await _send_json(send, 503, body, request_id)
+            await send_json(send, 503, body, request_id)
             return
-        await _send_json(send, 200, b'{"status":"ready"}', request_id)
-
-    # ------------------------------------------------------------------ bodies
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise RequestCancelled("the client went away while sending its request")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def bearer_matches(scope: Scope, keys: Iterable[bytes]) -> bool:
-    """Whether the request's ``Authorization: Bearer`` token is one of ``keys``.
-
-    Every key is compared, always, in constant time: the time taken says nothing about
-    which key (or how much of one) matched.
-    """
-    scheme, _, presented = (_header(scope, b"authorization") or "").partition(" ")
-    return _one_of(presented.strip().encode(), keys) and scheme.lower() == "bearer"
-
-
-def header_key_matches(scope: Scope, header: bytes, keys: Iterable[bytes]) -> bool:
-    """Whether the request's ``header`` (such as ``x-api-key``) holds one of ``keys``.
-
-    Compared as :func:`bearer_matches` compares: every key, in constant time.
-    """
-    return _one_of((_header(scope, header) or "").strip().encode(), keys)
-
-
-def _one_of(token: bytes, keys: Iterable[bytes]) -> bool:
-    valid = False
-    for key in keys:
-        valid |= hmac.compare_digest(token, key)
-    return valid
-
-
-def _trace_headers(scope: Scope) -> dict[str, str] | None:
-    """The request's W3C Trace Context headers, so its trace joins the client's."""
-    found = {
-        key.decode("latin-1"): value.decode("latin-1")
-        for key, value in scope["headers"]
-        if key in tracing.TRACE_HEADERS
-    }
-    return found or None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(
-    send: Send, error: InferenceError, request_id: str, render: _ErrorRenderer = error_json
-) -> None:
-    try:
-        status, headers, body = render(error)
-    except Exception:  # pragma: no cover - a bug in rendering must still answer
-        log.exception("rendering an error failed")
-        status, headers, body = render(InternalError("internal error"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-                *((k.encode(), v.encode()) for k, v in headers.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, b'{"status":"ready"}', request_id)

@@ -1,0 +1,118 @@
+"""The gateway's inference routes, one per client dialect: chat completions, messages,
+embeddings.
+
+Each route reads the body, parses it with its dialect's parser
+(:mod:`rakka_inference.api`), has the gateway start a
+:class:`~rakka_inference.runtime.request.RequestActor` for it, and answers in its
+dialect: a JSON body, or a stream through :func:`~rakka_inference.runtime.streaming.
+send_stream`. What every route shares — the body limit, the in-flight limit and deadline,
+the watch for a client going away, the overhead metric — is the gateway's, reached
+through :class:`Serving`. Errors are raised to the gateway, which renders them in the
+route's format.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from rakka_inference.api.anthropic_request import parse_messages_request
+from rakka_inference.api.anthropic_response import MessageStreamRenderer, message_json
+from rakka_inference.api.openai_embeddings import parse_embedding_request
+from rakka_inference.api.openai_request import parse_chat_request
+from rakka_inference.api.openai_response import ChunkRenderer, completion_json, embeddings_json
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
+from rakka_inference.runtime.asgi import Receive, Scope, Send, send_json
+from rakka_inference.runtime.request import RequestActor
+from rakka_inference.runtime.streaming import StreamRenderer
+
+__all__ = ["Serving", "chat", "embeddings", "messages"]
+
+
+class Serving(Protocol):
+    """What a route asks of the gateway (:class:`~rakka_inference.runtime.gateway.ApiGateway`)."""
+
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, within the gateway's size limit."""
+        ...
+
+    def actor(self, request: ChatRequest | EmbeddingRequest, scope: Scope) -> RequestActor:
+        """A request actor for ``request``, within the in-flight limit, with its deadline."""
+        ...
+
+    async def serve(
+        self, actor: RequestActor, answer: Coroutine[Any, Any, None], receive: Receive
+    ) -> None:
+        """Run ``answer``, cancelled if the client goes away; observe the overhead."""
+        ...
+
+    async def stream(
+        self, renderer: StreamRenderer, actor: RequestActor, send: Send, request_id: str
+    ) -> None:
+        """Stream ``actor``'s answer through ``renderer``."""
+        ...
+
+
+async def chat(
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, request_id: str
+) -> None:
+    """``POST /v1/chat/completions``: OpenAI's chat format in and out."""
+    request = parse_chat_request(await gateway.read_body(scope, receive), request_id=request_id)
+    actor = gateway.actor(request, scope)
+
+    async def answer() -> None:
+        if request.stream:
+            renderer = ChunkRenderer(
+                request_id=request_id,
+                model=request.model,
+                created=int(time.time()),
+                include_usage=request.include_usage,
+            )
+            await gateway.stream(renderer, actor, send, request_id)
+            return
+        result = await actor.completion()
+        body = completion_json(
+            result, request_id=request_id, model=request.model, created=int(time.time())
+        )
+        await send_json(send, 200, body, request_id)
+
+    await gateway.serve(actor, answer(), receive)
+
+
+async def messages(
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, request_id: str
+) -> None:
+    """``POST /v1/messages``: Anthropic's Messages format in and out."""
+    body = await gateway.read_body(scope, receive)
+    request = parse_messages_request(body, request_id=request_id)
+    actor = gateway.actor(request, scope)
+
+    async def answer() -> None:
+        if request.stream:
+            renderer = MessageStreamRenderer(request_id, request.model)
+            await gateway.stream(renderer, actor, send, request_id)
+            return
+        result = await actor.completion()
+        payload = message_json(result, request_id=request_id, model=request.model)
+        await send_json(send, 200, payload, request_id)
+
+    await gateway.serve(actor, answer(), receive)
+
+
+async def embeddings(
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, request_id: str
+) -> None:
+    """``POST /v1/embeddings``: OpenAI's embeddings format in and out."""
+    body = await gateway.read_body(scope, receive)
+    call = parse_embedding_request(body, request_id=request_id)
+    actor = gateway.actor(call.request, scope)
+
+    async def answer() -> None:
+        result = await actor.embedding()
+        payload = embeddings_json(
+            result, model=call.request.model, encoding_format=call.encoding_format
+        )
+        await send_json(send, 200, payload, request_id)
+
+    await gateway.serve(actor, answer(), receive)
