@@ -17,7 +17,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from rakka_inference.core.deployment import Timeouts
+from rakka_inference.core.deployment import (
+    Deployment,
+    GeminiConfig,
+    OpenAIConfig,
+    RuntimeKind,
+    Timeouts,
+)
 from rakka_inference.core.errors import NetworkError, SecretError
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.providers.gemini_vertex import (
@@ -27,6 +33,7 @@ from rakka_inference.providers.gemini_vertex import (
     TOKEN_TIMEOUTS,
     ServiceAccountCredential,
 )
+from rakka_inference.providers.registry import token_credential_for
 from rakka_inference.remote.credentials import CredentialProvider
 from rakka_inference.testkit.clock import FakeClock
 from rakka_inference.wire.http import HttpRequest, HttpResponse
@@ -505,3 +512,38 @@ async def test_no_secret_material_reaches_logs_or_errors(
         for assertion in assertions:
             assert assertion not in text
             assert assertion.split(".")[2] not in text  # not even the signature
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def gemini(config: GeminiConfig) -> Deployment:
+    return Deployment(
+        name="g", model="gemini-2.5-flash", runtime=RuntimeKind.GEMINI, runtime_config=config
+    )
+
+
+def test_the_registry_hands_a_vertex_deployment_its_token_credential(tmp_path: Path) -> None:
+    vertex = GeminiConfig(
+        variant="vertex",
+        project="p",
+        region="us-central1",
+        credentials=SecretRef.from_file(tmp_path / "sa.json"),
+    )
+    make = token_credential_for(gemini(vertex))
+    assert make is not None
+    credential = make(FakeTokenEndpoint(token_reply()))
+    assert isinstance(credential, ServiceAccountCredential)
+    assert credential.describe() == f"service-account file:{tmp_path / 'sa.json'}"
+
+
+def test_an_api_key_is_sent_as_it_is() -> None:
+    key = SecretRef.from_env("GEMINI_API_KEY")
+    assert token_credential_for(gemini(GeminiConfig(api_key=key))) is None
+    openai = Deployment(
+        name="o",
+        model="gpt-4o",
+        runtime=RuntimeKind.OPENAI,
+        runtime_config=OpenAIConfig(api_key=key),
+    )
+    assert token_credential_for(openai) is None

@@ -10,16 +10,28 @@ from pathlib import Path
 
 import pytest
 
-from rakka_inference.core.errors import SecretError
+from rakka_inference.core.deployment import (
+    AnthropicConfig,
+    Deployment,
+    GeminiConfig,
+    OpenAIConfig,
+    RemoteRuntimeConfig,
+    RuntimeKind,
+    Timeouts,
+)
+from rakka_inference.core.errors import ConfigError, SecretError
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.remote.credentials import (
     CommandCredential,
     CredentialProvider,
+    OwningCredential,
     SecretRefCredential,
     StaticCredential,
     credential_provider_for,
+    deployment_credential,
 )
 from rakka_inference.testkit.clock import FakeClock
+from rakka_inference.wire.http import HttpRequest, HttpResponse, HttpTransport
 
 PY = sys.executable
 
@@ -224,3 +236,63 @@ def test_command_credential_validates_its_arguments() -> None:
         CommandCredential(["x"], timeout_s=0)
     with pytest.raises(ValueError, match="max_age_s"):
         CommandCredential(["x"], timeout_s=1, max_age_s=0)
+
+
+# --------------------------------------------------------------------------- per deployment
+
+
+class ClosingTransport:
+    """A transport that only records being closed (no token is fetched here)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def send(self, request: HttpRequest, timeouts: Timeouts, *, stream: bool) -> HttpResponse:
+        raise AssertionError("nothing is fetched in these tests")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def remote(runtime: RuntimeKind, config: RemoteRuntimeConfig) -> Deployment:
+    return Deployment(name="d", model="m", runtime=runtime, runtime_config=config)
+
+
+def no_transport() -> HttpTransport:
+    raise AssertionError("an API key needs no transport of its own")
+
+
+async def test_a_deployment_sends_the_secret_its_config_names() -> None:
+    key = SecretRef.inline("sk-key", warn=False)
+    token = SecretRef.inline("entra-token", warn=False)
+    plain = remote(RuntimeKind.OPENAI, OpenAIConfig(api_key=key))
+    azure = remote(
+        RuntimeKind.OPENAI,
+        OpenAIConfig(variant="azure", api_key=key, azure_ad_token=token),
+    )
+    for deployment, expected in ((plain, "sk-key"), (azure, "entra-token")):
+        config = deployment.runtime_config
+        assert isinstance(config, RemoteRuntimeConfig)
+        provider = deployment_credential(deployment, config, no_transport)
+        assert (await provider.credential()).expose() == expected
+
+
+async def test_a_token_credential_owns_its_transport(tmp_path: Path) -> None:
+    config = GeminiConfig(
+        variant="vertex",
+        project="p",
+        region="us-central1",
+        credentials=SecretRef.from_file(tmp_path / "sa.json"),
+    )
+    transport = ClosingTransport()
+    provider = deployment_credential(remote(RuntimeKind.GEMINI, config), config, lambda: transport)
+    assert isinstance(provider, OwningCredential)
+    assert provider.describe().startswith("service-account file:")
+    await provider.aclose()
+    assert transport.closed
+
+
+def test_a_missing_credential_names_its_field() -> None:
+    config = AnthropicConfig()
+    with pytest.raises(ConfigError, match=r"runtime_config\.api_key"):
+        deployment_credential(remote(RuntimeKind.ANTHROPIC, config), config, no_transport)
