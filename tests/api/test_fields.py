@@ -1,0 +1,117 @@
+"""The shared field reader: its rules, whichever dialect words the errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rakka_inference.api.anthropic_fields import read as anthropic
+from rakka_inference.api.fields import Expected, FieldReader, is_http_url
+from rakka_inference.api.openai_fields import read as openai
+from rakka_inference.core.errors import BadRequest, PayloadTooLarge
+
+
+class Recording:
+    """A wording that says which rule failed, so the tests check the rules, not the words."""
+
+    def missing(self, param: str) -> BadRequest:
+        return BadRequest("missing", param=param)
+
+    def wrong_type(self, param: str, expected: Expected, value: object) -> BadRequest:
+        return BadRequest(f"not {expected}", param=param)
+
+    def empty_string(self, param: str) -> BadRequest:
+        return BadRequest("empty string", param=param)
+
+    def empty_array(self, param: str) -> BadRequest:
+        return BadRequest("empty array", param=param)
+
+    def out_of_range(self, param: str, low: float, high: float) -> BadRequest:
+        return BadRequest(f"outside {low}..{high}", param=param)
+
+    def not_json(self) -> BadRequest:
+        return BadRequest("not json")
+
+    def not_an_object(self, document: object) -> BadRequest:
+        return BadRequest("not an object")
+
+
+read = FieldReader(Recording())
+
+
+def failure(call: Callable[..., object], *args: Any, **kwargs: Any) -> tuple[str, str | None]:
+    """The message and ``param`` of the BadRequest that ``call`` raises."""
+    with pytest.raises(BadRequest) as caught:
+        call(*args, **kwargs)
+    return caught.value.message, caught.value.param
+
+
+def test_null_is_absent_for_every_optional_field() -> None:
+    for check in (read.string, read.integer, read.number, read.boolean):
+        assert check(None, "x") is None
+
+
+def test_a_required_string_is_present_then_a_string_then_not_empty() -> None:
+    assert read.required_string("a", "p") == "a"
+    assert failure(read.required_string, None, "p") == ("missing", "p")
+    assert failure(read.required_string, 3, "p") == ("not string", "p")
+    assert failure(read.required_string, "", "p") == ("empty string", "p")
+
+
+def test_a_boolean_is_not_a_number() -> None:
+    assert failure(read.integer, True, "n") == ("not integer", "n")
+    assert failure(read.number, False, "t") == ("not number", "t")
+    assert read.number(1, "t") == 1.0
+    assert isinstance(read.number(1, "t"), float)
+    assert failure(read.integer, 1.5, "n") == ("not integer", "n")
+
+
+def test_a_range_refuses_nan_and_takes_its_bounds() -> None:
+    assert read.number(0, "t", low=0.0, high=1.0) == 0.0
+    assert read.number(1, "t", low=0.0, high=1.0) == 1.0
+    assert failure(read.number, 1.5, "t", low=0.0, high=1.0) == ("outside 0.0..1.0", "t")
+    assert failure(read.number, math.nan, "t", low=0.0, high=1.0) == ("outside 0.0..1.0", "t")
+
+
+def test_arrays_and_objects() -> None:
+    assert read.array([], "a") == []
+    assert failure(read.array, [], "a", non_empty=True) == ("empty array", "a")
+    assert failure(read.array, {}, "a") == ("not array", "a")
+    assert read.mapping({"k": 1}, "o") == {"k": 1}
+    assert failure(read.mapping, [], "o") == ("not object", "o")
+    assert failure(read.boolean, "yes", "b") == ("not boolean", "b")
+
+
+def test_the_document() -> None:
+    assert read.document(b'{"a":1}') == {"a": 1}
+    assert failure(read.document, b"{") == ("not json", None)
+    assert failure(read.document, b"[1]") == ("not an object", None)
+    with pytest.raises(PayloadTooLarge):
+        read.document(b'{"a":1}', max_body_bytes=3)
+
+
+@pytest.mark.parametrize(
+    ("reader", "expected"),
+    [
+        (openai, "Invalid type for 'p': expected a boolean, but got a string instead."),
+        (anthropic, "p: Input should be a valid boolean"),
+    ],
+)
+def test_each_dialect_words_the_same_rule_its_own_way(reader: FieldReader, expected: str) -> None:
+    assert failure(reader.boolean, "yes", "p") == (expected, "p")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://example.com/a.png", True),
+        ("HTTP://example.com/a.png", True),
+        ("ftp://example.com/a.png", False),
+        ("data:image/png;base64,AAAA", False),
+    ],
+)
+def test_is_http_url(url: str, expected: bool) -> None:
+    assert is_http_url(url) is expected
