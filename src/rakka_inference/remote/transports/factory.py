@@ -2,29 +2,9 @@
 
 Each library is imported only when chosen, so the httpx extra stays optional.
 
-Which one is the default — measured with ``bench/http_transport.py``: client pinned to one
-core, a bare-asyncio server process (uvloop) on the other, every variant in the same run,
-in alternating rounds; CPU is ``time.process_time`` of the client per request, median of 5
-rounds; Python 3.11.7, httpx 0.28.1 (with sniffio), aiohttp 3.14.5, asyncio loop, on a
-shared 2-core VM whose absolute figures are slow and noisy (the ratios held across runs):
-
-=================================  ==========  ==========  ===============================
-per request, our transport on      httpx       aiohttp     aiohttp / httpx (uvloop run)
-=================================  ==========  ==========  ===============================
-unary, small JSON: client CPU      710 us      168 us      0.24x (0.29x)
-unary: latency p50                 730 us      180 us      0.25x (0.33x)
-unary, 32 in flight: client CPU    1350 us     94 us       0.07x (0.03x)
-20-chunk stream: client CPU        4660 us     2440 us     0.52x (0.38x)
-=================================  ==========  ==========  ===============================
-
-(The stream's latency is the server's 1 ms gap between chunks, the same for both.) Without
-the ``sniffio`` package, which recent anyio no longer pulls in, httpcore retries a failing
-import on every request and httpx's unary CPU grows by about half again (1160 us). Our
-layer over the bare library costs 4-16 % CPU on a unary request with aiohttp (one
-``asyncio.timeout_at``, about 5-6 us, is the largest part) and is within the noise on
-streams. A total limit adds one ``asyncio.timeout_at`` per body read: 5-6.5 us in
-isolation, 0-23 us per read in the (noisy) stream runs; with no total limit, nothing is
-added per chunk.
+Which one is the default: our transport on aiohttp costs the client less CPU and latency
+per request than on httpx, unary and streamed, one at a time and many in flight (measured
+in ``bench/http_transport.py``; the figures are in ``bench/README.md``).
 
 So :func:`create_transport` returns the aiohttp transport unless HTTP/2 is asked for (only
 httpx speaks it) or ``prefer`` says otherwise.
