@@ -30,10 +30,10 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.local.engine import LocalEngineCore
 from rakka_inference.testkit.clock import FakeClock
 from rakka_inference.testkit.mock_runner import MockReply, MockRunner, MockScript
+from rakka_inference.testkit.reports import ReportLog
 
 MAX_CONCURRENT = 3
 
@@ -79,7 +79,7 @@ class Storm:
         self.fatal = seed % 3 == 0
         self.clock = FakeClock()
         self.script = MockScript()
-        self.reports: list[RequestReport] = []
+        self.report_log = ReportLog()
         self.failures: list[Exception] = []
         self.samples = 0
         self.engine = LocalEngineCore(
@@ -89,19 +89,15 @@ class Storm:
                 max_concurrent=MAX_CONCURRENT, queue_capacity=8, queue_timeout_ms=60_000
             ),
             clock=self.clock,
-            on_complete=self.on_complete,
             on_failed=self.failures.append,
         )
+        self.report_log.watch(self.engine)
 
     def check(self) -> None:
         engine = self.engine
         assert 0 <= engine.in_flight <= MAX_CONCURRENT
         assert engine.queued >= 0
         self.samples += 1
-
-    def on_complete(self, report: RequestReport) -> None:
-        self.reports.append(report)
-        self.check()
 
     async def consume(self, stream: BoundedStream[TokenChunk], plan: Plan) -> str:
         seen = 0
@@ -157,7 +153,7 @@ class Storm:
         outcomes = Counter(await asyncio.wait_for(asyncio.gather(*consumers), 10))
         outcomes["refused"] = refused
 
-        counts = Counter(report.request_id for report in self.reports)
+        counts = Counter(report.request_id for report in self.report_log.reports)
         assert set(counts) == set(accepted)
         assert set(counts.values()) <= {1}, "a request was reported (and released) twice"
         return outcomes

@@ -24,8 +24,10 @@ from rakka_inference.core.errors import (
     Backpressure,
     BadRequest,
     ContextPoisoned,
+    IllegalTransition,
     InferenceError,
     InternalError,
+    OperationRefused,
     OutOfMemory,
     RequestCancelled,
     StreamInterrupted,
@@ -37,12 +39,14 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest, EmbeddingReq
 from rakka_inference.core.runner import ModelRunner, SessionRebuildCause, Transport
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.engine.report import RequestReport
+from rakka_inference.engine.jobs import Job, JobState
+from rakka_inference.engine.stream import RequestStream
 from rakka_inference.local.engine import LocalEngineCore
-from rakka_inference.local.worker import JobState, LocalJob, WorkerActor
+from rakka_inference.local.worker import WorkerActor
 from rakka_inference.runtime.coordinator import Replica
 from rakka_inference.testkit.clock import FakeClock
 from rakka_inference.testkit.mock_runner import MockReply, MockRunner, MockScript, mock_embedding
+from rakka_inference.testkit.reports import ReportLog
 
 # ---------------------------------------------------------------- helpers
 
@@ -78,7 +82,7 @@ class Harness:
         self.clock = FakeClock()
         self.system = ActorSystem("test", clock=self.clock)
         self.script = MockScript()
-        self.reports: list[RequestReport] = []
+        self.report_log = ReportLog()
         self.failures: list[Exception] = []
         self.engines: list[LocalEngineCore] = []
 
@@ -94,10 +98,10 @@ class Harness:
             factory or (lambda: MockRunner(self.script)),
             serving=Serving(**{"max_concurrent": 2, "queue_timeout_ms": 60_000, **serving}),
             clock=self.clock,
-            on_complete=self.reports.append,
             on_failed=self.failures.append,
             max_restarts=max_restarts,
         )
+        self.report_log.watch(engine)
         self.engines.append(engine)
         return engine
 
@@ -140,8 +144,8 @@ async def test_streams_an_answer_and_reports_it(harness: Harness) -> None:
     assert (engine.generation, engine.capacity, harness.script.load_weights_calls) == (1, 2, 1)
     stream = engine.submit(chat())
     assert await drain(stream) == ("Hello", None)
-    [report] = harness.reports
-    assert stream.trailer is report
+    [report] = harness.report_log.reports
+    assert stream.report is report
     assert (report.outcome, report.error, report.attempts) == ("ok", None, 1)
     assert (report.usage.input_tokens, report.usage.output_tokens) == (5, 2)
     assert report.cost_usd == pytest.approx(9e-6)
@@ -152,7 +156,7 @@ async def test_streams_an_answer_and_reports_it(harness: Harness) -> None:
 
 async def test_starting_twice_is_refused(harness: Harness) -> None:
     engine = await harness.started()
-    with pytest.raises(RuntimeError, match="already started"):
+    with pytest.raises(OperationRefused, match="already started"):
         await engine.start(harness.system, "again")
 
 
@@ -213,7 +217,7 @@ async def test_poison_rebuilds_the_context_and_serves_what_waits(harness: Harnes
     assert engine.healthy
     assert not engine.failed
     assert harness.failures == []
-    outcomes = sorted(r.outcome for r in harness.reports)
+    outcomes = sorted(r.outcome for r in harness.report_log.reports)
     assert outcomes == ["context_poisoned", "context_poisoned", "ok"]
 
 
@@ -398,7 +402,7 @@ async def test_embeddings_are_served_as_one_result(harness: Harness) -> None:
     [result] = [item async for item in stream]
     assert result.vectors == (mock_embedding("a", 4), mock_embedding("b", 4))
     assert result.usage.input_tokens == 2
-    report = harness.reports[-1]
+    report = harness.report_log.reports[-1]
     assert (report.outcome, report.usage, report.attempts) == ("ok", result.usage, 1)
     with pytest.raises(OutOfMemory):
         async for _ in engine.submit_embedding(embedding_request("boom")):
@@ -530,7 +534,7 @@ async def test_closing_a_running_stream_cancels_the_runner(harness: Harness) -> 
     await until(lambda: engine.in_flight == 0)
     assert harness.script.cancellations == 1
     assert harness.script.active == 0
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert report.outcome == "request_cancelled"
     assert isinstance(report.error, RequestCancelled)
 
@@ -543,7 +547,7 @@ async def test_closing_a_queued_stream_dequeues_it(harness: Harness) -> None:
     await until(lambda: harness.script.active == 1)
     queued.close()
     assert engine.queued == 0  # at once, not when a worker reaches it
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert (report.outcome, report.attempts) == ("request_cancelled", 0)
     long.close()
     await until(lambda: engine.in_flight == 0)
@@ -625,28 +629,26 @@ async def test_failing_hooks_are_logged(caplog: pytest.LogCaptureFixture) -> Non
         "hooks",
         lambda: MockRunner(script),
         serving=Serving(max_concurrent=1),
-        on_complete=broken,
         on_failed=broken,
     )
     async with ActorSystem() as system:
         await engine.start(system)
-        with caplog.at_level(logging.ERROR, logger="rakka_inference.runtime.engine"):
+        with caplog.at_level(logging.ERROR, logger="rakka_inference.local.engine"):
             _, error = await drain(engine.submit(chat("fatal")))
             await until(lambda: engine.failed)
         assert isinstance(error, Unrecoverable)
         engine.fail(RuntimeError("a second failure changes nothing"))
         assert engine.failure is error
         await engine.stop()
-    assert "on_complete hook failed" in caplog.text
     assert "on_failed hook failed" in caplog.text
 
 
 def test_a_request_moves_only_along_the_table() -> None:
-    job = LocalJob(request=chat(), stream=BoundedStream(), deadline=None, submitted_at=0.0)
-    with pytest.raises(RuntimeError, match="queued"):
+    job = Job(request=chat(), stream=RequestStream(), deadline=None, submitted_at=0.0)
+    with pytest.raises(IllegalTransition, match="is queued and cannot become running"):
         job.move(JobState.RUNNING)
     job.move(JobState.ENDED)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(IllegalTransition, match="it can become nothing: it is final"):
         job.move(JobState.QUEUED)
 
 

@@ -42,7 +42,6 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingPara
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, aggregate
 from rakka_inference.core.tools import ToolCall, ToolDefinition
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.testkit.faults import (
@@ -53,6 +52,7 @@ from rakka_inference.testkit.faults import (
     ScriptedToolCall,
 )
 from rakka_inference.testkit.mock_anthropic import AnthropicMock
+from rakka_inference.testkit.reports import ReportLog
 
 OLD_KEY = "sk-ant-api03-OLD-a1b2c3d4e5f6"
 NEW_KEY = "sk-ant-api03-NEW-f6e5d4c3b2a1"
@@ -88,7 +88,7 @@ class Harness:
     def __init__(self, mock: AnthropicMock, key_file: Path) -> None:
         self.mock = mock
         self.key_file = key_file
-        self.reports: list[RequestReport] = []
+        self.report_log = ReportLog()
         self.services = RemoteServices()
         self.engines: list[RemoteEngineCore] = []
         self.system = ActorSystem()
@@ -114,9 +114,8 @@ class Harness:
         )
 
     async def engine(self, deployment: Deployment | None = None) -> RemoteEngineCore:
-        engine = await build_remote_engine(
-            deployment or self.deployment(), self.services, on_complete=self.reports.append
-        )
+        engine = await build_remote_engine(deployment or self.deployment(), self.services)
+        self.report_log.watch(engine)
         await engine.start(self.system, f"engine-{len(self.engines)}")
         self.engines.append(engine)
         return engine
@@ -180,8 +179,8 @@ async def test_unary_and_streamed_answers_with_usage(harness: Harness) -> None:
     assert request.headers["x-api-key"] == OLD_KEY
     assert request.headers["anthropic-version"] == "2023-06-01"
     assert [body["model"] for body in sent(harness)] == ["claude-sonnet-4-5"] * 2
-    assert [r.outcome for r in harness.reports] == ["ok", "ok"]
-    assert harness.reports[1].cost_usd is not None
+    assert [r.outcome for r in harness.report_log.reports] == ["ok", "ok"]
+    assert harness.report_log.reports[1].cost_usd is not None
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -246,7 +245,7 @@ async def test_faults_before_any_content_are_retried(
     engine = await harness.engine()
     completion = await collect(engine.submit(chat(stream=stream)))
     assert completion.text == "You said: one two three"
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert (report.outcome, report.attempts) == ("ok", 2)
 
 
@@ -255,7 +254,7 @@ async def test_slow_first_byte_is_retried(harness: Harness) -> None:
     engine = await harness.engine(harness.deployment(timeouts=quick))
     harness.mock.faults.next(Fault.slow_first_byte(0.05))
     assert (await collect(engine.submit(chat()))).text == "You said: one two three"
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
     [abort] = await harness.mock.server.wait_client_aborts(1)
     assert abort.chunks_sent == 0  # we gave up on it; the mock saw the connection go
 
@@ -295,8 +294,8 @@ async def test_overloaded_every_time_is_overloaded_after_the_retries(
     assert isinstance(failure, Overloaded)
     assert isinstance(failure, ServerError)
     assert failure.retryable
-    assert harness.reports[0].attempts == MAX_RETRIES + 1
-    assert harness.reports[0].outcome == "overloaded"
+    assert harness.report_log.reports[0].attempts == MAX_RETRIES + 1
+    assert harness.report_log.reports[0].outcome == "overloaded"
     assert engine.breaker.snapshot().consecutive_failures == MAX_RETRIES + 1
 
 
@@ -308,9 +307,9 @@ async def test_a_refusal_is_a_content_filter_finish(harness: Harness, stream: bo
     engine = await harness.engine()
     completion = await collect(engine.submit(chat(stream=stream)))
     assert (completion.text, completion.finish_reason) == ("", FinishReason.CONTENT_FILTER)
-    assert harness.reports[0].outcome == "ok"
-    assert harness.reports[0].attempts == 1
-    assert not any(isinstance(r.error, ContentFiltered) for r in harness.reports)
+    assert harness.report_log.reports[0].outcome == "ok"
+    assert harness.report_log.reports[0].attempts == 1
+    assert not any(isinstance(r.error, ContentFiltered) for r in harness.report_log.reports)
 
 
 async def test_a_prompt_too_long_is_a_bad_request(harness: Harness) -> None:
@@ -322,7 +321,7 @@ async def test_a_prompt_too_long_is_a_bad_request(harness: Harness) -> None:
     assert type(failure) is BadRequest
     assert "prompt is too long" in failure.message
     assert failure.upstream_status == 400
-    assert harness.reports[0].attempts == 1
+    assert harness.report_log.reports[0].attempts == 1
     assert engine.breaker.snapshot().consecutive_failures == 0
 
 
@@ -334,7 +333,7 @@ async def test_a_rotated_key_rebuilds_the_session_once(harness: Harness) -> None
     keys = [request.headers["x-api-key"] for request in harness.mock.requests]
     assert keys == [OLD_KEY, NEW_KEY]
     assert engine.runner.session.generation == 2
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 async def test_a_key_refused_after_the_rebuild_is_unauthorized(harness: Harness) -> None:
@@ -379,7 +378,7 @@ async def test_mid_stream_faults_end_with_partial_content_once(
     if isinstance(failure.__cause__, Timeout):
         assert failure.__cause__.phase is TimeoutPhase.BETWEEN_BYTES
     assert len(harness.mock.requests) == 1  # no retry after the first byte
-    assert harness.reports[0].outcome == "stream_interrupted"
+    assert harness.report_log.reports[0].outcome == "stream_interrupted"
 
 
 async def test_malformed_before_content(harness: Harness) -> None:
@@ -438,14 +437,14 @@ async def test_the_key_never_appears_in_urls_errors_or_logs(
         texts.append(record.getMessage())
         if record.exc_info and record.exc_info[1] is not None:
             texts.append(repr(record.exc_info[1]))
-    for failure in [*harness.failures, *(r.error for r in harness.reports if r.error)]:
+    for failure in [*harness.failures, *(r.error for r in harness.report_log.reports if r.error)]:
         error: BaseException | None = failure
         while error is not None:  # the whole chain: causes carry upstream detail
             texts += [str(error), repr(error), repr(vars(error))]
             error = error.__cause__ or error.__context__
     for request in mock.requests:
         texts += [request.path, request.query]
-    texts += [repr(engine.runner.adapter.endpoint), repr(harness.reports)]
+    texts += [repr(engine.runner.adapter.endpoint), repr(harness.report_log.reports)]
     assert len(harness.failures) == 6
     assert any("rebuilding remote session" in r.getMessage() for r in caplog.records)
     for text in texts:

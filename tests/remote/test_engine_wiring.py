@@ -213,17 +213,18 @@ async def test_a_deadline_too_close_for_the_next_retry(
     await engine.stop()
 
 
-async def test_a_failing_report_hook_is_logged_not_fatal(
-    server: ScriptedHttpServer, system: ActorSystem, caplog: pytest.LogCaptureFixture
+async def test_the_report_travels_on_the_stream(
+    server: ScriptedHttpServer, system: ActorSystem
 ) -> None:
     server.default = openai_answer("fine")
-
-    def broken(report: RequestReport) -> None:
-        raise RuntimeError("metrics bug")
-
-    engine = await started(openai_deployment(server), system, on_complete=broken)
-    assert aggregate([c async for c in engine.submit(chat())]).text == "fine"
-    assert "on_complete hook failed" in caplog.text
+    engine = await started(openai_deployment(server), system)
+    stream = engine.submit(chat())
+    assert stream.report is None  # written when the request ends, not before
+    assert aggregate([c async for c in stream]).text == "fine"
+    report = stream.report
+    assert isinstance(report, RequestReport)
+    assert (report.outcome, report.attempts, report.error) == ("ok", 1, None)
+    assert report.usage.total_tokens > 0
     await engine.stop()
 
 

@@ -45,7 +45,6 @@ from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, aggregate
 from rakka_inference.core.tools import ToolDefinition
 from rakka_inference.core.usage import Usage
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.testkit.faults import (
@@ -56,6 +55,7 @@ from rakka_inference.testkit.faults import (
     count_tokens,
 )
 from rakka_inference.testkit.mock_gemini import GeminiMock
+from rakka_inference.testkit.reports import ReportLog
 
 MODEL = "gemini-2.5-flash"
 OLD_KEY = "AIzaSy-old-secret-0000"
@@ -100,7 +100,7 @@ class Harness:
                 }
             )
         )
-        self.reports: list[RequestReport] = []
+        self.report_log = ReportLog()
         self.services = RemoteServices()
         self.engines: list[RemoteEngineCore] = []
         self.system = ActorSystem()
@@ -145,9 +145,8 @@ class Harness:
         )
 
     async def engine(self, **timeouts: int) -> RemoteEngineCore:
-        engine = await build_remote_engine(
-            self.deployment(**timeouts), self.services, on_complete=self.reports.append
-        )
+        engine = await build_remote_engine(self.deployment(**timeouts), self.services)
+        self.report_log.watch(engine)
         await engine.start(self.system, f"engine-{len(self.engines)}")
         self.engines.append(engine)
         return engine
@@ -231,7 +230,7 @@ async def test_answers_and_usage(harness: Harness, stream: bool) -> None:
     assert completion.finish_reason is FinishReason.STOP
     expected = Usage(input_tokens=count_tokens([QUESTION]), output_tokens=count_tokens([ANSWER]))
     assert completion.usage == expected  # running totals in a stream: not double counted
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert (report.outcome, report.attempts, report.usage) == ("ok", 1, expected)
     [sent] = harness.model_requests()
     method = "streamGenerateContent" if stream else "generateContent"
@@ -296,7 +295,7 @@ async def test_rate_limit_is_retried_after_its_delay(harness: Harness) -> None:
     harness.mock.faults.next(Fault.rate_limit(0.01))
     engine = await harness.engine()
     assert (await collect(engine.submit(chat()))).text == ANSWER
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert (report.outcome, report.attempts) == ("ok", 2)
 
 
@@ -320,7 +319,7 @@ async def test_server_errors_exhaust_the_retries(
     with pytest.raises(expected) as caught:
         await collect(engine.submit(chat()))
     assert caught.value.upstream_status == status
-    assert harness.reports[0].attempts == 4  # the first try and max_retries = 3
+    assert harness.report_log.reports[0].attempts == 4  # the first try and max_retries = 3
     assert len(harness.model_requests()) == 4
 
 
@@ -328,7 +327,7 @@ async def test_overloaded_once_is_retried(harness: Harness) -> None:
     harness.mock.faults.next(Fault.overloaded())
     engine = await harness.engine()
     assert (await collect(engine.submit(chat(stream=True)))).text == ANSWER
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -365,7 +364,7 @@ async def test_a_refused_credential_is_rotated_and_retried(harness: Harness) -> 
     else:
         assert [harness.credential_of(first), harness.credential_of(second)] == [OLD_KEY, NEW_KEY]
     assert engine.runner.session.generation == 2
-    assert harness.reports[0].outcome == "ok"
+    assert harness.report_log.reports[0].outcome == "ok"
 
 
 async def test_a_credential_refused_twice_is_unauthorized(harness: Harness) -> None:
@@ -381,7 +380,7 @@ async def test_slow_first_byte_is_retried(harness: Harness, stream: bool) -> Non
     harness.mock.faults.next(Fault.slow_first_byte(0.05))
     engine = await harness.engine(request_timeout_ms=25)
     assert (await collect(engine.submit(chat(stream=stream)))).text == ANSWER
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
     assert harness.mock.server.client_aborts  # the slow one was abandoned
 
 
@@ -389,7 +388,7 @@ async def test_a_reset_unary_answer_is_retried(harness: Harness) -> None:
     harness.mock.faults.next(Fault.reset())
     engine = await harness.engine()
     assert (await collect(engine.submit(chat()))).text == ANSWER
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 async def test_a_malformed_unary_answer_is_a_protocol_error(harness: Harness) -> None:

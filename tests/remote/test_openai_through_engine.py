@@ -39,7 +39,6 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, aggregate
 from rakka_inference.core.tools import ToolDefinition
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.testkit.faults import (
@@ -50,6 +49,7 @@ from rakka_inference.testkit.faults import (
     count_tokens,
 )
 from rakka_inference.testkit.mock_openai import OpenAIMock, mask_key
+from rakka_inference.testkit.reports import ReportLog
 
 OLD_KEY = "sk-engine-old-key-0000"
 NEW_KEY = "sk-engine-new-key-1111"
@@ -73,7 +73,7 @@ class Harness:
         self.mock = mock
         self.key_file = key_file
         self.dialect = dialect
-        self.reports: list[RequestReport] = []
+        self.report_log = ReportLog()
         self.services = RemoteServices()
         self.system = ActorSystem()
         self.engines: list[RemoteEngineCore] = []
@@ -124,9 +124,8 @@ class Harness:
         )
 
     async def engine(self, **retry: Any) -> RemoteEngineCore:
-        engine = await build_remote_engine(
-            self.deployment(**retry), self.services, on_complete=self.reports.append
-        )
+        engine = await build_remote_engine(self.deployment(**retry), self.services)
+        self.report_log.watch(engine)
         await engine.start(self.system, f"engine-{len(self.engines)}")
         self.engines.append(engine)
         return engine
@@ -195,7 +194,7 @@ async def test_answers_and_exact_usage(harness: Harness, stream: bool) -> None:
     else:
         assert sent.path == "/v1/chat/completions"
     assert harness.sent_keys() == [OLD_KEY]
-    assert [r.outcome for r in harness.reports] == ["ok"]
+    assert [r.outcome for r in harness.report_log.reports] == ["ok"]
 
 
 async def test_parallel_tool_calls_streamed(harness: Harness) -> None:
@@ -223,7 +222,7 @@ async def test_rate_limit_is_retried_after_its_retry_after(harness: Harness) -> 
     harness.mock.faults.next(Fault.rate_limit(0.02))
     engine = await harness.engine()
     assert (await collect(engine.submit(request()))).text == ANSWER
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert (report.outcome, report.attempts) == ("ok", 2)
 
 
@@ -248,7 +247,7 @@ async def test_server_errors_are_retried_then_surface(harness: Harness, fault: F
     assert len(harness.mock.requests) == 4  # the first try and three retries
     harness.mock.faults.next(*[fault] * 2)
     assert (await collect(engine.submit(request()))).text == ANSWER  # the third try works
-    assert harness.reports[-1].attempts == 3
+    assert harness.report_log.reports[-1].attempts == 3
 
 
 @pytest.mark.parametrize(
@@ -274,7 +273,7 @@ async def test_rotated_key_file_rebuilds_the_session(harness: Harness) -> None:
     assert (await collect(engine.submit(request()))).text == ANSWER
     assert harness.sent_keys() == [OLD_KEY, NEW_KEY]
     assert engine.runner.session.generation == 2
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 async def test_a_401_that_persists_after_the_rebuild(harness: Harness) -> None:
@@ -292,7 +291,7 @@ async def test_slow_first_byte_is_a_retried_timeout(harness: Harness) -> None:
     harness.mock.faults.next(Fault.slow_first_byte(0.3))
     engine = await harness.engine()
     assert (await collect(engine.submit(request(stream=True)))).text == ANSWER
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 async def test_slow_first_byte_every_time_is_a_typed_timeout(harness: Harness) -> None:
@@ -324,7 +323,7 @@ async def test_a_fault_after_content_interrupts_the_stream_once(
     if phase is not None:
         assert failure.__cause__.phase is phase  # type: ignore[attr-defined]
     assert len(harness.mock.requests) == 1
-    assert harness.reports[0].outcome == "stream_interrupted"
+    assert harness.report_log.reports[0].outcome == "stream_interrupted"
 
 
 @pytest.mark.parametrize("fault", [Fault.stall, Fault.reset])
@@ -332,7 +331,7 @@ async def test_a_break_before_any_content_is_retried(harness: Harness, fault: An
     harness.mock.faults.next(fault(after_chunks=harness.lead + 1))  # only the role delta
     engine = await harness.engine()
     assert (await collect(engine.submit(request(stream=True)))).text == ANSWER
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 async def test_a_malformed_chunk_before_content_is_a_protocol_error(harness: Harness) -> None:
@@ -351,7 +350,10 @@ async def test_a_unary_answer_cut_before_its_body_is_retried(
     harness.mock.faults.next(fault)  # the head arrives, the body never does
     engine = await harness.engine()
     assert (await collect(engine.submit(request()))).text == ANSWER
-    assert (harness.reports[0].outcome, harness.reports[0].attempts) == ("ok", 2)
+    assert (harness.report_log.reports[0].outcome, harness.report_log.reports[0].attempts) == (
+        "ok",
+        2,
+    )
 
 
 async def test_a_malformed_unary_body_is_a_protocol_error(harness: Harness) -> None:
@@ -407,7 +409,7 @@ async def test_keys_never_leak_into_urls_errors_or_logs(
         "RateLimitExceeded",
     ]
     assert set(harness.sent_keys()) == {OLD_KEY, NEW_KEY}  # the keys really were sent
-    texts = [caplog.text, *(repr(report) for report in harness.reports)]
+    texts = [caplog.text, *(repr(report) for report in harness.report_log.reports)]
     for error in errors:
         link: BaseException | None = error
         while link is not None:

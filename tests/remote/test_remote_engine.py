@@ -43,11 +43,11 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest, Priority
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, TokenChunk, aggregate
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.http_server import ScriptedHttpServer
+from rakka_inference.testkit.reports import ReportLog
 
 PATH = "/v1/chat/completions"
 OLD_KEY = "sk-old-0000"
@@ -119,7 +119,7 @@ class Harness:
     def __init__(self, server: ScriptedHttpServer, key_file: Path) -> None:
         self.server = server
         self.key_file = key_file
-        self.reports: list[RequestReport] = []
+        self.report_log = ReportLog()
         self.services = RemoteServices()
         self.engines: list[RemoteEngineCore] = []
         self.system = ActorSystem()
@@ -144,9 +144,8 @@ class Harness:
         )
 
     async def engine(self, deployment: Deployment | None = None) -> RemoteEngineCore:
-        engine = await build_remote_engine(
-            deployment or self.deployment(), self.services, on_complete=self.reports.append
-        )
+        engine = await build_remote_engine(deployment or self.deployment(), self.services)
+        self.report_log.watch(engine)
         await engine.start(self.system, f"engine-{len(self.engines)}")
         self.engines.append(engine)
         return engine
@@ -186,12 +185,12 @@ async def test_unary_and_streaming_answers(harness: Harness) -> None:
     assert streamed.text == "Hello"
     assert streamed.usage is not None
     assert streamed.usage.output_tokens == 2
-    assert [r.outcome for r in harness.reports] == ["ok", "ok"]
+    assert [r.outcome for r in harness.report_log.reports] == ["ok", "ok"]
     sent = harness.server.requests[1]
     assert sent.headers["authorization"] == f"Bearer {OLD_KEY}"
     assert sent.json()["stream_options"] == {"include_usage": True}
-    assert harness.reports[1].ttft_s is not None
-    assert harness.reports[1].cost_usd is not None
+    assert harness.report_log.reports[1].ttft_s is not None
+    assert harness.report_log.reports[1].cost_usd is not None
 
 
 # ---------------------------------------------------------------- failure paths
@@ -206,7 +205,7 @@ async def test_429_with_retry_after_is_retried(harness: Harness) -> None:
     )
     engine = await harness.engine()
     assert (await collect(engine.submit(request()))).text == "after the wait"
-    [report] = harness.reports
+    [report] = harness.report_log.reports
     assert (report.outcome, report.attempts) == ("ok", 2)
 
 
@@ -227,7 +226,7 @@ async def test_repeated_503s_exhaust_retries_then_open_the_circuit(harness: Harn
     assert engine.healthy
     with pytest.raises(ServerError):
         await collect(engine.submit(request()))
-    assert harness.reports[0].attempts == 4  # the first try and max_retries = 3
+    assert harness.report_log.reports[0].attempts == 4  # the first try and max_retries = 3
     # A fifth counted failure opens the circuit (threshold 5); then it fails fast.
     with pytest.raises((ServerError, CircuitOpen)):
         await collect(engine.submit(request()))
@@ -246,7 +245,7 @@ async def test_slow_first_byte_is_a_retried_timeout(harness: Harness) -> None:
     )
     engine = await harness.engine()
     assert (await collect(engine.submit(request()))).text == "second try"
-    assert harness.reports[0].attempts == 2
+    assert harness.report_log.reports[0].attempts == 2
 
 
 async def test_slow_first_byte_every_time_ends_in_a_typed_timeout(harness: Harness) -> None:
@@ -346,7 +345,7 @@ async def test_400s_are_surfaced_without_retry(
     with pytest.raises(expected):
         await collect(engine.submit(request()))
     assert len(harness.server.requests) == 1
-    assert harness.reports[0].attempts == 1
+    assert harness.report_log.reports[0].attempts == 1
     assert engine.breaker.snapshot().consecutive_failures == 0
 
 
@@ -366,7 +365,7 @@ async def test_client_cancel_closes_the_upstream_and_releases_permits(harness: H
     assert aborts[0].chunks_sent < 6
     while engine.in_flight:
         await asyncio.sleep(0.005)
-    assert harness.reports[-1].outcome == "request_cancelled"
+    assert harness.report_log.reports[-1].outcome == "request_cancelled"
 
 
 async def test_reject_policy_refuses_when_busy(harness: Harness) -> None:
@@ -430,7 +429,7 @@ async def test_a_thousand_requests_through_32_workers(harness: Harness) -> None:
     results = await asyncio.gather(*(collect(s) for s in streams))
     assert [r.text for r in results] == [f"r{i}!" for i in range(1000)]  # none lost or doubled
     assert len(harness.server.requests) == 1000
-    assert sorted(r.outcome for r in harness.reports) == ["ok"] * 1000
+    assert sorted(r.outcome for r in harness.report_log.reports) == ["ok"] * 1000
 
 
 async def test_rotation_under_load_drops_nothing(harness: Harness) -> None:
@@ -466,7 +465,7 @@ async def test_rotation_under_load_drops_nothing(harness: Harness) -> None:
     ]
     results = await asyncio.gather(*collectors, *late)
     assert [r.text for r in results] == ["part1part2part3"] * 550
-    assert [r.outcome for r in harness.reports].count("ok") == 550
+    assert [r.outcome for r in harness.report_log.reports].count("ok") == 550
     assert engine.runner.session.generation == 2  # 401s from many requests: one rebuild
 
 
@@ -496,3 +495,24 @@ async def test_an_engine_restart_keeps_queued_requests(harness: Harness) -> None
     assert len(harness.server.requests) == 8
     workers = [ref.path for ref in harness.system.actors if "/worker-" in ref.path]
     assert len(workers) == 2  # the new pair; the old pair left after their requests
+
+
+async def test_the_deadline_fires_mid_stream_as_on_a_local_engine(harness: Harness) -> None:
+    # The engine core's deadline is a timer: it ends the request wherever it is — here
+    # upstream, between two chunks — not only between retries.
+    harness.server.script(
+        "POST", PATH, ScriptedResponse.stream(sse_chunks(["a", "b", "c", "d"]), chunk_delay=0.2)
+    )
+    relaxed = Timeouts(request_timeout_ms=10_000, read_timeout_ms=5_000)
+    engine = await harness.engine(harness.deployment(timeouts=relaxed))
+    deadline = asyncio.get_running_loop().time() + 0.3
+    stream = engine.submit(request(stream=True), deadline=deadline)
+    with pytest.raises(StreamInterrupted) as caught:
+        await collect(stream)
+    cause = caught.value.__cause__
+    assert isinstance(cause, Timeout)
+    assert cause.phase is TimeoutPhase.DEADLINE
+    aborts = await asyncio.wait_for(harness.server.wait_client_aborts(1), 2)
+    assert aborts[0].chunks_sent < 6  # the upstream call was closed, not waited out
+    [report] = harness.report_log.reports
+    assert report.outcome == "stream_interrupted"

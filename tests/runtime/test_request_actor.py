@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
     Backpressure,
@@ -25,9 +24,10 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.report import RequestRecord, RequestReport
+from rakka_inference.engine.stream import RequestStream
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor
 
-Script = Callable[[BoundedStream[TokenChunk]], "asyncio.Future[None] | None"]
+Script = Callable[[RequestStream[TokenChunk]], "asyncio.Future[None] | None"]
 
 
 @dataclass
@@ -39,21 +39,21 @@ class ScriptedReplica:
     fail_with: InferenceError | None = None
     refuse_with: InferenceError | None = None
     submitted: int = 0
-    streams: list[BoundedStream[TokenChunk]] = field(default_factory=list)
+    streams: list[RequestStream[TokenChunk]] = field(default_factory=list)
     hold: asyncio.Event | None = None
 
     def submit(
         self, request: ChatRequest, *, deadline: float | None = None
-    ) -> BoundedStream[TokenChunk]:
+    ) -> RequestStream[TokenChunk]:
         if self.refuse_with is not None:
             raise self.refuse_with
         self.submitted += 1
-        stream: BoundedStream[TokenChunk] = BoundedStream()
+        stream: RequestStream[TokenChunk] = RequestStream()
         self.streams.append(stream)
         asyncio.get_running_loop().create_task(self._produce(stream))
         return stream
 
-    async def _produce(self, stream: BoundedStream[TokenChunk]) -> None:
+    async def _produce(self, stream: RequestStream[TokenChunk]) -> None:
         try:
             for chunk in self.chunks:
                 await stream.put(chunk, commit=bool(chunk.text or chunk.finish_reason))
@@ -61,7 +61,7 @@ class ScriptedReplica:
                     await self.hold.wait()
         except InferenceError:
             return  # the consumer closed the stream
-        stream.trailer = RequestReport(
+        stream.report = RequestReport(
             request_id="r",
             outcome="ok",
             error=None,

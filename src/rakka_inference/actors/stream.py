@@ -41,7 +41,6 @@ class BoundedStream(Generic[T]):
         "_reader",
         "_writer",
         "committed",
-        "trailer",
     )
 
     def __init__(self, capacity: int = 64) -> None:
@@ -56,9 +55,6 @@ class BoundedStream(Generic[T]):
         self._error: BaseException | None = None
         self._on_close: Callable[[], None] | None = None
         self.committed = False
-        self.trailer: object = None
-        """Set by the producer before it ends the stream: what it has to say about the
-        whole (the engine puts its request report here)."""
 
     # ------------------------------------------------------------------ producer
 

@@ -39,20 +39,18 @@ that could not be built: it is raised as ContextPoisoned, to be retried within t
 from __future__ import annotations
 
 import asyncio
-import enum
-import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from rakka_inference.actors.actor import Actor, Terminated
 from rakka_inference.actors.ref import ActorRef
-from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.actors.supervision import Directive, OneForOneStrategy
+from rakka_inference.core import tracing
+from rakka_inference.core.deployment import Serving
 from rakka_inference.core.errors import (
     ActorError,
-    BadRequest,
     ContextPoisoned,
     EngineError,
     InferenceError,
@@ -61,27 +59,20 @@ from rakka_inference.core.errors import (
     RequestCancelled,
     Unrecoverable,
 )
-from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
+from rakka_inference.core.messages import EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.core.tracing import NO_SPAN, Span
-from rakka_inference.core.usage import Usage
-from rakka_inference.engine.queue import QueueTicket
-
-if TYPE_CHECKING:
-    from rakka_inference.local.engine import LocalEngineCore
+from rakka_inference.engine.core import not_an_embedding_model
+from rakka_inference.engine.jobs import Job, JobState
 
 __all__ = [
     "CONTEXT_DIRECTIVES",
     "REPLICA_SUPERVISION",
-    "TRANSITIONS",
     "ContextActor",
-    "JobState",
-    "LocalJob",
+    "ContextHost",
     "RunJob",
     "RunnerFailed",
     "WorkerActor",
-    "not_an_embedding_model",
 ]
 
 log = logging.getLogger("rakka_inference.local.worker")
@@ -98,64 +89,37 @@ REPLICA_SUPERVISION = OneForOneStrategy({Exception: Directive.STOP})
 """How a WorkerActor's own failure is decided: the replica stops (it is re-placed)."""
 
 
-def not_an_embedding_model(request: EmbeddingRequest) -> BadRequest:
-    return BadRequest(f"the model {request.model!r} does not serve embeddings", param="model")
+class ContextHost(Protocol):
+    """What the two tiers need of their engine (:class:`~rakka_inference.local.engine.
+    ContextHost`): its figures, its job table and its context hooks."""
 
+    name: str
+    serving: Serving
+    clock: Callable[[], float]
+    runner_factory: Callable[[], ModelRunner]
+    max_restarts: int
+    restart_window_s: float
+    dispatcher: asyncio.Task[None] | None
 
-# ---------------------------------------------------------------------- one request
-# A request's record moves along TRANSITIONS (drawn in the engine module); the engine's
-# ``end`` is the only way into ENDED, and so the only place a slot is given back.
+    async def next_job(self) -> Job | None: ...
 
+    def begin(self, job: Job, task: asyncio.Task[None], stage: str | None = None) -> None: ...
 
-class JobState(enum.Enum):
-    QUEUED = "queued"
-    DISPATCHED = "dispatched"
-    RUNNING = "running"
-    ENDED = "ended"
+    def abort(self, job: Job, error: InferenceError) -> None: ...
 
+    def end(self, job: Job, error: InferenceError | None) -> None: ...
 
-TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.DISPATCHED, JobState.ENDED}),
-    JobState.DISPATCHED: frozenset({JobState.RUNNING, JobState.ENDED}),
-    JobState.RUNNING: frozenset({JobState.ENDED}),
-    JobState.ENDED: frozenset(),
-}
-"""Every legal move of a request; any other raises."""
+    async def deliver(self, job: Job, chunk: TokenChunk) -> bool: ...
 
+    async def deliver_embedding(self, job: Job, result: EmbeddingResult) -> None: ...
 
-@dataclass(eq=False, slots=True)
-class LocalJob:
-    """One request inside a local engine."""
+    def context_ready(self, runner: ModelRunner) -> None: ...
 
-    request: ChatRequest | EmbeddingRequest
-    stream: BoundedStream[Any]
-    deadline: float | None
-    submitted_at: float
-    state: JobState = JobState.QUEUED
-    ticket: QueueTicket[LocalJob] | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    abort_error: InferenceError | None = None
-    """Why the running task was cancelled; the first reason given wins."""
-    started_at: float = 0.0
-    first_chunk_at: float | None = None
-    usage: Usage = field(default_factory=Usage)
-    trace: Span = NO_SPAN
-    """The caller's span at submit: the parent of this request's spans in the engine."""
-    stage: Span = NO_SPAN
-    """The span of the stage it is in: ``rakka.queue``, then ``rakka.engine``."""
+    def context_down(self) -> None: ...
 
-    @property
-    def dispatched(self) -> bool:
-        """On its way to the context, holding a slot, not yet running."""
-        return self.state is JobState.DISPATCHED
+    def teardown_error(self) -> InferenceError: ...
 
-    def move(self, to: JobState) -> None:
-        if to not in TRANSITIONS[self.state]:
-            raise RuntimeError(
-                f"request {self.request.request_id}: {self.state.value} -> {to.value}"
-            )
-        self.state = to
+    def fail(self, cause: Exception) -> None: ...
 
 
 # ---------------------------------------------------------------------- actors
@@ -165,7 +129,7 @@ class LocalJob:
 class RunJob:
     """Worker → context: run this (dispatched) request."""
 
-    job: LocalJob
+    job: Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +143,7 @@ class RunnerFailed:
 class WorkerActor(Actor[object]):
     """The stable tier: dispatches queued requests to the context and supervises it."""
 
-    def __init__(self, engine: LocalEngineCore) -> None:
+    def __init__(self, engine: ContextHost) -> None:
         self.engine = engine
         self.supervisor_strategy = OneForOneStrategy(
             CONTEXT_DIRECTIVES, max_restarts=engine.max_restarts, within_s=engine.restart_window_s
@@ -230,10 +194,10 @@ class WorkerActor(Actor[object]):
 class ContextActor(Actor[RunJob | RunnerFailed]):
     """The restartable tier: one runner, loaded, and the requests running on it."""
 
-    def __init__(self, engine: LocalEngineCore) -> None:
+    def __init__(self, engine: ContextHost) -> None:
         self.engine = engine
         self.runner: ModelRunner | None = None
-        self._running: dict[asyncio.Task[None], LocalJob] = {}
+        self._running: dict[asyncio.Task[None], Job] = {}
 
     async def on_start(self) -> None:
         runner = self.engine.runner_factory()
@@ -250,16 +214,16 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
                 raise message.error
             return  # about a context this one replaced: that poisoning is handled
         job = message.job
-        if not job.dispatched:
+        if job.state is not JobState.DISPATCHED:
             return  # ended on its way here (the client left, a deadline passed)
         runner = self.runner
         assert runner is not None
         task = asyncio.get_running_loop().create_task(
             self._serve(job, runner), name=f"request:{job.request.request_id}"
         )
-        self.engine.begin(job, task)
+        self.engine.begin(job, task, tracing.ENGINE)
         self._running[task] = job
-        task.add_done_callback(functools.partial(self._settle, job))
+        task.add_done_callback(self._settle)
 
     async def on_stop(self) -> None:
         engine = self.engine
@@ -271,25 +235,21 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
             engine.abort(job, error)  # cancels the task; the task ends the request
         await asyncio.gather(*self._running, return_exceptions=True)
 
-    def _settle(self, job: LocalJob, task: asyncio.Task[None]) -> None:
+    def _settle(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
-        # A task cancelled before its first step never ran its own ``finally``.
-        self.engine.end(job, job.abort_error or RequestCancelled("the request was cancelled"))
 
     # ------------------------------------------------------------------ one request
 
-    async def _serve(self, job: LocalJob, runner: ModelRunner) -> None:
+    async def _serve(self, job: Job, runner: ModelRunner) -> None:
         error: InferenceError | None = None
         supervise: Exception | None = None
         try:
             request = job.request
+            job.attempts = 1
             if isinstance(request, EmbeddingRequest):
                 if not isinstance(runner, EmbeddingRunner):
                     raise not_an_embedding_model(request)
-                result = await runner.embed(request)
-                job.usage = result.usage
-                job.first_chunk_at = self.engine.clock()
-                await job.stream.put(result)
+                await self.engine.deliver_embedding(job, await runner.embed(request))
             else:
                 await self._stream(job, runner.execute(request))
         except asyncio.CancelledError:
@@ -310,17 +270,10 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
             if supervise is not None:
                 self._report(supervise)
 
-    async def _stream(self, job: LocalJob, chunks: AsyncIterator[TokenChunk]) -> None:
-        stream = job.stream
-        clock = self.engine.clock
+    async def _stream(self, job: Job, chunks: AsyncIterator[TokenChunk]) -> None:
         try:
             async for chunk in chunks:
-                if chunk.usage is not None:
-                    job.usage = job.usage + chunk.usage
-                visible = chunk.visible
-                if visible and job.first_chunk_at is None:
-                    job.first_chunk_at = clock()
-                await stream.put(chunk, commit=visible)
+                await self.engine.deliver(job, chunk)
         finally:
             # Abort the runner's work now (KV cache, batch slot), not when it is collected.
             aclose = getattr(chunks, "aclose", None)

@@ -21,15 +21,16 @@ from rakka_inference.core.deployment import Deployment, RemoteRuntimeConfig
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.engine.budget import BudgetGate
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.providers.registry import adapter_for
-from rakka_inference.remote.breaker import BreakerKey, BreakerRegistry
+from rakka_inference.remote.breaker import BreakerKey
+from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.credentials import deployment_credential
 from rakka_inference.remote.engine import RemoteEngineCore
-from rakka_inference.remote.http import DEFAULT_MAX_CONNECTIONS, create_transport
 from rakka_inference.remote.ratelimit import LimiterKey, RateLimiter
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import RemoteSession
+from rakka_inference.remote.transports.base import DEFAULT_MAX_CONNECTIONS
+from rakka_inference.remote.transports.factory import create_transport
 from rakka_inference.wire.http import HttpTransport
 
 __all__ = ["RemoteServices", "build_remote_engine"]
@@ -66,7 +67,6 @@ async def build_remote_engine(
     *,
     replica: int = 0,
     name: str | None = None,
-    on_complete: Callable[[RequestReport], None] | None = None,
     budget: BudgetGate | None = None,
 ) -> RemoteEngineCore:
     """A remote replica of ``deployment``, its session started (the credential resolved)."""
@@ -114,7 +114,6 @@ async def build_remote_engine(
         clock=services.clock,
         sleep=services.sleep,
         rng=services.rng,
-        on_complete=on_complete,
         budget=budget,
         default_max_output_tokens=config.default_max_output_tokens,
     )

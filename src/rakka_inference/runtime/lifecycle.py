@@ -27,10 +27,11 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-from rakka_inference.core.errors import IllegalTransition
+from rakka_inference.core.states import StateTable
 
-__all__ = ["TRANSITIONS", "DeploymentState", "Lifecycle", "Transition"]
+__all__ = ["LIFECYCLE", "TRANSITIONS", "DeploymentState", "Lifecycle", "Transition"]
 
 
 class DeploymentState(enum.StrEnum):
@@ -51,6 +52,8 @@ TRANSITIONS: Mapping[DeploymentState, frozenset[DeploymentState]] = {
     _S.STOPPED: frozenset(),
 }
 """The legal moves: from a state to the states it may go to. Nothing else is allowed."""
+
+LIFECYCLE: Final = StateTable(TRANSITIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,25 +77,15 @@ class Lifecycle:
 
     def move(self, target: DeploymentState, cause: str) -> Transition:
         """Go to ``target``; IllegalTransition when the table has no such move."""
-        if target not in TRANSITIONS[self.state]:
-            raise IllegalTransition(
-                f"{self.name} is {self.state.value} and cannot become {target.value} "
-                f"(from {self.state.value} it can become "
-                f"{_listed(TRANSITIONS[self.state])})"
-            )
+        LIFECYCLE.check(self.name, self.state, target)
         transition = Transition(self.state, target, cause, self.clock())
         self.state = target
         self.history.append(transition)
         return transition
 
     def can(self, target: DeploymentState) -> bool:
-        return target in TRANSITIONS[self.state]
+        return LIFECYCLE.can(self.state, target)
 
     @property
     def terminal(self) -> bool:
-        return not TRANSITIONS[self.state]
-
-
-def _listed(states: frozenset[DeploymentState]) -> str:
-    names = sorted(state.value for state in states)
-    return ", ".join(names) if names else "nothing: it is final"
+        return LIFECYCLE.final(self.state)

@@ -28,7 +28,6 @@ from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import resolve_price
 from rakka_inference.core.runner import ModelRunner
 from rakka_inference.engine.budget import BudgetBook, BudgetLedger
-from rakka_inference.engine.report import RequestReport
 from rakka_inference.local.engine import LocalEngineCore
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
@@ -80,7 +79,6 @@ class EngineBuilder:
         *,
         runners: Mapping[RuntimeKind, RunnerFactory] = DEFAULT_RUNNERS,
         checks: Mapping[RuntimeKind, RunnerCheck] | None = None,
-        on_complete: Callable[[str, RequestReport], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.services = services or RemoteServices()
@@ -96,7 +94,6 @@ class EngineBuilder:
                 if runners.get(kind) is DEFAULT_RUNNERS.get(kind)
             }
         )
-        self._on_complete = on_complete
         self._clock = clock
         self._ledgers: dict[str, BudgetLedger] = {}
         self._throttle_targets: dict[str, list[Engine]] = {}
@@ -126,17 +123,14 @@ class EngineBuilder:
         self, deployment: Deployment, name: str, on_failed: Callable[[str], None]
     ) -> Engine:
         ledger = self._ledger(deployment)
-        report = self._report_hook(deployment.name)
         if deployment.is_remote:
-            return await build_remote_engine(
-                deployment, self.services, name=name, on_complete=report, budget=ledger
-            )
+            return await build_remote_engine(deployment, self.services, name=name, budget=ledger)
         factory = self.runners[deployment.runtime]
         engine = LocalEngineCore(
             name,
             lambda: factory(deployment),
             serving=deployment.serving,
-            on_complete=report,
+            budget=ledger,
             on_failed=lambda error: on_failed(f"{type(error).__name__}: {error}"),
         )
         return engine
@@ -176,12 +170,6 @@ class EngineBuilder:
         ledger = self._ledgers.get(name)
         if ledger is not None and ledger.throttled:
             self._throttle(name, True)
-
-    def _report_hook(self, name: str) -> Callable[[RequestReport], None] | None:
-        hook = self._on_complete
-        if hook is None:
-            return None
-        return lambda report: hook(name, report)
 
 
 def _config_error(deployment: Deployment, field: str, reason: str) -> ConfigError:

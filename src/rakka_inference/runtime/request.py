@@ -39,7 +39,6 @@ from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core import tracing
 from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
@@ -59,6 +58,7 @@ from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, Embeddi
 from rakka_inference.core.stream import ChatCompletion, ChunkAggregator, TokenChunk
 from rakka_inference.core.tracing import Span
 from rakka_inference.engine.report import RequestRecord
+from rakka_inference.engine.stream import RequestStream
 
 __all__ = ["RequestActor", "RoutedReplica", "Router"]
 
@@ -84,11 +84,11 @@ class RoutedReplica(Protocol):
 
     def submit(
         self, request: ChatRequest, *, deadline: float | None = None
-    ) -> BoundedStream[TokenChunk]: ...
+    ) -> RequestStream[TokenChunk]: ...
 
     def submit_embedding(
         self, request: EmbeddingRequest, *, deadline: float | None = None
-    ) -> BoundedStream[EmbeddingResult]: ...
+    ) -> RequestStream[EmbeddingResult]: ...
 
 
 class Router(Protocol):
@@ -109,7 +109,7 @@ class FallbackPolicy:
     capacity_policy: CapacityPolicy = CapacityPolicy.QUEUE
 
 
-_Submit = Callable[["RoutedReplica"], BoundedStream[Any]]
+_Submit = Callable[["RoutedReplica"], RequestStream[Any]]
 
 
 def _visible(item: TokenChunk | EmbeddingResult) -> bool:
@@ -261,17 +261,9 @@ class RequestActor:
             return False
         return isinstance(error, _FALLBACK_ON)
 
-    def _take_report(self, stream: BoundedStream[Any]) -> None:
-        report = stream.trailer
-        attempts = getattr(report, "attempts", None)
-        if isinstance(attempts, int):
-            self.record.attempts += attempts
-        engine_s = getattr(report, "latency_s", None)
-        if isinstance(engine_s, float):
-            self.record.engine_s += engine_s
-        cost = getattr(report, "cost_usd", None)
-        if isinstance(cost, float):
-            self.record.cost_usd = (self.record.cost_usd or 0.0) + cost
+    def _take_report(self, stream: RequestStream[Any]) -> None:
+        if stream.report is not None:
+            self.record.add(stream.report)
 
     def _finish(self) -> None:
         record = self.record
