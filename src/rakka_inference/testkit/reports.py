@@ -9,7 +9,7 @@ lists the reports of those that ended, in submission order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import TokenChunk
@@ -18,6 +18,8 @@ from rakka_inference.engine.report import RequestReport
 from rakka_inference.engine.stream import RequestStream
 
 __all__ = ["ReportLog"]
+
+T = TypeVar("T")
 
 
 class ReportLog:
@@ -43,7 +45,7 @@ class ReportLog:
         engine.submit = watched  # type: ignore[method-assign]
         engine.submit_embedding = watched_embedding  # type: ignore[method-assign]
 
-    def _keep(self, stream: RequestStream[Any]) -> Any:
+    def _keep(self, stream: RequestStream[T]) -> RequestStream[T]:
         self.streams.append(stream)
         return stream
 
