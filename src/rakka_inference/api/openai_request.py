@@ -6,13 +6,12 @@ and return validated core values, or raise :class:`~rakka_inference.core.errors.
 (:class:`~rakka_inference.core.errors.PayloadTooLarge` for an oversized body) whose
 ``param`` is the path of the offending field, written as OpenAI writes it:
 ``messages[2].content[0].image_url.url``, ``tools[0].function.name``, ``temperature``.
-Messages follow OpenAI's wording where it has one
-(:mod:`~rakka_inference.api.openai_fields`). Messages and their content are read by
+Error messages follow OpenAI's wording where it has one
+(:mod:`~rakka_inference.api.openai_fields`). Chat messages and their content are read by
 :mod:`~rakka_inference.api.openai_messages`, tools and the response format by
-:mod:`~rakka_inference.api.openai_tools`.
-Range checks are left to the core constructors (one rule, every entry point), and a
-``BadRequest`` they raise with a coarse ``param`` (``messages``, ``tools``) is refined
-to the element's path.
+:mod:`~rakka_inference.api.openai_tools`. Range checks are left to the core constructors
+(one rule, every entry point), and a ``BadRequest`` they raise with a coarse ``param``
+(``messages``, ``tools``) is refined to the element's path.
 
 Decisions:
 
