@@ -1,4 +1,4 @@
-"""RemoteSession: snapshots, leases, coalesced rebuilds, draining, and its actor."""
+"""RemoteSession: snapshots, leases, coalesced rebuilds, and draining."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from rakka_inference.actors import ActorSystem
 from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import InternalError, SecretError
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.remote.credentials import SecretRefCredential, StaticCredential
-from rakka_inference.remote.session import (
-    SESSION_SUPERVISION,
-    RebuildSession,
-    RemoteSession,
-    RemoteSessionActor,
-    SessionSnapshot,
-)
+from rakka_inference.remote.session import RemoteSession, SessionSnapshot
 from rakka_inference.testkit.clock import FakeClock
 from rakka_inference.wire.http import HttpRequest, HttpResponse
 
@@ -464,30 +457,3 @@ async def test_rebuild_logs_never_carry_the_secret(
     assert "cause operator" in caplog.text
     for text in (caplog.text, str(caught.value), repr(session), repr(session.current)):
         assert "very-secret" not in text
-
-
-# --------------------------------------------------------------------------- actor
-
-
-async def test_the_actor_rebuilds_and_replies_with_the_generation() -> None:
-    session, factory, creds = await started()
-    async with ActorSystem(clock=FakeClock()) as system:
-        ref = system.spawn(
-            lambda: RemoteSessionActor(session), "session", supervisor=SESSION_SUPERVISION
-        )
-        assert await ref.ask(RebuildSession(OPERATOR)) == 2
-        assert await ref.ask(RebuildSession(SessionRebuildCause.CONFIG_CHANGED)) == 3
-        assert await ref.ask(RebuildSession(UNAUTHORIZED, seen_generation=2)) == 3  # stale
-        creds.fail = SecretError("secret env:KEY is not set")
-        for _ in range(5):  # failures resume the actor: no restart limit to run into
-            with pytest.raises(SecretError):
-                await ref.ask(RebuildSession(OPERATOR))
-        assert ref.is_alive
-        creds.fail = None
-        assert await ref.ask(RebuildSession(OPERATOR)) == 4
-        with pytest.raises(TypeError, match="does not handle str"):
-            await ref.ask("rotate")
-    assert len(factory.made) == 4
-    assert session.current.generation == 4  # stopping the actor leaves the session serving
-    assert not session.current.closed
-    await session.aclose()

@@ -7,15 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from rakka_inference.actors import ActorSystem
 from rakka_inference.core.errors import CircuitOpen, ModelNotFound
-from rakka_inference.runtime.coordinator import (
-    Deregister,
-    DpCoordinator,
-    DpCoordinatorActor,
-    Register,
-    SetAliases,
-)
+from rakka_inference.runtime.coordinator import DpCoordinator
 
 
 @dataclass
@@ -106,14 +99,3 @@ def test_a_routing_read_sees_one_table_version() -> None:
     coordinator.register("d", FakeReplica("r1"))
     assert len(before.replicas["d"]) == 1  # old versions never change
     assert len(coordinator.table.replicas["d"]) == 2
-
-
-async def test_the_actor_is_the_single_writer() -> None:
-    coordinator = DpCoordinator(rng=random.Random(2))
-    async with ActorSystem() as system:
-        ref = system.spawn(lambda: DpCoordinatorActor(coordinator), "coordinator")
-        replica = FakeReplica("r0")
-        await ref.ask(Register("d", replica))
-        await ref.ask(SetAliases("d", ("alias",)))
-        assert coordinator.route("alias") is replica
-        assert await ref.ask(Deregister("d", "r0")) is True

@@ -1,10 +1,12 @@
 """RemoteSession: the HTTP client and credential of one remote replica, rebuilt in place.
 
 The remote analogue of a local ContextActor (DESIGN §2): RemoteEngineCore (stable) →
-RemoteSession (restartable) → workers. A rebuild re-reads the credential and opens a new
-pooled HTTP client, after sustained 401s, a configuration change, or an operator's request
-(admin API, ``rakka rotate-credentials``). Requests in flight finish on the old client; new
-ones use the new one. Nothing is dropped.
+RemoteSession (rebuilt in place) → workers. It is a plain object, not an actor: the
+engine's runner owns it, the workers read its current snapshot inline, and the engine's
+``rebuild_session`` (admin API, ``rakka rotate-credentials``) calls :meth:`RemoteSession.rebuild`
+directly. A rebuild re-reads the credential and opens a new pooled HTTP client, after
+sustained 401s, a configuration change, or an operator's request. Requests in flight
+finish on the old client; new ones use the new one. Nothing is dropped.
 
 Snapshots
 =========
@@ -54,9 +56,6 @@ again. Rebuilds are logged at INFO with the cause, the generations and the crede
 The snapshot does not pin the credential's value: it asks the provider each time, so a
 provider whose credential expires on its own (a Vertex OAuth token) renews it without a
 session rebuild. Requests in flight keep the value they already read.
-
-:class:`RemoteSessionActor` is the session's mailbox for operator requests and config
-changes (``RebuildSession`` → the new generation). Workers never go through it.
 """
 
 from __future__ import annotations
@@ -66,22 +65,18 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Protocol, runtime_checkable
 
-from rakka_inference.actors import Actor, Directive, OneForOneStrategy
+from rakka_inference.actors.single_flight import SingleFlight
 from rakka_inference.core.errors import InternalError, RakkaError
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.secrets import Secret
-from rakka_inference.remote.credentials import CredentialProvider, SingleFlight
+from rakka_inference.remote.credentials import CredentialProvider
 from rakka_inference.wire.http import HttpTransport
 
 __all__ = [
-    "SESSION_SUPERVISION",
-    "RebuildSession",
     "RemoteSession",
-    "RemoteSessionActor",
     "SessionSnapshot",
 ]
 
@@ -388,41 +383,3 @@ class RemoteSession:
 
     def __repr__(self) -> str:
         return f"RemoteSession(generation={self.generation}, credential={self._describe()})"
-
-
-# --------------------------------------------------------------------------- actor
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildSession:
-    """Ask a :class:`RemoteSessionActor` to rebuild; the reply is the new generation."""
-
-    cause: SessionRebuildCause
-    seen_generation: int | None = None
-
-
-class RemoteSessionActor(Actor[RebuildSession]):
-    """The session's mailbox for operator requests and configuration changes.
-
-    A failed rebuild fails the ``ask`` with its error; spawn the actor under
-    :data:`SESSION_SUPERVISION` so such a failure resumes it instead of counting toward a
-    restart limit. The actor does not own the session's lifetime: stopping or restarting
-    it leaves the session serving.
-    """
-
-    def __init__(self, session: RemoteSession) -> None:
-        self.session = session
-
-    async def receive(self, message: RebuildSession) -> int:
-        if not isinstance(message, RebuildSession):
-            return await super().receive(message)  # type: ignore[unreachable]
-        snapshot = await self.session.rebuild(
-            message.cause, seen_generation=message.seen_generation
-        )
-        return snapshot.generation
-
-
-SESSION_SUPERVISION: Final = OneForOneStrategy(
-    {RakkaError: Directive.RESUME, Exception: Directive.RESTART}
-)
-"""For a RemoteSessionActor: our typed errors (a failed rebuild) resume; bugs restart."""

@@ -1,10 +1,12 @@
 """DpCoordinator: which replica serves a request for a model.
 
 The coordinator keeps, for every deployment, its replicas and the aliases it answers to.
-Registration changes are rare and go through :class:`DpCoordinatorActor` (one writer);
-each change publishes a new immutable :class:`RoutingTable` with one assignment. Routing is
-the hot path and takes no mailbox hop: :meth:`DpCoordinator.route` reads the current table
-and asks each candidate replica for its live load.
+It is a plain object, not an actor, shared by the gateway, the deployment manager and the
+topology, all on one event loop. Registration changes are rare, synchronous and made by the
+deployment manager; each change publishes a new immutable :class:`RoutingTable` with one
+assignment, so a routing read always sees one whole version. Routing is the hot path:
+:meth:`DpCoordinator.route` reads the current table and asks each candidate replica for
+its live load.
 
 The routing rule is the power of two choices: draw two distinct healthy replicas at random
 and take the less loaded (ties go to the first drawn). It is nearly as good as scanning all
@@ -19,22 +21,17 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from rakka_inference.actors.actor import Actor
-from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.errors import CircuitOpen, ModelNotFound
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.engine.stream import RequestStream
 
 __all__ = [
-    "Deregister",
     "DpCoordinator",
-    "DpCoordinatorActor",
-    "Register",
     "Replica",
     "RoutingTable",
-    "SetAliases",
 ]
 
 
@@ -56,13 +53,13 @@ class Replica(Protocol):
 
     def submit(
         self, request: ChatRequest, *, deadline: float | None = None
-    ) -> BoundedStream[TokenChunk]:
+    ) -> RequestStream[TokenChunk]:
         """Queue the request; its chunks arrive on the returned stream."""
         ...
 
     def submit_embedding(
         self, request: EmbeddingRequest, *, deadline: float | None = None
-    ) -> BoundedStream[EmbeddingResult]:
+    ) -> RequestStream[EmbeddingResult]:
         """Queue an embeddings request; BadRequest when the replica serves none."""
         ...
 
@@ -178,40 +175,3 @@ class DpCoordinator:
             (name, tuple(sorted(a for a, target in table.aliases.items() if target == name)))
             for name in sorted(table.replicas)
         ]
-
-
-# ---------------------------------------------------------------------- actor
-
-
-@dataclass(frozen=True, slots=True)
-class Register:
-    deployment: str
-    replica: Replica
-
-
-@dataclass(frozen=True, slots=True)
-class Deregister:
-    deployment: str
-    replica_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class SetAliases:
-    deployment: str
-    aliases: tuple[str, ...]
-
-
-class DpCoordinatorActor(Actor[Register | Deregister | SetAliases]):
-    """The one writer of the routing table. Routing itself reads the table directly."""
-
-    def __init__(self, coordinator: DpCoordinator) -> None:
-        self.coordinator = coordinator
-
-    async def receive(self, message: Register | Deregister | SetAliases) -> Any:
-        if isinstance(message, Register):
-            self.coordinator.register(message.deployment, message.replica)
-            return None
-        if isinstance(message, Deregister):
-            return self.coordinator.deregister(message.deployment, message.replica_name)
-        self.coordinator.set_aliases(message.deployment, message.aliases)
-        return None
