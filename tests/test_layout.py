@@ -106,7 +106,11 @@ def test_imports_point_one_way() -> None:
 @pytest.mark.parametrize(
     ("source", "statement", "expected"),
     [
-        ("wire/extra.py", "from rakka_inference.remote.http import Deadlines", "wire -> remote"),
+        (
+            "wire/extra.py",
+            "from rakka_inference.remote.transports.base import Deadlines",
+            "wire -> remote",
+        ),
         ("remote/extra.py", "from rakka_inference.local import engine", "remote -> local"),
         ("engine/extra.py", "import rakka_inference.runtime.request", "engine -> runtime"),
         ("core/extra.py", "from ..observe import tracing", "core -> observe"),

@@ -30,13 +30,8 @@ from rakka_inference.core.messages import (
     SamplingParams,
 )
 from rakka_inference.core.pricing import PriceTable
-from rakka_inference.engine.budget import (
-    BudgetBook,
-    BudgetEvent,
-    BudgetLedger,
-    BudgetReservation,
-    BudgetWindow,
-)
+from rakka_inference.engine.budget import BudgetEvent, BudgetLedger, BudgetReservation, BudgetWindow
+from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.testkit.clock import FakeClock
 
 T0 = 100 * 86_400.0

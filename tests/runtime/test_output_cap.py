@@ -25,7 +25,8 @@ from rakka_inference.core.deployment import (
 )
 from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS, ChatMessage, ChatRequest
 from rakka_inference.core.secrets import SecretRef
-from rakka_inference.engine.budget import BudgetBook, BudgetReservation
+from rakka_inference.engine.budget import BudgetReservation
+from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.ratelimit_types import Permit
 from rakka_inference.runtime.replicas import EngineBuilder

@@ -1,8 +1,10 @@
 """Per-deployment spend budgets: reserve a request's worst case, settle its real cost.
 
-A :class:`BudgetLedger` enforces one deployment's :class:`~rakka_inference.core.deployment.Budget`
-(``max_spend_per_hour``, ``max_spend_per_day``, ``on_exceeded``). A :class:`BudgetBook` holds
-the ledgers of a configuration and writes the cost report.
+A :class:`BudgetLedger` enforces one deployment's
+:class:`~rakka_inference.core.deployment.Budget` (``max_spend_per_hour``,
+``max_spend_per_day``, ``on_exceeded``). A
+:class:`~rakka_inference.engine.budget_book.BudgetBook` holds the ledgers of a
+configuration and writes the cost report.
 
 The protocol
 ------------
@@ -92,17 +94,16 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from rakka_inference.core.deployment import Budget, BudgetAction, Config, ModelPrice
+from rakka_inference.core.deployment import Budget, BudgetAction, ModelPrice
 from rakka_inference.core.errors import BudgetExceeded
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
-from rakka_inference.core.pricing import PriceTable, resolve_price
+from rakka_inference.engine.spend_ring import SpendRing
 
 __all__ = [
-    "BudgetBook",
     "BudgetEvent",
     "BudgetLedger",
     "BudgetReservation",
@@ -196,63 +197,6 @@ class CostReportRow:
     limit_day_usd: float | None
 
 
-class _Ring:
-    """Fixed-size ring of time buckets with a running total. Bucket ``b`` covers
-    ``[b * width, (b + 1) * width)`` and is dropped when the newest bucket reaches
-    ``b + size``."""
-
-    __slots__ = ("_amounts", "_counts", "_head", "size", "total", "width")
-
-    def __init__(self, width: float, size: int, now: float) -> None:
-        self.width = width
-        self.size = size
-        self.total = 0
-        self._amounts = [0] * size
-        self._counts = [0] * size
-        self._head = math.floor(now / width)
-
-    def advance(self, now: float) -> None:
-        index = math.floor(now / self.width)
-        steps = index - self._head
-        if steps <= 0:
-            return  # same bucket, or the clock stepped back
-        if steps >= self.size:
-            self._amounts = [0] * self.size
-            self._counts = [0] * self.size
-            self.total = 0
-        else:
-            for bucket in range(self._head + 1, index + 1):
-                slot = bucket % self.size
-                self.total -= self._amounts[slot]
-                self._amounts[slot] = 0
-                self._counts[slot] = 0
-        self._head = index
-
-    def add(self, nano: int) -> None:
-        slot = self._head % self.size
-        self._amounts[slot] += nano
-        self._counts[slot] += 1
-        self.total += nano
-
-    def within(self, now: float, window_s: float) -> tuple[int, int]:
-        """Cost and count of the buckets that overlap ``(now - window_s, now]``."""
-        first = max(math.floor((now - window_s) / self.width), self._head - self.size + 1)
-        nano = count = 0
-        for bucket in range(first, self._head + 1):
-            nano += self._amounts[bucket % self.size]
-            count += self._counts[bucket % self.size]
-        return nano, count
-
-    def seconds_until_freed(self, now: float, need: int) -> float | None:
-        """Seconds until ``need`` nano-dollars have rolled off; ``None`` if they never will."""
-        freed = 0
-        for bucket in range(self._head - self.size + 1, self._head + 1):
-            freed += self._amounts[bucket % self.size]
-            if freed >= need:
-                return max(0.0, (bucket + self.size) * self.width - now)
-        return None
-
-
 def _usd(nano: int) -> float:
     return nano / _NANO_PER_USD
 
@@ -322,9 +266,9 @@ class BudgetLedger:
         """Public so an engine started later can attach; see :attr:`throttled`."""
         self._clock = clock
         now = clock()
-        self._hour = _Ring(_HOUR_BUCKET_S, _HOUR_BUCKETS, now)
-        self._day = _Ring(_DAY_BUCKET_S, _DAY_BUCKETS, now)
-        self._limits: tuple[tuple[BudgetWindow, _Ring, int, float], ...] = tuple(
+        self._hour = SpendRing(_HOUR_BUCKET_S, _HOUR_BUCKETS, now)
+        self._day = SpendRing(_DAY_BUCKET_S, _DAY_BUCKETS, now)
+        self._limits: tuple[tuple[BudgetWindow, SpendRing, int, float], ...] = tuple(
             (window, ring, math.floor(limit * _NANO_PER_USD), limit)
             for window, ring, limit in (
                 (BudgetWindow.HOUR, self._hour, budget.max_spend_per_hour),
@@ -373,7 +317,7 @@ class BudgetLedger:
         return BudgetReservation(self, nano)
 
     def _refusal(
-        self, now: float, nano: int, blocked: list[tuple[BudgetWindow, _Ring, int, float]]
+        self, now: float, nano: int, blocked: list[tuple[BudgetWindow, SpendRing, int, float]]
     ) -> BudgetExceeded:
         waits: list[float] = []
         for _, ring, limit, _ in blocked:
@@ -505,82 +449,3 @@ class BudgetLedger:
 
     def __repr__(self) -> str:
         return f"BudgetLedger({self.deployment!r}, {self.budget.on_exceeded.value})"
-
-
-class BudgetBook:
-    """One :class:`BudgetLedger` per deployment that has a budget."""
-
-    def __init__(self, ledgers: Iterable[BudgetLedger] = ()) -> None:
-        self._ledgers: dict[str, BudgetLedger] = {}
-        for ledger in ledgers:
-            if ledger.deployment in self._ledgers:
-                raise ValueError(f"two ledgers for deployment {ledger.deployment!r}")
-            self._ledgers[ledger.deployment] = ledger
-
-    @classmethod
-    def from_config(
-        cls,
-        config: Config,
-        *,
-        prices: PriceTable | None = None,
-        clock: Callable[[], float] = time.time,
-        default_max_output_tokens: int | None = None,
-        on_event: Callable[[BudgetEvent], None] | None = None,
-        on_throttle: Callable[[str, bool], None] | None = None,
-    ) -> BudgetBook:
-        """Ledgers for ``config``'s deployments with a ``budget``, priced like their
-        adapters (the deployment's ``pricing``, else ``prices``, else the shipped table).
-        Each reserves with its runtime config's default output cap unless
-        ``default_max_output_tokens`` overrides it. ``on_throttle`` is called with the
-        deployment's name."""
-        ledgers: list[BudgetLedger] = []
-        for deployment in config.deployments:
-            if deployment.budget is None:
-                continue
-            price = resolve_price(deployment.upstream_model, deployment.pricing, prices)
-            if price is None:
-                log.warning(
-                    "deployment %s: no price for model %s, so its budget is not enforced",
-                    deployment.name,
-                    deployment.model,
-                )
-            ledgers.append(
-                BudgetLedger(
-                    deployment.name,
-                    deployment.budget,
-                    price,
-                    clock=clock,
-                    default_max_output_tokens=deployment.runtime_config.default_max_output_tokens
-                    if default_max_output_tokens is None
-                    else default_max_output_tokens,
-                    on_event=on_event,
-                    on_throttle=None
-                    if on_throttle is None
-                    else _bind(on_throttle, deployment.name),
-                    model=deployment.model,
-                )
-            )
-        return cls(ledgers)
-
-    def ledger(self, name: str) -> BudgetLedger | None:
-        """The deployment's ledger, or ``None`` when it has no budget."""
-        return self._ledgers.get(name)
-
-    @property
-    def ledgers(self) -> tuple[BudgetLedger, ...]:
-        return tuple(self._ledgers.values())
-
-    def snapshot(self) -> list[BudgetSnapshot]:
-        return [ledger.snapshot() for ledger in self._ledgers.values()]
-
-    def report(self, window_s: float = DAY_S) -> list[CostReportRow]:
-        """Settled cost per deployment and model over the last ``window_s`` seconds."""
-        rows = [ledger.cost(window_s) for ledger in self._ledgers.values()]
-        return sorted(rows, key=lambda row: (row.deployment, row.model))
-
-
-def _bind(callback: Callable[[str, bool], None], name: str) -> Callable[[bool], None]:
-    def on_throttle(throttled: bool) -> None:
-        callback(name, throttled)
-
-    return on_throttle

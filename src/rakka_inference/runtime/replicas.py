@@ -27,7 +27,8 @@ from rakka_inference.core.deployment import Budget, Deployment, RuntimeKind
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import resolve_price
 from rakka_inference.core.runner import ModelRunner
-from rakka_inference.engine.budget import BudgetBook, BudgetLedger
+from rakka_inference.engine.budget import BudgetLedger
+from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.local.engine import LocalEngineCore
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
