@@ -69,10 +69,10 @@ from typing import Any
 
 import orjson
 
-from rakka_inference.core.deployment import AnthropicConfig, ModelPrice, RemoteRuntimeConfig
+from rakka_inference.core.deployment import AnthropicConfig, ModelPrice
 from rakka_inference.core.errors import InferenceError
 from rakka_inference.core.messages import ChatRequest
-from rakka_inference.core.pricing import PriceTable, resolve_price
+from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.providers.anthropic_errors import refine_error
@@ -82,6 +82,7 @@ from rakka_inference.providers.anthropic_response import (
     anthropic_usage,
     parse_message,
 )
+from rakka_inference.providers.base import AdapterState
 from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["MAX_TEMPERATURE", "AnthropicAdapter", "AnthropicStreamParser", "anthropic_usage"]
@@ -89,7 +90,7 @@ __all__ = ["MAX_TEMPERATURE", "AnthropicAdapter", "AnthropicStreamParser", "anth
 DEFAULT_ENDPOINT = "https://api.anthropic.com"
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(AdapterState[AnthropicConfig]):
     """The Anthropic Messages wire format for one deployment's model."""
 
     def __init__(
@@ -101,10 +102,9 @@ class AnthropicAdapter:
         price_override: ModelPrice | None = None,
         prices: PriceTable | None = None,
     ) -> None:
-        self.config = config
-        self.model = model
-        self._provider = provider or config.provider_label
-        self._price = resolve_price(model, price_override, prices)
+        super().__init__(
+            config, model, provider=provider, price_override=price_override, prices=prices
+        )
         base = (config.endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self._url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
         self._static_headers = {
@@ -113,19 +113,8 @@ class AnthropicAdapter:
         }
 
     @property
-    def provider(self) -> str:
-        return self._provider
-
-    @property
     def endpoint(self) -> str:
         return self._url
-
-    @property
-    def runtime_config(self) -> RemoteRuntimeConfig:
-        return self.config
-
-    def price(self) -> ModelPrice | None:
-        return self._price
 
     # ------------------------------------------------------------------ request
 

@@ -13,7 +13,8 @@ remote engine calls it inline on the hot path:
    end-of-stream marker arrived.
 4. :meth:`ProviderAdapter.refine_error` sharpens the generic HTTP classification with what
    the provider's error body says (a context-length error, a content filter, a quota).
-5. It holds its runtime config and its price table.
+5. It holds its runtime config and its price table (the state every adapter shares:
+   :class:`AdapterState`).
 
 An adapter whose provider serves embeddings also implements :class:`EmbeddingAdapter`:
 :meth:`~EmbeddingAdapter.build_embedding_request` and
@@ -28,19 +29,21 @@ at debug level), never a crash; a malformed event is a
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-from rakka_inference.core.deployment import ModelPrice
+from rakka_inference.core.deployment import ModelPrice, RemoteRuntimeConfig
 from rakka_inference.core.errors import InferenceError, ProtocolError
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.wire.http import HttpRequest
 from rakka_inference.wire.sse import SseEvent
 
 __all__ = [
+    "AdapterState",
     "EmbeddingAdapter",
     "ProviderAdapter",
     "StreamParser",
@@ -48,6 +51,8 @@ __all__ = [
     "load_json_object",
     "supports_embeddings",
 ]
+
+ConfigT = TypeVar("ConfigT", bound=RemoteRuntimeConfig)
 
 
 class StreamParser(Protocol):
@@ -101,6 +106,41 @@ class EmbeddingAdapter(Protocol):
         """The vectors in input order, and the input tokens the provider reports (or, where
         it reports none, the request's estimate)."""
         ...
+
+
+class AdapterState(Generic[ConfigT]):
+    """The state every adapter holds, and its accessors: the deployment's runtime config
+    (typed precisely, ``ConfigT``), the model, the provider's name and the model's price.
+
+    ``provider`` defaults to the config's :attr:`~RemoteRuntimeConfig.provider_label`; the
+    price is :func:`~rakka_inference.core.pricing.resolve_price` of the model, the
+    override and the table. Each adapter adds its own endpoint and wire format.
+    """
+
+    def __init__(
+        self,
+        config: ConfigT,
+        model: str,
+        *,
+        provider: str | None = None,
+        price_override: ModelPrice | None = None,
+        prices: PriceTable | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self._provider = provider or config.provider_label
+        self._price = resolve_price(model, price_override, prices)
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    @property
+    def runtime_config(self) -> ConfigT:
+        return self.config
+
+    def price(self) -> ModelPrice | None:
+        return self._price
 
 
 class TokenCredential(Protocol):

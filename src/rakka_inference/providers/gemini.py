@@ -95,7 +95,7 @@ from urllib.parse import quote
 
 import orjson
 
-from rakka_inference.core.deployment import GeminiConfig, ModelPrice, RemoteRuntimeConfig
+from rakka_inference.core.deployment import GeminiConfig, ModelPrice
 from rakka_inference.core.errors import (
     BadRequest,
     ConfigError,
@@ -104,10 +104,10 @@ from rakka_inference.core.errors import (
     ProtocolError,
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
-from rakka_inference.core.pricing import PriceTable, resolve_price
+from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.providers.base import load_json_object
+from rakka_inference.providers.base import AdapterState, load_json_object
 from rakka_inference.providers.gemini_embed import (
     embedding_body,
     embedding_method,
@@ -143,7 +143,7 @@ __all__ = [
 DEFAULT_ENDPOINT = "https://generativelanguage.googleapis.com"
 
 
-class GeminiAdapter:
+class GeminiAdapter(AdapterState[GeminiConfig]):
     """The Gemini ``generateContent`` wire format for one deployment's model."""
 
     def __init__(
@@ -156,10 +156,9 @@ class GeminiAdapter:
         prices: PriceTable | None = None,
         safety_settings: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        self.config = config
-        self.model = model
-        self._provider = provider or config.provider_label
-        self._price = resolve_price(model, price_override, prices)
+        super().__init__(
+            config, model, provider=provider, price_override=price_override, prices=prices
+        )
         self._safety_settings = [dict(setting) for setting in safety_settings]
         self._vertex = config.variant == "vertex"
         wire_model = quote(_strip_prefix(model), safe="")
@@ -187,20 +186,9 @@ class GeminiAdapter:
             self._base = f"{_versioned(host, 'v1beta')}/models/{wire_model}"
 
     @property
-    def provider(self) -> str:
-        return self._provider
-
-    @property
     def endpoint(self) -> str:
         """The model's URL, without the method: streams and unary calls share a breaker."""
         return self._base
-
-    @property
-    def runtime_config(self) -> RemoteRuntimeConfig:
-        return self.config
-
-    def price(self) -> ModelPrice | None:
-        return self._price
 
     # ------------------------------------------------------------------ request
 

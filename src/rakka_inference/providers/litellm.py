@@ -22,13 +22,14 @@ from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, Embeddi
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
+from rakka_inference.providers.base import AdapterState
 from rakka_inference.providers.openai import OpenAIAdapter, OpenAIStreamParser
 from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["LiteLLMAdapter"]
 
 
-class LiteLLMAdapter:
+class LiteLLMAdapter(AdapterState[LiteLLMConfig]):
     """The OpenAI format aimed at a LiteLLM proxy."""
 
     def __init__(
@@ -40,8 +41,9 @@ class LiteLLMAdapter:
         price_override: ModelPrice | None = None,
         prices: PriceTable | None = None,
     ) -> None:
-        self.config = config
-        self.model = model
+        super().__init__(
+            config, model, provider=provider, price_override=price_override, prices=prices
+        )
         self._openai = OpenAIAdapter(
             OpenAIConfig(
                 endpoint=config.endpoint,
@@ -53,25 +55,14 @@ class LiteLLMAdapter:
                 timeouts=config.timeouts,
             ),
             model,
-            provider=provider or config.provider_label,
-            price_override=price_override,
+            provider=self._provider,
+            price_override=self._price,
             prices=prices,
         )
 
     @property
-    def provider(self) -> str:
-        return self._openai.provider
-
-    @property
     def endpoint(self) -> str:
         return self._openai.endpoint
-
-    @property
-    def runtime_config(self) -> LiteLLMConfig:
-        return self.config
-
-    def price(self) -> ModelPrice | None:
-        return self._openai.price()
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         body = self._openai.request_body(request)

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from rakka_inference.core.deployment import ModelPrice, OpenAIConfig, RemoteRuntimeConfig
+from rakka_inference.core.deployment import ModelPrice, OpenAIConfig
 from rakka_inference.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -41,12 +41,12 @@ from rakka_inference.core.messages import (
     ImagePart,
     TextPart,
 )
-from rakka_inference.core.pricing import PriceTable, resolve_price
+from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage
-from rakka_inference.providers.base import load_json_object
+from rakka_inference.providers.base import AdapterState, load_json_object
 from rakka_inference.providers.openai_embed import embedding_body, parse_embeddings
 from rakka_inference.wire.http import HttpRequest
 from rakka_inference.wire.sse import SseEvent
@@ -66,7 +66,7 @@ _FINISH_REASONS: Mapping[str, FinishReason] = {
 }
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(AdapterState[OpenAIConfig]):
     """The OpenAI wire format for one deployment's model."""
 
     def __init__(
@@ -78,10 +78,9 @@ class OpenAIAdapter:
         price_override: ModelPrice | None = None,
         prices: PriceTable | None = None,
     ) -> None:
-        self.config = config
-        self.model = model
-        self._provider = provider or config.provider_label
-        self._price = resolve_price(model, price_override, prices)
+        super().__init__(
+            config, model, provider=provider, price_override=price_override, prices=prices
+        )
         self._azure = config.variant == "azure"
         if self._azure:
             base = config.endpoint or f"https://{config.resource}.openai.azure.com"
@@ -101,19 +100,8 @@ class OpenAIAdapter:
                 self._static_headers["openai-project"] = config.project
 
     @property
-    def provider(self) -> str:
-        return self._provider
-
-    @property
     def endpoint(self) -> str:
         return self._url.split("?", 1)[0]
-
-    @property
-    def runtime_config(self) -> RemoteRuntimeConfig:
-        return self.config
-
-    def price(self) -> ModelPrice | None:
-        return self._price
 
     # ------------------------------------------------------------------ request
 
