@@ -27,6 +27,7 @@ from rakka_inference.core.errors import CircuitOpen, ModelNotFound
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.engine.stream import RequestStream
+from rakka_inference.runtime.capabilities import HasCircuit
 
 __all__ = [
     "DpCoordinator",
@@ -110,7 +111,9 @@ class DpCoordinator:
         if not healthy:
             if not replicas:
                 raise CircuitOpen(f"deployment {name!r} has no replica serving", retry_after=1.0)
-            waits = [w for r in replicas if (w := getattr(r, "open_for_s", None)) is not None]
+            waits = [
+                w for r in replicas if isinstance(r, HasCircuit) and (w := r.open_for_s) is not None
+            ]
             raise CircuitOpen(
                 f"every replica of deployment {name!r} has its circuit open",
                 retry_after=max(1.0, min(waits)) if waits else 1.0,

@@ -1,0 +1,47 @@
+"""What some engines can do and others cannot, named as small protocols.
+
+Every replica's engine has the shared surface (submit, load, health). A remote replica
+also has a circuit breaker, a rate limiter and a session to rebuild; a local one has none
+of them. The topology asks for a capability with ``isinstance(engine, Capability)``
+instead of probing attributes, so what it relies on has a name and a type.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from rakka_inference.core.runner import SessionRebuildCause
+from rakka_inference.remote.breaker import CircuitBreaker
+from rakka_inference.remote.ratelimit import PermitSource
+
+__all__ = ["HasCircuit", "HasLimiter", "RebuildsSession"]
+
+
+@runtime_checkable
+class HasCircuit(Protocol):
+    """A replica behind a circuit breaker (routing skips it while the circuit is open)."""
+
+    @property
+    def breaker(self) -> CircuitBreaker: ...
+
+    @property
+    def open_for_s(self) -> float | None:
+        """Seconds until the open circuit lets a probe through (None: closed)."""
+        ...
+
+
+@runtime_checkable
+class HasLimiter(Protocol):
+    """A replica that takes a rate-limit permit per request."""
+
+    @property
+    def limiter(self) -> PermitSource: ...
+
+
+@runtime_checkable
+class RebuildsSession(Protocol):
+    """A replica whose session (HTTP client and credential) can be rebuilt: rotation."""
+
+    async def rebuild_session(self, cause: SessionRebuildCause) -> int:
+        """Rebuild it; running requests finish on the old one. Returns the generation."""
+        ...
