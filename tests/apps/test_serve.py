@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import sys
+from pathlib import Path
 
+import httpx
 import openai
+import pytest
 
 from rakka_inference.apps.serve import ServeApp
+from rakka_inference.core.config import load_config
 from rakka_inference.core.deployment import (
     ClusterConfig,
     Config,
@@ -17,6 +22,8 @@ from rakka_inference.core.deployment import (
     RuntimeKind,
     VllmConfig,
 )
+from rakka_inference.testkit.faults import FaultPlan, ReplyScript
+from rakka_inference.testkit.mock_openai import OpenAIMock
 
 
 def free_port() -> int:
@@ -149,3 +156,46 @@ async def test_sigterm_during_100_streams_loses_none() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def _toml(mock: OpenAIMock, name: str, key_variable: str) -> str:
+    return f"""
+[[deployment]]
+name = "{name}"
+model = "gpt-4o-mini"
+runtime = "openai"
+[deployment.runtime_config]
+endpoint = "{mock.openai_base_url}"
+api_key = {{ from_env = "{key_variable}" }}
+"""
+
+
+async def test_a_sighup_reload_that_cannot_start_is_logged_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RAKKA_SERVE_TEST_KEY", "sk-serve-0001")
+    monkeypatch.delenv("RAKKA_SERVE_TEST_UNSET_VAR", raising=False)
+    async with OpenAIMock(
+        faults=FaultPlan(valid_keys={"sk-serve-0001"}), reply=ReplyScript(text="still here")
+    ) as mock:
+        file = tmp_path / "rakka.toml"
+        file.write_text(_toml(mock, "alpha", "RAKKA_SERVE_TEST_KEY"))
+        app = ServeApp(load_config(file), bind="127.0.0.1:1", config_file=str(file))
+        await app.startup()
+        try:
+            assert app.topology is not None
+            file.write_text(_toml(mock, "beta", "RAKKA_SERVE_TEST_UNSET_VAR"))
+            with caplog.at_level(logging.ERROR, logger="rakka_inference.apps.serve"):
+                await app._reload()  # what SIGHUP runs
+            assert "reload rejected, the running config stays" in caplog.text
+            assert "RAKKA_SERVE_TEST_UNSET_VAR" in caplog.text
+            transport = httpx.ASGITransport(app=app.topology.gateway)
+            async with httpx.AsyncClient(transport=transport, base_url="http://rakka") as client:
+                answer = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "alpha", "messages": [{"role": "user", "content": "hi"}]},
+                )
+            assert answer.status_code == 200, answer.text  # not 404: alpha never left
+            assert [d.name for d in app.topology.config.deployments] == ["alpha"]
+        finally:
+            await app.shutdown()

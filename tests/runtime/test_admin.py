@@ -4,13 +4,16 @@ scripted mix of outcomes. No secret appears in any answer."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 
+from rakka_inference.core.config import load_config
 from rakka_inference.core.deployment import (
     ClusterConfig,
     Config,
@@ -246,3 +249,84 @@ async def test_a_hot_swapped_deployment_keeps_its_spend(
     changed = replace(deployment(mock), aliases=("kept",))
     await topology.apply(replace(topology.config, deployments=(changed,)))
     assert topology.builder.budgets.report()[0].spent_usd == before
+
+
+def _beta_with_an_unset_key(mock: OpenAIMock) -> str:
+    """A config that drops ``chat`` for ``beta``, whose key's variable is not set."""
+    return f"""
+[cluster]
+name = "beta"
+
+[[deployment]]
+name = "beta"
+model = "gpt-4o-mini"
+runtime = "openai"
+[deployment.runtime_config]
+endpoint = "{mock.openai_base_url}"
+api_key = {{ from_env = "RAKKA_ADMIN_TEST_UNSET_VAR" }}
+"""
+
+
+def _refused_whole(answer: httpx.Response) -> None:
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "deployment 'beta'" in error["message"]
+    assert "RAKKA_ADMIN_TEST_UNSET_VAR" in error["message"]
+    assert "nothing changed" in error["message"]
+
+
+async def test_a_config_whose_deployment_cannot_start_is_a_400_and_chat_stays(
+    live: tuple[Topology, httpx.AsyncClient], mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology, client = live
+    monkeypatch.delenv("RAKKA_ADMIN_TEST_UNSET_VAR", raising=False)
+    rejected = await client.post(
+        "/admin/deployments", headers=admin(), content=_beta_with_an_unset_key(mock)
+    )
+    _refused_whole(rejected)
+    assert (await chat(client)).status_code == 200  # not 404: chat never left
+    assert [s.name for s in topology.manager.describe()] == ["chat"]
+
+
+async def test_a_reload_whose_deployment_cannot_start_is_a_400_and_chat_stays(
+    mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("RAKKA_ADMIN_TEST_UNSET_VAR", raising=False)
+    file = tmp_path / "rakka.toml"
+    file.write_text(_beta_with_an_unset_key(mock))
+    admin_key = SecretRef.inline(ADMIN, warn=False)
+    config = Config(cluster=ClusterConfig(admin_api_key=admin_key), deployments=(deployment(mock),))
+    topology = Topology(config, reload_source=lambda: load_config(file))
+    client = await _client(topology)
+    try:
+        _refused_whole(await client.post("/admin/reload", headers=admin()))
+        assert (await chat(client)).status_code == 200
+        assert topology.config is config
+    finally:
+        await client.aclose()
+        await topology.stop(timeout=5)
+
+
+async def test_an_operation_that_fails_untyped_is_a_json_500(
+    live: tuple[Topology, httpx.AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topology, client = live
+
+    async def no_weights(deployment: Deployment, name: str, on_failed: object) -> None:
+        raise OSError("no weights on this node")
+
+    monkeypatch.setattr(topology.builder, "build", no_weights)
+    with caplog.at_level(logging.ERROR, logger="rakka_inference.admin"):
+        failed = await client.post(
+            "/admin/deployments/chat/scale", headers=admin(), json={"replicas": 2}
+        )
+    assert failed.status_code == 500
+    assert failed.json()["error"]["type"] == "server_error"
+    assert "OSError" in failed.json()["error"]["message"]
+    assert "no weights on this node" in caplog.text  # the cause is in the log
+    assert (await chat(client)).status_code == 200
+    assert len(topology.manager.describe()[0].replicas) == 1

@@ -4,11 +4,12 @@ of a bad config, and replicas that fail — against the OpenAI-format mock over 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
 
+from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import (
     ClusterConfig,
     Config,
@@ -18,7 +19,7 @@ from rakka_inference.core.deployment import (
     Serving,
     VllmConfig,
 )
-from rakka_inference.core.errors import ConfigError, ModelNotFound, OperationRefused
+from rakka_inference.core.errors import ConfigError, ModelNotFound, OperationRefused, SecretError
 from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
@@ -224,3 +225,151 @@ async def test_local_replicas_are_placed_on_gpus_and_released(mock: OpenAIMock) 
         assert placement.snapshot()[0].free_gpus == 1
     finally:
         await topology.stop(timeout=5)
+
+
+# ---------------------------------------------------------------------- all or nothing
+
+
+class Starts:
+    """Wraps the topology's engine builder: records every engine built and stopped, and
+    makes the start of the deployments named in ``failing`` raise (a model that will not
+    load, say)."""
+
+    def __init__(self, topology: Topology, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.failing: set[str] = set()
+        self.gate: asyncio.Event | None = None
+        self.built: list[str] = []
+        self.stopped: list[str] = []
+        build = topology.builder.build
+
+        async def wrapped(deployment: Deployment, name: str, on_failed: Callable[[str], None]):  # type: ignore[no-untyped-def]
+            engine = await build(deployment, name, on_failed)
+            self.built.append(engine.name)
+            start, stop = engine.start, engine.stop
+
+            async def starting(system: ActorSystem, actor: str | None = None) -> None:
+                if self.gate is not None:
+                    await self.gate.wait()
+                if deployment.name in self.failing:
+                    raise OSError(f"no weights for {deployment.name}")
+                await start(system, actor)
+
+            async def stopping(timeout: float = 30.0) -> None:
+                self.stopped.append(engine.name)
+                await stop(timeout)
+
+            monkeypatch.setattr(engine, "start", starting)
+            monkeypatch.setattr(engine, "stop", stopping)
+            return engine
+
+        monkeypatch.setattr(topology.builder, "build", wrapped)
+
+
+async def test_a_failed_start_stops_what_the_apply_started_and_changes_nothing(
+    topology: Topology, mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = Starts(topology, monkeypatch)
+    starts.failing.add("chat")  # a changed deployment: it starts after the added ones
+    before = topology.manager.describe()
+    wanted = config(
+        replace(deployment(mock), replicas=2), deployment(mock, "good"), deployment(mock, "more")
+    )
+    with pytest.raises(ConfigError, match=r"deployment 'chat'.*OSError: no weights for chat"):
+        await topology.apply(wanted)
+    # good's and more's sets started, then were stopped with chat's failed new replica.
+    assert starts.built == ["good-0", "more-0", "chat-0.g2"]
+    assert sorted(starts.stopped) == sorted(starts.built)
+    assert topology.manager.describe() == before
+    assert set(topology.coordinator.table.replicas) == {"chat"}
+    assert await ask(topology) == "a b c d"
+    with pytest.raises(ModelNotFound):
+        await ask(topology, "good")
+    starts.failing.clear()  # the same config applies once every deployment starts
+    report = await topology.apply(wanted)
+    assert (report.added, report.changed) == (("good", "more"), ("chat",))
+    assert await ask(topology, "more") == "a b c d"
+
+
+async def test_a_config_dropping_alpha_for_beta_with_an_unset_secret_keeps_alpha(
+    mock: OpenAIMock,
+) -> None:
+    topology = Topology(config(deployment(mock, "alpha")))
+    await topology.start()
+    try:
+        beta = Deployment(
+            name="beta",
+            model="gpt-4o-mini",
+            runtime=RuntimeKind.OPENAI,
+            runtime_config=OpenAIConfig(
+                endpoint=mock.openai_base_url,
+                api_key=SecretRef.from_env("RAKKA_TEST_UNSET_VAR_FOR_BETA"),
+            ),
+        )
+        with pytest.raises(ConfigError, match="RAKKA_TEST_UNSET_VAR_FOR_BETA") as rejected:
+            await topology.apply(config(beta))
+        assert isinstance(rejected.value.__cause__, SecretError)
+        assert await ask(topology, "alpha") == "a b c d"  # not 404: alpha never left
+        [status] = topology.manager.describe()
+        assert (status.name, status.state, status.generation) == (
+            "alpha",
+            DeploymentState.SERVING,
+            1,
+        )
+        assert [d.name for d in topology.config.deployments] == ["alpha"]
+    finally:
+        await topology.stop(timeout=5)
+
+
+async def test_nothing_running_changes_until_every_new_set_has_started(
+    topology: Topology, mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = Starts(topology, monkeypatch)
+    starts.gate = asyncio.Event()
+    applying = asyncio.ensure_future(topology.apply(config(deployment(mock, "beta"))))
+    await asyncio.sleep(0.05)  # beta is starting; chat is still in the config's place
+    assert not applying.done()
+    assert await ask(topology) == "a b c d"
+    with pytest.raises(ModelNotFound):
+        await ask(topology, "beta")
+    starts.gate.set()
+    report = await applying
+    assert (report.added, report.removed) == (("beta",), ("chat",))
+    assert await ask(topology, "beta") == "a b c d"
+    with pytest.raises(ModelNotFound):
+        await ask(topology)
+
+
+async def test_an_alias_that_clashes_is_refused_before_anything_starts(
+    topology: Topology, mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = Starts(topology, monkeypatch)
+    clash = replace(deployment(mock, "extra"), aliases=("chat",))
+    with pytest.raises(ConfigError, match="clashes with the deployment named 'chat'"):
+        await topology.apply(config(deployment(mock), clash))
+    assert starts.built == []
+    assert await ask(topology) == "a b c d"
+
+
+async def test_a_failed_scale_up_stops_the_replicas_it_started(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts = Starts(topology, monkeypatch)
+    real = topology.builder.build
+    count = 0
+
+    async def third_fails(deployment: Deployment, name: str, on_failed: Callable[[str], None]):  # type: ignore[no-untyped-def]
+        nonlocal count
+        count += 1
+        if count == 2:
+            starts.failing.add(deployment.name)
+        return await real(deployment, name, on_failed)
+
+    monkeypatch.setattr(topology.builder, "build", third_fails)
+    with pytest.raises(OSError, match="no weights"):
+        await topology.manager.scale("chat", 3)
+    assert starts.built == ["chat-1", "chat-2"]
+    assert sorted(starts.stopped) == ["chat-1", "chat-2"]
+    [status] = topology.manager.describe()
+    assert len(status.replicas) == 1
+    assert len(topology.coordinator.table.replicas["chat"]) == 1
+    assert await ask(topology) == "a b c d"

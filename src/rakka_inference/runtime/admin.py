@@ -21,17 +21,22 @@ GET         /admin/costs?window_s=86400                 spend per deployment and
 POST        /admin/reload                               apply the config file again
 ==========  ==========================================  ===================================
 
-A config that fails to load or apply is rejected whole (400 naming every issue, with its
-line and field); the running deployments stay as they were.
+A config that fails to load or apply is rejected whole: 400 (``invalid_request_error``)
+naming every issue with its line and field, a deployment that did not start among them (a
+secret that is not set, say), or 409 when no node can place it; the running deployments
+stay as they were, serving. ``POST /admin/reload`` without a config file is 409.
+
+The API operates an :class:`Operable` — what it needs of a serving topology, no more.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -42,18 +47,23 @@ from rakka_inference.core.errors import (
     BadRequest,
     ClientUnauthorized,
     ConfigError,
+    InferenceError,
+    InternalError,
     OperationRefused,
     RouteNotFound,
+    SecretError,
 )
 from rakka_inference.core.secrets import Secret
+from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.remote.breaker import BreakerState
+from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.asgi import bearer_matches
-from rakka_inference.runtime.manager import ApplyReport
+from rakka_inference.runtime.capabilities import HasCircuit
+from rakka_inference.runtime.manager import ApplyReport, DeploymentManager
 
-if TYPE_CHECKING:
-    from rakka_inference.runtime.topology import Topology
+__all__ = ["AdminApi", "Operable"]
 
-__all__ = ["AdminApi"]
+log = logging.getLogger("rakka_inference.admin")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,15 +74,55 @@ _MAX_BODY = 1024 * 1024
 _DAY_S = 86_400.0
 
 
+class Operable(Protocol):
+    """What the admin API operates (a :class:`~rakka_inference.runtime.topology.Topology`)."""
+
+    @property
+    def manager(self) -> DeploymentManager:
+        """The deployments: describe, scale, drain, remove, rebuild sessions."""
+        ...
+
+    @property
+    def services(self) -> RemoteServices:
+        """The circuit breakers and rate limiters remote replicas share."""
+        ...
+
+    @property
+    def budgets(self) -> BudgetBook:
+        """Every deployment's cost ledger."""
+        ...
+
+    async def apply(self, config: Config) -> ApplyReport:
+        """Apply a whole config, all or nothing (ConfigError: nothing changed)."""
+        ...
+
+    async def reload(self) -> ApplyReport:
+        """Apply the config file again (OperationRefused without one)."""
+        ...
+
+
 class AdminApi:
     """The ``/admin/`` routes over one topology."""
 
-    def __init__(self, topology: Topology, admin_key: Secret | None) -> None:
+    def __init__(self, topology: Operable, admin_key: Secret | None) -> None:
         self.topology = topology
         self._key = None if admin_key is None else admin_key.expose().encode()
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        """Answer one admin request: (status, JSON body). Raises the typed errors."""
+        """Answer one admin request: (status, JSON body). Raises the typed errors only: an
+        operation that fails otherwise (a replica that will not start on a scale-up, say)
+        is logged and answered as a JSON 500, never a bare one."""
+        try:
+            return await self._handle(scope, receive)
+        except InferenceError:
+            raise
+        except Exception as error:
+            log.exception("admin %s %s failed", scope["method"], scope["path"])
+            raise InternalError(
+                f"the admin operation failed: {type(error).__name__} (see the gateway's log)"
+            ) from error
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         self._authorize(scope)
         method, parts = scope["method"], scope["path"].strip("/").split("/")[1:]
         body = await _read_body(receive) if method in {"POST", "DELETE"} else b""
@@ -104,7 +154,7 @@ class AdminApi:
                 return 200, _json({"data": self._limits()})
             case "GET", ["costs"]:
                 window = _window(scope)
-                rows = self.topology.builder.budgets.report(window)
+                rows = self.topology.budgets.report(window)
                 return 200, _json({"window_s": window, "data": [asdict(r) for r in rows]})
             case "POST", ["reload"]:
                 return 200, _json(await self._apply(self.topology.reload))
@@ -113,10 +163,8 @@ class AdminApi:
     async def _apply(self, apply: Callable[[], Awaitable[ApplyReport]]) -> dict[str, Any]:
         try:
             report = await apply()
-        except ConfigError as error:
+        except (ConfigError, SecretError) as error:
             raise BadRequest(f"the config was rejected, nothing changed: {error}") from None
-        except RuntimeError as error:  # no config file to reload
-            raise OperationRefused(str(error)) from None
         return {"applied": asdict(report)}
 
     def _authorize(self, scope: Scope) -> None:
@@ -136,7 +184,7 @@ class AdminApi:
             "ratelimits": self._limits(),
             "budgets": [
                 {**asdict(snapshot), "exceeded": [w.value for w in snapshot.exceeded]}
-                for snapshot in self.topology.builder.budgets.snapshot()
+                for snapshot in self.topology.budgets.snapshot()
             ],
         }
 
@@ -168,7 +216,7 @@ class AdminApi:
         breakers = {
             id(b): b
             for engine in self.topology.manager.engines(name)
-            if (b := getattr(engine, "breaker", None)) is not None
+            if isinstance(engine, HasCircuit) and (b := engine.breaker) is not None
         }
         if not breakers:
             raise OperationRefused(f"deployment {name!r} has no circuit breaker")

@@ -2,14 +2,15 @@
 
 ::
 
-    pending  → serving | failed | stopped      (stopped: removed before it started)
+    pending  → serving | failed | stopped      (stopped: its apply was rejected)
     serving  → draining | failed
     draining → stopped | failed
     failed   → pending | stopped               (pending: placed again)
     stopped  → nothing: it is final
 
 - **pending**: built and placed; its replicas are starting (credentials resolved, weights
-  loading). It takes no requests yet.
+  loading). It takes no requests yet. An apply starts every new set before it touches a
+  running one: when another set fails to start, this one goes straight to stopped.
 - **serving**: registered with the coordinator; takes requests.
 - **draining**: deregistered (no new requests); requests already queued or running finish.
 - **stopped**: every request finished; engines closed. Terminal.

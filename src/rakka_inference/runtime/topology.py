@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 
 from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import Config, Deployment, RuntimeKind
+from rakka_inference.core.errors import OperationRefused
+from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe import tracing
 from rakka_inference.observe.metrics import InferenceMetrics
@@ -130,6 +132,11 @@ class Topology:
         admin_key = config.cluster.admin_api_key
         self.gateway.admin = AdminApi(self, None if admin_key is None else admin_key.resolve())
 
+    @property
+    def budgets(self) -> BudgetBook:
+        """Every deployment's cost ledger (the admin API's cost report)."""
+        return self.builder.budgets
+
     async def start(self) -> None:
         """Start tracing if configured; build, start and register every replica."""
         if self.config.tracing.enabled and self._tracing is None:
@@ -137,7 +144,11 @@ class Topology:
         await self.apply(self.config)
 
     async def apply(self, config: Config) -> ApplyReport:
-        """Apply ``config`` while serving (hot-swap changed deployments)."""
+        """Apply ``config`` while serving (hot-swap changed deployments), all or nothing.
+
+        A config the manager rejects (ConfigError, PlacementFailed) changes nothing here
+        either: the running config, its providers and budgets stay as they were.
+        """
         if config.tracing != self.config.tracing:
             log.warning("[tracing] changed: the change takes effect at the next start")
         report = await self.manager.apply(config)
@@ -151,9 +162,13 @@ class Topology:
         return report
 
     async def reload(self) -> ApplyReport:
-        """Read the config again from where it came from and apply it (SIGHUP, admin)."""
+        """Read the config again from where it came from and apply it (SIGHUP, admin).
+
+        OperationRefused without a config file; ConfigError for a file that fails to load
+        or apply (nothing changes).
+        """
         if self._reload_source is None:
-            raise RuntimeError("this topology was not started from a config file")
+            raise OperationRefused("cannot reload: the gateway was not started from a file")
         return await self.apply(self._reload_source())
 
     async def stop(self, timeout: float = 30.0) -> None:

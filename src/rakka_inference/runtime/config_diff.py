@@ -1,0 +1,98 @@
+"""What applying a config changes, checked before anything starts, and why one is refused.
+
+:class:`ConfigDiff` sets a new config against the running deployments: which start (new or
+changed), which go, which stay. :func:`check_aliases` and :func:`refusal` are the two ways
+:meth:`~rakka_inference.runtime.manager.DeploymentManager.apply` says no: before anything
+starts, and when a deployment did not start (every set that apply started is stopped, and
+the running config stays whole).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from rakka_inference.core.deployment import Config, Deployment
+from rakka_inference.core.errors import ConfigError, ConfigIssue, OperationRefused
+
+__all__ = ["ApplyReport", "ConfigDiff", "check_aliases", "refusal"]
+
+log = logging.getLogger("rakka_inference.manager")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDiff:
+    """What an apply does: which deployments start (new or changed) and which go."""
+
+    wanted: dict[str, Deployment]
+    added: tuple[Deployment, ...]
+    changed: tuple[Deployment, ...]
+    removed: tuple[str, ...]
+
+    @classmethod
+    def between(cls, running: Mapping[str, Deployment], config: Config) -> ConfigDiff:
+        """From the ``running`` deployments (by name) to those of ``config``."""
+        wanted = {d.name: d for d in config.deployments}
+        return cls(
+            wanted=wanted,
+            added=tuple(d for name, d in wanted.items() if name not in running),
+            changed=tuple(d for name, d in wanted.items() if running.get(name, d) != d),
+            removed=tuple(name for name in running if name not in wanted),
+        )
+
+    @property
+    def starting(self) -> tuple[Deployment, ...]:
+        return (*self.added, *self.changed)
+
+    def report(self) -> ApplyReport:
+        starting = {d.name for d in self.starting}
+        return ApplyReport(
+            added=tuple(d.name for d in self.added),
+            changed=tuple(d.name for d in self.changed),
+            removed=self.removed,
+            unchanged=tuple(name for name in self.wanted if name not in starting),
+        )
+
+
+def check_aliases(deployments: Collection[Deployment]) -> None:
+    """Every alias answers for one deployment and is no deployment's name, so the swap
+    cannot trip over one halfway (the config loader checks this too, with lines)."""
+    names = {d.name for d in deployments}
+    owners: dict[str, str] = {}
+    issues = []
+    for deployment in deployments:
+        for alias in deployment.aliases:
+            owner = owners.setdefault(alias, deployment.name)
+            if alias in names:
+                reason = f"alias {alias!r} clashes with the deployment named {alias!r}"
+            elif owner != deployment.name:
+                reason = f"alias {alias!r} already answers for {owner!r}"
+            else:
+                continue
+            issues.append(
+                ConfigIssue("<config>", f"deployment {deployment.name!r}.aliases", reason)
+            )
+    if issues:
+        raise ConfigError(issues)
+
+
+def refusal(deployment: Deployment | None, error: BaseException) -> BaseException:
+    """A start failure as the reason the config is refused: a ConfigError naming the
+    deployment and the cause. ConfigError and OperationRefused (PlacementFailed among them)
+    already say so; a cancellation is not a refusal."""
+    if deployment is None or not isinstance(error, Exception):
+        return error
+    if isinstance(error, ConfigError | OperationRefused):
+        return error
+    log.warning("deployment %s did not start, the config is rejected: %r", deployment.name, error)
+    reason = f"did not start, nothing changed: {type(error).__name__}: {error}"
+    return ConfigError([ConfigIssue("<config>", f"deployment {deployment.name!r}", reason)])
