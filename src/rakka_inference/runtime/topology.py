@@ -31,6 +31,7 @@ from rakka_inference.observe.metrics import InferenceMetrics
 from rakka_inference.observe.tracing import Tracing
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.admin import AdminApi
+from rakka_inference.runtime.capabilities import HasCircuit, HasLimiter
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
 from rakka_inference.runtime.manager import ApplyReport, DeploymentManager, Engine
@@ -66,8 +67,8 @@ class _Gauges:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.breaker = getattr(engine, "breaker", None)
-        self.limiter = getattr(engine, "limiter", None)
+        self.breaker = engine.breaker if isinstance(engine, HasCircuit) else None
+        self.limiter = engine.limiter if isinstance(engine, HasLimiter) else None
 
     @property
     def name(self) -> str:
