@@ -199,3 +199,19 @@ async def test_a_sighup_reload_that_cannot_start_is_logged_and_changes_nothing(
             assert [d.name for d in app.topology.config.deployments] == ["alpha"]
         finally:
             await app.shutdown()
+
+
+async def test_serving_a_config_never_loads_the_sandbox() -> None:
+    # The mock providers are imported only when serving without a config: a process that
+    # imports the serve path (the CLI, the ASGI app, the topology) has none of testkit.
+    program = (
+        "import sys, rakka_inference.apps.cli, rakka_inference.apps.serve; "
+        "print(sorted(m for m in sys.modules if m.startswith("
+        "('rakka_inference.testkit', 'rakka_inference.apps.sandbox'))))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", program, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert out.decode().strip() == "[]"
