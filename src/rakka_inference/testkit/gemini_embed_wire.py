@@ -38,13 +38,11 @@ counts the characters read, whitespace aside.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from rakka_inference.testkit.mock_openai import EMBEDDING_DIMENSIONS, embedding_vector
+from rakka_inference.testkit.proto_json import field, json_object, unknown_field
 
 __all__ = [
     "EMBEDDING_METHODS",
@@ -124,17 +122,17 @@ def _batch(document: Mapping[str, Any], model: str) -> dict[str, Any]:
         if not isinstance(request, dict):
             raise EmbeddingRefused(f"* {where}: expected an EmbedContentRequest object\n")
         _known(request, _REQUEST_FIELDS, f"requests[{index}].")
-        named = _field(request, "model")
+        named = field(request, "model")
         if named is not None and named != f"models/{model}":
             raise EmbeddingRefused(
                 f"* {where}.model: the model of every request must be models/{model}, "
                 "the batch's model\n"
             )
-        config = _field(request, "embedContentConfig")
-        size = _field(request, "outputDimensionality")
+        config = field(request, "embedContentConfig")
+        size = field(request, "outputDimensionality")
         if size is None and isinstance(config, dict):
-            size = _field(config, "outputDimensionality")
-        vector = embedding_vector(_content_text(_field(request, "content"), where), _size(size))
+            size = field(config, "outputDimensionality")
+        vector = embedding_vector(_content_text(field(request, "content"), where), _size(size))
         embeddings.append({"values": vector})
     return {"embeddings": embeddings}
 
@@ -164,8 +162,8 @@ def _predict(document: Mapping[str, Any]) -> dict[str, Any]:
     parameters = document.get("parameters", {})
     if not isinstance(parameters, dict):
         raise EmbeddingRefused("Invalid request: parameters must be an object.")
-    size = _size(_field(parameters, "outputDimensionality"))
-    auto_truncate = _field(parameters, "autoTruncate")
+    size = _size(field(parameters, "outputDimensionality"))
+    auto_truncate = field(parameters, "autoTruncate")
     predictions = []
     billable = 0  # Vertex bills the characters it read, whitespace aside
     for index, instance in enumerate(instances):
@@ -195,20 +193,15 @@ def _predict(document: Mapping[str, Any]) -> dict[str, Any]:
 
 def _object(body: bytes) -> Mapping[str, Any]:
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise EmbeddingRefused("Invalid JSON payload received. Unexpected token.") from None
-    if not isinstance(document, dict):
-        raise EmbeddingRefused("Invalid JSON payload received. Expected an object.")
-    return document
+        return json_object(body)
+    except ValueError as exc:
+        raise EmbeddingRefused(str(exc)) from None
 
 
 def _known(holder: Mapping[str, Any], fields: frozenset[str], prefix: str) -> None:
-    for name in holder:
-        if _camel(name) not in fields:
-            raise EmbeddingRefused(
-                f'Invalid JSON payload received. Unknown name "{prefix}{name}": Cannot find field.'
-            )
+    unknown = unknown_field(holder, fields, prefix)
+    if unknown is not None:
+        raise EmbeddingRefused(unknown)
 
 
 def _size(value: object) -> int:
@@ -219,15 +212,3 @@ def _size(value: object) -> int:
             f"outputDimensionality must be an integer from 1 to {MAX_DIMENSIONS}, got {value!r}."
         )
     return value
-
-
-def _field(holder: Mapping[str, Any], camel: str) -> Any:
-    """``holder[camel]``, or its snake_case spelling, which proto JSON also accepts."""
-    if camel in holder:
-        return holder[camel]
-    return holder.get(re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower())
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(word.capitalize() for word in rest)

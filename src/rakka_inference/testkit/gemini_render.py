@@ -17,14 +17,9 @@ from typing import Any
 import orjson
 
 from rakka_inference.testkit.faults import Fault, FaultKind, count_tokens
-from rakka_inference.testkit.gemini_wire import (
-    GeminiCall,
-    array_stream,
-    field,
-    mapping_of,
-    prompt_texts,
-)
+from rakka_inference.testkit.gemini_wire import GeminiCall, array_stream, mapping_of, prompt_texts
 from rakka_inference.testkit.http_script import Chunk, Faults, ScriptedResponse
+from rakka_inference.testkit.proto_json import field
 
 __all__ = [
     "JSON_HEADERS",

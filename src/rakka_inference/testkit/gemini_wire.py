@@ -3,7 +3,8 @@
 The route (AI Studio or Vertex URL, the method, ``alt=sse``, the credential) as a
 :class:`GeminiCall`; the body checks the real API makes, raising :class:`InvalidArgument`
 with its 400 messages word for word; and what an answer is made of: the prompt's texts and
-the last user turn. Proto JSON's snake_case spellings are read alike (:func:`field`).
+the last user turn. Proto JSON's snake_case spellings are read alike
+(:func:`~rakka_inference.testkit.proto_json.field`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import orjson
 from rakka_inference.testkit.faults import count_tokens
 from rakka_inference.testkit.gemini_embed_wire import EMBEDDING_METHODS
 from rakka_inference.testkit.http_script import RecordedRequest
+from rakka_inference.testkit.proto_json import field, json_object, unknown_field
 
 __all__ = [
     "GeminiCall",
     "InvalidArgument",
     "array_stream",
     "contents_of",
-    "field",
     "first_words",
     "last_turn_text",
     "list_of",
@@ -109,18 +110,14 @@ def array_stream(call: GeminiCall) -> bool:
 def read_body(request: RecordedRequest, call: GeminiCall) -> dict[str, Any]:
     """The body of a model call, or :class:`InvalidArgument` for what the API refuses."""
     try:
-        body = orjson.loads(request.body)
-    except orjson.JSONDecodeError:
-        raise InvalidArgument("Invalid JSON payload received. Unexpected token.") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("Invalid JSON payload received. Expected an object.")
+        body = json_object(request.body)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
     if call.method == "countTokens":
         return body
-    for name in body:
-        if _camel(name) not in _FIELDS:
-            raise InvalidArgument(
-                f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
-            )
+    unknown = unknown_field(body, _FIELDS)
+    if unknown is not None:
+        raise InvalidArgument(unknown)
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise InvalidArgument("* GenerateContentRequest.contents: contents is not specified\n")
@@ -181,18 +178,6 @@ def last_turn_text(contents: Sequence[Any]) -> str:
             return "; ".join(rendered)
         return "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
     return ""
-
-
-def field(holder: Mapping[str, Any], camel: str) -> Any:
-    """``holder[camel]``, or its snake_case spelling, which proto JSON also accepts."""
-    if camel in holder:
-        return holder[camel]
-    return holder.get(re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower())
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(word.capitalize() for word in rest)
 
 
 def mapping_of(value: Any) -> Mapping[str, Any]:

@@ -47,8 +47,6 @@ import inspect
 import socket
 import struct
 from collections import deque
-from types import TracebackType
-from typing import Self
 
 from rakka_inference.testkit.http_script import (
     ClientAbort,
@@ -56,6 +54,7 @@ from rakka_inference.testkit.http_script import (
     Responder,
     ScriptedResponse,
 )
+from rakka_inference.testkit.lifecycle import AsyncService
 
 __all__ = ["ScriptedHttpServer"]
 
@@ -90,7 +89,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
-class ScriptedHttpServer:
+class ScriptedHttpServer(AsyncService):
     """A scripted HTTP/1.1 server on ``host`` (loopback) and ``port`` (0: any free one)."""
 
     def __init__(
@@ -121,6 +120,7 @@ class ScriptedHttpServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Listen on ``host``:``port``; :attr:`port` then holds the one bound."""
         if self._server is not None:
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
@@ -151,18 +151,6 @@ class ScriptedHttpServer:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(RuntimeError("the server stopped"))
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

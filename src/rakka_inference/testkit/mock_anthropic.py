@@ -83,7 +83,7 @@ headers.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Unpack
 
 import orjson
 
@@ -105,17 +105,9 @@ from rakka_inference.testkit.anthropic_wire import (
     tool_calls,
     validated_body,
 )
-from rakka_inference.testkit.faults import (
-    FAULT_HEADER,
-    Fault,
-    FaultKind,
-    FaultPlan,
-    ReplyScript,
-    count_tokens,
-)
+from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultKind, count_tokens
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
-from rakka_inference.testkit.http_server import ScriptedHttpServer
-from rakka_inference.testkit.mock_base import MockProviderServer
+from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
 
 __all__ = ["MESSAGES_PATH", "AnthropicMock"]
 
@@ -129,16 +121,8 @@ class AnthropicMock(MockProviderServer):
     :attr:`server` directly take precedence over the mock.
     """
 
-    def __init__(
-        self,
-        *,
-        faults: FaultPlan | None = None,
-        reply: ReplyScript | None = None,
-        port: int = 0,
-    ) -> None:
-        self.faults = faults if faults is not None else FaultPlan()
-        self.reply = reply if reply is not None else ReplyScript()
-        self.server = ScriptedHttpServer(port=port, default=self._respond)
+    def __init__(self, **options: Unpack[MockOptions]) -> None:
+        super().__init__(**options)
         self._serial = itertools.count(1)
 
     # ------------------------------------------------------------------ answering
@@ -146,7 +130,7 @@ class AnthropicMock(MockProviderServer):
     def _ident(self, prefix: str) -> str:
         return f"{prefix}_01{next(self._serial):022d}"
 
-    def _respond(self, request: RecordedRequest) -> ScriptedResponse:
+    def respond(self, request: RecordedRequest) -> ScriptedResponse:
         request_id = self._ident("req")
         try:
             if (request.method, request.path) != ("POST", MESSAGES_PATH):
@@ -162,7 +146,7 @@ class AnthropicMock(MockProviderServer):
                 )
             body = validated_body(request.body)
             try:
-                fault = self.faults.take(key, request.headers.get(FAULT_HEADER))
+                fault = self.take_fault(key, request)
             except ValueError as exc:
                 raise Rejected(400, "invalid_request_error", f"{FAULT_HEADER}: {exc}") from None
             return self._answer(body, fault, request_id)

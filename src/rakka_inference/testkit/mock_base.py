@@ -1,43 +1,74 @@
-"""What every mock provider shares: a :class:`ScriptedHttpServer` and its lifecycle.
+"""What every mock provider shares: its options, its :class:`ScriptedHttpServer` and its
+lifecycle.
 
-A mock subclasses :class:`MockProviderServer`, builds ``self.server`` with its own
-responder in ``__init__``, and inherits ``start``/``stop``, the async context manager,
-``url`` and ``requests``.
+A mock subclasses :class:`MockProviderServer`, passes the common :class:`MockOptions` on
+to ``super().__init__`` and answers each request in :meth:`~MockProviderServer.respond`;
+it inherits :attr:`~MockProviderServer.faults` and :attr:`~MockProviderServer.reply`,
+``start``/``stop``, the async context manager, ``url`` and ``requests``.
 """
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
+import abc
+from typing import TypedDict
 
-from rakka_inference.testkit.http_script import RecordedRequest
+from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultPlan, ReplyScript
+from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.http_server import ScriptedHttpServer
+from rakka_inference.testkit.lifecycle import AsyncService
 
-__all__ = ["MockProviderServer"]
+__all__ = ["MockOptions", "MockProviderServer"]
 
 
-class MockProviderServer:
-    """A mock provider on loopback; usable with ``async with`` or ``start``/``stop``."""
+class MockOptions(TypedDict, total=False):
+    """The options every mock provider takes (all keyword-only, all optional)."""
 
-    server: ScriptedHttpServer
+    faults: FaultPlan | None
+    """What goes wrong, and which keys are valid; None: nothing, and any key."""
+    reply: ReplyScript | None
+    """What the model says; None: the default :class:`ReplyScript` (an echo)."""
+    host: str
+    """The loopback address to listen on (``127.0.0.1``)."""
+    port: int
+    """The port to listen on; 0 (the default): any free one."""
+
+
+class MockProviderServer(AsyncService):
+    """A mock provider on loopback; usable with ``async with`` or ``start``/``stop``.
+
+    :attr:`faults` and :attr:`reply` may be changed while it runs. Routes scripted on
+    :attr:`server` directly take precedence over :meth:`respond`.
+    """
+
+    def __init__(
+        self,
+        *,
+        faults: FaultPlan | None = None,
+        reply: ReplyScript | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.faults = faults if faults is not None else FaultPlan()
+        self.reply = reply if reply is not None else ReplyScript()
+        self.server = ScriptedHttpServer(host=host, port=port, default=self.respond)
+
+    @abc.abstractmethod
+    def respond(self, request: RecordedRequest) -> ScriptedResponse:
+        """The answer to one request, faults included (the server's responder)."""
+
+    def take_fault(self, key: str | None, request: RecordedRequest) -> Fault | None:
+        """The fault for ``request``, made with ``key``: its :data:`FAULT_HEADER`'s, else
+        the plan's (see :meth:`FaultPlan.take`).
+
+        Raises ValueError when the header names no fault the plan knows.
+        """
+        return self.faults.take(key, request.headers.get(FAULT_HEADER))
 
     async def start(self) -> None:
         await self.server.start()
 
     async def stop(self) -> None:
         await self.server.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def url(self) -> str:

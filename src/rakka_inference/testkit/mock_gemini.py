@@ -90,19 +90,12 @@ Layout: this module holds the server and composes its answers;
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import parse_qs
 
 import orjson
 
-from rakka_inference.testkit.faults import (
-    FAULT_HEADER,
-    Fault,
-    FaultKind,
-    FaultPlan,
-    ReplyScript,
-    count_tokens,
-)
+from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultKind, count_tokens
 from rakka_inference.testkit.gemini_embed_wire import (
     EMBEDDING_METHODS,
     EmbeddingRefused,
@@ -128,7 +121,6 @@ from rakka_inference.testkit.gemini_wire import (
     InvalidArgument,
     array_stream,
     contents_of,
-    field,
     first_words,
     last_turn_text,
     list_of,
@@ -139,8 +131,8 @@ from rakka_inference.testkit.gemini_wire import (
     words,
 )
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
-from rakka_inference.testkit.http_server import ScriptedHttpServer
-from rakka_inference.testkit.mock_base import MockProviderServer
+from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
+from rakka_inference.testkit.proto_json import field
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "JWT_BEARER_GRANT", "GeminiMock"]
 
@@ -160,23 +152,18 @@ class GeminiMock(MockProviderServer):
     def __init__(
         self,
         *,
-        faults: FaultPlan | None = None,
-        reply: ReplyScript | None = None,
-        port: int = 0,
-        host: str = "127.0.0.1",
         max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS,
         thoughts: str | None = None,
         cached_tokens: int = 0,
         token_lifetime_s: int = 3600,
+        **options: Unpack[MockOptions],
     ) -> None:
-        self.faults = faults if faults is not None else FaultPlan()
-        self.reply = reply if reply is not None else ReplyScript()
+        super().__init__(**options)
         self.max_input_tokens = max_input_tokens
         self.thoughts = thoughts
         self.cached_tokens = cached_tokens
         self.token_lifetime_s = token_lifetime_s
         self.issued_tokens: list[str] = []
-        self.server = ScriptedHttpServer(host=host, port=port, default=self._respond)
         self._answers = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -188,7 +175,7 @@ class GeminiMock(MockProviderServer):
 
     # ------------------------------------------------------------------ dispatch
 
-    def _respond(self, request: RecordedRequest) -> ScriptedResponse:
+    def respond(self, request: RecordedRequest) -> ScriptedResponse:
         if request.method == "POST" and request.path == "/token":
             return self._token(request)
         call = route(request)
@@ -203,7 +190,7 @@ class GeminiMock(MockProviderServer):
             body = read_body(request, call)
             if call.method == "countTokens":
                 return json_response(count_tokens_answer(body))
-            fault = self._take_fault(request, call)
+            fault = self._call_fault(request, call)
             prompt = count_tokens(prompt_texts(body))
             if fault is not None and fault.kind is FaultKind.CONTEXT_LENGTH:
                 prompt = max(prompt, self.max_input_tokens + 1)
@@ -227,7 +214,7 @@ class GeminiMock(MockProviderServer):
             )
         except EmbeddingRefused as refused:
             return error_response(refused.code, refused.status, refused.message)
-        fault = self._take_fault(request, call)
+        fault = self._call_fault(request, call)
         if fault is not None and fault.kind is FaultKind.CONTEXT_LENGTH:
             return self._too_long(self.max_input_tokens + 1, call)
         if fault is not None and fault.kind is not FaultKind.CONTENT_FILTER:
@@ -252,10 +239,9 @@ class GeminiMock(MockProviderServer):
             )
         )
 
-    def _take_fault(self, request: RecordedRequest, call: GeminiCall) -> Fault | None:
-        header = request.headers.get(FAULT_HEADER)
+    def _call_fault(self, request: RecordedRequest, call: GeminiCall) -> Fault | None:
         try:
-            return self.faults.take(call.key, header)
+            return self.take_fault(call.key, request)
         except ValueError as exc:
             message = f"bad {FAULT_HEADER} header: {exc}"
             raise Refused(

@@ -84,19 +84,11 @@ import math
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-from rakka_inference.testkit.faults import (
-    FAULT_HEADER,
-    Fault,
-    FaultKind,
-    FaultPlan,
-    ReplyScript,
-    count_tokens,
-)
+from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultKind, count_tokens
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
-from rakka_inference.testkit.http_server import ScriptedHttpServer
-from rakka_inference.testkit.mock_base import MockProviderServer
+from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
 from rakka_inference.testkit.openai_render import (
     AZURE_401,
     FILTER_RESULTS,
@@ -182,19 +174,14 @@ class OpenAIMock(MockProviderServer):
     def __init__(
         self,
         *,
-        faults: FaultPlan | None = None,
-        reply: ReplyScript | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
         models: Sequence[str] = DEFAULT_MODELS,
         clock: Callable[[], float] = time.time,
+        **options: Unpack[MockOptions],
     ) -> None:
-        self.faults = faults if faults is not None else FaultPlan()
-        self.reply = reply if reply is not None else ReplyScript()
+        super().__init__(**options)
         self.models = tuple(models)
         self._clock = clock
         self._count = 0
-        self.server = ScriptedHttpServer(host=host, port=port, default=self.respond)
 
     @property
     def openai_base_url(self) -> str:
@@ -204,7 +191,6 @@ class OpenAIMock(MockProviderServer):
     # ------------------------------------------------------------------ answering
 
     def respond(self, request: RecordedRequest) -> ScriptedResponse:
-        """The answer to one request, faults included (the server's responder)."""
         self._count += 1
         route = parse_route(request)
         if route is None or (route.azure and not route.api_version):
@@ -213,7 +199,7 @@ class OpenAIMock(MockProviderServer):
         if not self.faults.accepts(key):
             return self._unauthorized(route, key)
         try:
-            fault = self.faults.take(key, request.headers.get(FAULT_HEADER))
+            fault = self.take_fault(key, request)
         except ValueError as exc:
             message = f"{FAULT_HEADER}: {exc}"
             return error_response(self._count, 400, message, azure=route.azure, param=FAULT_HEADER)
