@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Protocol
+from typing import Protocol, Unpack
 
 from rakka_inference.core.deployment import RateLimits
-from rakka_inference.remote.distributed_limit_approximate import ApproximateLimiter
+from rakka_inference.remote.distributed_limit_approximate import (
+    ApproximateLimiter,
+    ApproximateTuning,
+)
 from rakka_inference.remote.ratelimit import (
-    WINDOW_SECONDS,
-    AutoTune,
     Clock,
     LimiterKey,
     PermitSource,
@@ -48,7 +49,11 @@ class StrictAuthority(Protocol):
 
 class DistributedRateLimiter:
     """One node's rate limits: approximate keys gossiped through ``replicator``, strict
-    keys delegated to ``authority`` (a node-local exact registry by default)."""
+    keys delegated to ``authority`` (a node-local exact registry by default).
+
+    ``tuning`` goes to every approximate limiter as it is (see :class:`ApproximateLimiter`
+    for each knob and its default); its ``autotune`` also shapes the default authority's.
+    """
 
     def __init__(
         self,
@@ -57,23 +62,15 @@ class DistributedRateLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         authority: StrictAuthority | None = None,
-        autotune: AutoTune | None = None,
-        max_delay: float | None = None,
-        max_request_tokens: int | None = None,
-        anti_entropy_every: int = 10,
-        window: float = WINDOW_SECONDS,
+        **tuning: Unpack[ApproximateTuning],
     ) -> None:
         self.node_id = replicator.node_id
         self._replicator = replicator
         self._clock = clock
         self._sleep = sleep
-        self._autotune = autotune
-        self._max_delay = max_delay
-        self._max_request_tokens = max_request_tokens
-        self._anti_entropy_every = anti_entropy_every
-        self._window = window
+        self._tuning = tuning
         if authority is None:
-            authority = RateLimiter(clock=clock, sleep=sleep, autotune=autotune)
+            authority = RateLimiter(clock=clock, sleep=sleep, autotune=tuning.get("autotune"))
         self._authority: StrictAuthority = authority
         self._limiters: dict[LimiterKey, ApproximateLimiter] = {}
         self._strict: dict[LimiterKey, PermitSource] = {}
@@ -101,6 +98,10 @@ class DistributedRateLimiter:
             if limiter.limits != limits:
                 limiter.reconfigure(limits)
             return limiter
+        tuning = self._tuning
+        if max_request_tokens:  # this key's own cap, over the node's
+            tuning = tuning.copy()
+            tuning["max_request_tokens"] = max_request_tokens
         limiter = ApproximateLimiter(
             key,
             limits,
@@ -108,11 +109,7 @@ class DistributedRateLimiter:
             nodes=self._node_count,
             clock=self._clock,
             sleep=self._sleep,
-            autotune=self._autotune,
-            max_delay=self._max_delay,
-            max_request_tokens=max_request_tokens or self._max_request_tokens,
-            anti_entropy_every=self._anti_entropy_every,
-            window=self._window,
+            **tuning,
         )
         self._limiters[key] = limiter
         return limiter

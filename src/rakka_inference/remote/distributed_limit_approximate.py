@@ -14,6 +14,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 from rakka_inference.core.deployment import RateLimits
 from rakka_inference.remote.distributed_limit_rule import (
@@ -23,6 +24,7 @@ from rakka_inference.remote.distributed_limit_rule import (
 )
 from rakka_inference.remote.gcounter import BucketedGCounter, CounterState
 from rakka_inference.remote.ratelimit import (
+    CONCURRENCY_RETRY_HINT,
     WINDOW_SECONDS,
     AutoTune,
     Clock,
@@ -31,7 +33,6 @@ from rakka_inference.remote.ratelimit import (
     Gcra,
     LimiterKey,
     Permit,
-    RateFactor,
     RateLimitUtilization,
     Sleep,
     WaitingLimiter,
@@ -39,19 +40,36 @@ from rakka_inference.remote.ratelimit import (
 )
 from rakka_inference.remote.replicator import KeySync
 
-__all__ = ["ApproximateLimiter"]
+__all__ = ["ApproximateLimiter", "ApproximateTuning"]
 
 _NO_BUCKET = -(2**63)
 
 
+class ApproximateTuning(TypedDict, total=False):
+    """The knobs a node passes to each of its :class:`ApproximateLimiter` s; what each
+    means, and its default, is written once, in :class:`ApproximateLimiter`'s signature."""
+
+    autotune: AutoTune | None
+    max_delay: float | None
+    max_request_tokens: int | None
+    anti_entropy_every: int
+    window: float
+
+
 class ApproximateLimiter(WaitingLimiter):
-    """One key on one node of the approximate mode: see the module docstring."""
+    """One key on one node of the approximate mode: see the module docstring.
+
+    ``autotune`` shapes the cut after a provider 429 (:class:`AutoTune` by default); the
+    node's Retry-After block travels in its sync part, so it blocks the key on every node.
+    ``max_delay`` is the assumed delivery bound ``D`` (half the sync interval by default),
+    ``max_request_tokens`` the largest charge ``c`` (the TPM by default, never above it),
+    ``anti_entropy_every`` how often the node's whole row is sent instead of its delta,
+    and ``window`` the sliding window's length in seconds.
+    """
 
     __slots__ = (
-        "_blocked_until",
         "_conc_share",
         "_epoch",
-        "_factor",
         "_gcra_req",
         "_gcra_tok",
         "_in_flight",
@@ -94,7 +112,7 @@ class ApproximateLimiter(WaitingLimiter):
         anti_entropy_every: int = 10,
         window: float = WINDOW_SECONDS,
     ) -> None:
-        super().__init__(key, clock, sleep)
+        super().__init__(key, clock, sleep, autotune)
         if anti_entropy_every < 1:
             raise ValueError("anti_entropy_every must be >= 1")
         self.limits = limits
@@ -118,9 +136,7 @@ class ApproximateLimiter(WaitingLimiter):
         self._req = EpochShare(limits.requests_per_minute or 0, self.reserve_epochs)
         self._tok = EpochShare(tpm or 0, self.reserve_epochs)
         self._in_flight = 0
-        self._blocked_until = -math.inf
         self._published_block = -math.inf
-        self._factor = RateFactor(AutoTune() if autotune is None else autotune)
         self._gcra_req = Gcra()
         self._gcra_tok = Gcra()
         self._n = max(1, nodes())
@@ -212,11 +228,12 @@ class ApproximateLimiter(WaitingLimiter):
     def _check(self, tokens: int, now: float) -> Denial | None:
         if now >= self._next_epoch_at:
             self._advance(now)
-        if now < self._blocked_until:
-            return Denial(self._blocked_until, DenialReason.RETRY_AFTER)
+        blocked = self._blocked(now)
+        if blocked is not None:
+            return blocked
         conc = self._conc_share
         if conc is not None and self._in_flight >= conc:
-            return Denial(now + 1.0, DenialReason.CONCURRENCY)
+            return Denial(now + CONCURRENCY_RETRY_HINT, DenialReason.CONCURRENCY)
         rpm, tpm = self._rpm, self._tpm
         if rpm is None and tpm is None:
             return None
@@ -288,13 +305,6 @@ class ApproximateLimiter(WaitingLimiter):
         self._notify()
 
     # -- signals and metrics
-
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        """A provider 429: lower this node's rate; a Retry-After blocks the key everywhere."""
-        now = self._clock()
-        if retry_after is not None and retry_after > 0:
-            self._blocked_until = max(self._blocked_until, now + retry_after)
-        self._factor.cut(now, recover_from=max(now, self._blocked_until))
 
     def over_spend_bounds(self) -> tuple[float, float]:
         """``(requests, tokens)``: the worst-case over-spend of this key's windows."""

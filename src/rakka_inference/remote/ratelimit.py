@@ -13,7 +13,7 @@ re-exported here:
 * :mod:`~rakka_inference.remote.ratelimit_policies`: the auto-tune :class:`RateFactor`
   and :class:`Gcra` spacing;
 * :mod:`~rakka_inference.remote.ratelimit_waiting`: :class:`WaitingLimiter`, the FIFO
-  waiting shared by every limiter.
+  waiting and the answer to a provider 429 shared by every limiter.
 
 The window: a sliding log with running sums
 -------------------------------------------
@@ -105,10 +105,8 @@ class SlidingWindowLimiter(WaitingLimiter):
     """The exact limiter of one key on one node (and the in-process strict authority)."""
 
     __slots__ = (
-        "_blocked_until",
         "_conc",
         "_evicted",
-        "_factor",
         "_granted",
         "_in_flight",
         "_log",
@@ -133,15 +131,13 @@ class SlidingWindowLimiter(WaitingLimiter):
         autotune: AutoTune | None = None,
         window: float = WINDOW_SECONDS,
     ) -> None:
-        super().__init__(key, clock, sleep)
+        super().__init__(key, clock, sleep, autotune)
         self._window = window
         self._log: deque[Permit] = deque()
         self._tokens = 0
         self._evicted = 0
         self._granted = 0
         self._in_flight = 0
-        self._blocked_until = -math.inf
-        self._factor = RateFactor(AutoTune() if autotune is None else autotune)
         self._req_gcra = Gcra()
         self._tok_gcra = Gcra()
         self.reconfigure(limits)
@@ -164,8 +160,9 @@ class SlidingWindowLimiter(WaitingLimiter):
             self._evicted += 1
 
     def _check(self, tokens: int, now: float) -> Denial | None:
-        if now < self._blocked_until:
-            return Denial(self._blocked_until, DenialReason.RETRY_AFTER)
+        blocked = self._blocked(now)
+        if blocked is not None:
+            return blocked
         conc = self._conc
         if conc is not None and self._in_flight >= conc:
             return Denial(now + CONCURRENCY_RETRY_HINT, DenialReason.CONCURRENCY)
@@ -238,13 +235,6 @@ class SlidingWindowLimiter(WaitingLimiter):
         self._notify()
 
     # -- signals and metrics
-
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        """A provider 429: lower the effective rate; block the key for ``retry_after`` s."""
-        now = self._clock()
-        if retry_after is not None and retry_after > 0:
-            self._blocked_until = max(self._blocked_until, now + retry_after)
-        self._factor.cut(now, recover_from=max(now, self._blocked_until))
 
     @property
     def in_flight(self) -> int:

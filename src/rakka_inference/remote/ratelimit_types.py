@@ -2,7 +2,8 @@
 
 Every limiter (exact, approximate, strict) speaks these types; :class:`PermitSource` is
 the interface a worker asks for permits. They are re-exported by
-:mod:`rakka_inference.remote.ratelimit`, which is where callers import them from.
+:mod:`rakka_inference.remote.ratelimit`, which is where callers import them from: its
+``__all__`` is the one list of them (this module keeps none, so the list is written once).
 
 Tokens: estimate, then settle
 -----------------------------
@@ -24,19 +25,6 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from rakka_inference.core.secrets import Secret
-
-__all__ = [
-    "WINDOW_SECONDS",
-    "CONCURRENCY_RETRY_HINT",
-    "Clock",
-    "Sleep",
-    "LimiterKey",
-    "DenialReason",
-    "Denial",
-    "Permit",
-    "PermitSource",
-    "RateLimitUtilization",
-]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

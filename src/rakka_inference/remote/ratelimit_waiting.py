@@ -1,4 +1,4 @@
-"""The waiting half shared by every limiter: a FIFO queue over a non-waiting core.
+"""What every limiter shares: a FIFO queue over a non-waiting core, and the 429 answer.
 
 Waiting
 -------
@@ -14,6 +14,14 @@ raises :class:`~rakka_inference.core.errors.RateLimitExceeded` with ``retry_afte
 
 A subclass supplies ``_check`` (why not, and until when) and ``_grant`` (take the permit),
 and calls ``_notify`` whenever something is freed.
+
+The provider's 429
+------------------
+Every limiter answers a provider 429 the same way, so it is kept here too:
+``on_rate_limited(retry_after)`` blocks the key until the Retry-After ends (``_check``
+starts with :meth:`WaitingLimiter._blocked`) and cuts the auto-tuned :class:`RateFactor`,
+whose recovery starts when the block ends. A subclass reads the factor (``_factor``) to
+scale its limits, and may merge a block learnt elsewhere into ``_blocked_until``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from collections import deque
 from typing import ClassVar
 
 from rakka_inference.core.errors import RateLimitExceeded
+from rakka_inference.remote.ratelimit_policies import AutoTune, RateFactor
 from rakka_inference.remote.ratelimit_types import (
     CONCURRENCY_RETRY_HINT,
     Clock,
@@ -51,16 +60,21 @@ class _Waiter:
 
 
 class WaitingLimiter(abc.ABC):
-    """The waiting half shared by every limiter: FIFO waiters over a ``_check``/``_grant`` core."""
+    """What every limiter shares: FIFO waiters over a ``_check``/``_grant`` core, and the
+    provider's 429 signal (the Retry-After block and the auto-tuned rate factor)."""
 
-    __slots__ = ("_clock", "_sleep", "_waiters", "key")
+    __slots__ = ("_blocked_until", "_clock", "_factor", "_sleep", "_waiters", "key")
     mode: ClassVar[str]
 
-    def __init__(self, key: LimiterKey, clock: Clock, sleep: Sleep) -> None:
+    def __init__(
+        self, key: LimiterKey, clock: Clock, sleep: Sleep, autotune: AutoTune | None
+    ) -> None:
         self.key = key
         self._clock = clock
         self._sleep = sleep
         self._waiters: deque[_Waiter] = deque()
+        self._blocked_until = -math.inf
+        self._factor = RateFactor(AutoTune() if autotune is None else autotune)
 
     @abc.abstractmethod
     def _check(self, tokens: int, now: float) -> Denial | None:
@@ -71,10 +85,20 @@ class WaitingLimiter(abc.ABC):
     def _grant(self, tokens: int, now: float) -> Permit: ...
 
     @abc.abstractmethod
-    def on_rate_limited(self, retry_after: float | None) -> None: ...
-
-    @abc.abstractmethod
     def utilization(self) -> RateLimitUtilization: ...
+
+    def on_rate_limited(self, retry_after: float | None) -> None:
+        """A provider 429: lower the effective rate; block the key for ``retry_after`` s."""
+        now = self._clock()
+        if retry_after is not None and retry_after > 0:
+            self._blocked_until = max(self._blocked_until, now + retry_after)
+        self._factor.cut(now, recover_from=max(now, self._blocked_until))
+
+    def _blocked(self, now: float) -> Denial | None:
+        """The denial of a key blocked by a Retry-After at ``now``, or None."""
+        if now < self._blocked_until:
+            return Denial(self._blocked_until, DenialReason.RETRY_AFTER)
+        return None
 
     def try_acquire(self, tokens: int) -> Permit | Denial:
         """A permit for a call estimated at ``tokens``, or why not and until when."""

@@ -31,41 +31,37 @@ our own deadline (``TimeoutError``)                    ``Timeout(FIRST_BYTE)`` o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 import aiohttp
 
 from rakka_inference.core.deployment import Timeouts
-from rakka_inference.core.errors import (
-    InferenceError,
-    InternalError,
-    NetworkError,
-    ProtocolError,
-    RequestCancelled,
-    TimeoutPhase,
-)
+from rakka_inference.core.errors import RequestCancelled, TimeoutPhase
 from rakka_inference.remote.transports.base import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
     USER_AGENT,
-    BodyReader,
     Deadlines,
-    describe,
-    lower_headers,
-    timeout_error,
+    TransportResponse,
+    VendorErrors,
 )
 from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["AiohttpResponse", "AiohttpTransport", "translate_error"]
 
-_CAUGHT: tuple[type[Exception], ...] = (TimeoutError, aiohttp.ClientError, OSError, ValueError)
-"""Everything aiohttp is known to raise (its timeouts are ``TimeoutError`` subclasses)."""
-
-_UNSENDABLE: tuple[type[Exception], ...] = (
-    aiohttp.InvalidURL,
-    aiohttp.NonHttpUrlClientError,
-    ValueError,
+_ERRORS = VendorErrors(
+    # aiohttp's own timeouts are ``TimeoutError`` subclasses.
+    caught=(TimeoutError, aiohttp.ClientError, OSError, ValueError),
+    connect_timeout=(aiohttp.ConnectionTimeoutError,),
+    read_timeout=(aiohttp.ServerTimeoutError,),
+    unsendable=(aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError),
+    malformed=(aiohttp.ClientResponseError,),
+    network=(aiohttp.ClientError, OSError),
 )
+
+translate_error = _ERRORS.translate
+"""Our typed error for an aiohttp exception: the table above, read by
+:meth:`~rakka_inference.remote.transports.base.VendorErrors.translate`."""
 
 
 class AiohttpTransport:
@@ -136,10 +132,10 @@ class AiohttpTransport:
                     timeout=self._client_timeout(deadlines.connect_s),
                     allow_redirects=False,
                 )
-        except _CAUGHT as exc:
+        except _ERRORS.caught as exc:
             raise translate_error(
                 exc, request, read_phase=TimeoutPhase.FIRST_BYTE, deadlines=deadlines
-            ) from _cause(exc)
+            ) from _ERRORS.cause(exc)
         connection = response.connection
         if connection is not None and not response.content.is_eof():
             protocol = connection.protocol
@@ -159,31 +155,22 @@ class AiohttpTransport:
         return "AiohttpTransport()"
 
 
-class AiohttpResponse(BodyReader):
+class AiohttpResponse(TransportResponse):
     """A response whose head has arrived; the body is read under the between-bytes limit."""
 
-    __slots__ = ("_content", "_headers", "_response")
+    __slots__ = ("_content", "_response")
 
-    _caught = _CAUGHT
-    _unsendable = _UNSENDABLE
+    _errors = _ERRORS
 
     def __init__(
         self, response: aiohttp.ClientResponse, request: HttpRequest, deadlines: Deadlines
     ) -> None:
-        super().__init__(request, deadlines)
+        super().__init__(request, deadlines, status=response.status)
         self._response = response
         self._content = response.content
-        self._headers: dict[str, str] | None = None
 
-    @property
-    def status(self) -> int:
-        return self._response.status
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        if self._headers is None:
-            self._headers = lower_headers(self._response.headers.items())
-        return self._headers
+    def _header_items(self) -> Iterable[tuple[str, str]]:
+        return self._response.headers.items()
 
     async def _read_all(self) -> bytes:
         return await self._response.read()
@@ -191,62 +178,8 @@ class AiohttpResponse(BodyReader):
     async def _read_chunk(self) -> bytes:
         return await self._content.readany()
 
-    def _translate(self, exc: Exception) -> InferenceError:
-        return translate_error(
-            exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
-        )
-
-    async def aclose(self) -> None:
-        """Release the connection; if the body was not fully read, close it."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         if self._content.is_eof():
             self._response.release()  # complete: back to the pool
         else:
             self._response.close()  # the upstream sees the request end
-
-    def __repr__(self) -> str:
-        return f"AiohttpResponse({self.status}, {self._request!r})"
-
-
-def translate_error(
-    exc: BaseException,
-    request: HttpRequest,
-    *,
-    read_phase: TimeoutPhase,
-    deadlines: Deadlines,
-) -> InferenceError:
-    """Our typed error for an exception met while sending ``request``.
-
-    ``read_phase`` says what a library read timeout means where it struck (``FIRST_BYTE``
-    while waiting for the head, ``BETWEEN_BYTES`` in the body); a plain ``TimeoutError`` is
-    our own ``asyncio`` deadline: ``deadlines.head_phase`` before the head, ``TOTAL`` after.
-    """
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return timeout_error(request, TimeoutPhase.CONNECT, deadlines)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return timeout_error(request, read_phase, deadlines)
-    if isinstance(exc, TimeoutError):
-        head = read_phase is TimeoutPhase.FIRST_BYTE
-        return timeout_error(
-            request, deadlines.head_phase if head else TimeoutPhase.TOTAL, deadlines
-        )
-    where = describe(request)
-    if isinstance(exc, _UNSENDABLE):
-        return InternalError(f"{where}: the request cannot be sent as built ({_name(exc)})")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return ProtocolError(f"{where}: malformed response ({_name(exc)})")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        detail = f": {exc}" if str(exc) else ""
-        return NetworkError(f"{where}: {_name(exc)}{detail}")
-    return InternalError(f"{where}: unexpected {_name(exc)}")
-
-
-def _cause(exc: BaseException) -> BaseException | None:
-    # The text of a header-validation error may quote the value (a credential).
-    return None if isinstance(exc, _UNSENDABLE) else exc
-
-
-def _name(exc: BaseException) -> str:
-    return type(exc).__name__

@@ -8,8 +8,11 @@ Two implementations sit behind the seam, and
   with the ``h2`` package (``pip install 'rakka-inference[http2]'``), HTTP/2.
 
 This module holds what both use: the pool defaults, the :class:`Deadlines` of one exchange,
-the :class:`~rakka_inference.core.errors.Timeout` naming its limit, and :class:`BodyReader`,
-the body reads under the between-bytes and total limits.
+the :class:`~rakka_inference.core.errors.Timeout` naming its limit, :class:`VendorErrors`,
+the one way a library's exceptions become ours, and :class:`TransportResponse`, the status,
+headers and body reads under the between-bytes and total limits. Each library's module
+keeps only what is its own: the client, the calls that read and release, and its table of
+exceptions.
 
 How the four limits of :class:`~rakka_inference.core.deployment.Timeouts` are kept, the
 same way in both:
@@ -42,13 +45,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import (
     InferenceError,
+    InternalError,
+    NetworkError,
+    ProtocolError,
     RequestCancelled,
     Timeout,
     TimeoutPhase,
@@ -59,8 +65,9 @@ __all__ = [
     "DEFAULT_KEEPALIVE_S",
     "DEFAULT_MAX_CONNECTIONS",
     "USER_AGENT",
-    "BodyReader",
     "Deadlines",
+    "TransportResponse",
+    "VendorErrors",
     "describe",
     "lower_headers",
     "timeout_error",
@@ -141,25 +148,106 @@ def lower_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     return headers
 
 
-class BodyReader(abc.ABC):
-    """What both transports' responses share: reading the body under the between-bytes
-    and total limits, translating vendor errors once, and refusing reads after close.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VendorErrors:
+    """How one library's exceptions map onto ours: each transport fills in this table, and
+    :meth:`translate` reads it the same way for both, first match wins:
 
-    A subclass supplies the library calls (``_read_all``, ``_read_chunk`` returning
-    ``b""`` at the end) and the vendor error tuples.
+    ===================================  ================================================
+    exception                            ours
+    ===================================  ================================================
+    ``connect_timeout``                  ``Timeout(CONNECT)``
+    ``read_timeout``                     ``Timeout(read_phase)``: ``FIRST_BYTE`` while the
+                                         head is awaited, ``BETWEEN_BYTES`` in the body
+    any other ``TimeoutError`` (our own  ``Timeout(deadlines.head_phase)`` before the head,
+    ``asyncio`` deadline)                ``Timeout(TOTAL)`` after
+    ``unsendable``                       ``InternalError``: the request we built cannot
+                                         be sent (not retried)
+    ``malformed``                        ``ProtocolError``
+    ``network``                          ``NetworkError``
+    anything else                        ``InternalError``
+    ===================================  ================================================
     """
 
-    __slots__ = ("_closed", "_deadlines", "_request")
+    caught: tuple[type[Exception], ...]
+    """Every exception the library is known to raise, our own ``TimeoutError`` included."""
+    connect_timeout: tuple[type[Exception], ...]
+    read_timeout: tuple[type[Exception], ...]
+    unsendable: tuple[type[Exception], ...]
+    """Errors whose vendor text may quote a header value (a credential): never chained."""
+    malformed: tuple[type[Exception], ...]
+    network: tuple[type[Exception], ...]
 
-    _caught: ClassVar[tuple[type[Exception], ...]]
-    """Every exception the library is known to raise while reading."""
-    _unsendable: ClassVar[tuple[type[Exception], ...]]
-    """Errors whose vendor text may quote a header value: never chained."""
+    def translate(
+        self,
+        exc: BaseException,
+        request: HttpRequest,
+        *,
+        read_phase: TimeoutPhase,
+        deadlines: Deadlines,
+    ) -> InferenceError:
+        """Our typed error for an exception met while sending ``request``.
 
-    def __init__(self, request: HttpRequest, deadlines: Deadlines) -> None:
+        ``read_phase`` says what a library read timeout means where it struck (``FIRST_BYTE``
+        while waiting for the head, ``BETWEEN_BYTES`` in the body); a plain ``TimeoutError``
+        is our own ``asyncio`` deadline: ``deadlines.head_phase`` before the head, ``TOTAL``
+        after.
+        """
+        if isinstance(exc, self.connect_timeout):
+            return timeout_error(request, TimeoutPhase.CONNECT, deadlines)
+        if isinstance(exc, self.read_timeout):
+            return timeout_error(request, read_phase, deadlines)
+        if isinstance(exc, TimeoutError):
+            head = read_phase is TimeoutPhase.FIRST_BYTE
+            return timeout_error(
+                request, deadlines.head_phase if head else TimeoutPhase.TOTAL, deadlines
+            )
+        where, name = describe(request), type(exc).__name__
+        if isinstance(exc, self.unsendable):
+            return InternalError(f"{where}: the request cannot be sent as built ({name})")
+        if isinstance(exc, self.malformed):
+            return ProtocolError(f"{where}: malformed response ({name})")
+        if isinstance(exc, self.network):
+            detail = f": {exc}" if str(exc) else ""
+            return NetworkError(f"{where}: {name}{detail}")
+        return InternalError(f"{where}: unexpected {name}")
+
+    def cause(self, exc: BaseException) -> BaseException | None:
+        """What to chain under our error: ``exc``, unless its text may quote a credential."""
+        return None if isinstance(exc, self.unsendable) else exc
+
+
+class TransportResponse(abc.ABC):
+    """What both transports' responses share: the status and lower-cased headers, reading
+    the body under the between-bytes and total limits, translating vendor errors once by
+    the subclass's :class:`VendorErrors`, and refusing reads after close.
+
+    A subclass supplies the library calls: ``_header_items``, ``_read_all``, ``_read_chunk``
+    (returning ``b""`` at the end) and ``_release`` (give the connection back, or close it
+    when the body was not read to its end).
+    """
+
+    __slots__ = ("_closed", "_deadlines", "_headers", "_request", "_status")
+
+    _errors: ClassVar[VendorErrors]
+
+    def __init__(self, request: HttpRequest, deadlines: Deadlines, *, status: int) -> None:
         self._request = request
         self._deadlines = deadlines
+        self._status = status
+        self._headers: dict[str, str] | None = None
         self._closed = False
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers keyed in lower case, built on first use."""
+        if self._headers is None:
+            self._headers = lower_headers(self._header_items())
+        return self._headers
 
     async def read(self) -> bytes:
         """The whole body, under the between-bytes and total limits."""
@@ -177,21 +265,34 @@ class BodyReader(abc.ABC):
             raise StopAsyncIteration
         return data
 
+    async def aclose(self) -> None:
+        """Release the connection; if the body was not fully read, close it."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._release()
+
     async def _bounded(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
         self._check_open()
+        errors = self._errors
         try:
             total_at = self._deadlines.total_at
             if total_at is None:
                 return await read()
             async with asyncio.timeout_at(total_at):
                 return await read()
-        except self._caught as exc:
-            cause = None if isinstance(exc, self._unsendable) else exc
-            raise self._translate(exc) from cause
+        except errors.caught as exc:
+            error = errors.translate(
+                exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
+            )
+            raise error from errors.cause(exc)
 
     def _check_open(self) -> None:
         if self._closed:
             raise RequestCancelled(f"{describe(self._request)}: the response was closed")
+
+    @abc.abstractmethod
+    def _header_items(self) -> Iterable[tuple[str, str]]: ...
 
     @abc.abstractmethod
     async def _read_all(self) -> bytes: ...
@@ -200,7 +301,10 @@ class BodyReader(abc.ABC):
     async def _read_chunk(self) -> bytes: ...
 
     @abc.abstractmethod
-    def _translate(self, exc: Exception) -> InferenceError: ...
+    async def _release(self) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self._request!r})"
 
 
 class _Chunks:
@@ -209,7 +313,7 @@ class _Chunks:
 
     __slots__ = ("_response",)
 
-    def __init__(self, response: BodyReader) -> None:
+    def __init__(self, response: TransportResponse) -> None:
         self._response = response
 
     def __aiter__(self) -> _Chunks:

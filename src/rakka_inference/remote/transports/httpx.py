@@ -32,30 +32,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.cookiejar
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable
 from typing import cast
 
 import httpx
 
 from rakka_inference.core.deployment import Timeouts
-from rakka_inference.core.errors import (
-    ConfigError,
-    ConfigIssue,
-    InferenceError,
-    InternalError,
-    NetworkError,
-    ProtocolError,
-    TimeoutPhase,
-)
+from rakka_inference.core.errors import ConfigError, ConfigIssue, TimeoutPhase
 from rakka_inference.remote.transports.base import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,
     USER_AGENT,
-    BodyReader,
     Deadlines,
-    describe,
-    lower_headers,
-    timeout_error,
+    TransportResponse,
+    VendorErrors,
 )
 from rakka_inference.wire.http import HttpRequest
 
@@ -70,14 +60,18 @@ _VENDOR_ERRORS: tuple[type[Exception], ...] = (
 )
 """Everything httpx (with httpcore, h11, h2, anyio beneath it) is known to raise."""
 
-_CAUGHT: tuple[type[Exception], ...] = (TimeoutError, *_VENDOR_ERRORS)
-
-_UNSENDABLE: tuple[type[Exception], ...] = (
-    httpx.UnsupportedProtocol,
-    httpx.LocalProtocolError,
-    httpx.InvalidURL,
-    ValueError,
+_ERRORS = VendorErrors(
+    caught=(TimeoutError, *_VENDOR_ERRORS),
+    connect_timeout=(httpx.ConnectTimeout, httpx.PoolTimeout),
+    read_timeout=(httpx.TimeoutException,),
+    unsendable=(httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL, ValueError),
+    malformed=(httpx.DecodingError,),
+    network=(httpx.TransportError, OSError),
 )
+
+translate_error = _ERRORS.translate
+"""Our typed error for an httpx exception: the table above, read by
+:meth:`~rakka_inference.remote.transports.base.VendorErrors.translate`."""
 
 
 def _no_cookies() -> http.cookiejar.CookieJar:
@@ -142,10 +136,10 @@ class HttpxTransport:
                     extensions={"timeout": limits},
                 )
                 response = await self._client.send(built, stream=True)
-        except _CAUGHT as exc:
+        except _ERRORS.caught as exc:
             raise translate_error(
                 exc, request, read_phase=TimeoutPhase.FIRST_BYTE, deadlines=deadlines
-            ) from _cause(exc)
+            ) from _ERRORS.cause(exc)
         limits["read"] = deadlines.read_s
         return HttpxResponse(response, request, deadlines)
 
@@ -158,29 +152,20 @@ class HttpxTransport:
         return f"HttpxTransport(http2={self.http2})"
 
 
-class HttpxResponse(BodyReader):
+class HttpxResponse(TransportResponse):
     """A response whose head has arrived; the body is read under the between-bytes limit."""
 
-    __slots__ = ("_chunks", "_headers", "_response")
+    __slots__ = ("_chunks", "_response")
 
-    _caught = _CAUGHT
-    _unsendable = _UNSENDABLE
+    _errors = _ERRORS
 
     def __init__(self, response: httpx.Response, request: HttpRequest, deadlines: Deadlines):
-        super().__init__(request, deadlines)
+        super().__init__(request, deadlines, status=response.status_code)
         self._response = response
-        self._headers: dict[str, str] | None = None
         self._chunks: AsyncGenerator[bytes, None] | None = None
 
-    @property
-    def status(self) -> int:
-        return self._response.status_code
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        if self._headers is None:
-            self._headers = lower_headers(self._response.headers.multi_items())
-        return self._headers
+    def _header_items(self) -> Iterable[tuple[str, str]]:
+        return self._response.headers.multi_items()
 
     async def _read_all(self) -> bytes:
         return await self._response.aread()
@@ -188,7 +173,7 @@ class HttpxResponse(BodyReader):
     async def _read_chunk(self) -> bytes:
         chunks = self._chunks
         if chunks is None:
-            # httpx types it as an iterator; it is an async generator, closed in aclose().
+            # httpx types it as an iterator; it is an async generator, closed in _release().
             chunks = self._chunks = cast(
                 "AsyncGenerator[bytes, None]", self._response.aiter_bytes()
             )
@@ -197,16 +182,7 @@ class HttpxResponse(BodyReader):
         except StopAsyncIteration:
             return b""
 
-    def _translate(self, exc: Exception) -> InferenceError:
-        return translate_error(
-            exc, self._request, read_phase=TimeoutPhase.BETWEEN_BYTES, deadlines=self._deadlines
-        )
-
-    async def aclose(self) -> None:
-        """Release the connection; if the body was not fully read, close it."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _release(self) -> None:
         # Errors while closing are dropped: the connection is gone either way.
         with contextlib.suppress(*_VENDOR_ERRORS):
             chunks = self._chunks
@@ -214,48 +190,3 @@ class HttpxResponse(BodyReader):
                 await chunks.aclose()
             # httpcore closes the connection when the body was not read to its end.
             await self._response.aclose()
-
-    def __repr__(self) -> str:
-        return f"HttpxResponse({self.status}, {self._request!r})"
-
-
-def translate_error(
-    exc: BaseException,
-    request: HttpRequest,
-    *,
-    read_phase: TimeoutPhase,
-    deadlines: Deadlines,
-) -> InferenceError:
-    """Our typed error for an exception met while sending ``request``.
-
-    ``read_phase`` says what a library read timeout means where it struck (``FIRST_BYTE``
-    while waiting for the head, ``BETWEEN_BYTES`` in the body); a plain ``TimeoutError`` is
-    our own ``asyncio`` deadline: ``deadlines.head_phase`` before the head, ``TOTAL`` after.
-    """
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return timeout_error(request, TimeoutPhase.CONNECT, deadlines)
-    if isinstance(exc, httpx.TimeoutException):
-        return timeout_error(request, read_phase, deadlines)
-    if isinstance(exc, TimeoutError):
-        head = read_phase is TimeoutPhase.FIRST_BYTE
-        return timeout_error(
-            request, deadlines.head_phase if head else TimeoutPhase.TOTAL, deadlines
-        )
-    where = describe(request)
-    if isinstance(exc, httpx.DecodingError):
-        return ProtocolError(f"{where}: the response body could not be decoded")
-    if isinstance(exc, _UNSENDABLE):
-        return InternalError(f"{where}: the request cannot be sent as built ({_name(exc)})")
-    if isinstance(exc, httpx.TransportError | OSError):
-        detail = f": {exc}" if str(exc) else ""
-        return NetworkError(f"{where}: {_name(exc)}{detail}")
-    return InternalError(f"{where}: unexpected {_name(exc)}")
-
-
-def _cause(exc: BaseException) -> BaseException | None:
-    # The vendor text of a local protocol error may quote a header value (a credential).
-    return None if isinstance(exc, _UNSENDABLE) else exc
-
-
-def _name(exc: BaseException) -> str:
-    return type(exc).__name__
