@@ -32,7 +32,9 @@ from rakka_inference.wire.classify import (
     MAX_UPSTREAM_MESSAGE_CHARS,
     classify_http_error,
     parse_duration,
+    printable,
     retry_after_seconds,
+    upstream_error,
 )
 
 NOW = 1_700_000_000.0
@@ -436,3 +438,27 @@ def test_retry_after_never_raises_on_date_like_text(value: str) -> None:
 @given(st.integers(min_value=0, max_value=999), st.binary(max_size=200))
 def test_classify_never_raises(status: int, body: bytes) -> None:
     assert isinstance(classify_http_error(status, {}, body, provider=None, now=NOW), InferenceError)
+
+
+def test_upstream_error_makes_a_timeout_one_of_the_first_byte_without_a_param() -> None:
+    error = upstream_error(
+        Timeout, "slow", provider="gemini", retry_after=2.0, param="x", upstream_status=504
+    )
+    assert isinstance(error, Timeout)
+    assert error.phase is TimeoutPhase.FIRST_BYTE
+    assert (error.provider, error.retry_after, error.param, error.upstream_status) == (
+        "gemini",
+        2.0,
+        None,
+        504,
+    )
+
+
+def test_upstream_error_keeps_the_param_of_other_kinds() -> None:
+    error = upstream_error(BadRequest, "bad", provider="gemini", retry_after=None, param="x")
+    assert type(error) is BadRequest
+    assert (error.message, error.param, error.upstream_status) == ("bad", "x", None)
+
+
+def test_printable_turns_control_characters_and_whitespace_runs_into_one_space() -> None:
+    assert printable("  a\x00b\n\tc   d ") == "a b c d"

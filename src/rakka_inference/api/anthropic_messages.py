@@ -6,7 +6,7 @@ docstring sets out the mapping; ``param`` paths are Anthropic's (``messages.2.co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -30,10 +30,8 @@ def parse_system(value: object, param: str = "system") -> tuple[ChatMessage, ...
     if isinstance(value, str):
         return (ChatMessage.system(value),)
     parts: list[ContentPart] = []
-    for index, raw in enumerate(read.array(value, param)):
-        block_param = f"{param}.{index}"
-        block = read.mapping(raw, block_param)
-        if block_type(block, block_param) != "text":
+    for block_param, block, kind in _blocks(value, param):
+        if kind != "text":
             invalid(f"{block_param}.type", "Input should be 'text'")
         parts.append(_text(block, block_param))
     return (ChatMessage(role=Role.SYSTEM, content=tuple(parts)),) if parts else ()
@@ -81,10 +79,7 @@ def _user_turn(content: str | list[Any], param: str, called: set[str]) -> list[C
         return [ChatMessage.user(content)]
     results: list[ChatMessage] = []
     parts: list[ContentPart] = []
-    for index, raw in enumerate(content):
-        block_param = f"{param}.{index}"
-        block = read.mapping(raw, block_param)
-        kind = block_type(block, block_param)
+    for block_param, block, kind in _blocks(content, param):
         if kind == "text":
             parts.append(_text(block, block_param))
         elif kind == "image":
@@ -106,10 +101,7 @@ def _assistant(content: str | list[Any], param: str, called: set[str]) -> ChatMe
         return ChatMessage.assistant(content)
     parts: list[ContentPart] = []
     calls: list[ToolCall] = []
-    for index, raw in enumerate(content):
-        block_param = f"{param}.{index}"
-        block = read.mapping(raw, block_param)
-        kind = block_type(block, block_param)
+    for block_param, block, kind in _blocks(content, param):
         if kind == "text":
             parts.append(_text(block, block_param))
         elif kind == "tool_use":
@@ -125,6 +117,14 @@ def _assistant(content: str | list[Any], param: str, called: set[str]) -> ChatMe
     if not parts and not calls:
         return None  # only thinking blocks: nothing the core can carry
     return ChatMessage(role=Role.ASSISTANT, content=tuple(parts) or None, tool_calls=tuple(calls))
+
+
+def _blocks(value: object, param: str) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """Each block of the list at ``param``, in order: its path, the block, its ``type``."""
+    for index, raw in enumerate(read.array(value, param)):
+        block_param = f"{param}.{index}"
+        block = read.mapping(raw, block_param)
+        yield block_param, block, block_type(block, block_param)
 
 
 def _text(block: Mapping[str, Any], param: str) -> TextPart:
@@ -181,10 +181,7 @@ def _tool_result(block: Mapping[str, Any], param: str, called: set[str]) -> Chat
     if content is None or isinstance(content, str):
         return ChatMessage(role=Role.TOOL, content=content or "", tool_call_id=call_id)
     parts: list[ContentPart] = []
-    for index, raw in enumerate(read.array(content, f"{param}.content")):
-        part_param = f"{param}.content.{index}"
-        part = read.mapping(raw, part_param)
-        kind = block_type(part, part_param)
+    for part_param, part, kind in _blocks(content, f"{param}.content"):
         if kind != "text":
             unsupported(f"{part_param}.type", f"{kind!r} blocks inside a tool_result are")
         parts.append(_text(part, part_param))

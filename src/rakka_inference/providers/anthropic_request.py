@@ -11,6 +11,7 @@ from typing import Any
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatMessage, ChatRequest, ImagePart, Role, TextPart
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
+from rakka_inference.providers.base import alternating_turns
 
 __all__ = ["MAX_TEMPERATURE", "messages_body"]
 
@@ -90,21 +91,7 @@ def _conversation(
     messages: tuple[ChatMessage, ...],
 ) -> tuple[str, list[dict[str, Any]]]:
     """``(system, messages)``: instructions hoisted, turns merged to alternate."""
-    system: list[str] = []
-    turns: list[dict[str, Any]] = []
-    for position, message in enumerate(messages):
-        if message.role in (Role.SYSTEM, Role.DEVELOPER):
-            if message.text:
-                system.append(message.text)
-            continue
-        role = "assistant" if message.role is Role.ASSISTANT else "user"
-        blocks = _blocks(message, position)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+    system, turns = alternating_turns(messages, _blocks, assistant="assistant", content="content")
     for turn in turns:
         if turn["role"] == "user":
             # Stable: tool results first, in order, then the rest in order.

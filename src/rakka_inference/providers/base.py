@@ -29,13 +29,20 @@ at debug level), never a crash; a malformed event is a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
 from rakka_inference.core.deployment import ModelPrice, RemoteRuntimeConfig
 from rakka_inference.core.errors import InferenceError, ProtocolError
-from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.messages import (
+    ChatMessage,
+    ChatRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
+    Role,
+)
 from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
@@ -48,6 +55,7 @@ __all__ = [
     "ProviderAdapter",
     "StreamParser",
     "TokenCredential",
+    "alternating_turns",
     "load_json_object",
     "supports_embeddings",
 ]
@@ -181,3 +189,37 @@ def load_json_object(raw: bytes, provider: str) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ProtocolError("upstream JSON is not an object", provider=provider)
     return document
+
+
+def alternating_turns(
+    messages: Sequence[ChatMessage],
+    blocks: Callable[[ChatMessage, int], list[dict[str, Any]]],
+    *,
+    assistant: str,
+    content: str,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """``(system texts, turns)`` for an API that takes its instructions apart from the turns
+    and wants the turns to alternate (Anthropic's, Gemini's).
+
+    System and developer messages are hoisted out (their text, where they have any). Every
+    other message becomes ``blocks(message, position)``, a turn of role ``assistant`` for the
+    assistant's messages and ``"user"`` for the rest (tool results included), its blocks under
+    the key ``content``; a message without blocks is dropped, and one of the same role as the
+    turn before joins that turn.
+    """
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for position, message in enumerate(messages):
+        if message.role in (Role.SYSTEM, Role.DEVELOPER):
+            if message.text:
+                system.append(message.text)
+            continue
+        role = assistant if message.role is Role.ASSISTANT else "user"
+        added = blocks(message, position)
+        if not added:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1][content].extend(added)
+        else:
+            turns.append({"role": role, content: added})
+    return system, turns

@@ -113,7 +113,7 @@ from rakka_inference.providers.gemini_embed import (
     embedding_method,
     parse_embeddings,
 )
-from rakka_inference.providers.gemini_errors import _error, _error_detail, _error_kind, _retry_delay
+from rakka_inference.providers.gemini_errors import _error_detail, _error_kind, _retry_delay
 from rakka_inference.providers.gemini_request import (
     SKIP_THOUGHT_SIGNATURE,
     _conversation,
@@ -128,6 +128,7 @@ from rakka_inference.providers.gemini_response import (
     _raise_for_refusal,
     gemini_usage,
 )
+from rakka_inference.wire.classify import upstream_error
 from rakka_inference.wire.http import HttpRequest
 
 # The request and response halves live in gemini_request / gemini_response /
@@ -311,7 +312,7 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         kind = _error_kind(detail)
         if kind is None or isinstance(error, kind):
             return error
-        return _error(
+        return upstream_error(
             kind,
             error.message,
             provider=error.provider,

@@ -20,11 +20,10 @@ from rakka_inference.core.errors import (
     RateLimited,
     ServerError,
     Timeout,
-    TimeoutPhase,
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.wire.classify import MAX_UPSTREAM_MESSAGE_CHARS, parse_duration
+from rakka_inference.wire.classify import MAX_UPSTREAM_MESSAGE_CHARS, parse_duration, printable
 
 _ERROR_STATUSES: Mapping[str, type[InferenceError]] = {
     "INVALID_ARGUMENT": BadRequest,
@@ -42,7 +41,7 @@ _ERROR_REASONS: Mapping[str, type[InferenceError]] = {"API_KEY_INVALID": Unautho
 def _quote(upstream: object) -> str:
     if not isinstance(upstream, str):
         return ""
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in upstream).split())
+    cleaned = printable(upstream)
     return f": {cleaned[:MAX_UPSTREAM_MESSAGE_CHARS]}" if cleaned else ""
 
 
@@ -81,29 +80,3 @@ def _retry_delay(error: Mapping[str, Any]) -> float | None:
         if seconds is not None:
             return seconds
     return None
-
-
-def _error(
-    kind: type[InferenceError],
-    message: str,
-    *,
-    provider: str | None,
-    retry_after: float | None,
-    param: str | None = None,
-    upstream_status: int | None = None,
-) -> InferenceError:
-    if issubclass(kind, Timeout):
-        return kind(
-            message,
-            phase=TimeoutPhase.FIRST_BYTE,
-            provider=provider,
-            retry_after=retry_after,
-            upstream_status=upstream_status,
-        )
-    return kind(
-        message,
-        provider=provider,
-        retry_after=retry_after,
-        param=param,
-        upstream_status=upstream_status,
-    )

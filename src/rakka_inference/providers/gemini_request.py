@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatMessage, ImagePart, Role, TextPart
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
+from rakka_inference.providers.base import alternating_turns
 
 __all__ = ["SKIP_THOUGHT_SIGNATURE", "gemini_schema"]
 
@@ -79,15 +80,9 @@ def _conversation(
     messages: Sequence[ChatMessage], *, vertex: bool
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """``(system texts, contents)``: instructions hoisted, same-role turns merged."""
-    system: list[str] = []
-    contents: list[dict[str, Any]] = []
-    call_names: dict[str, str] = {}
-    for position, message in enumerate(messages):
-        if message.role in (Role.SYSTEM, Role.DEVELOPER):
-            if message.text:
-                system.append(message.text)
-            continue
-        role = "model" if message.role is Role.ASSISTANT else "user"
+    call_names: dict[str, str] = {}  # tool call id -> function name, of the calls so far
+
+    def parts(message: ChatMessage, position: int) -> list[dict[str, Any]]:
         if message.role is Role.TOOL:
             name = call_names.get(message.tool_call_id or "")
             if name is None:
@@ -95,18 +90,12 @@ def _conversation(
                     f"tool message answers unknown tool call {message.tool_call_id!r}",
                     param=f"messages[{position}].tool_call_id",
                 )
-            response = {"name": name, "response": {"output": message.text}}
-            parts: list[dict[str, Any]] = [{"functionResponse": response}]
-        else:
-            parts = _message_parts(message, position, vertex=vertex)
-            call_names.update((call.id, call.name) for call in message.tool_calls)
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-    return system, contents
+            return [{"functionResponse": {"name": name, "response": {"output": message.text}}}]
+        found = _message_parts(message, position, vertex=vertex)
+        call_names.update((call.id, call.name) for call in message.tool_calls)
+        return found
+
+    return alternating_turns(messages, parts, assistant="model", content="parts")
 
 
 def _message_parts(message: ChatMessage, position: int, *, vertex: bool) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ from rakka_inference.core.errors import ContentFiltered, ProtocolError, ServerEr
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import load_json_object
-from rakka_inference.providers.gemini_errors import _error, _error_kind, _quote, _retry_delay
+from rakka_inference.providers.gemini_errors import _error_kind, _quote, _retry_delay
+from rakka_inference.wire.classify import upstream_error
 from rakka_inference.wire.sse import SseEvent
 
 __all__ = ["GeminiStreamParser", "gemini_usage"]
@@ -138,7 +139,7 @@ def _raise_for_refusal(document: Mapping[str, Any], provider: str) -> None:
         message = f"{provider} error {status} in a 200 answer{_quote(error.get('message'))}"
         # A status we do not know, in an answer that had started, is upstream trouble.
         kind = _error_kind(error) or ServerError
-        raise _error(kind, message, provider=provider, retry_after=_retry_delay(error))
+        raise upstream_error(kind, message, provider=provider, retry_after=_retry_delay(error))
     feedback = document.get("promptFeedback")
     if isinstance(feedback, dict) and (reason := feedback.get("blockReason")):
         raise ContentFiltered(

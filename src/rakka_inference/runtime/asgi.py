@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from rakka_inference.api.openai_response import error_json
@@ -119,8 +119,14 @@ async def disconnected(receive: Receive) -> None:
         pass
 
 
-async def send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    """A whole JSON answer: ``body`` with ``status``."""
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """A whole JSON answer: ``body`` with ``status``, and ``headers`` after our own."""
     await send(
         {
             "type": "http.response.start",
@@ -129,6 +135,7 @@ async def send_json(send: Send, status: int, body: bytes, request_id: str) -> No
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
+                *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
             ],
         }
     )
@@ -144,16 +151,4 @@ async def send_error(
     except Exception:  # pragma: no cover - a bug in rendering must still answer
         log.exception("rendering an error failed")
         status, headers, body = render(InternalError("internal error"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-                *((k.encode(), v.encode()) for k, v in headers.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, body, request_id, headers)

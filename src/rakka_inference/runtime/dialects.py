@@ -14,7 +14,7 @@ route's format.
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from rakka_inference.api.anthropic_request import parse_messages_request
@@ -23,6 +23,7 @@ from rakka_inference.api.openai_embeddings import parse_embedding_request
 from rakka_inference.api.openai_request import parse_chat_request
 from rakka_inference.api.openai_response import ChunkRenderer, completion_json, embeddings_json
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
+from rakka_inference.core.stream import ChatCompletion
 from rakka_inference.runtime.asgi import Receive, Scope, Send, send_json
 from rakka_inference.runtime.request import RequestActor
 from rakka_inference.runtime.streaming import StreamRenderer
@@ -59,25 +60,23 @@ async def chat(
 ) -> None:
     """``POST /v1/chat/completions``: OpenAI's chat format in and out."""
     request = parse_chat_request(await gateway.read_body(scope, receive), request_id=request_id)
-    actor = gateway.actor(request, scope)
 
-    async def answer() -> None:
-        if request.stream:
-            renderer = ChunkRenderer(
-                request_id=request_id,
-                model=request.model,
-                created=int(time.time()),
-                include_usage=request.include_usage,
-            )
-            await gateway.stream(renderer, actor, send, request_id)
-            return
-        result = await actor.completion()
-        body = completion_json(
+    def renderer() -> StreamRenderer:
+        return ChunkRenderer(
+            request_id=request_id,
+            model=request.model,
+            created=int(time.time()),
+            include_usage=request.include_usage,
+        )
+
+    def body(result: ChatCompletion) -> bytes:
+        return completion_json(
             result, request_id=request_id, model=request.model, created=int(time.time())
         )
-        await send_json(send, 200, body, request_id)
 
-    await gateway.serve(actor, answer(), receive)
+    await _answer_chat(
+        gateway, request, scope, receive, send, request_id=request_id, renderer=renderer, body=body
+    )
 
 
 async def messages(
@@ -86,16 +85,39 @@ async def messages(
     """``POST /v1/messages``: Anthropic's Messages format in and out."""
     body = await gateway.read_body(scope, receive)
     request = parse_messages_request(body, request_id=request_id)
+    await _answer_chat(
+        gateway,
+        request,
+        scope,
+        receive,
+        send,
+        request_id=request_id,
+        renderer=lambda: MessageStreamRenderer(request_id, request.model),
+        body=lambda result: message_json(result, request_id=request_id, model=request.model),
+    )
+
+
+async def _answer_chat(
+    gateway: Serving,
+    request: ChatRequest,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    request_id: str,
+    renderer: Callable[[], StreamRenderer],
+    body: Callable[[ChatCompletion], bytes],
+) -> None:
+    """Answer a parsed chat request in its route's dialect: streamed through
+    ``renderer()``, or whole as ``body(completion)``."""
     actor = gateway.actor(request, scope)
 
     async def answer() -> None:
         if request.stream:
-            renderer = MessageStreamRenderer(request_id, request.model)
-            await gateway.stream(renderer, actor, send, request_id)
+            await gateway.stream(renderer(), actor, send, request_id)
             return
         result = await actor.completion()
-        payload = message_json(result, request_id=request_id, model=request.model)
-        await send_json(send, 200, payload, request_id)
+        await send_json(send, 200, body(result), request_id)
 
     await gateway.serve(actor, answer(), receive)
 

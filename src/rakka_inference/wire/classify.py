@@ -76,7 +76,9 @@ __all__ = [
     "MAX_UPSTREAM_MESSAGE_CHARS",
     "classify_http_error",
     "parse_duration",
+    "printable",
     "retry_after_seconds",
+    "upstream_error",
 ]
 
 MAX_UPSTREAM_MESSAGE_CHARS = 300
@@ -123,15 +125,7 @@ def classify_http_error(
         return ProtocolError(
             f"{message} (not an error status)", provider=provider, upstream_status=status
         )
-    if status == 408:
-        return Timeout(
-            message,
-            phase=TimeoutPhase.FIRST_BYTE,
-            provider=provider,
-            retry_after=retry_after,
-            upstream_status=status,
-        )
-    kind = _BY_STATUS.get(status)
+    kind = Timeout if status == 408 else _BY_STATUS.get(status)
     if kind is None:
         if status >= 500:
             kind = Overloaded if detail.has_type(_OVERLOADED_TYPES) else ServerError
@@ -142,12 +136,42 @@ def classify_http_error(
         else:
             kind = BadRequest
     param = detail.param if issubclass(kind, BadRequest) else None
-    return kind(
+    return upstream_error(
+        kind,
         message,
         provider=provider,
         retry_after=retry_after,
         param=param,
         upstream_status=status,
+    )
+
+
+def upstream_error(
+    kind: type[InferenceError],
+    message: str,
+    *,
+    provider: str | None,
+    retry_after: float | None,
+    param: str | None = None,
+    upstream_status: int | None = None,
+) -> InferenceError:
+    """An error of ``kind`` about an upstream's answer. A :class:`Timeout` is one of the
+    first byte: the upstream gave up waiting and produced no answer (it takes no ``param``).
+    """
+    if issubclass(kind, Timeout):
+        return kind(
+            message,
+            phase=TimeoutPhase.FIRST_BYTE,
+            provider=provider,
+            retry_after=retry_after,
+            upstream_status=upstream_status,
+        )
+    return kind(
+        message,
+        provider=provider,
+        retry_after=retry_after,
+        param=param,
+        upstream_status=upstream_status,
     )
 
 
@@ -226,10 +250,16 @@ def _message(status: int, provider: str | None, upstream: str | None) -> str:
     head = f"{who} returned HTTP {status}{reason}"
     if upstream is None:
         return head
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in upstream).split())
+    cleaned = printable(upstream)
     if len(cleaned) > MAX_UPSTREAM_MESSAGE_CHARS:
         cleaned = cleaned[: MAX_UPSTREAM_MESSAGE_CHARS - 1] + "…"
     return f"{head}: {cleaned}" if cleaned else head
+
+
+def printable(upstream: str) -> str:
+    """An upstream's message fit to quote: control characters become spaces, and each run
+    of whitespace one space."""
+    return " ".join("".join(c if c.isprintable() else " " for c in upstream).split())
 
 
 # --------------------------------------------------------------------------- retry-after
