@@ -183,7 +183,7 @@ def _variants(url: str, kind: str, first: list[float]) -> dict[str, Variant]:
     import aiohttp
     import httpx
 
-    from rakka_inference.core.deployment import Timeouts
+    from rakka_inference.core.policies import Timeouts
     from rakka_inference.remote.transports.aiohttp import AiohttpTransport
     from rakka_inference.remote.transports.httpx import HttpxTransport
     from rakka_inference.wire.http import HttpRequest, HttpTransport

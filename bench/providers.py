@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import orjson
 
-from rakka_inference.core.deployment import AnthropicConfig, GeminiConfig, OpenAIConfig
+from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig, OpenAIConfig
 from rakka_inference.providers.anthropic import AnthropicAdapter
 from rakka_inference.providers.base import ProviderAdapter
 from rakka_inference.providers.gemini import GeminiAdapter

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 
 from _pinning import pin_to_one_core
-from rakka_inference.core.deployment import RateLimits
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.distributed_limit import DistributedRateLimiter
 from rakka_inference.remote.ratelimit import LimiterKey, Permit, RateLimiter
 from rakka_inference.remote.replicator import SimulatedNetwork

@@ -60,16 +60,10 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from _pinning import pin_to_one_core
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Config,
-    Deployment,
-    OpenAIConfig,
-    RuntimeConfig,
-    RuntimeKind,
-    Timeouts,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.errors import ServerError
+from rakka_inference.core.policies import Timeouts
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.tracing import NO_SPAN, Span
 from rakka_inference.observe import tracing as otel_tracing

@@ -10,7 +10,8 @@ import pytest
 from rakka_inference import __version__
 from rakka_inference.apps.cli import format_summary, main
 from rakka_inference.core.config import LoadedConfig
-from rakka_inference.core.deployment import Config, Deployment, OpenAIConfig, RuntimeKind
+from rakka_inference.core.deployment import Config, Deployment
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rakka.toml"

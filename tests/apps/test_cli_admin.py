@@ -11,16 +11,10 @@ import openai
 import pytest
 
 from rakka_inference.apps.cli import main
-from rakka_inference.core.deployment import (
-    Budget,
-    ClusterConfig,
-    Config,
-    Deployment,
-    OpenAIConfig,
-    RuntimeKind,
-    Serving,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import Budget, Serving
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.runtime.request import RequestActor
 from rakka_inference.runtime.topology import Topology

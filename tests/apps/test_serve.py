@@ -15,13 +15,8 @@ import pytest
 
 from rakka_inference.apps.serve import ServeApp
 from rakka_inference.core.config import load_config
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Config,
-    Deployment,
-    RuntimeKind,
-    VllmConfig,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.runtimes import RuntimeKind, VllmConfig
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_openai import OpenAIMock
 

@@ -18,29 +18,30 @@ from rakka_inference.core.config import (
 )
 from rakka_inference.core.config_convert import Converter, Issues
 from rakka_inference.core.config_lines import LineLocator, format_path
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
+from rakka_inference.core.deployment import ClusterConfig, Config
+from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.policies import (
     Budget,
     BudgetAction,
     CapacityPolicy,
     CircuitBreakerConfig,
-    ClusterConfig,
-    Config,
-    GeminiConfig,
     Jitter,
-    LiteLLMConfig,
     ModelPrice,
-    OpenAIConfig,
     RateLimits,
     RetryPolicy,
-    RuntimeKind,
-    SentenceTransformersConfig,
     Serving,
     Timeouts,
+)
+from rakka_inference.core.runtimes import (
+    AnthropicConfig,
+    GeminiConfig,
+    LiteLLMConfig,
+    OpenAIConfig,
+    RuntimeKind,
+    SentenceTransformersConfig,
     TransformersConfig,
     VllmConfig,
 )
-from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.secrets import InlineSecretWarning, SecretRef
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rakka.toml"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rakka_inference.core.deployment import (
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.runtimes import (
     AnthropicConfig,
-    Deployment,
     GeminiConfig,
     LiteLLMConfig,
     OpenAIConfig,

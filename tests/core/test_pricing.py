@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from rakka_inference.core.deployment import ModelPrice
 from rakka_inference.core.errors import ConfigError
+from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.pricing import (
     PriceTable,
     cost_usd,

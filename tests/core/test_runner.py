@@ -5,13 +5,13 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from rakka_inference.core.deployment import RateLimits, RuntimeKind
 from rakka_inference.core.messages import (
     ChatMessage,
     ChatRequest,
     EmbeddingRequest,
     EmbeddingResult,
 )
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import PriceTable, cost_usd
 from rakka_inference.core.runner import (
     EmbeddingRunner,
@@ -20,6 +20,7 @@ from rakka_inference.core.runner import (
     Transport,
     TransportKind,
 )
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.stream import FinishReason, TokenChunk, collect
 from rakka_inference.core.usage import Usage
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from rakka_inference.core.deployment import (
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS
+from rakka_inference.core.runtimes import (
     AnthropicConfig,
-    Deployment,
     GeminiConfig,
     LiteLLMConfig,
     OpenAIConfig,
@@ -16,7 +17,6 @@ from rakka_inference.core.deployment import (
     TransformersConfig,
     VllmConfig,
 )
-from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS
 from rakka_inference.core.secrets import SecretRef
 
 KEY = SecretRef.from_env("SOME_KEY")

@@ -14,15 +14,9 @@ from pathlib import Path
 import pytest
 
 from rakka_inference.core.config import parse_config
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
-    ClusterConfig,
-    Config,
-    Deployment,
-    OpenAIConfig,
-    RuntimeKind,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.errors import SecretError
+from rakka_inference.core.runtimes import AnthropicConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import InlineSecretWarning, Secret, SecretRef
 
 VALUE = "sk-live-0123456789abcdef"

@@ -12,16 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rakka_inference.core.deployment import (
-    Budget,
-    BudgetAction,
-    Config,
-    Deployment,
-    ModelPrice,
-    OpenAIConfig,
-    RuntimeKind,
-    VllmConfig,
-)
+from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.errors import BudgetExceeded
 from rakka_inference.core.messages import (
     ChatMessage,
@@ -29,7 +20,9 @@ from rakka_inference.core.messages import (
     EmbeddingRequest,
     SamplingParams,
 )
+from rakka_inference.core.policies import Budget, BudgetAction, ModelPrice
 from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind, VllmConfig
 from rakka_inference.engine.budget import BudgetEvent, BudgetLedger, BudgetReservation, BudgetWindow
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.testkit.clock import FakeClock

@@ -9,13 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 import openai
 import pytest
 
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Config,
-    Deployment,
-    RuntimeKind,
-    SentenceTransformersConfig,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.runtimes import RuntimeKind, SentenceTransformersConfig
 from rakka_inference.local.sentence_embed import SentenceTransformersRunner
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.serving import serving

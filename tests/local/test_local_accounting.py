@@ -20,7 +20,6 @@ import pytest
 
 from rakka_inference.actors import ActorSystem
 from rakka_inference.actors.stream import BoundedStream
-from rakka_inference.core.deployment import Serving
 from rakka_inference.core.errors import (
     Backpressure,
     ContextPoisoned,
@@ -29,6 +28,7 @@ from rakka_inference.core.errors import (
     Unrecoverable,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import Serving
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.local.engine import LocalEngineCore
 from rakka_inference.testkit.clock import FakeClock

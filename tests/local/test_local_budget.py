@@ -14,15 +14,9 @@ import openai
 import pytest
 
 from rakka_inference.apps.cli import main
-from rakka_inference.core.deployment import (
-    Budget,
-    ClusterConfig,
-    Config,
-    Deployment,
-    ModelPrice,
-    RuntimeKind,
-    TransformersConfig,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.policies import Budget, ModelPrice
+from rakka_inference.core.runtimes import RuntimeKind, TransformersConfig
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.mock_runner import MockReply, MockRunner, MockScript

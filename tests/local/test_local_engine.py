@@ -12,13 +12,6 @@ import pytest
 
 from rakka_inference.actors import Actor, ActorSystem
 from rakka_inference.actors.stream import BoundedStream
-from rakka_inference.core.deployment import (
-    CapacityPolicy,
-    ModelPrice,
-    RateLimits,
-    RuntimeKind,
-    Serving,
-)
 from rakka_inference.core.errors import (
     ActorDead,
     Backpressure,
@@ -36,7 +29,9 @@ from rakka_inference.core.errors import (
     Unrecoverable,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest, EmbeddingRequest, Priority
+from rakka_inference.core.policies import CapacityPolicy, ModelPrice, RateLimits, Serving
 from rakka_inference.core.runner import ModelRunner, SessionRebuildCause, Transport
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.jobs import Job, JobState

@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from rakka_inference.core.deployment import ModelPrice, RateLimits, RuntimeKind
 from rakka_inference.core.errors import ContextPoisoned, OutOfMemory, Unrecoverable
 from rakka_inference.core.messages import (
     ChatMessage,
@@ -15,6 +14,7 @@ from rakka_inference.core.messages import (
     EmbeddingRequest,
     TextPart,
 )
+from rakka_inference.core.policies import ModelPrice, RateLimits
 from rakka_inference.core.runner import (
     EmbeddingRunner,
     ModelRunner,
@@ -22,6 +22,7 @@ from rakka_inference.core.runner import (
     Transport,
     TransportKind,
 )
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.stream import FinishReason, TokenChunk, aggregate
 from rakka_inference.core.usage import Usage
 from rakka_inference.testkit.mock_runner import MockReply, MockRunner, MockScript, mock_embedding

@@ -18,14 +18,7 @@ from typing import Any
 
 import pytest
 
-from rakka_inference.core.deployment import (
-    Deployment,
-    ModelPrice,
-    RateLimits,
-    RuntimeKind,
-    SentenceTransformersConfig,
-    VllmConfig,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     BadRequest,
     ConfigError,
@@ -34,12 +27,14 @@ from rakka_inference.core.errors import (
     Unrecoverable,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest, EmbeddingRequest
+from rakka_inference.core.policies import ModelPrice, RateLimits
 from rakka_inference.core.runner import (
     EmbeddingRunner,
     ModelRunner,
     SessionRebuildCause,
     TransportKind,
 )
+from rakka_inference.core.runtimes import RuntimeKind, SentenceTransformersConfig, VllmConfig
 from rakka_inference.core.usage import Usage
 from rakka_inference.local import sentence_embed
 from rakka_inference.local.sentence_embed import (

@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 from test_prometheus import parse, value  # the strict exposition parser
 
-from rakka_inference.core.deployment import (
-    CircuitBreakerConfig,
-    Deployment,
-    OpenAIConfig,
-    RateLimits,
-    RuntimeKind,
-    Serving,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     Backpressure,
     BudgetExceeded,
@@ -29,6 +22,8 @@ from rakka_inference.core.errors import (
     Timeout,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import CircuitBreakerConfig, RateLimits, Serving
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.report import RequestRecord

@@ -26,19 +26,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Config,
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-    Timeouts,
-    TracingConfig,
-    TransformersConfig,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment, TracingConfig
 from rakka_inference.core.errors import ConfigError, ServerError
+from rakka_inference.core.policies import Jitter, RetryPolicy, Timeouts
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind, TransformersConfig
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe import tracing as otel_tracing

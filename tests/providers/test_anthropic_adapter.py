@@ -12,7 +12,6 @@ from collections.abc import Mapping
 import orjson
 import pytest
 
-from rakka_inference.core.deployment import AnthropicConfig, ModelPrice
 from rakka_inference.core.errors import (
     BadRequest,
     Forbidden,
@@ -35,6 +34,8 @@ from rakka_inference.core.messages import (
     SamplingParams,
     TextPart,
 )
+from rakka_inference.core.policies import ModelPrice
+from rakka_inference.core.runtimes import AnthropicConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta, aggregate
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition

@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 
-from rakka_inference.core.deployment import GeminiConfig, ModelPrice
 from rakka_inference.core.errors import (
     BadRequest,
     ConfigError,
@@ -37,6 +36,8 @@ from rakka_inference.core.messages import (
     SamplingParams,
     TextPart,
 )
+from rakka_inference.core.policies import ModelPrice
+from rakka_inference.core.runtimes import GeminiConfig
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta, aggregate
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition

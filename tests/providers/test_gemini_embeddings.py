@@ -20,7 +20,6 @@ from google import genai
 from google.genai import types
 from google.oauth2.credentials import Credentials
 
-from rakka_inference.core.deployment import GeminiConfig, Timeouts
 from rakka_inference.core.errors import (
     BadRequest,
     InferenceError,
@@ -32,6 +31,8 @@ from rakka_inference.core.errors import (
     UpstreamNotFound,
 )
 from rakka_inference.core.messages import EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import Timeouts
+from rakka_inference.core.runtimes import GeminiConfig
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import EmbeddingAdapter, supports_embeddings

@@ -17,14 +17,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from rakka_inference.core.deployment import (
-    Deployment,
-    GeminiConfig,
-    OpenAIConfig,
-    RuntimeKind,
-    Timeouts,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import NetworkError, SecretError
+from rakka_inference.core.policies import Timeouts
+from rakka_inference.core.runtimes import GeminiConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.providers.gemini_vertex import (
     CLOUD_PLATFORM_SCOPE,

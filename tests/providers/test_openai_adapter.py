@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from rakka_inference.core.deployment import ModelPrice, OpenAIConfig
 from rakka_inference.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -23,6 +22,8 @@ from rakka_inference.core.messages import (
     SamplingParams,
     TextPart,
 )
+from rakka_inference.core.policies import ModelPrice
+from rakka_inference.core.runtimes import OpenAIConfig
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta, aggregate
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition

@@ -8,9 +8,9 @@ import struct
 import orjson
 import pytest
 
-from rakka_inference.core.deployment import AnthropicConfig, LiteLLMConfig, OpenAIConfig
 from rakka_inference.core.errors import ProtocolError
 from rakka_inference.core.messages import EmbeddingRequest
+from rakka_inference.core.runtimes import AnthropicConfig, LiteLLMConfig, OpenAIConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.providers.anthropic import AnthropicAdapter
 from rakka_inference.providers.base import supports_embeddings

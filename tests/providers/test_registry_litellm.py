@@ -5,17 +5,17 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from rakka_inference.core.deployment import (
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.errors import ConfigError, ServerError
+from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.runtimes import (
     AnthropicConfig,
-    Deployment,
     GeminiConfig,
     LiteLLMConfig,
     OpenAIConfig,
     RuntimeKind,
     VllmConfig,
 )
-from rakka_inference.core.errors import ConfigError, ServerError
-from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.secrets import Secret
 from rakka_inference.providers.anthropic import AnthropicAdapter
 from rakka_inference.providers.gemini import GeminiAdapter

@@ -14,16 +14,7 @@ import pytest
 
 from rakka_inference.actors import ActorSystem
 from rakka_inference.actors.stream import BoundedStream
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
-    CircuitBreakerConfig,
-    Deployment,
-    Jitter,
-    RetryPolicy,
-    RuntimeKind,
-    Serving,
-    Timeouts,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -39,6 +30,14 @@ from rakka_inference.core.errors import (
     Unauthorized,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingParams
+from rakka_inference.core.policies import (
+    CircuitBreakerConfig,
+    Jitter,
+    RetryPolicy,
+    Serving,
+    Timeouts,
+)
+from rakka_inference.core.runtimes import AnthropicConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, aggregate
 from rakka_inference.core.tools import ToolCall, ToolDefinition

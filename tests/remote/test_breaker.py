@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from rakka_inference.core.deployment import CircuitBreakerConfig
 from rakka_inference.core.errors import (
     BadRequest,
     CircuitOpen,
@@ -21,6 +20,7 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
+from rakka_inference.core.policies import CircuitBreakerConfig
 from rakka_inference.remote.breaker import (
     TRANSITIONS,
     Admission,

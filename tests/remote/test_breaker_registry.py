@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from rakka_inference.core.deployment import CircuitBreakerConfig
 from rakka_inference.core.errors import ServerError
+from rakka_inference.core.policies import CircuitBreakerConfig
 from rakka_inference.remote.breaker import BreakerKey, BreakerState, BreakerTransition
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.testkit.clock import FakeClock

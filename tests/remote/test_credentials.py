@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from rakka_inference.core.deployment import (
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.errors import ConfigError, SecretError
+from rakka_inference.core.policies import Timeouts
+from rakka_inference.core.runtimes import (
     AnthropicConfig,
-    Deployment,
     GeminiConfig,
     OpenAIConfig,
     RemoteRuntimeConfig,
     RuntimeKind,
-    Timeouts,
 )
-from rakka_inference.core.errors import ConfigError, SecretError
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.remote.credentials import (
     CommandCredential,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from rakka_inference.core.deployment import RateLimits
 from rakka_inference.core.errors import RateLimitExceeded
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.distributed_limit import DistributedRateLimiter
 from rakka_inference.remote.distributed_limit_approximate import ApproximateLimiter
 from rakka_inference.remote.distributed_limit_rule import (

@@ -17,20 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rakka_inference.actors import ActorSystem
-from rakka_inference.core.deployment import (
-    Budget,
-    CapacityPolicy,
-    Deployment,
-    GeminiConfig,
-    Jitter,
-    ModelPrice,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-    Serving,
-    Timeouts,
-    VllmConfig,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     Backpressure,
     BudgetExceeded,
@@ -39,7 +26,17 @@ from rakka_inference.core.errors import (
     TimeoutPhase,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingParams
+from rakka_inference.core.policies import (
+    Budget,
+    CapacityPolicy,
+    Jitter,
+    ModelPrice,
+    RetryPolicy,
+    Serving,
+    Timeouts,
+)
 from rakka_inference.core.runner import SessionRebuildCause, TransportKind
+from rakka_inference.core.runtimes import GeminiConfig, OpenAIConfig, RuntimeKind, VllmConfig
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
 from rakka_inference.core.usage import Usage

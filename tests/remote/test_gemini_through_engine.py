@@ -17,16 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rakka_inference.actors import ActorSystem
 from rakka_inference.actors.stream import BoundedStream
-from rakka_inference.core.deployment import (
-    CircuitBreakerConfig,
-    Deployment,
-    GeminiConfig,
-    Jitter,
-    RetryPolicy,
-    RuntimeKind,
-    Serving,
-    Timeouts,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -41,6 +32,14 @@ from rakka_inference.core.errors import (
     Unauthorized,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import (
+    CircuitBreakerConfig,
+    Jitter,
+    RetryPolicy,
+    Serving,
+    Timeouts,
+)
+from rakka_inference.core.runtimes import GeminiConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, aggregate
 from rakka_inference.core.tools import ToolDefinition

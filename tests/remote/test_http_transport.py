@@ -21,7 +21,6 @@ import pytest
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import (
     ConfigError,
     InferenceError,
@@ -32,6 +31,7 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
+from rakka_inference.core.policies import Timeouts
 from rakka_inference.remote.transports import aiohttp as aiohttp_transport
 from rakka_inference.remote.transports import httpx as httpx_transport
 from rakka_inference.remote.transports.aiohttp import AiohttpTransport

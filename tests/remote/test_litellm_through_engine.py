@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from rakka_inference.actors import ActorSystem
-from rakka_inference.core.deployment import Deployment, LiteLLMConfig, RetryPolicy, RuntimeKind
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ServerError
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import RetryPolicy
+from rakka_inference.core.runtimes import LiteLLMConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rakka_inference.core.deployment import RateLimits
 from rakka_inference.core.errors import RateLimitExceeded
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.secrets import Secret
 from rakka_inference.remote.ratelimit import (
     CONCURRENCY_RETRY_HINT,

@@ -14,18 +14,7 @@ import pytest
 
 from rakka_inference.actors import ActorSystem
 from rakka_inference.actors.stream import BoundedStream
-from rakka_inference.core.deployment import (
-    CapacityPolicy,
-    CircuitBreakerConfig,
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RateLimits,
-    RetryPolicy,
-    RuntimeKind,
-    Serving,
-    Timeouts,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     Backpressure,
     CircuitOpen,
@@ -40,7 +29,17 @@ from rakka_inference.core.errors import (
     TimeoutPhase,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest, Priority
+from rakka_inference.core.policies import (
+    CapacityPolicy,
+    CircuitBreakerConfig,
+    Jitter,
+    RateLimits,
+    RetryPolicy,
+    Serving,
+    Timeouts,
+)
 from rakka_inference.core.runner import SessionRebuildCause
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import ChatCompletion, TokenChunk, aggregate
 from rakka_inference.remote.engine import RemoteEngineCore

@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from rakka_inference.core.deployment import Jitter, RetryPolicy
 from rakka_inference.core.errors import (
     BadRequest,
     CircuitOpen,
@@ -22,6 +21,7 @@ from rakka_inference.core.errors import (
     TimeoutPhase,
     Unauthorized,
 )
+from rakka_inference.core.policies import Jitter, RetryPolicy
 from rakka_inference.remote.retry import (
     RetryAction,
     RetryBudget,

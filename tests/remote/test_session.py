@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import InternalError, SecretError
+from rakka_inference.core.policies import Timeouts
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.remote.credentials import SecretRefCredential, StaticCredential

@@ -14,15 +14,9 @@ import httpx
 import pytest
 
 from rakka_inference.core.config import load_config
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Config,
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.policies import Jitter, RetryPolicy
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript

@@ -13,14 +13,9 @@ import orjson
 import pytest
 
 from rakka_inference.actors import ActorSystem
-from rakka_inference.core.deployment import (
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-    Timeouts,
-)
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.policies import Jitter, RetryPolicy, Timeouts
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine

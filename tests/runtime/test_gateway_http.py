@@ -10,17 +10,9 @@ from dataclasses import dataclass
 import openai
 import pytest
 
-from rakka_inference.core.deployment import (
-    CircuitBreakerConfig,
-    ClusterConfig,
-    Config,
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-    Timeouts,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.policies import CircuitBreakerConfig, Jitter, RetryPolicy, Timeouts
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.runtime.topology import Topology

@@ -10,17 +10,11 @@ from dataclasses import replace
 import pytest
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Config,
-    Deployment,
-    OpenAIConfig,
-    RuntimeKind,
-    Serving,
-    VllmConfig,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.errors import ConfigError, ModelNotFound, OperationRefused, SecretError
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import Serving
+from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind, VllmConfig
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
 from rakka_inference.runtime.lifecycle import DeploymentState

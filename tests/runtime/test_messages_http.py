@@ -14,16 +14,9 @@ import httpx
 import orjson
 import pytest
 
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
-    ClusterConfig,
-    Config,
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.policies import Jitter, RetryPolicy
+from rakka_inference.core.runtimes import AnthropicConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.runtime.topology import Topology

@@ -13,17 +13,10 @@ from typing import Any
 import pytest
 
 from rakka_inference.actors import ActorSystem
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
-    Budget,
-    Config,
-    Deployment,
-    ModelPrice,
-    OpenAIConfig,
-    RuntimeKind,
-    Serving,
-)
+from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS, ChatMessage, ChatRequest
+from rakka_inference.core.policies import Budget, ModelPrice, Serving
+from rakka_inference.core.runtimes import AnthropicConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.engine.budget import BudgetReservation
 from rakka_inference.engine.budget_book import BudgetBook

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rakka_inference.core.deployment import (
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.errors import PlacementFailed
+from rakka_inference.core.runtimes import (
     AnthropicConfig,
-    Deployment,
     GeminiConfig,
     LiteLLMConfig,
     OpenAIConfig,
@@ -19,7 +20,6 @@ from rakka_inference.core.deployment import (
     TransformersConfig,
     VllmConfig,
 )
-from rakka_inference.core.errors import PlacementFailed
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.runtime.placement import (
     Assignment,

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
     Backpressure,
     BadRequest,
@@ -21,6 +20,7 @@ from rakka_inference.core.errors import (
     ServerError,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
+from rakka_inference.core.policies import CapacityPolicy
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.report import RequestRecord, RequestReport

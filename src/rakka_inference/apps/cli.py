@@ -24,12 +24,9 @@ from collections.abc import Callable, Sequence
 from rakka_inference import __version__
 from rakka_inference.apps.cli_admin import add_commands
 from rakka_inference.core.config import LoadedConfig, load_config_report
-from rakka_inference.core.deployment import (
-    ClusterConfig,
-    Deployment,
-    RemoteRuntimeConfig,
-)
+from rakka_inference.core.deployment import ClusterConfig, Deployment
 from rakka_inference.core.errors import ConfigError
+from rakka_inference.core.runtimes import RemoteRuntimeConfig
 
 __all__ = ["format_summary", "main"]
 

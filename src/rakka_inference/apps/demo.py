@@ -29,17 +29,9 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
-    CircuitBreakerConfig,
-    ClusterConfig,
-    Config,
-    Deployment,
-    Jitter,
-    OpenAIConfig,
-    RetryPolicy,
-    RuntimeKind,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.policies import CircuitBreakerConfig, Jitter, RetryPolicy
+from rakka_inference.core.runtimes import AnthropicConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.runtime.topology import Topology

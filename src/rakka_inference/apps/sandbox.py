@@ -14,15 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
-    ClusterConfig,
-    Config,
-    Deployment,
-    GeminiConfig,
-    OpenAIConfig,
-    RuntimeKind,
-)
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
+from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_anthropic import AnthropicMock

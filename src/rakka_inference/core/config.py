@@ -47,21 +47,17 @@ from rakka_inference.core.config_convert import (
 )
 from rakka_inference.core.config_lines import FieldPath, LineLocator
 from rakka_inference.core.config_rules import suggest
-from rakka_inference.core.deployment import (
-    CapacityPolicy,
-    ClusterConfig,
-    Config,
-    Deployment,
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment, TracingConfig
+from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.policies import CapacityPolicy, Serving
+from rakka_inference.core.runtimes import (
     RemoteRuntimeConfig,
     RuntimeConfig,
     RuntimeKind,
-    Serving,
-    TracingConfig,
     default_credential_env,
     infer_runtime,
     runtime_config_type,
 )
-from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.secrets import SecretRef
 
 __all__ = [

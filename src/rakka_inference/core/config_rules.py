@@ -21,23 +21,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
-from rakka_inference.core.deployment import (
-    AnthropicConfig,
+from rakka_inference.core.deployment import ClusterConfig, Deployment, TracingConfig
+from rakka_inference.core.policies import (
     Budget,
     CircuitBreakerConfig,
-    ClusterConfig,
-    Deployment,
-    GeminiConfig,
-    LiteLLMConfig,
     ModelPrice,
-    OpenAIConfig,
     RateLimits,
-    RemoteRuntimeConfig,
     RetryPolicy,
-    SentenceTransformersConfig,
     Serving,
     Timeouts,
-    TracingConfig,
+)
+from rakka_inference.core.runtimes import (
+    AnthropicConfig,
+    GeminiConfig,
+    LiteLLMConfig,
+    OpenAIConfig,
+    RemoteRuntimeConfig,
+    SentenceTransformersConfig,
     TransformersConfig,
     VllmConfig,
 )

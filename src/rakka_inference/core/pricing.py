@@ -34,8 +34,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from rakka_inference.core.deployment import ModelPrice
 from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.usage import Usage
 
 __all__ = ["PriceTable", "cost_usd", "normalize_model_name", "resolve_price"]
@@ -61,7 +61,7 @@ def normalize_model_name(model: str) -> str:
 
 
 class PriceTable:
-    """Model name to :class:`~rakka_inference.core.deployment.ModelPrice`. Immutable.
+    """Model name to :class:`~rakka_inference.core.policies.ModelPrice`. Immutable.
 
     Build the shipped one with :meth:`default`, or one from TOML text with
     :meth:`from_toml` (tests, operators' own tables).

@@ -68,8 +68,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from rakka_inference.core.deployment import RateLimits, RuntimeKind
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import RateLimits
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 

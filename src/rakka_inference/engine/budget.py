@@ -1,7 +1,7 @@
 """Per-deployment spend budgets: reserve a request's worst case, settle its real cost.
 
 A :class:`BudgetLedger` enforces one deployment's
-:class:`~rakka_inference.core.deployment.Budget` (``max_spend_per_hour``,
+:class:`~rakka_inference.core.policies.Budget` (``max_spend_per_hour``,
 ``max_spend_per_day``, ``on_exceeded``). A
 :class:`~rakka_inference.engine.budget_book.BudgetBook` holds the ledgers of a
 configuration and writes the cost report.
@@ -98,9 +98,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from rakka_inference.core.deployment import Budget, BudgetAction, ModelPrice
 from rakka_inference.core.errors import BudgetExceeded
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
+from rakka_inference.core.policies import Budget, BudgetAction, ModelPrice
 from rakka_inference.engine.spend_ring import SpendRing
 
 __all__ = [

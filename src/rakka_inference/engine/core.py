@@ -40,7 +40,6 @@ from collections.abc import Callable
 from typing import Any
 
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import CapacityPolicy, Serving
 from rakka_inference.core.errors import (
     Backpressure,
     BadRequest,
@@ -57,6 +56,7 @@ from rakka_inference.core.messages import (
     EmbeddingResult,
     Priority,
 )
+from rakka_inference.core.policies import CapacityPolicy, Serving
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.tracing import NO_SPAN
 from rakka_inference.core.usage import Usage

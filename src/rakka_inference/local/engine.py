@@ -36,7 +36,6 @@ from typing import Any
 
 from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Serving
 from rakka_inference.core.errors import (
     ActorDead,
     Backpressure,
@@ -46,6 +45,7 @@ from rakka_inference.core.errors import (
     RequestCancelled,
 )
 from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS, EmbeddingRequest
+from rakka_inference.core.policies import Serving
 from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.budget import BudgetGate

@@ -82,12 +82,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-from rakka_inference.core.deployment import (
-    Deployment,
-    RateLimits,
-    RuntimeKind,
-    SentenceTransformersConfig,
-)
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
     BadRequest,
     ContextPoisoned,
@@ -96,8 +91,10 @@ from rakka_inference.core.errors import (
     Unrecoverable,
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import cost_usd, resolve_price
 from rakka_inference.core.runner import SessionRebuildCause, Transport
+from rakka_inference.core.runtimes import RuntimeKind, SentenceTransformersConfig
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 

@@ -48,7 +48,6 @@ from rakka_inference.actors.actor import Actor, Terminated
 from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.supervision import Directive, OneForOneStrategy
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import Serving
 from rakka_inference.core.errors import (
     ActorError,
     ContextPoisoned,
@@ -60,6 +59,7 @@ from rakka_inference.core.errors import (
     Unrecoverable,
 )
 from rakka_inference.core.messages import EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import Serving
 from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.engine.core import not_an_embedding_model

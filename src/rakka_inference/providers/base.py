@@ -34,7 +34,6 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-from rakka_inference.core.deployment import ModelPrice, RemoteRuntimeConfig
 from rakka_inference.core.errors import InferenceError, ProtocolError
 from rakka_inference.core.messages import (
     ChatMessage,
@@ -43,7 +42,9 @@ from rakka_inference.core.messages import (
     EmbeddingResult,
     Role,
 )
+from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.pricing import PriceTable, resolve_price
+from rakka_inference.core.runtimes import RemoteRuntimeConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.wire.http import HttpRequest

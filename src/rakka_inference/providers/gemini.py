@@ -95,7 +95,6 @@ from urllib.parse import quote
 
 import orjson
 
-from rakka_inference.core.deployment import GeminiConfig, ModelPrice
 from rakka_inference.core.errors import (
     BadRequest,
     ConfigError,
@@ -104,7 +103,9 @@ from rakka_inference.core.errors import (
     ProtocolError,
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.runtimes import GeminiConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.providers.base import AdapterState, load_json_object

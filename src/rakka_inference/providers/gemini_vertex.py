@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from rakka_inference.actors.single_flight import SingleFlight
-from rakka_inference.core.deployment import GeminiConfig, Timeouts
 from rakka_inference.core.errors import RakkaError, SecretError
+from rakka_inference.core.policies import Timeouts
+from rakka_inference.core.runtimes import GeminiConfig
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.wire.http import HttpRequest, HttpTransport
 

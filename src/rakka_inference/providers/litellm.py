@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
-from rakka_inference.core.deployment import LiteLLMConfig, ModelPrice, OpenAIConfig
 from rakka_inference.core.errors import InferenceError
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.runtimes import LiteLLMConfig, OpenAIConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.providers.base import AdapterState

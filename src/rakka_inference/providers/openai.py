@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 
-from rakka_inference.core.deployment import ModelPrice, OpenAIConfig
 from rakka_inference.core.errors import (
     BadRequest,
     ContentFiltered,
@@ -41,7 +40,9 @@ from rakka_inference.core.messages import (
     ImagePart,
     TextPart,
 )
+from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.runtimes import OpenAIConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode

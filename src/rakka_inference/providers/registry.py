@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rakka_inference.core.deployment import (
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.runtimes import (
     AnthropicConfig,
-    Deployment,
     GeminiConfig,
     LiteLLMConfig,
     OpenAIConfig,
     RuntimeKind,
 )
-from rakka_inference.core.errors import ConfigError, ConfigIssue
-from rakka_inference.core.pricing import PriceTable
 from rakka_inference.providers.anthropic import AnthropicAdapter
 from rakka_inference.providers.base import ProviderAdapter, TokenCredential
 from rakka_inference.providers.gemini import GeminiAdapter

@@ -69,8 +69,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from rakka_inference.core.deployment import CircuitBreakerConfig
 from rakka_inference.core.errors import CircuitOpen, InferenceError, InternalError
+from rakka_inference.core.policies import CircuitBreakerConfig
 from rakka_inference.remote.breaker_counting import (
     FailureWindow,
     describe_failure,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections import Counter, deque
 
-from rakka_inference.core.deployment import CircuitBreakerConfig
 from rakka_inference.core.errors import InferenceError, NetworkError, ProtocolError, Timeout
+from rakka_inference.core.policies import CircuitBreakerConfig
 
 __all__ = [
     "FailureWindow",

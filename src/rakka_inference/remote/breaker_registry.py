@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from rakka_inference.core.deployment import CircuitBreakerConfig
+from rakka_inference.core.policies import CircuitBreakerConfig
 from rakka_inference.remote.breaker import (
     BreakerKey,
     BreakerSnapshot,

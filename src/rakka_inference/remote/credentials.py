@@ -48,8 +48,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from rakka_inference.actors.single_flight import SingleFlight
-from rakka_inference.core.deployment import Deployment, RemoteRuntimeConfig
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue, SecretError
+from rakka_inference.core.runtimes import RemoteRuntimeConfig
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.providers.base import TokenCredential
 from rakka_inference.providers.registry import token_credential_for

@@ -22,7 +22,7 @@ import math
 import time
 from typing import Protocol, Unpack
 
-from rakka_inference.core.deployment import RateLimits
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.distributed_limit_approximate import (
     ApproximateLimiter,
     ApproximateTuning,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TypedDict
 
-from rakka_inference.core.deployment import RateLimits
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.distributed_limit_rule import (
     EpochShare,
     over_spend_bound,

@@ -43,7 +43,6 @@ from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.supervision import Directive, OneForOneStrategy
 from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import RetryPolicy, Serving
 from rakka_inference.core.errors import (
     InferenceError,
     InternalError,
@@ -57,6 +56,7 @@ from rakka_inference.core.messages import (
     ChatRequest,
     EmbeddingRequest,
 )
+from rakka_inference.core.policies import RetryPolicy, Serving
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.budget import BudgetGate

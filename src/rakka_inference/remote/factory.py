@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from rakka_inference.core.deployment import Deployment, RemoteRuntimeConfig
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.runtimes import RemoteRuntimeConfig
 from rakka_inference.engine.budget import BudgetGate
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.breaker import BreakerKey

@@ -1,7 +1,7 @@
 """Rate limits per (provider, API key, model): exact on one node, waiting, auto-tuned.
 
 A :class:`SlidingWindowLimiter` enforces, for one :class:`LimiterKey`, up to three limits of
-:class:`~rakka_inference.core.deployment.RateLimits`: requests per minute (RPM), tokens per
+:class:`~rakka_inference.core.policies.RateLimits`: requests per minute (RPM), tokens per
 minute (TPM) and concurrent requests. ``None`` leaves a limit off. :class:`RateLimiter` is
 the per-process registry (``limiter_for(key, limits)`` gets or creates one).
 
@@ -59,7 +59,7 @@ import math
 import time
 from collections import deque
 
-from rakka_inference.core.deployment import RateLimits
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.ratelimit_policies import AutoTune, Gcra, RateFactor, scaled
 from rakka_inference.remote.ratelimit_types import (
     CONCURRENCY_RETRY_HINT,

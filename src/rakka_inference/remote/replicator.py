@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rakka_inference.core.deployment import RateLimits
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.gcounter import CounterState
 from rakka_inference.remote.ratelimit import LimiterKey
 

@@ -39,13 +39,13 @@ import enum
 import random
 from dataclasses import dataclass
 
-from rakka_inference.core.deployment import Jitter, RetryPolicy
 from rakka_inference.core.errors import (
     InferenceError,
     RateLimited,
     RateLimitExceeded,
     Unauthorized,
 )
+from rakka_inference.core.policies import Jitter, RetryPolicy
 
 __all__ = [
     "RetryAction",

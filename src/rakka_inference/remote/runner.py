@@ -24,11 +24,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NoReturn
 
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import RateLimits, RemoteRuntimeConfig, RuntimeKind
 from rakka_inference.core.errors import BadRequest, NetworkError
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import cost_usd
 from rakka_inference.core.runner import SessionRebuildCause, Transport
+from rakka_inference.core.runtimes import RemoteRuntimeConfig, RuntimeKind
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter

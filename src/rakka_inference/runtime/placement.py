@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from rakka_inference.core.deployment import (
-    Deployment,
+from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.errors import PlacementFailed, SecretError
+from rakka_inference.core.runtimes import (
     RemoteRuntimeConfig,
     SentenceTransformersConfig,
     TransformersConfig,
     VllmConfig,
 )
-from rakka_inference.core.errors import PlacementFailed, SecretError
 
 __all__ = [
     "Assignment",

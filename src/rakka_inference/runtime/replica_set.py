@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Deployment, Serving
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import Serving
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.engine.stream import RequestStream
 from rakka_inference.runtime.coordinator import DpCoordinator

@@ -23,10 +23,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from rakka_inference.core.deployment import Budget, Deployment, RuntimeKind
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.policies import Budget
 from rakka_inference.core.pricing import resolve_price
 from rakka_inference.core.runner import ModelRunner
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.engine.budget import BudgetLedger
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.local.engine import LocalEngineCore

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rakka_inference.core import tracing
-from rakka_inference.core.deployment import CapacityPolicy
 from rakka_inference.core.errors import (
     Backpressure,
     CircuitOpen,
@@ -55,6 +54,7 @@ from rakka_inference.core.errors import (
     Timeout,
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import CapacityPolicy
 from rakka_inference.core.stream import ChatCompletion, ChunkAggregator, TokenChunk
 from rakka_inference.core.tracing import Span
 from rakka_inference.engine.report import RequestRecord

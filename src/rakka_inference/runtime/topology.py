@@ -22,8 +22,9 @@ import logging
 from collections.abc import Callable, Mapping
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Config, Deployment, RuntimeKind
+from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.errors import OperationRefused
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe import tracing

@@ -32,10 +32,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from rakka_inference.core.deployment import ModelPrice, RateLimits, RuntimeKind
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.policies import ModelPrice, RateLimits
 from rakka_inference.core.pricing import cost_usd
 from rakka_inference.core.runner import SessionRebuildCause, Transport
+from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rakka_inference.core.deployment import Timeouts
+from rakka_inference.core.policies import Timeouts
 
 __all__ = ["HttpRequest", "HttpResponse", "HttpTransport"]
 

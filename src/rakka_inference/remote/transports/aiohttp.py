@@ -35,8 +35,8 @@ from collections.abc import Iterable
 
 import aiohttp
 
-from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import RequestCancelled, TimeoutPhase
+from rakka_inference.core.policies import Timeouts
 from rakka_inference.remote.transports.base import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,

@@ -14,7 +14,7 @@ headers and body reads under the between-bytes and total limits. Each library's 
 keeps only what is its own: the client, the calls that read and release, and its table of
 exceptions.
 
-How the four limits of :class:`~rakka_inference.core.deployment.Timeouts` are kept, the
+How the four limits of :class:`~rakka_inference.core.policies.Timeouts` are kept, the
 same way in both:
 
 =============  ==========================================================================
@@ -49,7 +49,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import (
     InferenceError,
     InternalError,
@@ -59,6 +58,7 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
+from rakka_inference.core.policies import Timeouts
 from rakka_inference.wire.http import HttpRequest
 
 __all__ = [

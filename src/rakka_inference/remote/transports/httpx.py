@@ -37,8 +37,8 @@ from typing import cast
 
 import httpx
 
-from rakka_inference.core.deployment import Timeouts
 from rakka_inference.core.errors import ConfigError, ConfigIssue, TimeoutPhase
+from rakka_inference.core.policies import Timeouts
 from rakka_inference.remote.transports.base import (
     DEFAULT_KEEPALIVE_S,
     DEFAULT_MAX_CONNECTIONS,

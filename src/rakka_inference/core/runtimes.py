@@ -1,0 +1,341 @@
+"""What runs a deployment's model: the runtime kinds and the ``runtime_config`` record of
+each, remote (OpenAI, Azure OpenAI, Anthropic, Gemini, LiteLLM) and local (vLLM,
+transformers, sentence-transformers).
+
+Each remote runtime config answers for its provider: its label in metrics, which field holds
+its credential and the environment variable read when none is set, and the output cap
+assumed for a request that sets no ``max_tokens``. Nothing outside decides these again.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypeAlias
+
+from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS
+from rakka_inference.core.policies import CircuitBreakerConfig, RateLimits, RetryPolicy, Timeouts
+from rakka_inference.core.secrets import SecretRef
+
+__all__ = [
+    "AnthropicConfig",
+    "GeminiConfig",
+    "LiteLLMConfig",
+    "LocalRuntimeConfig",
+    "OpenAIConfig",
+    "RemoteRuntimeConfig",
+    "RuntimeConfig",
+    "RuntimeKind",
+    "SentenceTransformersConfig",
+    "TransformersConfig",
+    "VllmConfig",
+    "default_credential_env",
+    "infer_runtime",
+    "runtime_config_type",
+]
+
+
+class RuntimeKind(enum.StrEnum):
+    """What runs a deployment's model."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
+    LITELLM = "litellm"
+    VLLM = "vllm"
+    TRANSFORMERS = "transformers"
+    SENTENCE_TRANSFORMERS = "sentence_transformers"
+
+    @property
+    def is_remote(self) -> bool:
+        return self in _REMOTE_RUNTIMES
+
+
+_REMOTE_RUNTIMES = frozenset(
+    {RuntimeKind.OPENAI, RuntimeKind.ANTHROPIC, RuntimeKind.GEMINI, RuntimeKind.LITELLM}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteRuntimeConfig:
+    """What every remote runtime shares: where, who, and the failure policies.
+
+    Each runtime's record also answers what is provider-specific about it, so that the
+    loader, the CLI, placement and the engine ask it rather than decide by provider name:
+    its provider label, which field holds its credential, the conventional environment
+    variable of that credential, and the default output-token cap.
+    """
+
+    PROVIDER: ClassVar[str] = ""
+    """The provider label of the runtime's default variant."""
+    CREDENTIAL_ENV: ClassVar[str] = ""
+    """The conventional environment variable of the default variant's API key."""
+
+    endpoint: str | None = None
+    """Base URL. Unset means the provider's public endpoint."""
+    api_key: SecretRef | None = None
+    """Unset means the runtime's standard environment variable (see default_credential_env)."""
+    http2: bool = False
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    @classmethod
+    def credential_env_for(cls, variant: str | None = None) -> str:
+        """The conventional environment variable of ``variant``'s credential."""
+        return cls.CREDENTIAL_ENV
+
+    @classmethod
+    def credential_fields_for(cls, variant: str | None = None) -> tuple[str, ...]:
+        """The fields that, when set, configure ``variant``'s credential."""
+        return ("api_key",)
+
+    @property
+    def provider_label(self) -> str:
+        """The provider in metrics labels, errors and limiter and breaker keys."""
+        return self.PROVIDER
+
+    @property
+    def named_variant(self) -> str | None:
+        """The variant, when it is not the provider's default one (worth naming in a
+        summary); ``None`` otherwise."""
+        return None
+
+    @property
+    def credential_field(self) -> str:
+        """The secret-reference field that holds the credential this config sends."""
+        return "api_key"
+
+    @property
+    def credential(self) -> SecretRef | None:
+        """The credential this config sends (the value of :attr:`credential_field`)."""
+        return self.api_key
+
+    @property
+    def credential_env(self) -> str:
+        """The conventional environment variable of this config's credential."""
+        return self.credential_env_for()
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        """The output cap of a request that sets none: the limiter's estimate, the budget's
+        reservation and, where the API requires one, the upstream ``max_tokens``."""
+        return DEFAULT_MAX_OUTPUT_TOKENS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenAIConfig(RemoteRuntimeConfig):
+    """OpenAI, Azure OpenAI (``variant = "azure"``) and any OpenAI-compatible endpoint."""
+
+    PROVIDER: ClassVar[str] = "openai"
+    CREDENTIAL_ENV: ClassVar[str] = "OPENAI_API_KEY"
+
+    variant: Literal["openai", "azure"] = "openai"
+    organization: str | None = None
+    project: str | None = None
+    resource: str | None = None
+    """Azure: the resource name in ``https://{resource}.openai.azure.com``."""
+    deployment: str | None = None
+    """Azure: the deployment name in the URL path."""
+    api_version: str | None = None
+    """Azure: the ``api-version`` query parameter."""
+    azure_ad_token: SecretRef | None = None
+    """Azure: an Entra ID bearer token used instead of the ``api-key`` header."""
+
+    @classmethod
+    def credential_env_for(cls, variant: str | None = None) -> str:
+        return "AZURE_OPENAI_API_KEY" if variant == "azure" else cls.CREDENTIAL_ENV
+
+    @classmethod
+    def credential_fields_for(cls, variant: str | None = None) -> tuple[str, ...]:
+        return ("api_key", "azure_ad_token") if variant == "azure" else ("api_key",)
+
+    @property
+    def provider_label(self) -> str:
+        return "azure" if self.variant == "azure" else self.PROVIDER
+
+    @property
+    def named_variant(self) -> str | None:
+        return None if self.variant == "openai" else self.variant
+
+    @property
+    def credential_field(self) -> str:
+        return "api_key" if self.azure_ad_token is None else "azure_ad_token"
+
+    @property
+    def credential(self) -> SecretRef | None:
+        return self.api_key if self.azure_ad_token is None else self.azure_ad_token
+
+    @property
+    def credential_env(self) -> str:
+        return self.credential_env_for(self.variant)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnthropicConfig(RemoteRuntimeConfig):
+    PROVIDER: ClassVar[str] = "anthropic"
+    CREDENTIAL_ENV: ClassVar[str] = "ANTHROPIC_API_KEY"
+
+    anthropic_version: str = "2023-06-01"
+    max_tokens_default: int = DEFAULT_MAX_OUTPUT_TOKENS
+    """The Messages API requires ``max_tokens``; this fills it when the request has none."""
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        return self.max_tokens_default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeminiConfig(RemoteRuntimeConfig):
+    """Gemini through AI Studio (an API key, sent in a header) or Vertex AI (OAuth2)."""
+
+    PROVIDER: ClassVar[str] = "gemini"
+    CREDENTIAL_ENV: ClassVar[str] = "GEMINI_API_KEY"
+
+    variant: Literal["ai_studio", "vertex"] = "ai_studio"
+    project: str | None = None
+    """Vertex: the Google Cloud project id."""
+    region: str | None = None
+    """Vertex: the region, such as ``us-central1``."""
+    credentials: SecretRef | None = None
+    """Vertex: the service-account JSON, usually ``{ from_file = "sa.json" }``."""
+    safety_settings: tuple[Mapping[str, str], ...] = ()
+    """Passed to the API unchanged as ``safetySettings``, e.g.
+    ``[{ category = "HARM_CATEGORY_HATE_SPEECH", threshold = "BLOCK_ONLY_HIGH" }]``."""
+
+    @classmethod
+    def credential_env_for(cls, variant: str | None = None) -> str:
+        return "GOOGLE_APPLICATION_CREDENTIALS" if variant == "vertex" else cls.CREDENTIAL_ENV
+
+    @classmethod
+    def credential_fields_for(cls, variant: str | None = None) -> tuple[str, ...]:
+        return ("api_key", "credentials") if variant == "vertex" else ("api_key",)
+
+    @property
+    def named_variant(self) -> str | None:
+        return None if self.variant == "ai_studio" else self.variant
+
+    @property
+    def credential_field(self) -> str:
+        return "credentials" if self.variant == "vertex" else "api_key"
+
+    @property
+    def credential(self) -> SecretRef | None:
+        return self.credentials if self.variant == "vertex" else self.api_key
+
+    @property
+    def credential_env(self) -> str:
+        return self.credential_env_for(self.variant)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiteLLMConfig(RemoteRuntimeConfig):
+    """The OpenAI wire format aimed at a LiteLLM proxy, which retries on its own."""
+
+    PROVIDER: ClassVar[str] = "litellm"
+    CREDENTIAL_ENV: ClassVar[str] = "LITELLM_API_KEY"
+
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_retries=1))
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """Passed through as LiteLLM request ``metadata``."""
+    tags: tuple[str, ...] = ()
+    """Passed through as LiteLLM request tags (spend tracking, routing)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalRuntimeConfig:
+    """What every local runtime shares."""
+
+    model_path: str | None = None
+    """A local directory with the weights. Unset means the deployment's model name."""
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        """The output cap of a request that sets none (the budget's reservation)."""
+        return DEFAULT_MAX_OUTPUT_TOKENS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VllmConfig(LocalRuntimeConfig):
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransformersConfig(LocalRuntimeConfig):
+    device: str = "cpu"
+    max_new_tokens_default: int = 256
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        return self.max_new_tokens_default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentenceTransformersConfig(LocalRuntimeConfig):
+    device: str = "cpu"
+    batch_size: int = 32
+    normalize_embeddings: bool = True
+
+
+RuntimeConfig: TypeAlias = (
+    OpenAIConfig
+    | AnthropicConfig
+    | GeminiConfig
+    | LiteLLMConfig
+    | VllmConfig
+    | TransformersConfig
+    | SentenceTransformersConfig
+)
+
+
+_CONFIG_TYPES: dict[RuntimeKind, type[RuntimeConfig]] = {
+    RuntimeKind.OPENAI: OpenAIConfig,
+    RuntimeKind.ANTHROPIC: AnthropicConfig,
+    RuntimeKind.GEMINI: GeminiConfig,
+    RuntimeKind.LITELLM: LiteLLMConfig,
+    RuntimeKind.VLLM: VllmConfig,
+    RuntimeKind.TRANSFORMERS: TransformersConfig,
+    RuntimeKind.SENTENCE_TRANSFORMERS: SentenceTransformersConfig,
+}
+
+
+def runtime_config_type(runtime: RuntimeKind) -> type[RuntimeConfig]:
+    """The ``runtime_config`` record a runtime is configured with."""
+    return _CONFIG_TYPES[runtime]
+
+
+# Checked in order; the first rule whose prefix matches names the runtime.
+_INFERENCE_RULES: tuple[tuple[tuple[str, ...], RuntimeKind], ...] = (
+    (("gpt-", "o1", "o3", "o4", "chatgpt-", "openai/"), RuntimeKind.OPENAI),
+    (("claude-", "anthropic/"), RuntimeKind.ANTHROPIC),
+    (("gemini-", "google/gemini"), RuntimeKind.GEMINI),
+    (("litellm/",), RuntimeKind.LITELLM),
+)
+
+
+def default_credential_env(runtime: RuntimeKind, variant: str | None = None) -> str | None:
+    """The environment variable a remote runtime reads its key from when none is configured
+    (its runtime config's answer); ``None`` for a local runtime."""
+    config_type = _CONFIG_TYPES[runtime]
+    if not issubclass(config_type, RemoteRuntimeConfig):
+        return None
+    return config_type.credential_env_for(variant)
+
+
+def infer_runtime(model: str, has_credentials: Callable[[RuntimeKind], bool]) -> RuntimeKind:
+    """The runtime for a model name when the deployment does not name one (DESIGN §3).
+
+    A remote runtime is chosen only when ``has_credentials(runtime)`` says its credentials
+    are configured; otherwise the model is served locally by vLLM. So ``gpt-oss-20b`` with
+    no OpenAI key is a local model.
+    """
+    lowered = model.lower()
+    for prefixes, runtime in _INFERENCE_RULES:
+        if lowered.startswith(prefixes):
+            return runtime if has_credentials(runtime) else RuntimeKind.VLLM
+    return RuntimeKind.VLLM
