@@ -517,6 +517,14 @@ async def test_a_deadline_that_passes_while_queued_times_out(harness: Harness) -
     assert error.phase is TimeoutPhase.DEADLINE
 
 
+async def test_a_deadline_does_not_cut_a_running_request(harness: Harness) -> None:
+    # As on a remote engine: the deadline bounds waiting, not work that is running.
+    harness.script.answer("slow", MockReply.text("a", "b", delays=(0.0, 0.05)))
+    engine = await harness.started()
+    outcome = await drain(engine.submit(chat("slow"), deadline=harness.clock() + 0.01))
+    assert outcome == ("ab", None)
+
+
 # ---------------------------------------------------------------- disconnects
 
 

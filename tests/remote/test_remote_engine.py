@@ -496,22 +496,21 @@ async def test_an_engine_restart_keeps_queued_requests(harness: Harness) -> None
     assert len(workers) == 2  # the new pair; the old pair left after their requests
 
 
-async def test_the_deadline_fires_mid_stream_as_on_a_local_engine(harness: Harness) -> None:
-    # The engine core's deadline is a timer: it ends the request wherever it is — here
-    # upstream, between two chunks — not only between retries.
-    harness.server.script(
-        "POST", PATH, ScriptedResponse.stream(sse_chunks(["a", "b", "c", "d"]), chunk_delay=0.2)
+async def test_the_deadline_bounds_waiting_not_a_running_stream(harness: Harness) -> None:
+    # As on a local engine: a request whose deadline passes while it is queued times out;
+    # one that is already streaming is bounded by its phase timeouts, not cut.
+    harness.server.default = lambda _: ScriptedResponse.stream(
+        sse_chunks(["a", "b", "c", "d"]), chunk_delay=0.1
     )
     relaxed = Timeouts(request_timeout_ms=10_000, read_timeout_ms=5_000)
-    engine = await harness.engine(harness.deployment(timeouts=relaxed))
-    deadline = asyncio.get_running_loop().time() + 0.3
-    stream = engine.submit(request(stream=True), deadline=deadline)
-    with pytest.raises(StreamInterrupted) as caught:
-        await collect(stream)
-    cause = caught.value.__cause__
-    assert isinstance(cause, Timeout)
-    assert cause.phase is TimeoutPhase.DEADLINE
-    aborts = await asyncio.wait_for(harness.server.wait_client_aborts(1), 2)
-    assert aborts[0].chunks_sent < 6  # the upstream call was closed, not waited out
-    [report] = harness.report_log.reports
-    assert report.outcome == "stream_interrupted"
+    engine = await harness.engine(harness.deployment(timeouts=relaxed, max_concurrent=1))
+    deadline = asyncio.get_running_loop().time() + 0.2
+    running = engine.submit(request("first", stream=True), deadline=deadline)
+    queued = engine.submit(request("second", stream=True), deadline=deadline)
+    with pytest.raises(Timeout) as caught:
+        await collect(queued)
+    assert caught.value.phase is TimeoutPhase.DEADLINE
+    assert (await collect(running)).text == "abcd"  # finished after its deadline
+    assert asyncio.get_running_loop().time() > deadline
+    assert len(harness.server.requests) == 1  # the queued one never went upstream
+    assert [r.outcome for r in harness.report_log.reports] == ["ok", "timed_out"]

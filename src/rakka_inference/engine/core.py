@@ -10,9 +10,11 @@ serves a request once it holds a slot. Written once, here:
   request is queued by priority, up to ``queue_capacity``; a full queue releases the
   reservation and refuses.
 - **Waiting**: a request waits at most ``queue_timeout_ms`` in the queue (then
-  ``Backpressure``), and never past its own deadline: the deadline fires as a typed
-  ``Timeout`` wherever the request is — queued, waiting for a permit, upstream, backing off
-  before a retry, or running on a local context.
+  ``Backpressure``), and never past its own deadline (then a typed ``Timeout``). One
+  timer per request, while it is queued. The deadline bounds *waiting* — in the queue here,
+  for a rate-limit permit and before a retry in the remote engine — not work that is
+  running: a stream that is producing is bounded by its own phase timeouts (first byte,
+  between bytes, total), never cut in the middle by the gateway's request deadline.
 - **Slots**: ``in_flight`` requests hold a slot (dispatched or running), at most
   ``capacity`` of them (``set_concurrency_limit``: the budget's throttle halves it).
 - **Cancellation**: the consumer closing the stream (the client went away) takes a queued
@@ -195,20 +197,22 @@ class EngineCore(abc.ABC):
         job.stage = job.trace.child(tracing.QUEUE)
         self._jobs.add(job)
         loop = asyncio.get_running_loop()
-        job.timers.append(
-            loop.call_later(self.serving.queue_timeout_ms / 1000.0, self._expire, job)
-        )
-        if deadline is not None:
-            job.timers.append(loop.call_later(max(0.0, deadline - now), self._deadline, job))
+        waited_at = now + self.serving.queue_timeout_ms / 1000.0
+        expires_at = waited_at if deadline is None else min(waited_at, deadline)
+        job.timer = loop.call_later(max(0.0, expires_at - now), self._expire, job)
         stream.on_close(lambda: self.abort(job, RequestCancelled("the client went away")))
 
     def _expire(self, job: Job) -> None:
         if job.state is JobState.QUEUED:
-            waited = self.serving.queue_timeout_ms / 1000.0
-            self.end(job, Backpressure(f"waited {waited:g}s in the queue of {self.name}"))
+            self.end(job, self._waited_too_long(job))
 
-    def _deadline(self, job: Job) -> None:
-        self.abort(job, Timeout("the request's deadline passed", phase=TimeoutPhase.DEADLINE))
+    def _waited_too_long(self, job: Job) -> InferenceError:
+        if job.deadline is not None and job.deadline <= self.clock():
+            return Timeout(
+                "the request's deadline passed while it was queued", phase=TimeoutPhase.DEADLINE
+            )
+        waited = self.serving.queue_timeout_ms / 1000.0
+        return Backpressure(f"waited {waited:g}s in the queue of {self.name}")
 
     # ------------------------------------------------------------------ slots
 
@@ -225,12 +229,19 @@ class EngineCore(abc.ABC):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def take(self, job: Job) -> None:
-        """``job`` leaves the queue and holds a slot from now on."""
+    def take(self, job: Job) -> bool:
+        """``job`` leaves the queue and holds a slot from now on; False (and the job ended)
+        when its deadline passed while it was queued."""
+        if job.timer is not None:
+            job.timer.cancel()
+        if job.deadline is not None and job.deadline <= self.clock():
+            self.end(job, self._waited_too_long(job))
+            return False
         job.move(JobState.DISPATCHED)
         job.stage.end()
         job.stage = NO_SPAN
         self._in_flight += 1
+        return True
 
     def begin(self, job: Job, task: asyncio.Task[None], stage: str | None = None) -> None:
         """``job`` runs on ``task`` now (under a ``stage`` span, when named).
@@ -296,8 +307,8 @@ class EngineCore(abc.ABC):
             assert self._in_flight > 0, "a slot was released twice"
             self._in_flight -= 1
             self._wake_slot_waiters()
-        for timer in job.timers:
-            timer.cancel()
+        if job.timer is not None:
+            job.timer.cancel()
         self._jobs.discard(job)
         if error is not None:
             job.stage.fail(error)

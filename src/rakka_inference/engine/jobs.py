@@ -71,7 +71,8 @@ class Job:
     ticket: QueueTicket[Job] | None = None
     hold: BudgetHold | None = None
     """The budget reservation, settled with the actual cost when the request ends."""
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    """Ends the request if it is still queued at its queue timeout or its deadline."""
     task: asyncio.Task[None] | None = None
     abort_error: InferenceError | None = None
     """Why the running task was cancelled; the first reason given wins."""

@@ -194,9 +194,8 @@ class LocalEngineCore(EngineCore):
         while self._in_flight >= self._limit:
             await self.wait_for_slot()
         await self._ready.wait()
-        job = await self._queue.get()
-        if job is not None:
-            self.take(job)
+        while (job := await self._queue.get()) is not None and not self.take(job):
+            pass  # its deadline passed while it was queued: it is ended
         return job
 
     def context_ready(self, runner: ModelRunner) -> None:

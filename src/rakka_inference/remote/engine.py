@@ -190,9 +190,8 @@ class RemoteEngineCore(EngineCore):
             await self.wait_for_slot()
         if epoch != self.worker_epoch:
             return None
-        job = await self._queue.get()
-        if job is not None:
-            self.take(job)
+        while (job := await self._queue.get()) is not None and not self.take(job):
+            pass  # its deadline passed while it was queued: it is ended
         return job
 
     def release_workers(self) -> None:
