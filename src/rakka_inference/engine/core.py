@@ -246,19 +246,18 @@ class EngineCore(abc.ABC):
     def begin(self, job: Job, task: asyncio.Task[None], stage: str | None = None) -> None:
         """``job`` runs on ``task`` now (under a ``stage`` span, when named).
 
-        The request ends when the task does, at the latest: a task cancelled before its
-        first step never runs its own ``finally``.
+        Whoever runs the task calls :meth:`settle` once it is done: a task cancelled before
+        its first step never runs its own ``finally``, so only that ends its request.
         """
         job.move(JobState.RUNNING)
         job.task = task
         job.started_at = self.clock()
         if stage is not None:
             job.stage = job.trace.child(stage)
-        task.add_done_callback(
-            lambda _: self.end(
-                job, job.abort_error or RequestCancelled("the request was cancelled")
-            )
-        )
+
+    def settle(self, job: Job) -> None:
+        """``job``'s task is done: end the request if the task did not (idempotent)."""
+        self.end(job, job.abort_error or RequestCancelled("the request was cancelled"))
 
     # ------------------------------------------------------------------ delivering
 

@@ -117,6 +117,8 @@ class ContextHost(Protocol):
 
     def context_down(self) -> None: ...
 
+    def settle(self, job: Job) -> None: ...
+
     def teardown_error(self) -> InferenceError: ...
 
     def fail(self, cause: Exception) -> None: ...
@@ -236,7 +238,9 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
         await asyncio.gather(*self._running, return_exceptions=True)
 
     def _settle(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        job = self._running.pop(task, None)
+        if job is not None:
+            self.engine.settle(job)
 
     # ------------------------------------------------------------------ one request
 

@@ -210,6 +210,8 @@ class RemoteEngineCore(EngineCore):
             task.cancel()
             await asyncio.wait({task})
             raise
+        finally:
+            self.settle(job)
 
     # ------------------------------------------------------------------ one request
 
