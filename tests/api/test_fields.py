@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from rakka_inference.api.anthropic_fields import read as anthropic
-from rakka_inference.api.fields import Expected, FieldReader, is_http_url
+from rakka_inference.api.fields import MAX_JSON_DEPTH, Expected, FieldReader, JsonPath, is_http_url
 from rakka_inference.api.openai_fields import read as openai
 from rakka_inference.core.errors import BadRequest, PayloadTooLarge
 
@@ -37,6 +37,9 @@ class Recording:
 
     def not_an_object(self, document: object) -> BadRequest:
         return BadRequest("not an object")
+
+    def too_deep(self, path: JsonPath, limit: int) -> BadRequest:
+        return BadRequest(f"deeper than {limit}", param=repr(list(path)))
 
 
 read = FieldReader(Recording())
@@ -91,6 +94,25 @@ def test_the_document() -> None:
     assert failure(read.document, b"[1]") == ("not an object", None)
     with pytest.raises(PayloadTooLarge):
         read.document(b'{"a":1}', max_body_bytes=3)
+
+
+def test_the_document_nests_at_most_the_limit() -> None:
+    def nested(levels: int) -> bytes:  # the body and ``levels - 1`` arrays inside
+        return b'{"k":' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+    assert read.document(nested(MAX_JSON_DEPTH))["k"]
+    path = ["k", *[0] * (MAX_JSON_DEPTH - 1)]
+    assert failure(read.document, nested(MAX_JSON_DEPTH + 1)) == (
+        f"deeper than {MAX_JSON_DEPTH}",
+        repr(path),
+    )
+
+
+def test_the_depth_walk_names_the_first_path_and_scalars_do_not_count() -> None:
+    deep = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
+    body = b'{"a": [1, "x", {"b": null}], "z": {"y": [0, ' + deep + b"]}, " + b'"w": ' + deep + b"}"
+    _, param = failure(read.document, body)
+    assert param == repr(["z", "y", 1, *[0] * (MAX_JSON_DEPTH - 3)])
 
 
 @pytest.mark.parametrize(

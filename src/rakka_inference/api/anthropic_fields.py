@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from rakka_inference.api.fields import Expected, FieldReader
+from rakka_inference.api.fields import Expected, FieldReader, JsonPath
 from rakka_inference.core.errors import BadRequest
 
 __all__ = ["AnthropicWording", "block_type", "invalid", "read", "unsupported"]
@@ -61,6 +61,12 @@ class AnthropicWording:
 
     def not_an_object(self, document: object) -> BadRequest:
         return BadRequest("body: Input should be a valid dictionary")
+
+    def too_deep(self, path: JsonPath, limit: int) -> BadRequest:
+        param = ".".join(str(step) for step in path)
+        return BadRequest(
+            f"{param}: arrays and objects should nest at most {limit} levels deep", param=param
+        )
 
 
 read = FieldReader(AnthropicWording())

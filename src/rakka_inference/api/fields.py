@@ -13,17 +13,30 @@ The rules every dialect shares:
 - A boolean is not a number: ``true`` is refused where an integer or a number is wanted.
 - A required string is present, a string, and not empty, checked in that order.
 - A range check refuses NaN (which compares false with every bound).
+- A body nests arrays and objects at most :data:`MAX_JSON_DEPTH` levels deep, the body
+  itself being the first. orjson parses far deeper documents, but what reads them after
+  (the prompt-size estimate, a provider's serializer, schema handling) recurses, and would
+  fail with a ``RecursionError`` on a hostile body; the reader refuses one up front, naming
+  the path of the first value past the limit. (Past orjson's own limit, 1024 levels, the
+  body does not parse at all, and is refused as not JSON.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, NoReturn, Protocol, TypeAlias
 
 import orjson
 
 from rakka_inference.core.errors import BadRequest, PayloadTooLarge
 
-__all__ = ["Expected", "FieldReader", "Wording", "is_http_url"]
+__all__ = ["MAX_JSON_DEPTH", "Expected", "FieldReader", "JsonPath", "Wording", "is_http_url"]
+
+MAX_JSON_DEPTH = 64
+"""How deep a request body may nest arrays and objects; the body itself is level 1."""
+
+JsonPath: TypeAlias = Sequence[str | int]
+"""Where a value lies in a document: object keys and array indices, outermost first."""
 
 Expected: TypeAlias = Literal["object", "array", "string", "integer", "number", "boolean"]
 """The JSON type a field should have, as JSON Schema names it."""
@@ -60,6 +73,10 @@ class Wording(Protocol):
         """The body is JSON, but not an object."""
         ...
 
+    def too_deep(self, path: JsonPath, limit: int) -> BadRequest:
+        """The value at ``path`` nests arrays or objects past ``limit`` levels."""
+        ...
+
 
 class FieldReader:
     """The type checks of a request's fields, raising errors in one dialect's :class:`Wording`."""
@@ -81,6 +98,9 @@ class FieldReader:
             raise self.wording.not_json() from None
         if not isinstance(document, dict):
             raise self.wording.not_an_object(document)
+        path = _too_deep(document, MAX_JSON_DEPTH)
+        if path is not None:
+            raise self.wording.too_deep(path, MAX_JSON_DEPTH)
         return document
 
     def missing(self, param: str) -> NoReturn:
@@ -151,6 +171,41 @@ class FieldReader:
         if not isinstance(value, bool):
             self.wrong_type(param, "boolean", value)
         return value
+
+
+_Container: TypeAlias = dict[str, Any] | list[Any]
+
+
+def _too_deep(document: dict[str, Any], limit: int) -> JsonPath | None:
+    """The path of the first array or object, in document order, deeper than ``limit``.
+
+    Iterative, so that the check cannot exhaust the stack it guards. Every body is walked,
+    so the walk counts levels only; the path is traced when the limit is passed.
+    """
+    pending: list[tuple[_Container, int]] = [(document, 1)]
+    pop, push = pending.pop, pending.append
+    while pending:
+        value, depth = pop()
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return _first_path_past(document, limit)
+                push((child, depth + 1))
+    return None
+
+
+def _first_path_past(document: dict[str, Any], limit: int) -> JsonPath:
+    """The path of the first container (in document order) at level ``limit + 1``."""
+    pending: list[tuple[tuple[str | int, ...], _Container]] = [((), document)]
+    while pending:
+        path, value = pending.pop()
+        if len(path) >= limit:  # the body, at path (), is level 1
+            return path
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        children = [((*path, key), child) for key, child in items if isinstance(child, dict | list)]
+        children.reverse()  # popped last-in first-out: keep document order
+        pending.extend(children)
+    raise AssertionError("no container lies past the limit")  # pragma: no cover
 
 
 def is_http_url(url: str) -> bool:

@@ -39,6 +39,8 @@ def parse_embedding_request(
 
     ``input`` is a string or an array of non-empty strings (at most 2048); token-id
     inputs are rejected. ``encoding_format`` is ``float`` (the default) or ``base64``.
+    ``dimensions``, when given, is 1 to
+    :data:`~rakka_inference.core.messages.MAX_EMBEDDING_DIMENSIONS` (the core's rule).
     """
     document = read.document(body, max_body_bytes)
     for key in document:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from rakka_inference.api.fields import Expected, FieldReader
+from rakka_inference.api.fields import Expected, FieldReader, JsonPath
 from rakka_inference.core.errors import BadRequest
 
 __all__ = ["OpenAIWording", "invalid_type", "invalid_value", "json_kind", "read"]
@@ -40,6 +40,14 @@ def json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+def _json_path(path: JsonPath) -> str:
+    """``path`` as OpenAI writes a ``param``: ``tools[0].function.parameters``."""
+    return "".join(
+        f"[{step}]" if isinstance(step, int) else f".{step}" if index else step
+        for index, step in enumerate(path)
+    )
 
 
 def invalid_type(param: str, expected: str, value: object) -> NoReturn:
@@ -93,6 +101,12 @@ class OpenAIWording:
 
     def not_an_object(self, document: object) -> BadRequest:
         return BadRequest(f"the request body must be a JSON object, not {json_kind(document)}")
+
+    def too_deep(self, path: JsonPath, limit: int) -> BadRequest:
+        param = _json_path(path)
+        return BadRequest(
+            f"Invalid '{param}': arrays and objects nest deeper than {limit} levels.", param=param
+        )
 
 
 read = FieldReader(OpenAIWording())

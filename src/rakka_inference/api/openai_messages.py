@@ -113,6 +113,10 @@ def _content(value: object, role: Role, param: str) -> str | tuple[ContentPart, 
 def _part(value: object, role: Role, param: str) -> ContentPart:
     part = read.mapping(value, param)
     kind = part.get("type")
+    if kind is None:
+        read.missing(f"{param}.type")
+    if not isinstance(kind, str):
+        read.wrong_type(f"{param}.type", "string", kind)
     if kind == "text":
         return TextPart(text=read.string(part.get("text"), f"{param}.text") or "")
     if kind == "refusal" and role is Role.ASSISTANT:
@@ -124,8 +128,6 @@ def _part(value: object, role: Role, param: str) -> ContentPart:
                 param=f"{param}.type",
             )
         return _image(part.get("image_url"), f"{param}.image_url")
-    if kind is None:
-        read.missing(f"{param}.type")
     if kind in _UNSUPPORTED_PARTS:
         raise BadRequest(
             f"content parts of type {kind!r} are not supported by this gateway",

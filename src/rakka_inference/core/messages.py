@@ -41,6 +41,7 @@ __all__ = [
     "EmbeddingResult",
     "new_request_id",
     "MAX_STOP_SEQUENCES",
+    "MAX_EMBEDDING_DIMENSIONS",
 ]
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -49,6 +50,10 @@ none of its own: what the limiter estimates and the budget reserves until usage 
 
 MAX_STOP_SEQUENCES = 4
 """OpenAI accepts at most four stop sequences; so do we, whatever the provider."""
+
+MAX_EMBEDDING_DIMENSIONS = 65536
+"""The largest ``dimensions`` an embeddings request may ask for: far above any model's
+vector size, low enough that no runner is asked to allocate a vector of millions."""
 
 
 def new_request_id() -> str:
@@ -468,8 +473,11 @@ class EmbeddingRequest:
             raise BadRequest("model must not be empty", param="model")
         if not self.inputs:
             raise BadRequest("input must hold at least one string", param="input")
-        if self.dimensions is not None and self.dimensions < 1:
-            raise BadRequest("dimensions must be at least 1", param="dimensions")
+        if self.dimensions is not None and not 1 <= self.dimensions <= MAX_EMBEDDING_DIMENSIONS:
+            raise BadRequest(
+                f"dimensions must be at least 1 and at most {MAX_EMBEDDING_DIMENSIONS}",
+                param="dimensions",
+            )
 
     def estimated_prompt_tokens(self) -> int:
         """About one token per 4 UTF-8 bytes, at least one per input (see ChatRequest)."""
