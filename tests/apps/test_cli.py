@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from rakka_inference import __version__
+from rakka_inference.apps import serve as serve_module
 from rakka_inference.apps.cli import format_summary, main
 from rakka_inference.core.config import LoadedConfig
 from rakka_inference.core.deployment import Config, Deployment
@@ -223,3 +227,92 @@ def test_summary_of_other_credential_kinds() -> None:
     )
     assert summary.endswith("  compat: model local-model; runtime openai; replicas 1; key none")
     assert "2 deployments:" in summary
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """``rakka serve``'s server replaced by a recorder: no socket is opened."""
+    calls: list[dict[str, object]] = []
+
+    def record(config: str | None, **kwargs: object) -> int:
+        calls.append({"config": config, **kwargs})
+        return 0
+
+    monkeypatch.setattr(serve_module, "serve", record)
+    return calls
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1", "80x", "", "\u0668\u0660"])
+def test_serve_refuses_a_port_outside_1_to_65535(
+    port: str, served: list[dict[str, object]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", f"--port={port}"]) == 2
+    assert "argument --port: must be a port in 1..65535" in capsys.readouterr().err
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    "host", ["", "a b", "host:8080", "-bad.example", "1.2.3.999", "http://x", "x" * 254, "[::1"]
+)
+def test_serve_refuses_a_host_that_is_no_name_or_address(
+    host: str, served: list[dict[str, object]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", f"--host={host}"]) == 2
+    assert "argument --host: not a host name or IP address" in capsys.readouterr().err
+    assert served == []
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("localhost", "1", ("localhost", 1)),
+        ("0.0.0.0", "65535", ("0.0.0.0", 65535)),
+        ("[::1]", "8080", ("::1", 8080)),
+        ("gateway.internal.", "8080", ("gateway.internal.", 8080)),
+    ],
+)
+def test_serve_takes_a_host_and_port_in_range(
+    host: str, port: str, expected: tuple[str, int], served: list[dict[str, object]]
+) -> None:
+    assert main(["serve", "--host", host, "--port", port]) == 0
+    assert (served[0]["host"], served[0]["port"]) == expected
+
+
+def test_serve_exits_1_when_a_secret_is_not_set(tmp_path: Path) -> None:
+    # The documented status of a rejected configuration, not uvicorn's startup failure (3).
+    file = write(
+        tmp_path,
+        """
+        [cluster]
+        bind = "127.0.0.1:1"
+
+        [[deployment]]
+        name = "gpt"
+        model = "gpt-4o-mini"
+        runtime = "openai"
+        [deployment.runtime_config]
+        api_key = { from_env = "RAKKA_CLI_TEST_UNSET_KEY" }
+        """,
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "RAKKA_CLI_TEST_UNSET_KEY"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+            "serve",
+            "--config",
+            str(file),
+        ],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"{file}: configuration rejected" in done.stderr
+    assert "secret env:RAKKA_CLI_TEST_UNSET_KEY is not set" in done.stderr
+    # ``validate`` reads no secret (core.config: a configuration can be validated on a
+    # machine that does not hold the keys), so the same file is valid there.
+    assert main(["validate", str(file)]) == 0

@@ -4,7 +4,9 @@ OpenAI-format mock behind a real remote engine."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import math
+import re
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -13,12 +15,16 @@ import orjson
 import pytest
 
 from rakka_inference.actors import ActorSystem
+from rakka_inference.api.anthropic_response import anthropic_error_json
+from rakka_inference.api.openai_response import error_json
 from rakka_inference.core.deployment import Deployment
+from rakka_inference.core.errors import InferenceError
 from rakka_inference.core.policies import Jitter, RetryPolicy, Timeouts
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import Secret, SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.runtime import asgi
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
 from rakka_inference.runtime.request import FallbackPolicy
@@ -325,3 +331,125 @@ async def test_a_disconnect_while_a_unary_answer_is_pending_cancels_it(stack: St
     assert aborts
     assert stack.gateway.in_flight == 0
     assert stack.records[-1].outcome == "cancelled"
+
+
+def with_request_id(scope: dict[str, object], value: bytes) -> dict[str, object]:
+    headers = scope["headers"]
+    assert isinstance(headers, list)
+    with_id: dict[str, object] = {**scope, "headers": [*headers, (b"x-request-id", value)]}
+    return with_id
+
+
+def answer_id(sent: list[dict[str, object]]) -> str:
+    body = sent[1]["body"]
+    assert isinstance(body, bytes)
+    return str(orjson.loads(body)["id"])
+
+
+@pytest.mark.parametrize(
+    ("path", "stream", "answer_pattern"),
+    [
+        ("/v1/chat/completions", False, r"chatcmpl-[0-9a-f]{32}"),
+        ("/v1/chat/completions", True, r"chatcmpl-[0-9a-f]{32}"),
+        ("/v1/messages", False, r"msg_[0-9a-f]{32}"),
+    ],
+)
+async def test_a_plain_client_request_id_is_echoed_but_never_becomes_the_answers_id(
+    stack: Stack, path: str, stream: bool, answer_pattern: str
+) -> None:
+    client_id = "trace-7f3a.b:c_d"
+    body = {
+        "model": "gpt",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": stream,
+    }
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-request-id": client_id}
+    response = await stack.http.post(path, content=orjson.dumps(body), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == client_id
+    if stream:
+        first = next(line for line in response.text.splitlines() if line.startswith("data: {"))
+        answer = orjson.loads(first.removeprefix("data: "))["id"]
+    else:
+        answer = response.json()["id"]
+    assert re.fullmatch(answer_pattern, answer), answer
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [b"x" * 129, b"has space", b"a\r\nset-cookie: s=1", b"<script>", b"caf\xc3\xa9", b"a/b", b""],
+)
+async def test_an_unsafe_client_request_id_is_replaced_by_our_own(
+    stack: Stack, client_id: bytes
+) -> None:
+    body = orjson.dumps({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})
+    scope = with_request_id(http_scope("POST", "/v1/chat/completions"), client_id)
+    sent = await call(stack.gateway, scope, [{"type": "http.request", "body": body}])
+    assert sent[0]["status"] == 200
+    header = dict(sent[0]["headers"])[b"x-request-id"]  # type: ignore[call-overload]
+    assert re.fullmatch(rb"req_[0-9a-f]{32}", header), header
+    assert answer_id(sent) == "chatcmpl-" + header.decode().removeprefix("req_")
+
+
+def test_a_client_request_id_is_echoed_up_to_128_plain_characters() -> None:
+    def ids(value: bytes) -> tuple[str, str]:
+        found = asgi.request_ids({"headers": [(b"x-request-id", value)]})
+        return found.own, found.header
+
+    own, header = ids(b"A-z_0.9:" + b"x" * 120)
+    assert header == "A-z_0.9:" + "x" * 120
+    assert re.fullmatch(r"req_[0-9a-f]{32}", own)
+    own, header = ids(b"x" * 129)
+    assert header == own
+    assert asgi.request_ids({"headers": []}).header.startswith("req_")
+    assert ids(b"same")[0] != ids(b"same")[0]  # ours is fresh for every request
+
+
+def _subclasses(cls: type[InferenceError]) -> Iterator[type[InferenceError]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+TOO_MANY = sorted(
+    {cls for cls in _subclasses(InferenceError) if cls.http_status == 429}, key=lambda c: c.__name__
+)
+
+
+def test_the_429_errors_are_the_expected_ones() -> None:
+    names = {cls.__name__ for cls in TOO_MANY}
+    assert {"RateLimited", "QuotaExhausted", "RateLimitExceeded", "Backpressure"} <= names
+    assert "BudgetExceeded" in names
+
+
+@pytest.mark.parametrize("render", [error_json, anthropic_error_json])
+@pytest.mark.parametrize("kind", TOO_MANY, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize(("retry_after", "expected"), [(None, b"1"), (math.inf, b"1"), (7.2, b"8")])
+async def test_every_429_says_when_to_retry(
+    kind: type[InferenceError],
+    render: asgi.ErrorRenderer,
+    retry_after: float | None,
+    expected: bytes,
+) -> None:
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await asgi.send_error(send, kind("refused", retry_after=retry_after), "req_1", render)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 429
+    assert dict(sent[0]["headers"])[b"retry-after"] == expected  # type: ignore[call-overload]
+
+
+async def test_the_gateways_own_backpressure_says_when_to_retry(stack: Stack) -> None:
+    stack.gateway.max_concurrent = 0
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        body = orjson.dumps(
+            {"model": "gpt", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+        )
+        sent = await call(
+            stack.gateway, http_scope("POST", path), [{"type": "http.request", "body": body}]
+        )
+        assert sent[0]["status"] == 429
+        assert dict(sent[0]["headers"])[b"retry-after"] == b"1"  # type: ignore[call-overload]

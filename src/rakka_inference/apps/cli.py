@@ -17,6 +17,8 @@ usage error. Summaries name where each key comes from (``env:OPENAI_API_KEY``), 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -66,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
         "plus a real deployment for each provider key in the environment.",
     )
     serve.add_argument("--config", metavar="FILE", help="the TOML configuration")
-    serve.add_argument("--host", help="overrides [cluster].bind's host")
-    serve.add_argument("--port", type=int, help="overrides [cluster].bind's port")
+    serve.add_argument(
+        "--host", type=_host, help="overrides [cluster].bind's host: a host name or IP address"
+    )
+    serve.add_argument(
+        "--port", type=_port, help="overrides [cluster].bind's port: 1..65535 (0 is refused)"
+    )
     serve.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish in-flight requests on stop"
     )
@@ -80,6 +86,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(command=_demo)
     return parser
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _host(value: str) -> str:
+    """``--host``: an IP address (IPv6 with or without brackets) or a DNS host name."""
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    # A name whose last label is a number would be read as a (bad) IPv4 address.
+    if (
+        len(value) <= 253
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    ):
+        return value
+    raise argparse.ArgumentTypeError(f"not a host name or IP address: {value!r}")
+
+
+def _port(value: str) -> int:
+    """``--port``: 1..65535, as ``[cluster].bind`` takes it. Port 0 ("any free port") is
+    refused: the gateway announces the port it serves on, and could not name that one."""
+    if not re.fullmatch(r"[0-9]{1,5}", value) or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 1..65535, got {value!r}")
+    return int(value)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rakka_inference.core.config import load_config
 from rakka_inference.core.deployment import Config
+from rakka_inference.core.errors import ConfigError
 from rakka_inference.runtime.topology import Topology
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class ServeApp:
         self._config_file = config_file
         self._sandbox: Sandbox | None = None
         self.topology: Topology | None = None
+        self.startup_error: Exception | None = None
+        """Why :meth:`startup` failed under the lifespan, if it did."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -106,6 +109,7 @@ class ServeApp:
                     await self.startup()
                 except Exception as error:
                     log.exception("startup failed")
+                    self.startup_error = error
                     await self.shutdown()
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     return
@@ -151,7 +155,11 @@ def serve(
     port: int | None = None,
     grace_s: float = 30.0,
 ) -> int:
-    """Run until SIGTERM/SIGINT; the exit status."""
+    """Run until SIGTERM/SIGINT; the exit status.
+
+    Raises :class:`ConfigError` when the configuration is rejected, read from the file or
+    on starting its deployments (a secret that is not set, say).
+    """
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
     config = load_config(config_file) if config_file is not None else None
@@ -173,7 +181,12 @@ def serve(
             log_level="info",
         )
     )
-    server.run()
+    # uvicorn exits 3 when the lifespan's startup or the bind fails; the exit status is
+    # ours to give (the CLI's documented codes), so the reason is taken from here.
+    with contextlib.suppress(SystemExit):
+        server.run()
+    if isinstance(app.startup_error, ConfigError):
+        raise app.startup_error
     if not server.started:
         print("rakka: the server did not start (see the log above)", file=sys.stderr)
         return 1

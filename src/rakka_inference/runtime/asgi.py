@@ -1,16 +1,27 @@
-"""Raw ASGI plumbing for the gateway: headers, client keys, request bodies, JSON answers.
+"""Raw ASGI plumbing for the gateway: headers, request ids, client keys, request bodies,
+JSON answers.
 
 Plain functions over ASGI's ``scope``/``receive``/``send``, with no framework: reading a
-header, checking a client key in constant time, reading a body up to a limit, sending a
-JSON answer or an error rendered in a dialect's format.
+header, a request's ids, checking a client key in constant time, reading a body up to a
+limit, sending a JSON answer or an error rendered in a dialect's format.
+
+A request's ids (:class:`RequestIds`): the gateway always makes its own (the answer's
+``chatcmpl-``/``msg_`` id comes from it), and a client's ``x-request-id`` is only echoed
+back in the response's ``x-request-id`` header, and only when it is short and plain
+(:data:`CLIENT_REQUEST_ID`); otherwise the header carries our own id.
+
+Every 429 answer carries ``Retry-After``: the error's own ``retry_after`` when it has one,
+else :data:`DEFAULT_RETRY_AFTER_S`, so that no client retries at once and in a loop.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from rakka_inference.api.openai_response import error_json
 from rakka_inference.core import tracing
@@ -20,11 +31,15 @@ from rakka_inference.core.errors import (
     PayloadTooLarge,
     RequestCancelled,
 )
+from rakka_inference.core.messages import new_request_id
 
 __all__ = [
+    "CLIENT_REQUEST_ID",
+    "DEFAULT_RETRY_AFTER_S",
     "ErrorRenderer",
     "Message",
     "Receive",
+    "RequestIds",
     "Scope",
     "Send",
     "bearer_matches",
@@ -32,6 +47,7 @@ __all__ = [
     "header",
     "header_key_matches",
     "receive_body",
+    "request_ids",
     "send_error",
     "send_json",
     "trace_headers",
@@ -45,6 +61,30 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ErrorRenderer = Callable[[InferenceError], tuple[int, dict[str, str], bytes]]
 """An error as ``(status, headers, body)`` in one dialect's format."""
+
+CLIENT_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+"""A client's ``x-request-id`` that is echoed back: at most 128 plain characters."""
+DEFAULT_RETRY_AFTER_S: Final = 1
+"""The ``Retry-After`` of a 429 whose error does not say when to retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestIds:
+    """A request's ids: ``own`` is the gateway's, from which the answer's id is made;
+    ``header`` is the response's ``x-request-id`` (the client's, when it is echoed)."""
+
+    own: str
+    header: str
+
+
+def request_ids(scope: Scope) -> RequestIds:
+    """A fresh id for the request, and the client's ``x-request-id`` when it is safe to
+    echo (:data:`CLIENT_REQUEST_ID`); an unsafe one is dropped, never echoed."""
+    own = new_request_id()
+    client = header(scope, b"x-request-id")
+    if client is not None and CLIENT_REQUEST_ID.fullmatch(client):
+        return RequestIds(own, client)
+    return RequestIds(own, own)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -145,10 +185,15 @@ async def send_json(
 async def send_error(
     send: Send, error: InferenceError, request_id: str, render: ErrorRenderer = error_json
 ) -> None:
-    """``error`` as a JSON answer in the format of ``render`` (OpenAI's by default)."""
+    """``error`` as a JSON answer in the format of ``render`` (OpenAI's by default).
+
+    A 429 always says when to retry (module docstring).
+    """
     try:
         status, headers, body = render(error)
     except Exception:  # pragma: no cover - a bug in rendering must still answer
         log.exception("rendering an error failed")
         status, headers, body = render(InternalError("internal error"))
+    if status == 429 and "retry-after" not in headers:
+        headers = {**headers, "retry-after": str(DEFAULT_RETRY_AFTER_S)}
     await send_json(send, status, body, request_id, headers)

@@ -9,6 +9,10 @@ send_stream`. What every route shares — the body limit, the in-flight limit an
 the watch for a client going away, the overhead metric — is the gateway's, reached
 through :class:`Serving`. Errors are raised to the gateway, which renders them in the
 route's format.
+
+A route gets the request's :class:`~rakka_inference.runtime.asgi.RequestIds`: the answer's
+id is made from ``ids.own`` (always the gateway's), and ``ids.header`` is the response's
+``x-request-id``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from rakka_inference.api.openai_request import parse_chat_request
 from rakka_inference.api.openai_response import ChunkRenderer, completion_json, embeddings_json
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
 from rakka_inference.core.stream import ChatCompletion
-from rakka_inference.runtime.asgi import Receive, Scope, Send, send_json
+from rakka_inference.runtime.asgi import Receive, RequestIds, Scope, Send, send_json
 from rakka_inference.runtime.request import RequestActor
 from rakka_inference.runtime.streaming import StreamRenderer
 
@@ -49,21 +53,21 @@ class Serving(Protocol):
         ...
 
     async def stream(
-        self, renderer: StreamRenderer, actor: RequestActor, send: Send, request_id: str
+        self, renderer: StreamRenderer, actor: RequestActor, send: Send, ids: RequestIds
     ) -> None:
         """Stream ``actor``'s answer through ``renderer``."""
         ...
 
 
 async def chat(
-    gateway: Serving, scope: Scope, receive: Receive, send: Send, request_id: str
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, ids: RequestIds
 ) -> None:
     """``POST /v1/chat/completions``: OpenAI's chat format in and out."""
-    request = parse_chat_request(await gateway.read_body(scope, receive), request_id=request_id)
+    request = parse_chat_request(await gateway.read_body(scope, receive), request_id=ids.own)
 
     def renderer() -> StreamRenderer:
         return ChunkRenderer(
-            request_id=request_id,
+            request_id=ids.own,
             model=request.model,
             created=int(time.time()),
             include_usage=request.include_usage,
@@ -71,29 +75,29 @@ async def chat(
 
     def body(result: ChatCompletion) -> bytes:
         return completion_json(
-            result, request_id=request_id, model=request.model, created=int(time.time())
+            result, request_id=ids.own, model=request.model, created=int(time.time())
         )
 
     await _answer_chat(
-        gateway, request, scope, receive, send, request_id=request_id, renderer=renderer, body=body
+        gateway, request, scope, receive, send, ids=ids, renderer=renderer, body=body
     )
 
 
 async def messages(
-    gateway: Serving, scope: Scope, receive: Receive, send: Send, request_id: str
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, ids: RequestIds
 ) -> None:
     """``POST /v1/messages``: Anthropic's Messages format in and out."""
     body = await gateway.read_body(scope, receive)
-    request = parse_messages_request(body, request_id=request_id)
+    request = parse_messages_request(body, request_id=ids.own)
     await _answer_chat(
         gateway,
         request,
         scope,
         receive,
         send,
-        request_id=request_id,
-        renderer=lambda: MessageStreamRenderer(request_id, request.model),
-        body=lambda result: message_json(result, request_id=request_id, model=request.model),
+        ids=ids,
+        renderer=lambda: MessageStreamRenderer(ids.own, request.model),
+        body=lambda result: message_json(result, request_id=ids.own, model=request.model),
     )
 
 
@@ -104,7 +108,7 @@ async def _answer_chat(
     receive: Receive,
     send: Send,
     *,
-    request_id: str,
+    ids: RequestIds,
     renderer: Callable[[], StreamRenderer],
     body: Callable[[ChatCompletion], bytes],
 ) -> None:
@@ -114,20 +118,20 @@ async def _answer_chat(
 
     async def answer() -> None:
         if request.stream:
-            await gateway.stream(renderer(), actor, send, request_id)
+            await gateway.stream(renderer(), actor, send, ids)
             return
         result = await actor.completion()
-        await send_json(send, 200, body(result), request_id)
+        await send_json(send, 200, body(result), ids.header)
 
     await gateway.serve(actor, answer(), receive)
 
 
 async def embeddings(
-    gateway: Serving, scope: Scope, receive: Receive, send: Send, request_id: str
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, ids: RequestIds
 ) -> None:
     """``POST /v1/embeddings``: OpenAI's embeddings format in and out."""
     body = await gateway.read_body(scope, receive)
-    call = parse_embedding_request(body, request_id=request_id)
+    call = parse_embedding_request(body, request_id=ids.own)
     actor = gateway.actor(call.request, scope)
 
     async def answer() -> None:
@@ -135,6 +139,6 @@ async def embeddings(
         payload = embeddings_json(
             result, model=call.request.model, encoding_format=call.encoding_format
         )
-        await send_json(send, 200, payload, request_id)
+        await send_json(send, 200, payload, ids.header)
 
     await gateway.serve(actor, answer(), receive)

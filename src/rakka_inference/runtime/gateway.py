@@ -15,7 +15,10 @@ Routes:
 
 Every error is an OpenAI-style JSON body (Anthropic-style on ``/v1/messages``) with the
 status of its class (400 naming the param, 401, 404, 413, 429 and 503 with
-``Retry-After``, 502, 504). Each response carries ``x-request-id``.
+``Retry-After``, 502, 504); every 429 has ``Retry-After``. Each response carries
+``x-request-id``: the client's own when it sent a short plain one, else the gateway's; the
+answer's id (``chatcmpl-``, ``msg_``) is always the gateway's
+(:func:`~rakka_inference.runtime.asgi.request_ids`).
 
 Limits: the body size (413 before it is read past the limit) and the number of requests in
 flight (429 ``backpressure`` beyond it). Client keys, when configured, are checked in
@@ -57,7 +60,7 @@ from rakka_inference.core.errors import (
     RequestCancelled,
     RouteNotFound,
 )
-from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, new_request_id
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
 from rakka_inference.core.secrets import Secret
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe.metrics import CONTENT_TYPE, InferenceMetrics
@@ -65,13 +68,14 @@ from rakka_inference.runtime import dialects
 from rakka_inference.runtime.asgi import (
     ErrorRenderer,
     Receive,
+    RequestIds,
     Scope,
     Send,
     bearer_matches,
     disconnected,
-    header,
     header_key_matches,
     receive_body,
+    request_ids,
     send_error,
     send_json,
     trace_headers,
@@ -137,7 +141,9 @@ class ApiGateway:
         self._clock = clock
         self._on_record = on_record
         self.in_flight = 0
-        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send, str], Awaitable[None]]]
+        self._routes: dict[
+            tuple[str, str], Callable[[Scope, Receive, Send, RequestIds], Awaitable[None]]
+        ]
         self._routes = {
             ("POST", "/v1/chat/completions"): partial(dialects.chat, self),
             ("POST", "/v1/embeddings"): partial(dialects.embeddings, self),
@@ -157,23 +163,23 @@ class ApiGateway:
             return
         if scope["type"] != "http":
             return
-        request_id = header(scope, b"x-request-id") or new_request_id()
+        ids = request_ids(scope)
         handler = self._routes.get((scope["method"], scope["path"]))
         try:
             if handler is None:
                 if self.admin is not None and scope["path"].startswith("/admin/"):
                     status, body = await self.admin.handle(scope, receive)
-                    await send_json(send, status, body, request_id)
+                    await send_json(send, status, body, ids.header)
                     return
                 raise RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})")
             if scope["path"] not in _OPEN_PATHS:  # probes answer without a key
                 self._authorize(scope)
-            await handler(scope, receive, send, request_id)
+            await handler(scope, receive, send, ids)
         except RequestCancelled:
             return  # the client is gone: there is nobody to answer
         except InferenceError as error:
             render = _ERROR_RENDERERS.get(scope["path"], error_json)
-            await send_error(send, error, request_id, render)
+            await send_error(send, error, ids.header, render)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -239,14 +245,14 @@ class ApiGateway:
             self.metrics.observe_gateway_overhead(max(0.0, overhead))
 
     async def stream(
-        self, renderer: StreamRenderer, actor: RequestActor, send: Send, request_id: str
+        self, renderer: StreamRenderer, actor: RequestActor, send: Send, ids: RequestIds
     ) -> None:
         """Stream ``actor``'s answer through ``renderer``, observing inter-token gaps."""
         await send_stream(
             renderer,
             actor,
             send,
-            request_id,
+            ids.header,
             clock=self._clock,
             metrics=self.metrics,
             providers=self._providers,
@@ -275,16 +281,16 @@ class ApiGateway:
 
     # ------------------------------------------------------------------ operations
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _models(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         created = int(time.time())
         data = [
             {"id": model, "object": "model", "created": created, "owned_by": "rakka"}
             for name, aliases in self.coordinator.models()
             for model in (name, *aliases)
         ]
-        await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), request_id)
+        await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), ids.header)
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         assert self.metrics is not None
         body = self.metrics.render()
         await send(
@@ -294,20 +300,20 @@ class ApiGateway:
                 "headers": [
                     (b"content-type", CONTENT_TYPE.encode()),
                     (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", request_id.encode()),
+                    (b"x-request-id", ids.header.encode()),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _healthz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        await send_json(send, 200, b'{"status":"ok"}', request_id)
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
+        await send_json(send, 200, b'{"status":"ok"}', ids.header)
 
-    async def _readyz(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         table = self.coordinator.table
         waiting = sorted(name for name, replicas in table.replicas.items() if not replicas)
         if not table.replicas or waiting:
             body = orjson.dumps({"status": "not ready", "deployments_without_replicas": waiting})
-            await send_json(send, 503, body, request_id)
+            await send_json(send, 503, body, ids.header)
             return
-        await send_json(send, 200, b'{"status":"ready"}', request_id)
+        await send_json(send, 200, b'{"status":"ready"}', ids.header)
