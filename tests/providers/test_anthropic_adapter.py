@@ -850,6 +850,28 @@ def test_error_event_mid_stream(error_type: str, expected: type[InferenceError])
     assert not parser.done
 
 
+def test_error_event_quotes_no_keys_urls_or_hosts() -> None:
+    message = (
+        "invalid x-api-key sk-ant-api03-AbC123-xyz, Bearer tok-0123456789 at "
+        "https://proxy.internal.example/v1 (10.0.0.7:8443)"
+    )
+    error = {"type": "error", "error": {"type": "authentication_error", "message": message}}
+    [bad] = SseDecoder().feed(event(error))
+    with pytest.raises(Unauthorized) as caught:
+        adapter().stream_parser().feed(bad)
+    assert caught.value.message == (
+        "anthropic stream error authentication_error: invalid x-api-key [redacted], "
+        "Bearer [redacted] at [redacted] ([redacted])"
+    )
+
+
+def test_error_event_type_that_is_not_an_identifier_is_not_quoted() -> None:
+    error = {"type": "error", "error": {"type": "see https://x.example/"}}
+    [bad] = SseDecoder().feed(event(error))
+    with pytest.raises(ServerError, match=r"^anthropic stream error unknown_error$"):
+        adapter().stream_parser().feed(bad)
+
+
 def test_error_event_without_detail() -> None:
     with pytest.raises(ServerError, match=r"^anthropic stream error unknown_error$"):
         adapter().stream_parser().feed(SseEvent(b'{"type": "error"}', "error"))

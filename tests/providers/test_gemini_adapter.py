@@ -1004,6 +1004,29 @@ def test_error_document_in_a_unary_answer() -> None:
         adapter().parse_response(body)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_error_documents_quote_no_keys_urls_or_hosts(stream: bool) -> None:
+    error = {
+        "code": 400,
+        "status": "INVALID_ARGUMENT",
+        "message": "API key not valid: AIzaSyD-0123456789abcdef. See "
+        "https://generativelanguage.googleapis.com/v1beta via 172.16.0.9:443",
+    }
+
+    def parse() -> object:
+        if stream:
+            [event] = SseDecoder().feed(sse({"error": error}))
+            return adapter().stream_parser().feed(event)
+        return adapter().parse_response(orjson.dumps({"error": error}))
+
+    with pytest.raises(BadRequest) as caught:
+        parse()
+    assert caught.value.message.endswith(
+        "INVALID_ARGUMENT in a 200 answer: API key not valid: [redacted]. See [redacted] "
+        "via [redacted]"
+    )
+
+
 def test_stream_malformed_event() -> None:
     parser = adapter().stream_parser()
     [bad] = SseDecoder().feed(b'data: {"candidates": [\r\n\r\n')

@@ -50,6 +50,7 @@ from rakka_inference.testkit.faults import (
     ReplyScript,
     ScriptedToolCall,
 )
+from rakka_inference.testkit.http_script import ScriptedResponse
 from rakka_inference.testkit.mock_anthropic import AnthropicMock
 from rakka_inference.testkit.reports import ReportLog
 
@@ -451,3 +452,35 @@ async def test_the_key_never_appears_in_urls_errors_or_logs(
         assert NEW_KEY not in text
     # The key did go where it belongs: the header.
     assert {r.headers["x-api-key"] for r in mock.requests} == {OLD_KEY, NEW_KEY}
+
+
+# ---------------------------------------------------------------- upstream text, cleaned
+
+
+async def test_upstream_error_text_reaches_the_client_without_keys_urls_or_hosts(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rakka_inference")
+    engine = await harness.engine()
+    await collect(engine.submit(chat()))
+    upstream = (
+        f"invalid x-api-key {OLD_KEY} (sk-ant-api03-abc…wxyz) for "
+        "https://gateway.internal.example/v1/messages at 10.20.30.40:8443"
+    )
+    body = {"type": "error", "error": {"type": "invalid_request_error", "message": upstream}}
+    harness.mock.server.script(
+        "POST",
+        harness.mock.requests[-1].path,
+        ScriptedResponse(400, {"content-type": "application/json"}, orjson.dumps(body)),
+    )
+    failure = await harness.fails(engine.submit(chat()))
+
+    assert type(failure) is BadRequest
+    assert failure.message == (
+        "anthropic returned HTTP 400 Bad Request (invalid_request_error): "
+        "invalid x-api-key [redacted] ([redacted]) for [redacted] at [redacted]"
+    )
+    assert len(harness.mock.requests) == 2  # not retried
+    assert "https://gateway.internal.example/v1/messages at 10.20.30.40:8443" in caplog.text
+    for secret in (OLD_KEY, "sk-ant-api03-abc…wxyz"):
+        assert secret not in caplog.text

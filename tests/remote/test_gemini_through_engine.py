@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -53,6 +54,7 @@ from rakka_inference.testkit.faults import (
     ScriptedToolCall,
     count_tokens,
 )
+from rakka_inference.testkit.http_script import ScriptedResponse
 from rakka_inference.testkit.mock_gemini import GeminiMock
 from rakka_inference.testkit.reports import ReportLog
 
@@ -485,3 +487,37 @@ async def test_credentials_never_leak(harness: Harness, caplog: pytest.LogCaptur
         credential = harness.credential_of(sent)
         assert credential.removeprefix("Bearer ") in secrets  # in the header, only there
         assert "key=" not in sent.query
+
+
+# ---------------------------------------------------------------- upstream text, cleaned
+
+
+async def test_upstream_error_text_reaches_the_client_without_keys_urls_or_hosts(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rakka_inference")
+    engine = await harness.engine()
+    await collect(engine.submit(chat()))
+    credential = harness.credential_of(harness.model_requests()[-1]).removeprefix("Bearer ")
+    upstream = (
+        f"API key not valid: AIzaSyD-abcdefghijklmnop; credential {credential}. See "
+        "https://us-central1-aiplatform.googleapis.com/v1/projects/proj for "
+        "us-central1-aiplatform.googleapis.com"
+    )
+    body = {"error": {"code": 400, "message": upstream, "status": "INVALID_ARGUMENT"}}
+    harness.mock.server.script(
+        "POST",
+        harness.model_requests()[-1].path,
+        ScriptedResponse(400, {"content-type": "application/json"}, orjson.dumps(body)),
+    )
+    with pytest.raises(BadRequest) as caught:
+        await collect(engine.submit(chat()))
+
+    assert caught.value.message == (
+        "gemini returned HTTP 400 Bad Request (INVALID_ARGUMENT): API key not valid: "
+        "[redacted]; credential [redacted]. See [redacted] for [redacted]"
+    )
+    assert len(harness.model_requests()) == 2  # not retried
+    assert "https://us-central1-aiplatform.googleapis.com/v1/projects/proj" in caplog.text
+    for secret in ("AIzaSyD-abcdefghijklmnop", credential):
+        assert secret not in caplog.text

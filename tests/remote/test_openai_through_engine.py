@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from rakka_inference.actors import ActorSystem
 from rakka_inference.actors.stream import BoundedStream
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import (
+    BadRequest,
     ContentFiltered,
     ContextLengthExceeded,
     InferenceError,
@@ -47,6 +49,7 @@ from rakka_inference.testkit.faults import (
     ScriptedToolCall,
     count_tokens,
 )
+from rakka_inference.testkit.http_script import ScriptedResponse
 from rakka_inference.testkit.mock_openai import OpenAIMock, mask_key
 from rakka_inference.testkit.reports import ReportLog
 
@@ -85,6 +88,11 @@ class Harness:
     def lead(self) -> int:
         """Stream events before the role delta: Azure's prompt_filter_results chunk."""
         return 1 if self.azure else 0
+
+    @property
+    def provider(self) -> str:
+        """The provider our errors name."""
+        return "azure" if self.azure else "openai"
 
     def deployment(self, **retry: Any) -> Deployment:
         common: dict[str, Any] = {
@@ -420,5 +428,58 @@ async def test_keys_never_leak_into_urls_errors_or_logs(
     for key in (OLD_KEY, NEW_KEY):
         for text in texts:
             assert key not in text
-    if not harness.azure:  # OpenAI quotes the key, masked; the error carries the mask
-        assert mask_key(OLD_KEY) in str(errors[0])
+    if not harness.azure:
+        # OpenAI quotes the key, masked, and a URL: the client reads the type and code and
+        # the message without either; the log has the message with only the key masked.
+        assert mask_key(OLD_KEY) not in str(errors[0])
+        assert "(invalid_request_error, invalid_api_key)" in str(errors[0])
+        assert "Incorrect API key provided: [redacted]" in str(errors[0])
+        assert "openai.com" not in str(errors[0])
+        assert mask_key(OLD_KEY) not in caplog.text
+        assert "Incorrect API key provided: [redacted]" in caplog.text
+        assert "https://platform.openai.com/account/api-keys" in caplog.text
+
+
+# ---------------------------------------------------------------- upstream text, cleaned
+
+
+async def test_upstream_error_text_reaches_the_client_without_keys_urls_or_hosts(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rakka_inference")
+    engine = await harness.engine()
+    await collect(engine.submit(request()))
+    upstream = (
+        f"Incorrect API key provided: sk-pr***wxyz (sent {OLD_KEY}). Tried "
+        "https://myresource.openai.azure.com/openai/deployments/gpt4o?api-version=1 via "
+        "myresource.openai.azure.com and 127.0.0.1:8443 with Authorization: Bearer tok-0123456"
+    )
+    body = {
+        "error": {
+            "message": upstream,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    harness.mock.server.script(
+        "POST",
+        harness.mock.requests[-1].path,
+        ScriptedResponse(400, {"content-type": "application/json"}, orjson.dumps(body)),
+    )
+    with pytest.raises(BadRequest) as caught:
+        await collect(engine.submit(request()))
+
+    message = caught.value.message
+    assert message == (
+        f"{harness.provider} returned HTTP 400 Bad Request "
+        "(invalid_request_error, invalid_api_key): "
+        "Incorrect API key provided: [redacted] (sent [redacted]). Tried [redacted] via "
+        "[redacted] and [redacted] with Authorization: Bearer [redacted]"
+    )
+    assert len(harness.mock.requests) == 2  # a 400 is not retried, as before
+    # The operator reads the whole message, the key masked.
+    assert "https://myresource.openai.azure.com/openai/deployments/gpt4o" in caplog.text
+    assert "myresource.openai.azure.com and 127.0.0.1:8443" in caplog.text
+    for secret in (OLD_KEY, "sk-pr***wxyz", "tok-0123456"):
+        assert secret not in caplog.text

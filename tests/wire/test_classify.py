@@ -126,7 +126,8 @@ def test_openai_context_length_by_structured_code() -> None:
     assert type(error) is ContextLengthExceeded
     assert error.param == "messages"
     assert error.message == (
-        "openai returned HTTP 400 Bad Request: This model's maximum context length is 8192 tokens."
+        "openai returned HTTP 400 Bad Request (invalid_request_error, context_length_exceeded): "
+        "This model's maximum context length is 8192 tokens."
     )
 
 
@@ -175,7 +176,7 @@ def test_anthropic_error_shape() -> None:
     }
     error = classify(529, body, provider="anthropic")
     assert type(error) is Overloaded
-    assert error.message == "anthropic returned HTTP 529: Overloaded"
+    assert error.message == "anthropic returned HTTP 529 (overloaded_error): Overloaded"
     assert error.param is None
 
 

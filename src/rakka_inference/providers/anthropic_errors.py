@@ -21,7 +21,7 @@ from rakka_inference.core.errors import (
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.wire.classify import MAX_UPSTREAM_MESSAGE_CHARS
+from rakka_inference.wire.classify import error_label, sanitize_upstream_message
 
 __all__ = ["error_document", "refine_error"]
 
@@ -70,9 +70,8 @@ def error_document(document: Mapping[str, Any], provider: str) -> InferenceError
     error = document.get("error")
     detail = error if isinstance(error, dict) else {}
     kind = str(detail.get("type") or "unknown_error")
-    upstream = str(detail.get("message") or "")
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in upstream).split())
-    cleaned = cleaned[:MAX_UPSTREAM_MESSAGE_CHARS]
-    message = f"{provider} stream error {kind}" + (f": {cleaned}" if cleaned else "")
+    cleaned = sanitize_upstream_message(str(detail.get("message") or ""))
+    label = error_label(kind) or "unknown_error"
+    message = f"{provider} stream error {label}" + (f": {cleaned}" if cleaned else "")
     # A type we do not know, in a stream that had started, is upstream trouble.
     return _ERROR_TYPES.get(kind, ServerError)(message, provider=provider)

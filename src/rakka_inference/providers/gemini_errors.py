@@ -23,7 +23,7 @@ from rakka_inference.core.errors import (
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.wire.classify import MAX_UPSTREAM_MESSAGE_CHARS, parse_duration, printable
+from rakka_inference.wire.classify import parse_duration, sanitize_upstream_message
 
 _ERROR_STATUSES: Mapping[str, type[InferenceError]] = {
     "INVALID_ARGUMENT": BadRequest,
@@ -41,8 +41,8 @@ _ERROR_REASONS: Mapping[str, type[InferenceError]] = {"API_KEY_INVALID": Unautho
 def _quote(upstream: object) -> str:
     if not isinstance(upstream, str):
         return ""
-    cleaned = printable(upstream)
-    return f": {cleaned[:MAX_UPSTREAM_MESSAGE_CHARS]}" if cleaned else ""
+    cleaned = sanitize_upstream_message(upstream)
+    return f": {cleaned}" if cleaned else ""
 
 
 def _error_detail(body: bytes) -> dict[str, Any] | None:

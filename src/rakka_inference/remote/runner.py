@@ -4,7 +4,10 @@ A runner makes exactly one attempt: build the request with the adapter, send it 
 session snapshot's transport, then decode the answer into chunks — the SSE stream through
 :class:`~rakka_inference.wire.sse.SseDecoder` and the adapter's stream parser, or the
 unary body through the adapter. A status >= 400 is classified (generic HTTP rules, then the
-adapter's refinement) and raised as a typed error.
+adapter's refinement) and raised as a typed error. The error's message quotes the upstream
+only as :func:`~rakka_inference.wire.classify.sanitize_upstream_message` cleans it (no key
+material, URLs or hostnames: clients read it); the upstream's whole message, key material
+masked, goes to this module's log.
 
 Retries, rate limits and the circuit breaker are the engine's business, not the runner's:
 the engine calls :meth:`RemoteRunner.attempt` with the snapshot it leased, so a 401 can
@@ -19,6 +22,7 @@ With tracing on, the response's status goes on the current span: the engine's
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NoReturn
@@ -30,16 +34,19 @@ from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import cost_usd
 from rakka_inference.core.runner import SessionRebuildCause, Transport
 from rakka_inference.core.runtimes import RemoteRuntimeConfig, RuntimeKind
+from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter
 from rakka_inference.remote.session import RemoteSession, SessionSnapshot
-from rakka_inference.wire.classify import classify_http_error
+from rakka_inference.wire.classify import classify_http_error, upstream_log_text
 from rakka_inference.wire.sse import SseDecoder
 
 __all__ = ["RemoteRunner"]
 
 _HTTP_STATUS = "http.response.status_code"
+
+log = logging.getLogger("rakka_inference.remote.runner")
 
 
 class RemoteRunner:
@@ -99,13 +106,14 @@ class RemoteRunner:
         adapter = self.adapter
         if not isinstance(adapter, EmbeddingAdapter):
             raise BadRequest(f"{adapter.provider} serves no embeddings", param="model")
-        http_request = adapter.build_embedding_request(request, await snapshot.credential())
+        credential = await snapshot.credential()
+        http_request = adapter.build_embedding_request(request, credential)
         response = await snapshot.transport.send(http_request, self.config.timeouts, stream=False)
         tracing.current().set(_HTTP_STATUS, response.status)
         try:
             body = await response.read()
             if response.status >= 400:
-                self._raise_http_error(response.status, response.headers, body)
+                self._raise_http_error(response.status, response.headers, body, credential)
             return adapter.parse_embedding_response(body, request)
         finally:
             await response.aclose()
@@ -115,14 +123,16 @@ class RemoteRunner:
     ) -> AsyncIterator[TokenChunk]:
         """Send ``request`` once with ``snapshot`` and yield the answer's chunks."""
         adapter = self.adapter
-        http_request = adapter.build_request(request, await snapshot.credential())
+        credential = await snapshot.credential()
+        http_request = adapter.build_request(request, credential)
         response = await snapshot.transport.send(
             http_request, self.config.timeouts, stream=request.stream
         )
         tracing.current().set(_HTTP_STATUS, response.status)
         try:
             if response.status >= 400:
-                self._raise_http_error(response.status, response.headers, await response.read())
+                body = await response.read()
+                self._raise_http_error(response.status, response.headers, body, credential)
             if not request.stream:
                 for chunk in adapter.parse_response(await response.read()):
                     yield chunk
@@ -142,8 +152,24 @@ class RemoteRunner:
         finally:
             await response.aclose()
 
-    def _raise_http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> NoReturn:
-        error = classify_http_error(
-            status, headers, body, provider=self.adapter.provider, now=self._wall_clock()
+    def _raise_http_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, credential: Secret
+    ) -> NoReturn:
+        provider = self.adapter.provider
+        secrets = (credential.expose(),)
+        error = self.adapter.refine_error(
+            classify_http_error(
+                status, headers, body, provider=provider, now=self._wall_clock(), secrets=secrets
+            ),
+            body,
         )
-        raise self.adapter.refine_error(error, body)
+        # The client's message is cleaned of URLs and hostnames; the operator needs them.
+        log.log(
+            logging.INFO if error.retryable else logging.WARNING,
+            "%s answered HTTP %d (%s): %s",
+            provider,
+            status,
+            type(error).__name__,
+            upstream_log_text(body, secrets) or "no message",
+        )
+        raise error

@@ -26,9 +26,15 @@ other 4xx  ``BadRequest`` (with the same structured detection as 400)
 otherwise  ``ProtocolError``: a status outside 400 to 599 is not an error answer
 =========  ===============================================================
 
-The message names the provider and the status and quotes the upstream's own message
-(``error.message`` in the OpenAI, Anthropic and Gemini shapes), cleaned of control
-characters and cut to :data:`MAX_UPSTREAM_MESSAGE_CHARS`. Headers never appear in it.
+The message names the provider, the status, the upstream's error type and code (OpenAI's and
+Anthropic's ``error.type`` / ``error.code``, Gemini's ``error.status``) and quotes the
+upstream's own message (``error.message`` in the OpenAI, Anthropic and Gemini shapes) through
+:func:`sanitize_upstream_message`: control characters become spaces; key material (our key
+echoed whole or masked, ``sk-…``, ``AIza…``, bearer tokens, JWTs), URLs and hostnames or
+addresses (``myresource.openai.azure.com``, ``127.0.0.1:8443``) become :data:`REDACTED`; the
+result is cut to :data:`MAX_UPSTREAM_MESSAGE_CHARS`. Headers never appear in it. Every provider
+quotes upstream text through that one function. Operators read the upstream's full message
+through :func:`upstream_log_text`, with only the key material masked.
 
 When to retry is read from the headers by :func:`retry_after_seconds`, in this order:
 
@@ -48,7 +54,7 @@ import http
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -74,11 +80,16 @@ from rakka_inference.core.errors import (
 
 __all__ = [
     "MAX_UPSTREAM_MESSAGE_CHARS",
+    "REDACTED",
     "classify_http_error",
+    "error_label",
     "parse_duration",
     "printable",
+    "redact_secrets",
     "retry_after_seconds",
+    "sanitize_upstream_message",
     "upstream_error",
+    "upstream_log_text",
 ]
 
 MAX_UPSTREAM_MESSAGE_CHARS = 300
@@ -111,15 +122,17 @@ def classify_http_error(
     *,
     provider: str | None,
     now: float,
+    secrets: Collection[str] = (),
 ) -> InferenceError:
     """The typed error for an upstream's non-success HTTP answer.
 
     ``headers`` are the *response* headers, looked up case-insensitively. ``now`` is the
-    wall clock in Unix seconds, used only to read an HTTP-date ``Retry-After``.
+    wall clock in Unix seconds, used only to read an HTTP-date ``Retry-After``. ``secrets``
+    are the credentials the request carried: should the upstream echo one, it is redacted.
     """
     detail = _ErrorDetail.parse(body)
     retry_after = retry_after_seconds(headers, now, rate_limit_reset=status == 429)
-    message = _message(status, provider, detail.message)
+    message = _message(status, provider, detail, secrets)
 
     if not 400 <= status <= 599:
         return ProtocolError(
@@ -186,6 +199,8 @@ class _ErrorDetail:
     code: str | None = None
     type: str | None = None
     param: str | None = None
+    status: str | None = None
+    """Gemini's ``error.status`` (``"UNAUTHENTICATED"``): shown, never classified on."""
 
     def has_code(self, codes: frozenset[str]) -> bool:
         return self.code in codes or self.type in codes
@@ -214,6 +229,7 @@ class _ErrorDetail:
                     code=_text(error.get("code")),
                     type=_text(error.get("type")),
                     param=_text(error.get("param")),
+                    status=_text(error.get("status")),
                 )
             return cls(message=_text(error) or _text(document.get("message")))
         if isinstance(document, str):
@@ -241,18 +257,21 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _message(status: int, provider: str | None, upstream: str | None) -> str:
+def _message(
+    status: int, provider: str | None, detail: _ErrorDetail, secrets: Collection[str]
+) -> str:
     who = provider or "upstream"
     try:
         reason = f" {http.HTTPStatus(status).phrase}"
     except ValueError:
         reason = ""
     head = f"{who} returned HTTP {status}{reason}"
-    if upstream is None:
+    label = error_label(detail.type or detail.status, detail.code)
+    if label:
+        head = f"{head} ({label})"
+    if detail.message is None:
         return head
-    cleaned = printable(upstream)
-    if len(cleaned) > MAX_UPSTREAM_MESSAGE_CHARS:
-        cleaned = cleaned[: MAX_UPSTREAM_MESSAGE_CHARS - 1] + "…"
+    cleaned = sanitize_upstream_message(detail.message, secrets)
     return f"{head}: {cleaned}" if cleaned else head
 
 
@@ -260,6 +279,130 @@ def printable(upstream: str) -> str:
     """An upstream's message fit to quote: control characters become spaces, and each run
     of whitespace one space."""
     return " ".join("".join(c if c.isprintable() else " " for c in upstream).split())
+
+
+# --------------------------------------------------------------------------- redaction
+
+REDACTED = "[redacted]"
+"""What key material, URLs and hostnames in an upstream's message are replaced with."""
+
+# Upstream text longer than this is cut before the patterns run: enough for any message we
+# show or log, and it bounds the work on a hostile body.
+_MAX_SCANNED_CHARS = 8192
+_MAX_LOGGED_CHARS = 4096
+# Shorter "secrets" are not searched for: they would redact ordinary words.
+_MIN_SECRET_CHARS = 8
+
+# Every pattern starts after a lookbehind that fails inside a token, and repeats are bounded,
+# so a scan is linear in the text.
+_SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # An authorization header's value quoted back.
+    (re.compile(r"(?i)\b(bearer|basic)\s+[\w.~+/=-]{1,4096}"), rf"\1 {REDACTED}"),
+    # A key after its name: "Incorrect API key provided: …", "x-api-key: …", "token=…".
+    (
+        re.compile(
+            r"(?i)\b((?:x-goog-|x-)?api[-_ ]?key|access[-_ ]?token|secret|password)"
+            r"((?: provided)?\s{0,4}[:=]\s{0,4}[\"']?)[^\s\"',;]{0,4095}[^\s\"',;.]"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+    # OpenAI and Anthropic keys (sk-…, sk-proj-…, sk-ant-api03-…), whole or masked.
+    (re.compile(r"(?<![\w-])sk-[\w*.…-]{2,4095}[\w*…-]"), REDACTED),
+    # Google API keys and OAuth access tokens.
+    (re.compile(r"(?<![\w-])(?:AIza[\w-]{8,4096}|ya29\.[\w.-]{7,4095}[\w-])"), REDACTED),
+    # JSON web tokens.
+    (re.compile(r"(?<![\w-])eyJ[\w-]{4,4096}\.[\w-]{4,4096}\.?[\w-]{0,4096}"), REDACTED),
+    # Any key as providers mask it: its ends around asterisks or an ellipsis ("abc***wxyz").
+    (re.compile(r"(?<![\w.-])[\w-]{0,64}(?:\*{3,64}|…|\.{3})[\w-]{2,64}"), REDACTED),
+)
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?::\d{1,5})?"
+# Top-level domains a hostname is recognized by; a bare "a.b" is too often a field path
+# ("messages.0.content", "function.name") to redact on shape alone.
+_TLDS = (
+    "com|net|org|io|ai|dev|app|cloud|co|info|biz|xyz|tech|site|run|sh|me|gov|edu|mil|int|"
+    "us|uk|eu|de|fr|nl|se|ch|jp|cn|in|au|ca|br|ru|kr|sg|ie|"
+    "internal|local|localdomain|lan|corp|home|intra|intranet|private|svc|cluster|"
+    "test|example|invalid|localhost|arpa"
+)
+_URL = re.compile(r"(?i)(?<![\w.+-])[a-z][a-z0-9+.-]{0,30}://[^\s\"'<>`]{1,4096}")
+_URL_TAIL = ".,;:!?)]}"
+_HOST_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"\[[0-9A-Fa-f:.%\w]{2,64}\]" + _PORT),  # [::1]:8443
+    re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}" + _PORT + r"(?![\w-])"),
+    re.compile(r"(?i)(?<![\w.-])localhost" + _PORT + r"(?![\w-])"),
+    re.compile(rf"(?i)(?<![\w.-])(?:{_LABEL}\.){{1,16}}{_LABEL}:\d{{1,5}}(?![\w-])"),
+    re.compile(rf"(?i)(?<![\w.-])(?:{_LABEL}\.){{1,16}}(?:{_TLDS}){_PORT}(?![\w-])"),
+)
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def redact_secrets(text: str, secrets: Collection[str] = ()) -> str:
+    """``text`` with its key material replaced by :data:`REDACTED`: each of ``secrets`` (the
+    credentials we sent) and anything shaped like a key, whole or masked (``sk-…``,
+    ``AIza…``, ``abc***wxyz``, bearer tokens, JWTs). URLs and hostnames stay: this is the
+    operator's view."""
+    text = _replace_known(text, secrets)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def sanitize_upstream_message(upstream: str, secrets: Collection[str] = ()) -> str:
+    """An upstream's message fit for a client: :func:`printable`, its key material, URLs and
+    hostnames (or addresses, with their ports) replaced by :data:`REDACTED`, and cut to
+    :data:`MAX_UPSTREAM_MESSAGE_CHARS` (the last of them an ellipsis when cut).
+
+    Every provider quotes upstream text through this function, and only through it.
+    """
+    text = _replace_known(printable(upstream[:_MAX_SCANNED_CHARS]), secrets)
+    # URLs first: a key in a query string goes with its URL, not before it.
+    text = redact_secrets(_URL.sub(_redact_url, text))
+    for pattern in _HOST_PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return _cut(text, MAX_UPSTREAM_MESSAGE_CHARS)
+
+
+def upstream_log_text(body: bytes, secrets: Collection[str] = ()) -> str | None:
+    """The upstream's own message in an error ``body``, for the operator's log: whole (up to
+    a few kilobytes), URLs and hostnames kept, key material masked; None when it has none."""
+    message = _ErrorDetail.parse(body).message
+    if message is None:
+        return None
+    text = redact_secrets(printable(message[:_MAX_SCANNED_CHARS]), secrets)
+    return _cut(text, _MAX_LOGGED_CHARS) or None
+
+
+def error_label(kind: object, code: object = None) -> str:
+    """The upstream's error type and code, as a client may read them (``"type, code"``).
+
+    Only identifiers are shown: a value that is not one (text, a URL) is left out, and so is
+    a numeric code, which only repeats the status.
+    """
+    parts = [
+        value
+        for value in (kind, code)
+        if isinstance(value, str) and _IDENTIFIER.fullmatch(value) and not value.isdigit()
+    ]
+    return ", ".join(dict.fromkeys(parts))
+
+
+def _replace_known(text: str, secrets: Collection[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= _MIN_SECRET_CHARS:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    url = match.group(0)
+    kept = url.rstrip(_URL_TAIL)
+    return REDACTED + url[len(kept) :]
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- retry-after
