@@ -1004,6 +1004,14 @@ def test_error_document_in_a_unary_answer() -> None:
         adapter().parse_response(body)
 
 
+def test_an_error_status_that_is_not_an_identifier_is_not_quoted() -> None:
+    status = "see https://internal.example.com/status?key=AIzaSyD-0123456789abcdef"
+    body = orjson.dumps({"error": {"code": 503, "status": status, "message": ""}})
+    with pytest.raises(ServerError) as caught:
+        adapter().parse_response(body)
+    assert caught.value.message.endswith("error UNKNOWN in a 200 answer")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_error_documents_quote_no_keys_urls_or_hosts(stream: bool) -> None:
     error = {

@@ -302,6 +302,23 @@ def test_stream_error_event_and_malformed_chunk() -> None:
         parser.feed(bad)
 
 
+def test_a_stream_error_event_quotes_no_key_url_or_host() -> None:
+    message = (
+        "Incorrect API key provided: sk-proj-ab***wxyz for "
+        "https://myresource.openai.azure.com/openai/deployments/x at 10.0.0.7:8443 " + "x" * 600
+    )
+    [event] = SseDecoder().feed(b"data: " + orjson.dumps({"error": {"message": message}}) + b"\n\n")
+    with pytest.raises(ServerError) as caught:
+        adapter().stream_parser().feed(event)
+    text = caught.value.message
+    assert text.startswith(
+        "stream error: Incorrect API key provided: [redacted] for [redacted] at [redacted] x"
+    )
+    for leak in ("sk-proj", "wxyz", "azure.com", "10.0.0.7"):
+        assert leak not in text
+    assert len(text) <= len("stream error: ") + 300  # bounded like every upstream message
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

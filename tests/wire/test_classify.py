@@ -28,14 +28,9 @@ from rakka_inference.core.errors import (
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.wire.classify import (
-    MAX_UPSTREAM_MESSAGE_CHARS,
-    classify_http_error,
-    parse_duration,
-    printable,
-    retry_after_seconds,
-    upstream_error,
-)
+from rakka_inference.wire.classify import classify_http_error, upstream_error
+from rakka_inference.wire.redact import MAX_UPSTREAM_MESSAGE_CHARS, printable
+from rakka_inference.wire.retry_after import parse_duration, retry_after_seconds
 
 NOW = 1_700_000_000.0
 

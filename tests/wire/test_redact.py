@@ -11,14 +11,13 @@ import orjson
 import pytest
 
 from rakka_inference.core.errors import Unauthorized
-from rakka_inference.wire.classify import (
+from rakka_inference.wire.classify import classify_http_error, upstream_log_text
+from rakka_inference.wire.redact import (
     MAX_UPSTREAM_MESSAGE_CHARS,
     REDACTED,
-    classify_http_error,
     error_label,
     redact_secrets,
     sanitize_upstream_message,
-    upstream_log_text,
 )
 
 OPENAI_401 = (

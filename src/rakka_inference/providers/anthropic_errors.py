@@ -21,7 +21,7 @@ from rakka_inference.core.errors import (
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.wire.classify import error_label, sanitize_upstream_message
+from rakka_inference.wire.redact import error_label, sanitize_upstream_message
 
 __all__ = ["error_document", "refine_error"]
 

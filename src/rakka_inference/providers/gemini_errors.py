@@ -23,7 +23,8 @@ from rakka_inference.core.errors import (
     Unauthorized,
     UpstreamNotFound,
 )
-from rakka_inference.wire.classify import parse_duration, sanitize_upstream_message
+from rakka_inference.wire.redact import sanitize_upstream_message
+from rakka_inference.wire.retry_after import parse_duration
 
 _ERROR_STATUSES: Mapping[str, type[InferenceError]] = {
     "INVALID_ARGUMENT": BadRequest,

@@ -22,6 +22,7 @@ from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import load_json_object
 from rakka_inference.providers.gemini_errors import _error_kind, _quote, _retry_delay
 from rakka_inference.wire.classify import upstream_error
+from rakka_inference.wire.redact import error_label
 from rakka_inference.wire.sse import SseEvent
 
 __all__ = ["GeminiStreamParser", "gemini_usage"]
@@ -135,7 +136,8 @@ def _raise_for_refusal(document: Mapping[str, Any], provider: str) -> None:
     """Raise the typed error of an ``error`` object or a blocked prompt (both HTTP 200)."""
     error = document.get("error")
     if isinstance(error, dict):
-        status = str(error.get("status") or "UNKNOWN")
+        # The status is the upstream's own string: shown only when it is an identifier.
+        status = error_label(error.get("status")) or "UNKNOWN"
         message = f"{provider} error {status} in a 200 answer{_quote(error.get('message'))}"
         # A status we do not know, in an answer that had started, is upstream trouble.
         kind = _error_kind(error) or ServerError

@@ -50,6 +50,7 @@ from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import AdapterState, load_json_object
 from rakka_inference.providers.openai_embed import embedding_body, parse_embeddings
 from rakka_inference.wire.http import HttpRequest
+from rakka_inference.wire.redact import sanitize_upstream_message
 from rakka_inference.wire.sse import SseEvent
 
 __all__ = ["OpenAIAdapter", "OpenAIStreamParser", "openai_usage"]
@@ -265,10 +266,9 @@ class OpenAIStreamParser:
         error = document.get("error")
         if isinstance(error, dict):
             # An error in the middle of a stream (OpenAI sends these for server trouble).
-            raise ServerError(
-                f"stream error: {str(error.get('message') or 'unknown error')[:500]}",
-                provider=self._provider,
-            )
+            # Its message may echo our request (a key fragment, the endpoint): cleaned first.
+            message = sanitize_upstream_message(str(error.get("message") or "unknown error"))
+            raise ServerError(f"stream error: {message}", provider=self._provider)
         chunks: list[TokenChunk] = []
         for choice in document.get("choices") or ():
             if choice.get("index", 0) != 0:
