@@ -31,6 +31,7 @@ from rakka_inference.core.policies import (
     CapacityPolicy,
     Jitter,
     ModelPrice,
+    RateLimits,
     RetryPolicy,
     Serving,
     Timeouts,
@@ -338,3 +339,84 @@ async def test_vertex_service_account_flow_over_loopback(
     assert "ya29" not in model_call.path + model_call.query
     assert orjson.loads(model_call.body)["contents"][0]["parts"] == [{"text": "hi"}]
     await engine.stop()
+
+
+# ---------------------------------------------------------------- shared rate limiters
+
+
+def limited(
+    server: ScriptedHttpServer, name: str, limits: RateLimits, key: str = "sk-x"
+) -> Deployment:
+    deployment = openai_deployment(server)
+    config = replace(
+        deployment.runtime_config,  # type: ignore[type-var]
+        api_key=SecretRef.inline(key, warn=False),
+        rate_limits=limits,
+    )
+    return replace(deployment, name=name, runtime_config=config)
+
+
+async def test_a_shared_limiter_refuses_other_limits_and_keeps_its_own(
+    server: ScriptedHttpServer,
+) -> None:
+    services = RemoteServices()
+    rpm_10 = RateLimits(requests_per_minute=10)
+    first = await build_remote_engine(limited(server, "a", RateLimits()), services)
+    for other in (rpm_10, RateLimits(requests_per_minute=60)):
+        with pytest.raises(ConfigError) as info:
+            await build_remote_engine(limited(server, "b", other), services)
+        (issue,) = info.value.issues
+        assert issue.path == "deployment 'b'.runtime_config.rate_limits"
+        assert "differs from deployment 'a' sharing the same provider key" in issue.message
+        assert "sk-x" not in str(info.value)
+    assert first.limiter.limits == RateLimits()  # not capped by its neighbour
+    same = await build_remote_engine(limited(server, "c", RateLimits()), services)
+    assert same.limiter is first.limiter
+    apart = await build_remote_engine(limited(server, "d", rpm_10, key="sk-y"), services)
+    assert apart.limiter is not first.limiter
+    for engine in (first, same, apart):
+        await engine.runner.session.aclose()
+
+
+async def test_two_references_to_one_key_share_and_are_checked(
+    server: ScriptedHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEY_ONE", "sk-same")
+    monkeypatch.setenv("KEY_TWO", "sk-same")
+    services = RemoteServices()
+    a = limited(server, "a", RateLimits(requests_per_minute=60))
+    b = limited(server, "b", RateLimits())
+    a = replace(a, runtime_config=replace(a.runtime_config, api_key=SecretRef.from_env("KEY_ONE")))  # type: ignore[type-var]
+    b = replace(b, runtime_config=replace(b.runtime_config, api_key=SecretRef.from_env("KEY_TWO")))  # type: ignore[type-var]
+    engine = await build_remote_engine(a, services)
+    with pytest.raises(
+        ConfigError, match=r"'b'\.runtime_config\.rate_limits differs from deployment 'a'"
+    ):
+        await build_remote_engine(b, services)
+    assert engine.limiter.limits == RateLimits(requests_per_minute=60)  # did not vanish
+    await engine.runner.session.aclose()
+
+
+async def test_reloads_change_shared_limits_through_the_expected_config(
+    server: ScriptedHttpServer,
+) -> None:
+    services = RemoteServices()
+    rpm_10, rpm_20 = RateLimits(requests_per_minute=10), RateLimits(requests_per_minute=20)
+    engines = [await build_remote_engine(limited(server, name, rpm_10), services) for name in "ab"]
+    # One deployment alone on its key may change its own limits.
+    solo = await build_remote_engine(limited(server, "solo", rpm_10, key="sk-solo"), services)
+    again = await build_remote_engine(limited(server, "solo", rpm_20, key="sk-solo"), services)
+    assert again.limiter is solo.limiter
+    assert solo.limiter.limits == rpm_20
+    # Both sharing deployments change together: the new config is expected first.
+    wanted = [limited(server, name, rpm_20) for name in "ab"]
+    services.expect(wanted)
+    rebuilt = [await build_remote_engine(d, services) for d in wanted]
+    assert rebuilt[0].limiter is engines[0].limiter
+    assert engines[0].limiter.limits == rpm_20
+    # A deployment leaving the config no longer holds the key.
+    services.expect([limited(server, "c", RateLimits())])
+    newcomer = await build_remote_engine(limited(server, "c", RateLimits()), services)
+    assert newcomer.limiter.limits == RateLimits()
+    for engine in (*engines, solo, again, *rebuilt, newcomer):
+        await engine.runner.session.aclose()

@@ -17,7 +17,9 @@ The pipeline, one small unit per step:
    made explicit as ``SecretRef.from_env(...)``.
 5. **Check.** Record checks (:func:`.config_rules.record_issues`: Azure, Vertex and
    LiteLLM needs, budgets, backoff order), checks across deployments
-   (:func:`_check_references`: unique names and aliases, fallbacks that exist), and that
+   (:func:`_check_references`: unique names and aliases, fallbacks that exist;
+   :func:`.config_rules.shared_limit_conflicts`: deployments sharing a rate limiter set
+   the same ``rate_limits``), and that
    enabled tracing has the OpenTelemetry packages it needs installed
    (:func:`missing_tracing_packages`).
 
@@ -46,7 +48,7 @@ from rakka_inference.core.config_convert import (
     init_fields,
 )
 from rakka_inference.core.config_lines import FieldPath, LineLocator
-from rakka_inference.core.config_rules import suggest
+from rakka_inference.core.config_rules import shared_limit_conflicts, suggest
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment, TracingConfig
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.policies import CapacityPolicy, Serving
@@ -223,6 +225,7 @@ class _Loader:
         references: list[_References] = []
         deployments = [self._deployment(raw, i, references) for i, raw in enumerate(tables)]
         _check_references(references, self._issues)
+        _check_shared_limits(deployments, self._issues)
         tracing = self._tracing(document.get("tracing", {}))
         built = [deployment for deployment in deployments if deployment is not None]
         if cluster is INVALID or tracing is INVALID or len(built) != len(deployments):
@@ -378,3 +381,11 @@ def _check_references(references: list[_References], issues: Issues) -> None:
                 ("deployment", ref.index, "serving", "on_capacity_exhausted"),
                 "'fallback' needs a non-empty fallbacks list on the deployment",
             )
+
+
+def _check_shared_limits(deployments: list[Deployment | None], issues: Issues) -> None:
+    """Deployments that share a rate limiter set the same ``rate_limits`` (DESIGN §4)."""
+    indexed = [(i, d) for i, d in enumerate(deployments) if d is not None]
+    for conflict in shared_limit_conflicts(d for _, d in indexed):
+        path = ("deployment", indexed[conflict.position][0], "runtime_config", "rate_limits")
+        issues.add(path, conflict.message)

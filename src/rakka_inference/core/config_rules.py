@@ -11,6 +11,16 @@ Two kinds, both pure functions over already-typed values:
   project, region and credentials; a budget sets at least one limit.
 
 Each returns messages; the loader attaches them to field paths and lines.
+
+One rule spans deployments: :func:`shared_limit_conflicts`. Remote deployments that send
+the same credential for the same upstream model of one provider share one rate limiter
+(the provider counts them together), so they must all set the same ``rate_limits``; an
+unset table (unlimited) differs from a set one. Otherwise whichever deployment was built
+last would silently decide the limits of all of them. The credential is compared by its
+*reference* (variable name, file path, or a fingerprint of an inline value), never its
+value, so a configuration can be checked where the keys are not held; two references that
+hold the same key are caught when the limiter is built
+(:class:`~rakka_inference.remote.factory.RemoteServices`).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
 from rakka_inference.core.deployment import ClusterConfig, Deployment, TracingConfig
@@ -41,8 +51,17 @@ from rakka_inference.core.runtimes import (
     TransformersConfig,
     VllmConfig,
 )
+from rakka_inference.core.secrets import SecretRef
 
-__all__ = ["FieldRule", "record_issues", "rule_for", "suggest"]
+__all__ = [
+    "FieldRule",
+    "LimitConflict",
+    "record_issues",
+    "rule_for",
+    "shared_limit_conflicts",
+    "shared_limit_key",
+    "suggest",
+]
 
 FieldRule: TypeAlias = Callable[[Any], str | None]
 """Takes a converted value; returns what is wrong with it, or ``None``."""
@@ -206,3 +225,60 @@ def _variant_fields(
     for name in required + optional:
         if record.variant != variant and getattr(record, name) is not None:
             yield name, f"applies only to variant = {variant!r} (variant is {record.variant!r})"
+
+
+# --------------------------------------------------------------------------- across deployments
+
+
+class LimitConflict(NamedTuple):
+    """``deployment`` sets other ``rate_limits`` than ``first``, with whom it shares a limiter."""
+
+    deployment: str
+    first: str
+    key: tuple[str, str, str]
+    """(provider, credential reference, model), for messages; never a secret's value."""
+    position: int
+    """Where ``deployment`` stands in the deployments checked."""
+
+    @property
+    def message(self) -> str:
+        provider, credential, model = self.key
+        return (
+            f"deployment {self.deployment!r}.runtime_config.rate_limits differs from "
+            f"deployment {self.first!r} sharing the same provider key and model "
+            f"(provider {provider!r}, key {credential}, model {model!r}): deployments that "
+            "share a rate limiter must set the same rate_limits (unset is unlimited)"
+        )
+
+
+def _credential_identity(ref: SecretRef | None) -> str:
+    """Where the credential comes from, as a key: an inline value only by fingerprint."""
+    if ref is None:
+        return "unset"
+    if ref.source == "inline":
+        return f"inline:{ref.resolve().fingerprint()}"
+    return ref.describe()
+
+
+def shared_limit_key(deployment: Deployment) -> tuple[str, str, str] | None:
+    """The rate limiter a remote deployment will share, as far as the config tells:
+    (provider, credential reference, upstream model). ``None`` for a local one."""
+    config = deployment.runtime_config
+    if not isinstance(config, RemoteRuntimeConfig):
+        return None
+    credential = _credential_identity(config.credential)
+    return (config.provider_label, credential, deployment.upstream_model)
+
+
+def shared_limit_conflicts(deployments: Iterable[Deployment]) -> Iterator[LimitConflict]:
+    """Each deployment whose ``rate_limits`` differ from those of the first deployment
+    (in order) on the same limiter key."""
+    first: dict[tuple[str, str, str], tuple[str, RateLimits]] = {}
+    for position, deployment in enumerate(deployments):
+        config = deployment.runtime_config
+        key = shared_limit_key(deployment)
+        if key is None or not isinstance(config, RemoteRuntimeConfig):
+            continue
+        owner, limits = first.setdefault(key, (deployment.name, config.rate_limits))
+        if limits != config.rate_limits:
+            yield LimitConflict(deployment.name, owner, key, position)

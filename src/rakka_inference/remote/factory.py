@@ -7,6 +7,17 @@ or a Vertex service account), a session over pooled transports, the rate limiter
 key — shared with every other replica and deployment that uses the same key or endpoint —
 and returns an engine ready to ``start``, its limiter estimating with the runtime config's
 default output-token cap (the one its budget ledger reserves with and the adapter sends).
+
+A shared limiter has one set of limits, so every deployment on one limiter key must set
+the same ``rate_limits`` (an unset table, unlimited, differs from a set one). The config
+checks say so by credential reference (:func:`~rakka_inference.core.config_rules.
+shared_limit_conflicts`); :class:`RemoteServices` says so again by the resolved key, which
+also catches two references that hold one key: a deployment asking for a limiter another
+deployment holds with other limits is refused with a :class:`ConfigError` naming both,
+never silently reconfigured. A deployment rebuilt with new limits (a reload) re-sets its
+own claim; :meth:`RemoteServices.expect` sets the claims of a whole config about to be
+applied, so that deployments leaving it, or changing their shared limits together, are
+not held to the old ones.
 """
 
 from __future__ import annotations
@@ -14,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from rakka_inference.core.config_rules import LimitConflict
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.runtimes import RemoteRuntimeConfig
 from rakka_inference.engine.budget import BudgetGate
@@ -27,7 +40,7 @@ from rakka_inference.remote.breaker import BreakerKey
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.credentials import deployment_credential
 from rakka_inference.remote.engine import RemoteEngineCore
-from rakka_inference.remote.ratelimit import LimiterKey, RateLimiter
+from rakka_inference.remote.ratelimit import LimiterKey, RateLimiter, SlidingWindowLimiter
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import RemoteSession
 from rakka_inference.remote.transports.base import DEFAULT_MAX_CONNECTIONS
@@ -48,6 +61,40 @@ class RemoteServices:
     rng: random.Random = field(default_factory=random.Random)
     prices: PriceTable | None = None
     transport_factory: Callable[[RemoteRuntimeConfig], HttpTransport] | None = None
+    limit_claims: dict[LimiterKey, dict[str, RateLimits]] = field(default_factory=dict)
+    """Which deployments hold each limiter key, and with which limits."""
+
+    def expect(self, deployments: Iterable[Deployment]) -> None:
+        """The config about to be applied: only its deployments' limits bind from now on.
+
+        Claims of deployments not in it are dropped and those in it replaced by their
+        new limits where they already hold a key (checked when their engines are built).
+        """
+        wanted = {d.name: d for d in deployments}
+        for holders in self.limit_claims.values():
+            for name in list(holders):
+                deployment = wanted.get(name)
+                config = None if deployment is None else deployment.runtime_config
+                if isinstance(config, RemoteRuntimeConfig):
+                    holders[name] = config.rate_limits
+                else:
+                    del holders[name]
+
+    def claim_limiter(self, key: LimiterKey, deployment: Deployment) -> SlidingWindowLimiter:
+        """``key``'s shared limiter for ``deployment``; a :class:`ConfigError` when another
+        deployment holds it with other limits (nothing is changed then)."""
+        config = deployment.runtime_config
+        assert isinstance(config, RemoteRuntimeConfig)
+        holders = self.limit_claims.setdefault(key, {})
+        for name, limits in holders.items():
+            if name != deployment.name and limits != config.rate_limits:
+                conflict = LimitConflict(
+                    deployment.name, name, (key.provider, "of the same fingerprint", key.model), 0
+                )
+                path = f"deployment {deployment.name!r}.runtime_config.rate_limits"
+                raise ConfigError([ConfigIssue("<deployment>", path, conflict.message)])
+        holders[deployment.name] = config.rate_limits
+        return self.limiters.limiter_for(key, config.rate_limits)
 
 
 def _transport_factory(
@@ -94,12 +141,14 @@ async def build_remote_engine(
         clock=services.clock,
     )
     snapshot = await session.start()
-    limiter = services.limiters.limiter_for(
-        LimiterKey.for_credential(
-            adapter.provider, await snapshot.credential(), deployment.upstream_model
-        ),
-        config.rate_limits,
+    key = LimiterKey.for_credential(
+        adapter.provider, await snapshot.credential(), deployment.upstream_model
     )
+    try:
+        limiter = services.claim_limiter(key, deployment)
+    except ConfigError:
+        await session.aclose()
+        raise
     breaker = services.breakers.get_or_create(
         BreakerKey(adapter.provider, adapter.endpoint), config.circuit_breaker
     )

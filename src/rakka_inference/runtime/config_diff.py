@@ -3,8 +3,9 @@
 :class:`ConfigDiff` sets a new config against the running deployments: which start (new or
 changed), which go, which stay. :func:`check_aliases` and :func:`refusal` are the two ways
 :meth:`~rakka_inference.runtime.manager.DeploymentManager.apply` says no: before anything
-starts, and when a deployment did not start (every set that apply started is stopped, and
-the running config stays whole).
+starts (aliases, and the rate limits of deployments sharing a limiter), and when a
+deployment did not start (every set that apply started is stopped, and the running config
+stays whole).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from rakka_inference.core.config_rules import shared_limit_conflicts
 from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue, OperationRefused
 
-__all__ = ["ApplyReport", "ConfigDiff", "check_aliases", "refusal"]
+__all__ = ["ApplyReport", "ConfigDiff", "check_aliases", "check_shared_limits", "refusal"]
 
 log = logging.getLogger("rakka_inference.manager")
 
@@ -65,7 +67,10 @@ class ConfigDiff:
 
 def check_aliases(deployments: Collection[Deployment]) -> None:
     """Every alias answers for one deployment and is no deployment's name, so the swap
-    cannot trip over one halfway (the config loader checks this too, with lines)."""
+    cannot trip over one halfway; and deployments that share a rate limiter set the same
+    ``rate_limits`` (:func:`check_shared_limits`). The config loader checks both too, with
+    lines."""
+    check_shared_limits(deployments)
     names = {d.name for d in deployments}
     owners: dict[str, str] = {}
     issues = []
@@ -81,6 +86,22 @@ def check_aliases(deployments: Collection[Deployment]) -> None:
             issues.append(
                 ConfigIssue("<config>", f"deployment {deployment.name!r}.aliases", reason)
             )
+    if issues:
+        raise ConfigError(issues)
+
+
+def check_shared_limits(deployments: Collection[Deployment]) -> None:
+    """All deployments of a config on one limiter key set the same ``rate_limits``, so none
+    decides the others' limits (:func:`~rakka_inference.core.config_rules.
+    shared_limit_conflicts`)."""
+    issues = [
+        ConfigIssue(
+            "<config>",
+            f"deployment {conflict.deployment!r}.runtime_config.rate_limits",
+            conflict.message,
+        )
+        for conflict in shared_limit_conflicts(deployments)
+    ]
     if issues:
         raise ConfigError(issues)
 
