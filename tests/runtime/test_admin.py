@@ -18,6 +18,7 @@ from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.policies import Jitter, RetryPolicy
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
+from rakka_inference.runtime.manager import MAX_REPLICAS
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_openai import OpenAIMock
@@ -322,5 +323,147 @@ async def test_an_operation_that_fails_untyped_is_a_json_500(
     assert failed.json()["error"]["type"] == "server_error"
     assert "OSError" in failed.json()["error"]["message"]
     assert "no weights on this node" in caplog.text  # the cause is in the log
+    assert (await chat(client)).status_code == 200
+    assert len(topology.manager.describe()[0].replicas) == 1
+
+
+# ---------------------------------------------------------------------- key rotation
+
+
+def _keyed_toml(mock: OpenAIMock, client_file: Path, admin_file: Path) -> str:
+    return f"""
+[cluster]
+name = "keyed"
+client_api_keys = [{{ from_file = "{client_file}" }}]
+admin_api_key = {{ from_file = "{admin_file}" }}
+
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+runtime = "openai"
+[deployment.runtime_config]
+endpoint = "{mock.openai_base_url}"
+api_key = {{ from_env = "RAKKA_ADMIN_TEST_KEY" }}
+"""
+
+
+async def _chat_as(client: httpx.AsyncClient, key: str) -> int:
+    answer = await client.post(
+        "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "chat", "messages": [{"role": "user", "content": "hello"}]},
+    )
+    return answer.status_code
+
+
+@pytest.fixture
+async def keyed(
+    mock: OpenAIMock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Topology, httpx.AsyncClient, Path, Path]]:
+    """A gateway started from a file whose client and admin keys are read from files."""
+    monkeypatch.setenv("RAKKA_ADMIN_TEST_KEY", UPSTREAM)
+    client_file, admin_file = tmp_path / "client.key", tmp_path / "admin.key"
+    client_file.write_text("rk-client-old-0003\n")
+    admin_file.write_text("rk-admin-old-0004\n")
+    file = tmp_path / "rakka.toml"
+    file.write_text(_keyed_toml(mock, client_file, admin_file))
+    topology = Topology(load_config(file), reload_source=lambda: load_config(file))
+    client = await _client(topology)
+    try:
+        yield topology, client, client_file, admin_file
+    finally:
+        await client.aclose()
+        await topology.stop(timeout=5)
+
+
+async def test_an_admin_reload_reads_rotated_client_and_admin_keys(
+    keyed: tuple[Topology, httpx.AsyncClient, Path, Path],
+) -> None:
+    _topology, client, client_file, admin_file = keyed
+    assert await _chat_as(client, "rk-client-old-0003") == 200
+    assert await _chat_as(client, "rk-client-new-0005") == 401
+    client_file.write_text("rk-client-new-0005\n")
+    admin_file.write_text("rk-admin-new-0006\n")
+    reloaded = await client.post("/admin/reload", headers=admin("rk-admin-old-0004"))
+    assert reloaded.status_code == 200, reloaded.text
+    assert await _chat_as(client, "rk-client-old-0003") == 401  # revoked
+    assert await _chat_as(client, "rk-client-new-0005") == 200
+    assert (
+        await client.get("/admin/status", headers=admin("rk-admin-old-0004"))
+    ).status_code == 401
+    assert (
+        await client.get("/admin/status", headers=admin("rk-admin-new-0006"))
+    ).status_code == 200
+
+
+async def test_a_sighup_reload_reads_rotated_keys(
+    keyed: tuple[Topology, httpx.AsyncClient, Path, Path],
+) -> None:
+    topology, client, client_file, _admin_file = keyed
+    client_file.write_text("rk-client-new-0005\n")
+    await topology.reload()  # what SIGHUP runs
+    assert await _chat_as(client, "rk-client-old-0003") == 401
+    assert await _chat_as(client, "rk-client-new-0005") == 200
+
+
+async def test_a_reload_whose_key_cannot_be_read_keeps_the_old_keys(
+    keyed: tuple[Topology, httpx.AsyncClient, Path, Path],
+) -> None:
+    topology, client, client_file, admin_file = keyed
+    before = topology.config
+    admin_file.write_text("rk-admin-new-0006\n")  # readable, but the client key is not
+    client_file.unlink()
+    refused = await client.post("/admin/reload", headers=admin("rk-admin-old-0004"))
+    assert refused.status_code == 400, refused.text
+    assert "client.key" in refused.json()["error"]["message"]
+    assert "nothing changed" in refused.json()["error"]["message"]
+    assert await _chat_as(client, "rk-client-old-0003") == 200
+    assert (
+        await client.get("/admin/status", headers=admin("rk-admin-old-0004"))
+    ).status_code == 200
+    assert (
+        await client.get("/admin/status", headers=admin("rk-admin-new-0006"))
+    ).status_code == 401
+    assert topology.config is before
+
+
+# ---------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize("replicas", [0, -1, MAX_REPLICAS + 1, 100_000_000])
+async def test_scale_outside_its_bounds_is_a_400_naming_replicas(
+    live: tuple[Topology, httpx.AsyncClient], replicas: int
+) -> None:
+    topology, client = live
+    answer = await client.post(
+        "/admin/deployments/chat/scale", headers=admin(), json={"replicas": replicas}
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "replicas")
+    assert str(MAX_REPLICAS) in error["message"]
+    assert len(topology.manager.describe()[0].replicas) == 1
+
+
+async def test_a_posted_config_with_too_many_replicas_is_a_400_and_chat_stays(
+    live: tuple[Topology, httpx.AsyncClient], mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology, client = live
+    monkeypatch.setenv("RAKKA_ADMIN_TEST_KEY", UPSTREAM)
+    toml = f"""
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+runtime = "openai"
+replicas = 100000000
+[deployment.runtime_config]
+endpoint = "{mock.openai_base_url}"
+api_key = {{ from_env = "RAKKA_ADMIN_TEST_KEY" }}
+"""
+    answer = await client.post("/admin/deployments", headers=admin(), content=toml)
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["error"]["message"]
+    assert "replicas" in message
+    assert str(MAX_REPLICAS) in message
     assert (await chat(client)).status_code == 200
     assert len(topology.manager.describe()[0].replicas) == 1

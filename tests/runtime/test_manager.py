@@ -18,6 +18,7 @@ from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind, VllmConfig
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
 from rakka_inference.runtime.lifecycle import DeploymentState
+from rakka_inference.runtime.manager import MAX_REPLICAS
 from rakka_inference.runtime.request import RequestActor
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript
@@ -151,6 +152,20 @@ async def test_scale_up_and_down(topology: Topology) -> None:
         await manager.scale("chat", 0)
     with pytest.raises(ModelNotFound):
         await manager.scale("nope", 2)
+
+
+async def test_replicas_are_bounded_in_a_scale_and_in_a_config(
+    topology: Topology, mock: OpenAIMock
+) -> None:
+    manager = topology.manager
+    with pytest.raises(OperationRefused, match=f"at most {MAX_REPLICAS} replicas"):
+        await manager.scale("chat", MAX_REPLICAS + 1)
+    before = manager.describe()
+    huge = deployment(mock, replicas=100_000_000)
+    with pytest.raises(ConfigError, match=f"replicas: must be at most {MAX_REPLICAS}"):
+        await topology.apply(config(huge))
+    assert manager.describe() == before
+    assert await ask(topology) == "a b c d"
 
 
 async def test_drain_then_operations_are_refused(topology: Topology) -> None:

@@ -6,6 +6,13 @@ The testkit's mock providers run in this process, and four deployments point at 
 API keys therefore answers at once, through the same engines, limits and breakers as a real
 provider. Each provider whose key is set in the environment adds a real deployment next to
 them.
+
+The sandbox is reachable by anyone the gateway serves, so its OpenAI mock refuses an
+embeddings request whose vectors would hold more than
+:data:`~rakka_inference.testkit.mock_runner.MAX_EMBEDDING_VALUES` numbers (inputs x
+``dimensions``) with OpenAI's 400, before building any: each factor is bounded at the
+gateway, their product is not. The chat replies are fixed text, whatever ``n`` or
+``max_tokens`` asks.
 """
 
 from __future__ import annotations
@@ -14,18 +21,55 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript
+from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.mock_anthropic import AnthropicMock
 from rakka_inference.testkit.mock_gemini import GeminiMock
-from rakka_inference.testkit.mock_openai import OpenAIMock
+from rakka_inference.testkit.mock_openai import EMBEDDING_DIMENSIONS, OpenAIMock
+from rakka_inference.testkit.mock_runner import MAX_EMBEDDING_VALUES
+from rakka_inference.testkit.openai_render import error_response
 
-__all__ = ["SANDBOX_KEY", "Sandbox", "sandbox_config"]
+__all__ = ["SANDBOX_KEY", "Sandbox", "SandboxOpenAI", "sandbox_config"]
 
 SANDBOX_KEY = "sandbox-key"
 """The key the in-process mock providers accept. Not a secret: they are test doubles."""
+
+
+class SandboxOpenAI(OpenAIMock):
+    """The OpenAI mock, refusing embeddings too large to build (see the module)."""
+
+    def respond(self, request: RecordedRequest) -> ScriptedResponse:
+        if request.method == "POST" and request.path.endswith("/embeddings"):
+            values = _embedding_values(request.body)
+            if values > MAX_EMBEDDING_VALUES:
+                message = (
+                    f"This request asks for {values} embedding values; the sandbox builds at "
+                    f"most {MAX_EMBEDDING_VALUES}. Send fewer inputs or fewer dimensions."
+                )
+                return error_response(0, 400, message, param="dimensions", code="invalid_value")
+        return super().respond(request)
+
+
+def _embedding_values(body: bytes) -> int:
+    """Inputs x dimensions of an embeddings body; 0 when it is not one (the mock says why)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(document, dict):
+        return 0
+    dimensions = document.get("dimensions", EMBEDDING_DIMENSIONS)
+    inputs = document.get("input")
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+        return 0
+    if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int):
+        return len(inputs) * dimensions  # several inputs (strings or token lists)
+    return dimensions
 
 
 @dataclass
@@ -33,7 +77,7 @@ class Sandbox:
     """The in-process mock providers behind the embedded default."""
 
     openai: OpenAIMock = field(
-        default_factory=lambda: OpenAIMock(
+        default_factory=lambda: SandboxOpenAI(
             faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-gpt")
         )
     )

@@ -11,7 +11,7 @@ GET         /admin/status                               deployments, circuits, l
 GET         /admin/deployments                          every deployment and its replicas
 POST        /admin/deployments                          apply a whole config (TOML body)
 DELETE      /admin/deployments/{name}                   drain and remove
-POST        /admin/deployments/{name}/scale             ``{"replicas": n}``
+POST        /admin/deployments/{name}/scale             ``{"replicas": n}``, n in 1..256
 POST        /admin/deployments/{name}/rebuild_session   rotate credentials, drop nothing
 POST        /admin/deployments/{name}/drain             stop taking requests, finish running
 POST        /admin/deployments/{name}/circuit           ``{"state": "open"|"closed"}``
@@ -59,7 +59,7 @@ from rakka_inference.remote.breaker import BreakerState
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.asgi import bearer_matches
 from rakka_inference.runtime.capabilities import HasCircuit
-from rakka_inference.runtime.manager import ApplyReport, DeploymentManager
+from rakka_inference.runtime.manager import MAX_REPLICAS, ApplyReport, DeploymentManager
 
 __all__ = ["AdminApi", "Operable"]
 
@@ -106,6 +106,11 @@ class AdminApi:
 
     def __init__(self, topology: Operable, admin_key: Secret | None) -> None:
         self.topology = topology
+        self._key: bytes | None = None
+        self.use_key(admin_key)
+
+    def use_key(self, admin_key: Secret | None) -> None:
+        """Accept ``admin_key`` from now on (None closes the API); one assignment."""
         self._key = None if admin_key is None else admin_key.expose().encode()
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
@@ -138,7 +143,7 @@ class AdminApi:
                 await manager.remove(name)
                 return 200, _json({"removed": name})
             case "POST", ["deployments", name, "scale"]:
-                replicas = _field(body, "replicas", int)
+                replicas = _replicas(body)
                 return 200, _json(_status(await manager.scale(name, replicas)))
             case "POST", ["deployments", name, "rebuild_session"]:
                 generations = await manager.rebuild_session(name)
@@ -273,6 +278,15 @@ def _field(body: bytes, name: str, kind: type[Any]) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise BadRequest(f"{name!r} must be a {kind.__name__}", param=name)
     return value
+
+
+def _replicas(body: bytes) -> int:
+    replicas: int = _field(body, "replicas", int)
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise BadRequest(
+            f"'replicas' must be from 1 to {MAX_REPLICAS}, not {replicas}", param="replicas"
+        )
+    return replicas
 
 
 def _optional(body: bytes, name: str, default: float) -> float:

@@ -200,6 +200,12 @@ class ApiGateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def use_client_keys(self, client_keys: Iterable[Secret]) -> None:
+        """Accept ``client_keys`` from now on (a reload): the list is built whole first,
+        then swapped in by one assignment, so no request ever sees a mix of old and new."""
+        keys = [key.expose().encode() for key in client_keys]
+        self._keys = keys
+
     def _authorize(self, scope: Scope) -> None:
         if not self._keys or bearer_matches(scope, self._keys):
             return

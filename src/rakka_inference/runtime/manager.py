@@ -8,8 +8,8 @@ deployment; it is the only writer of the coordinator's routing table for them.
 :meth:`DeploymentManager.apply` makes the running deployments those of a whole config, all
 or nothing, in three steps:
 
-1. **check** — every new or changed deployment buildable, every replica placeable, every
-   alias free. Nothing has started yet.
+1. **check** — every deployment within :data:`MAX_REPLICAS`, every new or changed one
+   buildable, every replica placeable, every alias free. Nothing has started yet.
 2. **start** — every new or changed replica set is built and started (credentials
    resolved, weights loaded), none of them registered. The running sets keep serving. One
    that fails stops every set this apply started, and the config is rejected with a
@@ -35,7 +35,7 @@ from typing import Any
 
 from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import Config, Deployment
-from rakka_inference.core.errors import ModelNotFound, OperationRefused
+from rakka_inference.core.errors import ConfigError, ConfigIssue, ModelNotFound, OperationRefused
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.runtime.capabilities import RebuildsSession
 from rakka_inference.runtime.config_diff import ApplyReport, ConfigDiff, check_aliases, refusal
@@ -53,6 +53,7 @@ from rakka_inference.runtime.replica_set import (
 from rakka_inference.runtime.request import FallbackPolicy
 
 __all__ = [
+    "MAX_REPLICAS",
     "ApplyReport",
     "DeploymentManager",
     "DeploymentStatus",
@@ -63,6 +64,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("rakka_inference.manager")
+
+MAX_REPLICAS = 256
+"""The most replicas one deployment runs, from a config or a scale: each is an engine with
+its own queue and session, so an unbounded count is unbounded memory."""
 
 S = DeploymentState
 
@@ -195,6 +200,17 @@ class DeploymentManager:
 
     def _check(self, diff: ConfigDiff) -> None:
         """Everything that can be known before starting anything; raises, changes nothing."""
+        too_many = [
+            ConfigIssue(
+                "<config>",
+                f"deployment {d.name!r}: replicas",
+                f"must be at most {MAX_REPLICAS}, not {d.replicas}",
+            )
+            for d in diff.wanted.values()
+            if d.replicas > MAX_REPLICAS
+        ]
+        if too_many:
+            raise ConfigError(too_many)
         check_aliases(diff.wanted.values())
         for deployment in diff.starting:
             self.factory.check(deployment)
@@ -257,6 +273,10 @@ class DeploymentManager:
         """
         if replicas < 1:
             raise OperationRefused(f"a deployment needs at least 1 replica, not {replicas}")
+        if replicas > MAX_REPLICAS:
+            raise OperationRefused(
+                f"a deployment runs at most {MAX_REPLICAS} replicas, not {replicas}"
+            )
         async with self._lock:
             current = self._serving(name, "scale")
             started: list[Replica] = []

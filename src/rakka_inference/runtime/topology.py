@@ -7,7 +7,8 @@ builds each replica's engine with an
 coordinator), the :class:`~rakka_inference.observe.metrics.InferenceMetrics` behind
 ``/metrics``, and the :class:`ApiGateway` in front. ``start`` and ``stop`` are the ASGI
 lifespan of ``rakka serve``: stopping lets every queued and running request finish before
-the engines close. :meth:`Topology.reload` applies a new config while serving.
+the engines close. :meth:`Topology.reload` applies a new config while serving, and reads
+the client and admin keys again (all or nothing: a key that cannot be read keeps the old).
 
 With ``[tracing] enabled = true``, ``start`` installs the OpenTelemetry tracer provider
 first and ``stop`` shuts it down last, exporting the spans still buffered
@@ -25,6 +26,7 @@ from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.errors import OperationRefused
 from rakka_inference.core.runtimes import RuntimeKind
+from rakka_inference.core.secrets import Secret
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe import tracing
@@ -48,6 +50,15 @@ log = logging.getLogger("rakka_inference.topology")
 def provider_label(deployment: Deployment) -> str:
     """The provider a deployment's metrics are labelled with (never a key or a URL)."""
     return deployment.provider_label
+
+
+def _access_keys(config: Config) -> tuple[list[Secret], Secret | None]:
+    """The client keys and the admin key of ``config``, read now (SecretError if one
+    cannot be)."""
+    cluster = config.cluster
+    client_keys = [ref.resolve() for ref in cluster.client_api_keys]
+    admin_ref = cluster.admin_api_key
+    return client_keys, None if admin_ref is None else admin_ref.resolve()
 
 
 class _MetricsWatcher:
@@ -120,19 +131,19 @@ class Topology:
         )
         self._providers: dict[str, str] = {}
         self._tracing: Tracing | None = None
-        keys = [ref.resolve() for ref in config.cluster.client_api_keys]
+        client_keys, admin_key = _access_keys(config)
         self.gateway = ApiGateway(
             self.coordinator,
             self.policies,
-            client_keys=keys,
+            client_keys=client_keys,
             on_record=self._record,
             on_startup=self.start,
             on_shutdown=self.stop,
             metrics=self.metrics,
             providers=self._providers,
         )
-        admin_key = config.cluster.admin_api_key
-        self.gateway.admin = AdminApi(self, None if admin_key is None else admin_key.resolve())
+        self.admin = AdminApi(self, admin_key)
+        self.gateway.admin = self.admin
 
     @property
     def budgets(self) -> BudgetBook:
@@ -166,12 +177,21 @@ class Topology:
     async def reload(self) -> ApplyReport:
         """Read the config again from where it came from and apply it (SIGHUP, admin).
 
+        The client and admin keys are read again too (a rotated key file): all of them
+        first, so a key that cannot be read refuses the reload (SecretError) and the old
+        keys stay; they are swapped in only once the deployments applied.
+
         OperationRefused without a config file; ConfigError for a file that fails to load
-        or apply (nothing changes).
+        or apply, SecretError for a key that cannot be read (nothing changes).
         """
         if self._reload_source is None:
             raise OperationRefused("cannot reload: the gateway was not started from a file")
-        return await self.apply(self._reload_source())
+        config = self._reload_source()
+        client_keys, admin_key = _access_keys(config)
+        report = await self.apply(config)
+        self.gateway.use_client_keys(client_keys)  # no await between: one step for requests
+        self.admin.use_key(admin_key)
+        return report
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Let queued and running requests finish, then close every engine."""

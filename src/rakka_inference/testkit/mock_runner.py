@@ -20,7 +20,9 @@ delay still yields to the event loop once); raises its ``failure`` before the fi
 (``after=0``) or after ``after`` chunks; and with ``hang=True`` then waits until it is
 cancelled, like a long generation. Cancelling the iteration is counted in
 ``script.cancellations``. Embeddings are deterministic: a unit vector derived from each
-input's text, the same for the same text in every run.
+input's text, the same for the same text in every run; a request whose vectors would hold
+more than :data:`MAX_EMBEDDING_VALUES` numbers in all is refused (BadRequest) before any is
+made, whatever its ``dimensions`` and input count.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.policies import ModelPrice, RateLimits
 from rakka_inference.core.pricing import cost_usd
@@ -40,9 +43,14 @@ from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 
-__all__ = ["MockReply", "MockRunner", "MockScript", "mock_embedding"]
+__all__ = ["MAX_EMBEDDING_VALUES", "MockReply", "MockRunner", "MockScript", "mock_embedding"]
 
 Sleep = Callable[[float], Awaitable[None]]
+
+MAX_EMBEDDING_VALUES = 1 << 20
+"""The most numbers a test double builds for one embeddings request (inputs x dimensions):
+each of ``dimensions`` (at most 65536) and the input count is bounded alone, but their
+product is what is allocated."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,6 +239,12 @@ class MockRunner:
         if reply.failure is not None:
             raise reply.failure
         size = request.dimensions or self.dimensions
+        if len(request.inputs) * size > MAX_EMBEDDING_VALUES:
+            raise BadRequest(
+                f"{len(request.inputs)} inputs of {size} dimensions exceed the mock's "
+                f"{MAX_EMBEDDING_VALUES} values per request",
+                param="dimensions",
+            )
         vectors = tuple(mock_embedding(text, size) for text in request.inputs)
         return EmbeddingResult(
             vectors=vectors, usage=Usage(input_tokens=request.estimated_prompt_tokens())
