@@ -68,10 +68,13 @@ class RemoteServices:
         """The config about to be applied: only its deployments' limits bind from now on.
 
         Claims of deployments not in it are dropped and those in it replaced by their
-        new limits where they already hold a key (checked when their engines are built).
+        new limits where they already hold a key (checked when their engines are built), and
+        each held limiter takes its holders' limits. The manager calls it before it starts
+        a config's replicas, and again with the running config when that apply fails, so a
+        refused apply leaves the limits as they were.
         """
         wanted = {d.name: d for d in deployments}
-        for holders in self.limit_claims.values():
+        for key, holders in self.limit_claims.items():
             for name in list(holders):
                 deployment = wanted.get(name)
                 config = None if deployment is None else deployment.runtime_config
@@ -79,6 +82,8 @@ class RemoteServices:
                     holders[name] = config.rate_limits
                 else:
                     del holders[name]
+            if holders:  # the holders agree (the config check refuses otherwise)
+                self.limiters.limiter_for(key, next(iter(holders.values())))
 
     def claim_limiter(self, key: LimiterKey, deployment: Deployment) -> SlidingWindowLimiter:
         """``key``'s shared limiter for ``deployment``; a :class:`ConfigError` when another

@@ -45,6 +45,7 @@ from rakka_inference.runtime.placement import Placement
 from rakka_inference.runtime.replica_set import (
     Engine,
     EngineFactory,
+    ExpectsConfig,
     Replica,
     ReplicaSet,
     ReplicaSupervisor,
@@ -194,7 +195,15 @@ class DeploymentManager:
         async with self._lock:
             diff = ConfigDiff.between(self.deployments, config)
             self._check(diff)
-            fresh = await self._start_all(diff.starting)
+            shared = self.factory if isinstance(self.factory, ExpectsConfig) else None
+            if shared is not None:
+                shared.expect(diff.wanted.values())
+            try:
+                fresh = await self._start_all(diff.starting)
+            except BaseException:
+                if shared is not None:
+                    shared.expect(self.deployments.values())  # the running config binds again
+                raise
             self._swap(diff, fresh)
             return diff.report()
 

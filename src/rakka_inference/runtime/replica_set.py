@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import Deployment
@@ -104,6 +104,14 @@ class EngineFactory(Protocol):
     ) -> Engine:
         """The engine, called ``name``; ``on_failed(reason)`` is how it says it gave up."""
         ...
+
+
+@runtime_checkable
+class ExpectsConfig(Protocol):
+    """A factory with state shared across deployments (the rate limiters) that must follow
+    the config being applied, and go back to the running one when the apply is refused."""
+
+    def expect(self, deployments: Iterable[Deployment]) -> None: ...
 
 
 class ReplicaWatcher(Protocol):

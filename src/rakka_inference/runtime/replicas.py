@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue
@@ -137,6 +137,11 @@ class EngineBuilder:
             on_failed=lambda error: on_failed(f"{type(error).__name__}: {error}"),
         )
         return engine
+
+    def expect(self, deployments: Iterable[Deployment]) -> None:
+        """The config about to be applied (or, after a refused apply, the running one):
+        the shared rate limiters bind to its deployments' limits."""
+        self.services.expect(deployments)
 
     def _ledger(self, deployment: Deployment) -> BudgetLedger:
         budget = deployment.budget or Budget()
