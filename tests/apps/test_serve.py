@@ -11,13 +11,14 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
-from rakka_inference.apps.serve import ServeApp
+from rakka_inference.apps.serve import EXIT_GRACE_RAN_OUT, ServeApp
 from rakka_inference.core.config import load_config
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.runtimes import RuntimeKind, VllmConfig
-from rakka_inference.testkit.faults import FaultPlan, ReplyScript
+from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_openai import OpenAIMock
 
 
@@ -210,3 +211,154 @@ async def test_serving_a_config_never_loads_the_sandbox() -> None:
     out, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0
     assert out.decode().strip() == "[]"
+
+
+_SLOW_SANDBOX = """
+import rakka_inference.apps.sandbox as sandbox
+from rakka_inference.testkit.faults import ReplyScript
+
+# Every mock answers 4000 pieces 50 ms apart: minutes, far past the grace.
+sandbox._reply = lambda name: ReplyScript(text="word " * 4000, chunks=4000, chunk_delay_s=0.05)
+from rakka_inference.apps.cli import main
+
+raise SystemExit(main())
+"""
+
+
+async def test_streams_cut_when_the_grace_runs_out_are_told_why_and_the_exit_says_so() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _SLOW_SANDBOX,
+        "serve",
+        "--port",
+        str(port),
+        "--grace",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    try:
+        while True:
+            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+            assert line, "the server exited before it was ready"
+            if "Application startup complete" in line:
+                break
+
+        async def drain_output() -> None:  # the server must never block on a full pipe
+            assert process.stdout is not None
+            while line := await process.stdout.readline():
+                output.append(line.decode())
+
+        reader = asyncio.ensure_future(drain_output())
+        begun = 0
+        all_begun = asyncio.Event()
+        routes = [("/v1/chat/completions", "sandbox-gpt")] * 3 + [
+            ("/v1/messages", "sandbox-claude")
+        ] * 2
+        # What shows that content has come, in each route's format.
+        content = {"/v1/chat/completions": '"content":"w', "/v1/messages": '"text_delta"'}
+
+        async def one(client: httpx.AsyncClient, path: str, model: str) -> str:
+            nonlocal begun
+            body = {
+                "model": model,
+                "max_tokens": 100,
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            }
+            text = ""
+            async with client.stream("POST", path, json=body) as answer:
+                assert answer.status_code == 200
+                async for piece in answer.aiter_text():
+                    had_content = content[path] in text
+                    text += piece
+                    if not had_content and content[path] in text:
+                        begun += 1
+                        if begun == len(routes):
+                            all_begun.set()
+            return text
+
+        timeout = httpx.Timeout(120.0)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as c:
+            streams = [asyncio.ensure_future(one(c, path, model)) for path, model in routes]
+            await asyncio.wait_for(all_begun.wait(), 60)  # every stream is mid-answer
+            process.send_signal(signal.SIGTERM)
+            texts = await asyncio.wait_for(asyncio.gather(*streams), 120)
+        for (path, _), text in zip(routes, texts, strict=True):
+            events = [event for event in text.split("\n\n") if event.strip()]
+            if path == "/v1/chat/completions":
+                assert events[-1] == "data: [DONE]", events[-3:]
+                error = orjson.loads(events[-2].removeprefix("data: "))["error"]
+                assert error["code"] == "shutting_down", error
+            else:
+                assert events[-1].startswith("event: error\n"), events[-3:]
+                data = orjson.loads(events[-1].split("data: ", 1)[1])
+                assert data["type"] == "error"
+                assert "grace period ran out" in data["error"]["message"]
+            assert content[path] in text  # the partial answer stands
+        assert await asyncio.wait_for(process.wait(), 60) == EXIT_GRACE_RAN_OUT
+        await asyncio.wait_for(reader, 60)
+        assert "Exception in ASGI application" not in "".join(output)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_requests_not_yet_answered_when_cut_get_their_routes_503(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RAKKA_SERVE_TEST_KEY", "sk-serve-0001")
+    async with OpenAIMock(faults=FaultPlan(valid_keys={"sk-serve-0001"})) as mock:
+        file = tmp_path / "rakka.toml"
+        file.write_text(_toml(mock, "alpha", "RAKKA_SERVE_TEST_KEY"))
+        app = ServeApp(load_config(file), bind="127.0.0.1:1", config_file=str(file))
+        await app.startup()
+        try:
+            assert app.topology is not None
+            gateway = app.topology.gateway
+            mock.faults.next(Fault.slow_first_byte(120), Fault.slow_first_byte(120))
+            transport = httpx.ASGITransport(app=gateway)
+            async with httpx.AsyncClient(transport=transport, base_url="http://rakka") as client:
+                message = {"role": "user", "content": "hi"}
+                waiting = [
+                    asyncio.ensure_future(
+                        client.post(
+                            "/v1/chat/completions", json={"model": "alpha", "messages": [message]}
+                        )
+                    ),
+                    asyncio.ensure_future(
+                        client.post(
+                            "/v1/messages",
+                            json={"model": "alpha", "max_tokens": 10, "messages": [message]},
+                        )
+                    ),
+                ]
+
+                async def both_waiting() -> None:  # on their upstream's first byte
+                    while gateway.in_flight < 2:
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(both_waiting(), 60)
+                app.cut()
+                openai_answer, anthropic_answer = await asyncio.wait_for(
+                    asyncio.gather(*waiting), 60
+                )
+                late = await client.post(
+                    "/v1/chat/completions", json={"model": "alpha", "messages": [message]}
+                )
+            assert app.grace_ran_out
+            for answer in (openai_answer, late):
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "shutting_down"
+                assert "retry-after" in answer.headers
+            assert anthropic_answer.status_code == 503, anthropic_answer.text
+            body = anthropic_answer.json()
+            assert body["type"] == "error"
+            assert "grace period ran out" in body["error"]["message"]
+        finally:
+            await app.shutdown()

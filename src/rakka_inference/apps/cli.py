@@ -11,7 +11,9 @@
     rakka --version
 
 Exit status: 0 on success, 1 when the configuration is rejected or cannot be read, 2 on a
-usage error. Summaries name where each key comes from (``env:OPENAI_API_KEY``), never a key.
+usage error, 3 when ``rakka serve`` stopped but its grace period ran out first (the
+requests still in flight were cut, each told so in its route's format). Summaries name
+where each key comes from (``env:OPENAI_API_KEY``), never a key.
 """
 
 from __future__ import annotations
@@ -75,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=_port, help="overrides [cluster].bind's port: 1..65535 (0 is refused)"
     )
     serve.add_argument(
-        "--grace", type=float, default=30.0, help="seconds to finish in-flight requests on stop"
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight requests on stop; past it they are cut, each "
+        "client told why, and the exit status is 3",
     )
     serve.set_defaults(command=_serve)
     demo = commands.add_parser(

@@ -6,8 +6,13 @@ and ``--port`` override it). With no config it serves the embedded sandbox
 each provider whose key is in the environment.
 
 The server is uvicorn with uvloop and httptools. SIGTERM or SIGINT stops accepting
-connections, lets in-flight requests finish within the grace period, stops the engines
-(queued requests are served first) and exits 0.
+connections, lets in-flight requests finish within the grace period (``--grace``), stops
+the engines (queued requests are served first) and exits 0. When the grace period runs
+out with requests still in flight, they are cut
+(:meth:`~rakka_inference.runtime.gateway.ApiGateway.cut`): a stream that has begun ends
+with its route's error event, a request not yet answered gets its route's 503 JSON error,
+and the process exits :data:`EXIT_GRACE_RAN_OUT`. uvicorn's own graceful timeout is set a
+little later, as a backstop for a request that does not end when cut.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -29,7 +35,7 @@ from rakka_inference.runtime.topology import Topology
 if TYPE_CHECKING:
     from rakka_inference.apps.sandbox import Sandbox
 
-__all__ = ["ServeApp", "serve"]
+__all__ = ["EXIT_GRACE_RAN_OUT", "ServeApp", "serve"]
 
 log = logging.getLogger("rakka_inference.apps.serve")
 
@@ -37,6 +43,11 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+EXIT_GRACE_RAN_OUT = 3
+"""The exit status when stopping cut requests still in flight at the end of the grace."""
+_BACKSTOP_S = 5
+"""How long after the grace uvicorn cancels the request tasks that are still running."""
 
 
 class ServeApp:
@@ -50,6 +61,8 @@ class ServeApp:
         self.topology: Topology | None = None
         self.startup_error: Exception | None = None
         """Why :meth:`startup` failed under the lifespan, if it did."""
+        self.grace_ran_out = False
+        """Whether stopping had to :meth:`cut` requests still in flight."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -95,6 +108,13 @@ class ServeApp:
             list(report.removed),
         )
 
+    def cut(self) -> None:
+        """The grace period ran out with requests in flight: end them, each in its route's
+        format (:meth:`~rakka_inference.runtime.gateway.ApiGateway.cut`)."""
+        self.grace_ran_out = True
+        cut = 0 if self.topology is None else self.topology.gateway.cut()
+        log.warning("the grace period ran out: cutting %d request(s) in flight", cut)
+
     async def shutdown(self) -> None:
         if self.topology is not None:
             await self.topology.stop()
@@ -120,16 +140,31 @@ class ServeApp:
                 return
 
 
-def _graceful_server_class() -> type[Any]:
+def _graceful_server_class(app: ServeApp, grace_s: float) -> type[Any]:
     import uvicorn  # noqa: PLC0415
 
     class GracefulServer(uvicorn.Server):
-        """uvicorn's server, except that a graceful stop exits 0.
+        """uvicorn's server, except that a graceful stop exits 0 and the grace is ours.
 
         uvicorn re-raises a captured SIGTERM/SIGINT once it has shut down, so the process
         ends "killed by signal". A stop we asked for and completed is a success: the
         handlers here only ask the server to exit (a second signal forces it).
+
+        When ``grace_s`` has passed since the stop began and requests are still running,
+        ``app`` cuts them, so that each client is told why (uvicorn would cancel them with
+        no answer, or a plain-text 500).
         """
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            timer = asyncio.get_running_loop().call_later(grace_s, self._grace_over)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+        def _grace_over(self) -> None:
+            if self.server_state.tasks:
+                app.cut()
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -155,7 +190,8 @@ def serve(
     port: int | None = None,
     grace_s: float = 30.0,
 ) -> int:
-    """Run until SIGTERM/SIGINT; the exit status.
+    """Run until SIGTERM/SIGINT; the exit status: 0, or :data:`EXIT_GRACE_RAN_OUT` when
+    requests still in flight at the end of the grace period had to be cut.
 
     Raises :class:`ConfigError` when the configuration is rejected, read from the file or
     on starting its deployments (a secret that is not set, say).
@@ -168,7 +204,7 @@ def serve(
     host = host or bind_host.strip("[]")
     port = int(bind_port) if port is None else port
     app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file)
-    server = _graceful_server_class()(
+    server = _graceful_server_class(app, grace_s)(
         uvicorn.Config(
             app,
             host=host,
@@ -176,7 +212,7 @@ def serve(
             loop="uvloop",
             http="httptools",
             lifespan="on",
-            timeout_graceful_shutdown=int(grace_s),
+            timeout_graceful_shutdown=math.ceil(grace_s) + _BACKSTOP_S,
             access_log=False,
             log_level="info",
         )
@@ -190,4 +226,4 @@ def serve(
     if not server.started:
         print("rakka: the server did not start (see the log above)", file=sys.stderr)
         return 1
-    return 0
+    return EXIT_GRACE_RAN_OUT if app.grace_ran_out else 0

@@ -31,6 +31,13 @@ and releases every permit. If the upstream fails after the first byte, the clien
 partial content once, then an error event, then ``[DONE]`` (Anthropic's stream ends at
 its ``error`` event).
 
+Stopping: the server lets requests in flight finish within its grace period; when it runs
+out, :meth:`ApiGateway.cut` ends every request still running with
+:class:`ShuttingDown`. A stream that has begun keeps its partial answer and ends with its
+dialect's error event (OpenAI's ``data: {"error": ...}`` then ``[DONE]``, Anthropic's
+``event: error``); a request not yet answered (queued, or waiting on its upstream) gets
+the 503 JSON error of its route. Both are told apart from a client that went away.
+
 The module is written on raw ASGI (:mod:`~rakka_inference.runtime.asgi`), with no framework,
 because the gateway's own overhead is the product: one dict lookup routes a request, and
 bodies are bytes end to end. The inference routes, one per dialect, are in
@@ -84,9 +91,26 @@ from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor
 from rakka_inference.runtime.streaming import StreamRenderer, send_stream
 
-__all__ = ["AdminHandler", "ApiGateway"]
+__all__ = ["AdminHandler", "ApiGateway", "ShuttingDown"]
 
 log = logging.getLogger("rakka_inference.gateway")
+
+
+class ShuttingDown(InferenceError):
+    """The server stopped and its grace period ran out before this request was answered.
+
+    We closed it, on purpose: not a failure of the upstream, and no fallback is tried.
+    The client may send it again (``Retry-After``), to this server once it is back or to
+    another one.
+    """
+
+    http_status = 503
+    openai_type = "service_unavailable"
+    openai_code = "shutting_down"
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("the server is shutting down and its grace period ran out", retry_after=1.0)
 
 
 class AdminHandler(Protocol):
@@ -141,6 +165,8 @@ class ApiGateway:
         self._clock = clock
         self._on_record = on_record
         self.in_flight = 0
+        self._working: set[asyncio.Future[None]] = set()
+        self._cut = False
         self._routes: dict[
             tuple[str, str], Callable[[Scope, Receive, Send, RequestIds], Awaitable[None]]
         ]
@@ -262,24 +288,48 @@ class ApiGateway:
             clock=self._clock,
             metrics=self.metrics,
             providers=self._providers,
+            cut_reason=self.cut_reason,
         )
+
+    def cut(self) -> int:
+        """The grace period ran out: end every request in flight now (module docstring),
+        and refuse any that would start; how many were cut."""
+        self._cut = True
+        for work in self._working:
+            work.cancel()
+        return len(self._working)
+
+    def cut_reason(self) -> InferenceError | None:
+        """Why a request's work was cancelled, when it was :meth:`cut`; None when the
+        cancellation is the client's (or nobody's)."""
+        return _shutting_down() if self._cut else None
 
     async def _watched(self, answer: Coroutine[Any, Any, None], receive: Receive) -> None:
         # The answer runs beside a watch on the connection: a client that goes away, at
         # any point (queued, before the first byte, mid-stream), cancels it — which closes
         # the engine stream, cancels the upstream call and frees every permit.
+        if self._cut:
+            answer.close()
+            raise _shutting_down()
         self.in_flight += 1
         work = asyncio.ensure_future(answer)
+        self._working.add(work)
         watcher = asyncio.ensure_future(disconnected(receive))
+        client_gone = False
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            client_gone = watcher.done()
         finally:
             if not work.done():
                 work.cancel()
             watcher.cancel()
             await asyncio.gather(work, watcher, return_exceptions=True)
+            self._working.discard(work)
             self.in_flight -= 1
         if work.cancelled():
+            cut = self.cut_reason()  # read again: the cut came while it ran
+            if cut is not None and not client_gone:
+                raise cut  # not answered yet: the route's 503
             raise RequestCancelled("the client went away")
         error = work.exception()
         if error is not None:

@@ -6,10 +6,15 @@ JSON error with its own status, raised to the gateway (after every fallback was 
 Then it sends the SSE head, the dialect's opening event with the held chunks, every chunk
 as it comes (observing the gap between tokens), and the closing events. A failure after
 the first byte keeps the partial answer and ends it with the dialect's error event.
+
+The same holds when the stream is cut (the server's grace period ran out): the task that
+writes it is cancelled, and ``cut_reason`` names the error the client is told; the
+cancellation of a client that went away (no reason) is passed on as it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
@@ -44,10 +49,12 @@ async def send_stream(
     clock: Callable[[], float],
     metrics: InferenceMetrics | None,
     providers: Mapping[str, str],
+    cut_reason: Callable[[], InferenceError | None] = lambda: None,
 ) -> None:
     """Stream ``actor``'s answer to the client through ``renderer`` (module docstring).
 
-    ``providers`` names each deployment's provider, for the inter-token metric.
+    ``providers`` names each deployment's provider, for the inter-token metric;
+    ``cut_reason`` says why a cancellation came, when it is a cut.
     """
     chunks = actor.chunks()
     # Usage-only chunks before the first visible one are held back with it.
@@ -77,6 +84,7 @@ async def send_stream(
             clock=clock,
             metrics=metrics,
             providers=providers,
+            cut_reason=cut_reason,
         )
     finally:
         await chunks.aclose()
@@ -92,6 +100,7 @@ async def _write_stream(
     clock: Callable[[], float],
     metrics: InferenceMetrics | None,
     providers: Mapping[str, str],
+    cut_reason: Callable[[], InferenceError | None],
 ) -> None:
     # The held chunks are rendered before the opening event is built, so an Anthropic
     # message_start can report the prompt usage an upstream sent ahead of the content.
@@ -114,4 +123,10 @@ async def _write_stream(
     except InferenceError as error:
         # After the first byte: the partial answer stands; an error event ends it.
         tail = renderer.error(error)
+    except asyncio.CancelledError:
+        cut = cut_reason()
+        if cut is None:
+            raise  # the client went away: nobody to tell
+        # Cut mid-stream: the client hears why before the connection closes.
+        tail = renderer.error(cut)
     await send({"type": "http.response.body", "body": tail, "more_body": False})
