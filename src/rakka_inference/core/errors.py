@@ -54,6 +54,7 @@ The tree::
         │   └── Unrecoverable        stop the replica                no     no       500
         ├── StreamInterrupted        failed after the first byte: no retry   no  no  502
         ├── RequestCancelled         we closed it (client went away)         no  no  499
+        ├── ShuttingDown             we closed it: the grace period ran out  no  no  503
         └── InternalError            a bug of ours                           no  no  500
 
 Notes on the choices:
@@ -121,6 +122,7 @@ __all__ = [
     "Unrecoverable",
     "StreamInterrupted",
     "RequestCancelled",
+    "ShuttingDown",
     "InternalError",
 ]
 
@@ -527,6 +529,19 @@ class RequestCancelled(InferenceError):
     http_status = 499
     openai_type = "request_cancelled"
     openai_code = "cancelled"
+
+
+class ShuttingDown(InferenceError):
+    """The server stopped and its grace period ran out before this request was answered.
+
+    We closed it, on purpose: not a failure of the upstream, and no fallback is tried.
+    The client may send it again (``Retry-After``), to this server once it is back or to
+    another one.
+    """
+
+    http_status = 503
+    openai_type = "service_unavailable"
+    openai_code = "shutting_down"
 
 
 class InternalError(InferenceError):

@@ -66,6 +66,7 @@ from rakka_inference.core.errors import (
     InferenceError,
     RequestCancelled,
     RouteNotFound,
+    ShuttingDown,
 )
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
 from rakka_inference.core.secrets import Secret
@@ -94,19 +95,6 @@ from rakka_inference.runtime.streaming import StreamRenderer, send_stream
 __all__ = ["AdminHandler", "ApiGateway", "ShuttingDown"]
 
 log = logging.getLogger("rakka_inference.gateway")
-
-
-class ShuttingDown(InferenceError):
-    """The server stopped and its grace period ran out before this request was answered.
-
-    We closed it, on purpose: not a failure of the upstream, and no fallback is tried.
-    The client may send it again (``Retry-After``), to this server once it is back or to
-    another one.
-    """
-
-    http_status = 503
-    openai_type = "service_unavailable"
-    openai_code = "shutting_down"
 
 
 def _shutting_down() -> ShuttingDown:
