@@ -42,6 +42,7 @@ from rakka_inference.core.errors import (
     RequestCancelled,
     RouteNotFound,
     ServerError,
+    ShuttingDown,
     StreamInterrupted,
     Timeout,
     TimeoutPhase,
@@ -95,6 +96,7 @@ TABLE: list[tuple[type[InferenceError], bool, bool, int, str, str | None]] = [
     (Unrecoverable, False, False, 500, "server_error", "engine_unrecoverable"),
     (StreamInterrupted, False, False, 502, "upstream_error", "stream_interrupted"),
     (RequestCancelled, False, False, 499, "request_cancelled", "cancelled"),
+    (ShuttingDown, False, False, 503, "service_unavailable", "shutting_down"),
     (InternalError, False, False, 500, "server_error", "internal_error"),
 ]
 
