@@ -28,27 +28,36 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_rakka_serve_answers_the_openai_sdk_then_stops_on_sigterm() -> None:
-    port = free_port()
+CLI_MAIN = "from rakka_inference.apps.cli import main; raise SystemExit(main())"
+
+
+async def start_serve(port: int, grace: str, program: str = CLI_MAIN) -> asyncio.subprocess.Process:
+    """``rakka serve`` (the no-config sandbox) as a child process, once it is ready."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+        program,
         "serve",
         "--port",
         str(port),
         "--grace",
-        "5",
+        grace,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
+    while True:
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert line, "the server exited before it was ready"
+        if "Application startup complete" in line:
+            return process
+
+
+async def test_rakka_serve_answers_the_openai_sdk_then_stops_on_sigterm() -> None:
+    port = free_port()
+    process = await start_serve(port, "5")
+    assert process.stdout is not None
     try:
-        while True:
-            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-            assert line, "the server exited before it was ready"
-            if "Application startup complete" in line:
-                break
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         try:
             stream = await client.chat.completions.create(
@@ -97,25 +106,9 @@ async def test_a_topology_that_cannot_start_fails_the_lifespan() -> None:
 
 async def test_sigterm_during_100_streams_loses_none() -> None:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
-        "serve",
-        "--port",
-        str(port),
-        "--grace",
-        "20",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await start_serve(port, "20")
     assert process.stdout is not None
     try:
-        while (
-            "Application startup complete"
-            not in (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        ):
-            pass
         client = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
         )
@@ -227,26 +220,10 @@ raise SystemExit(main())
 
 async def test_streams_cut_when_the_grace_runs_out_are_told_why_and_the_exit_says_so() -> None:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _SLOW_SANDBOX,
-        "serve",
-        "--port",
-        str(port),
-        "--grace",
-        "1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await start_serve(port, "1", _SLOW_SANDBOX)
     assert process.stdout is not None
     output: list[str] = []
     try:
-        while True:
-            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-            assert line, "the server exited before it was ready"
-            if "Application startup complete" in line:
-                break
 
         async def drain_output() -> None:  # the server must never block on a full pipe
             assert process.stdout is not None
