@@ -2,7 +2,8 @@
 
 The packages are layered (DESIGN §2 "Layout")::
 
-    core ← actors ← wire ← providers ← engine ← remote, local ← observe ← api ← runtime ← apps
+    core ← actors ← wire ← providers ← engine ← remote, local ← observe ← api ← runtime
+        ← cluster ← apps
 
 A module may import its own package and any package to its left, never one to its right,
 and ``remote`` and ``local`` (siblings) never each other. ``testkit`` — test doubles shipped
@@ -32,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("observe",),
     ("api",),
     ("runtime",),
+    ("cluster",),
     ("apps",),
 )
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}

@@ -1,6 +1,6 @@
 """The ``rakka`` command.
 
-    rakka serve [--config FILE] [--host H] [--port P]
+    rakka serve [--config FILE] [--host H] [--port P] [--workers N]
                             serve the gateway (no config: the embedded sandbox)
     rakka validate FILE     check a configuration and summarize what it deploys
     rakka demo              show retries, the circuit breaker, fallback and key rotation
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from rakka_inference import __version__
 from rakka_inference.apps.cli_admin import add_commands
 from rakka_inference.core.config import LoadedConfig, load_config_report
-from rakka_inference.core.deployment import ClusterConfig, Deployment
+from rakka_inference.core.deployment import MAX_WORKERS, ClusterConfig, Deployment
 from rakka_inference.core.errors import ConfigError
 from rakka_inference.core.runtimes import RemoteRuntimeConfig
 
@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=_port, help="overrides [cluster].bind's port: 1..65535 (0 is refused)"
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="processes serving the port on this node (overrides [cluster].workers); "
+        "they share the rate limits and circuits",
+    )
+    serve.add_argument(
         "--grace",
         type=float,
         default=30.0,
@@ -123,6 +129,13 @@ def _port(value: str) -> int:
     return int(value)
 
 
+def _workers(value: str) -> int:
+    """``--workers``: 1..MAX_WORKERS, as ``[cluster].workers`` takes it."""
+    if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a number in 1..{MAX_WORKERS}, got {value!r}")
+    return int(value)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rakka_inference.apps.demo import main as demo_main  # noqa: PLC0415
 
@@ -133,7 +146,13 @@ def _serve(args: argparse.Namespace) -> int:
     from rakka_inference.apps.serve import serve  # noqa: PLC0415 - keeps validate light
 
     try:
-        return serve(args.config, host=args.host, port=args.port, grace_s=args.grace)
+        return serve(
+            args.config,
+            host=args.host,
+            port=args.port,
+            grace_s=args.grace,
+            workers=args.workers,
+        )
     except ConfigError as exc:
         print(f"{args.config}: configuration rejected", file=sys.stderr)
         for issue in exc.issues:
@@ -180,7 +199,11 @@ def format_summary(loaded: LoadedConfig) -> str:
 def _cluster_line(cluster: ClusterConfig) -> str:
     clients = ", ".join(ref.describe() for ref in cluster.client_api_keys) or "none (open)"
     admin = cluster.admin_api_key.describe() if cluster.admin_api_key else "none (admin API off)"
-    return f"cluster {cluster.name!r} on {cluster.bind}; client keys: {clients}; admin key: {admin}"
+    workers = f" ({cluster.workers} workers)" if cluster.workers > 1 else ""
+    return (
+        f"cluster {cluster.name!r} on {cluster.bind}{workers}; client keys: {clients}; "
+        f"admin key: {admin}"
+    )
 
 
 # How a summary names each kind of credential field.

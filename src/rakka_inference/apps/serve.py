@@ -33,9 +33,12 @@ from rakka_inference.core.errors import ConfigError
 from rakka_inference.runtime.topology import Topology
 
 if TYPE_CHECKING:
-    from rakka_inference.apps.sandbox import Sandbox
+    import socket
 
-__all__ = ["EXIT_GRACE_RAN_OUT", "ServeApp", "serve"]
+    from rakka_inference.apps.sandbox import Sandbox
+    from rakka_inference.cluster.member import NodeMember
+
+__all__ = ["EXIT_GRACE_RAN_OUT", "ServeApp", "run_server", "serve"]
 
 log = logging.getLogger("rakka_inference.apps.serve")
 
@@ -53,10 +56,21 @@ _BACKSTOP_S = 5
 class ServeApp:
     """An ASGI app whose lifespan builds the topology inside the server's event loop."""
 
-    def __init__(self, config: Config | None, *, bind: str, config_file: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None,
+        *,
+        bind: str,
+        config_file: str | None = None,
+        member: NodeMember | None = None,
+        generation: int = 0,
+    ) -> None:
         self._config = config
         self._bind = bind
         self._config_file = config_file
+        self._member = member
+        """Set in a worker of a node: the node's shared services and answers."""
+        self._generation = generation
         self._sandbox: Sandbox | None = None
         self.topology: Topology | None = None
         self.startup_error: Exception | None = None
@@ -69,6 +83,10 @@ class ServeApp:
             await self._lifespan(receive, send)
             return
         assert self.topology is not None, "requests arrive only after startup"
+        member = self._member
+        if member is not None and member.intercepts(scope):
+            await member.handle(scope, receive, send)
+            return
         await self.topology.gateway(scope, receive, send)
 
     async def startup(self) -> None:
@@ -82,10 +100,20 @@ class ServeApp:
             await self._sandbox.start()
             config = sandbox_config(self._sandbox, bind=self._bind)
         source = self._config_file
+        member = self._member
+        if member is not None:
+            await member.start()
         self.topology = Topology(
-            config, reload_source=None if source is None else lambda: load_config(source)
+            config,
+            services=None if member is None else member.services(),
+            reload_source=None if source is None else lambda: load_config(source),
         )
         await self.topology.start()
+        if member is not None:
+            # The parent holds the node's config and announces it: a worker only says so.
+            member.attach(self.topology)
+            await member.announce_ready(self._generation)
+            return
         if source is not None and threading.current_thread() is threading.main_thread():
             # SIGHUP applies the file again; a bad file is logged and the running config
             # stays (DeploymentManager.apply checks it whole before changing anything).
@@ -116,10 +144,14 @@ class ServeApp:
         log.warning("the grace period ran out: cutting %d request(s) in flight", cut)
 
     async def shutdown(self) -> None:
-        if self.topology is not None:
-            await self.topology.stop()
-        if self._sandbox is not None:
-            await self._sandbox.stop()
+        try:
+            if self.topology is not None:
+                await self.topology.stop()
+            if self._sandbox is not None:
+                await self._sandbox.stop()
+        finally:
+            if self._member is not None:
+                await self._member.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -189,21 +221,44 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     grace_s: float = 30.0,
+    workers: int | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; the exit status: 0, or :data:`EXIT_GRACE_RAN_OUT` when
     requests still in flight at the end of the grace period had to be cut.
 
+    ``workers`` (else ``[cluster].workers``) above 1 runs a node: this process supervises
+    that many workers on one port (:mod:`rakka_inference.cluster.supervisor`).
+
     Raises :class:`ConfigError` when the configuration is rejected, read from the file or
     on starting its deployments (a secret that is not set, say).
     """
-    import uvicorn  # noqa: PLC0415 - only the server needs it
-
     config = load_config(config_file) if config_file is not None else None
     bind = config.cluster.bind if config is not None else "127.0.0.1:8080"
     bind_host, _, bind_port = bind.rpartition(":")
     host = host or bind_host.strip("[]")
     port = int(bind_port) if port is None else port
+    if workers is None:
+        workers = config.cluster.workers if config is not None else 1
+    if workers > 1:
+        from rakka_inference.apps.node import serve_node  # noqa: PLC0415
+
+        return serve_node(config_file, host=host, port=port, grace_s=grace_s, workers=workers)
     app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file)
+    return run_server(app, host=host, port=port, grace_s=grace_s)
+
+
+def run_server(
+    app: ServeApp,
+    *,
+    host: str,
+    port: int,
+    grace_s: float,
+    sockets: list[socket.socket] | None = None,
+) -> int:
+    """Serve ``app`` with uvicorn (on ``sockets`` when given, else on ``host:port``) until
+    stopped; the exit status as :func:`serve` gives it."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
     server = _graceful_server_class(app, grace_s)(
         uvicorn.Config(
             app,
@@ -220,7 +275,7 @@ def serve(
     # uvicorn exits 3 when the lifespan's startup or the bind fails; the exit status is
     # ours to give (the CLI's documented codes), so the reason is taken from here.
     with contextlib.suppress(SystemExit):
-        server.run()
+        server.run(sockets=sockets)
     if isinstance(app.startup_error, ConfigError):
         raise app.startup_error
     if not server.started:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
-from rakka_inference.core.deployment import ClusterConfig, Deployment, TracingConfig
+from rakka_inference.core.deployment import MAX_WORKERS, ClusterConfig, Deployment, TracingConfig
 from rakka_inference.core.policies import (
     Budget,
     CircuitBreakerConfig,
@@ -81,6 +81,10 @@ def _at_least(bound: float) -> FieldRule:
     return lambda value: None if value >= bound else f"must be >= {bound}, got {value}"
 
 
+def _within(low: int, high: int) -> FieldRule:
+    return lambda value: None if low <= value <= high else f"must be in {low}..{high}, got {value}"
+
+
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
 
@@ -125,7 +129,7 @@ _POSITIVE: Final = _greater_than(0)
 _NON_NEGATIVE: Final = _at_least(0)
 
 _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
-    ClusterConfig: {"name": _non_empty, "bind": _host_port},
+    ClusterConfig: {"name": _non_empty, "bind": _host_port, "workers": _within(1, MAX_WORKERS)},
     Deployment: {
         "name": _non_empty,
         "model": _non_empty,

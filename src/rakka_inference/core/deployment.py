@@ -22,7 +22,10 @@ from rakka_inference.core.runtimes import (
 )
 from rakka_inference.core.secrets import SecretRef
 
-__all__ = ["ClusterConfig", "Config", "Deployment", "TracingConfig"]
+__all__ = ["MAX_WORKERS", "ClusterConfig", "Config", "Deployment", "TracingConfig"]
+
+MAX_WORKERS = 128
+"""The most worker processes ``[cluster].workers`` may ask for on one node."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +88,10 @@ class ClusterConfig:
     """Keys clients must present. Empty means the gateway is open."""
     admin_api_key: SecretRef | None = None
     """Required for the admin API; unset means the admin API is closed."""
+    workers: int = 1
+    """Processes serving ``bind`` on this node, 1 to :data:`MAX_WORKERS`. More than one
+    runs a supervising parent and N workers that share the port, the rate limits (the
+    CRDT over Unix datagrams; strict keys by leases from the parent) and the circuits."""
 
     @property
     def host(self) -> str:

@@ -301,18 +301,19 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ operator
 
-    def force_open(self, duration_s: float) -> None:
-        """Open now for ``duration_s`` seconds, with no probes; then half-open as usual."""
+    def force_open(self, duration_s: float, *, by: str = "operator") -> None:
+        """Open now for ``duration_s`` seconds, with no probes; then half-open as usual.
+        ``by`` names who forced it in the cause (another worker's circuit, say)."""
         if not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"duration_s must be a positive number, got {duration_s!r}")
         now = self._clock()
-        cause = f"forced open by operator for {format_seconds(duration_s)}"
+        cause = f"forced open by {by} for {format_seconds(duration_s)}"
         self._opened_at, self._open_until, self._open_cause = now, now + duration_s, cause
         self._fire(BreakerEvent.FORCE_OPEN, now, cause)
 
-    def force_close(self) -> None:
+    def force_close(self, *, by: str = "operator") -> None:
         """Close now and forget every failure counted so far."""
-        self._fire(BreakerEvent.FORCE_CLOSE, self._clock(), "forced closed by operator")
+        self._fire(BreakerEvent.FORCE_CLOSE, self._clock(), f"forced closed by {by}")
 
     def snapshot(self) -> BreakerSnapshot:
         return BreakerSnapshot(

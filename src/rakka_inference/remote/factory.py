@@ -40,7 +40,7 @@ from rakka_inference.remote.breaker import BreakerKey
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.credentials import deployment_credential
 from rakka_inference.remote.engine import RemoteEngineCore
-from rakka_inference.remote.ratelimit import LimiterKey, RateLimiter, SlidingWindowLimiter
+from rakka_inference.remote.ratelimit import LimiterKey, LimiterRegistry, PermitSource, RateLimiter
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import RemoteSession
 from rakka_inference.remote.transports.base import DEFAULT_MAX_CONNECTIONS
@@ -54,7 +54,8 @@ __all__ = ["RemoteServices", "build_remote_engine"]
 class RemoteServices:
     """What remote replicas share in one process: limiters, breakers, clocks."""
 
-    limiters: RateLimiter = field(default_factory=RateLimiter)
+    limiters: LimiterRegistry = field(default_factory=RateLimiter)
+    """One process's exact limiters, or a node's or cluster's distributed ones."""
     breakers: BreakerRegistry = field(default_factory=lambda: BreakerRegistry(clock=time.monotonic))
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -85,7 +86,7 @@ class RemoteServices:
             if holders:  # the holders agree (the config check refuses otherwise)
                 self.limiters.limiter_for(key, next(iter(holders.values())))
 
-    def claim_limiter(self, key: LimiterKey, deployment: Deployment) -> SlidingWindowLimiter:
+    def claim_limiter(self, key: LimiterKey, deployment: Deployment) -> PermitSource:
         """``key``'s shared limiter for ``deployment``; a :class:`ConfigError` when another
         deployment holds it with other limits (nothing is changed then)."""
         config = deployment.runtime_config

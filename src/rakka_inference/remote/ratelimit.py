@@ -58,6 +58,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from typing import Protocol
 
 from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.ratelimit_policies import AutoTune, Gcra, RateFactor, scaled
@@ -93,6 +94,7 @@ __all__ = [
     "WaitingLimiter",
     "SlidingWindowLimiter",
     "RateLimiter",
+    "LimiterRegistry",
 ]
 
 _MIN_STEP = 1e-3
@@ -266,6 +268,16 @@ class SlidingWindowLimiter(WaitingLimiter):
 
 
 # --------------------------------------------------------------------------- registry
+
+
+class LimiterRegistry(Protocol):
+    """Where replicas get each key's limiter: :class:`RateLimiter` in one process, a
+    :class:`~rakka_inference.remote.distributed_limit.DistributedRateLimiter` on a node of
+    many workers or a cluster."""
+
+    def limiter_for(self, key: LimiterKey, limits: RateLimits) -> PermitSource: ...
+
+    def utilization(self) -> list[RateLimitUtilization]: ...
 
 
 class RateLimiter:

@@ -128,7 +128,7 @@ class AdminApi:
             ) from error
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        self._authorize(scope)
+        self.authorize(scope)
         method, parts = scope["method"], scope["path"].strip("/").split("/")[1:]
         body = await _read_body(receive) if method in {"POST", "DELETE"} else b""
         manager = self.topology.manager
@@ -172,7 +172,8 @@ class AdminApi:
             raise BadRequest(f"the config was rejected, nothing changed: {error}") from None
         return {"applied": asdict(report)}
 
-    def _authorize(self, scope: Scope) -> None:
+    def authorize(self, scope: Scope) -> None:
+        """ClientUnauthorized unless ``scope`` carries the admin key (or when closed)."""
         if self._key is None:
             raise ClientUnauthorized(
                 "the admin API is closed: set cluster.admin_api_key to open it"
