@@ -1,0 +1,470 @@
+"""Strict rate limits across processes by leases: the authority's exact record (sans-I/O).
+
+With ``RateLimits.strict`` one process (the supervisor) is the *authority* of a key and
+the worker processes (the *holders*) take permits from it by **leases**, never by one call
+per request: a lease is a batch of permits (``requests``, ``tokens``) that the holder may
+spend locally for ``ttl`` seconds after it asked. This module is the authority's side,
+pure arithmetic on an injected clock, and the line codec both sides speak
+(:mod:`rakka_inference.remote.strict_lease_unix` carries it over a Unix socket).
+
+The record and its exactness
+----------------------------
+Per key the authority keeps every lease it granted, in grant order, with two running sums
+(requests, tokens), and admits by a sliding window of length ``window + ttl`` over
+**grant** times: a lease of ``r`` requests and ``t`` tokens is granted at ``g`` only if the
+leases granted in ``(g - window - ttl, g]`` plus ``(r, t)`` stay within the limits. A
+holder spends a lease only while its own clock is before *its send time* ``+ ttl``; the
+request was sent before ``g``, so every use of the lease falls in ``[g, g + ttl)``.
+
+*Exactness.* Take any window ``[a, a + window)`` of **use** times. A use at ``u`` in it comes
+from a lease granted at ``g`` with ``u - ttl < g <= u``, so ``g`` is in ``(a - ttl, a +
+window)``. Let ``g*`` be the last such grant: every other one lies in ``(g* - window - ttl,
+g*]``, was in the record when ``g*`` was decided, and that check bounded the lot. So in
+every window of use times at most RPM requests, and at most TPM tokens whenever each call
+uses no more than its estimate. Unused permits that a holder returns are removed from the
+record (they were never used), an overrun (actual above estimate) is added to it, and a
+lease never returned counts in full (the safe side) until it leaves the window. Holders
+measure durations on their own monotonic clocks; only their rates must agree. The price
+of exactness: a grant is held ``ttl`` s longer than its use could last, at most
+``ttl / (window + ttl)`` of the throughput (1.6 % at the defaults) when nothing is returned.
+
+Lease size
+----------
+A grant is ``min(want, what the window allows now, cap)`` with ``cap = max(1, ceil(2 * L *
+ttl / window))`` for a limit ``L`` (RPM for requests, TPM for tokens, the latter never
+below the holder's ``need``: the estimate of its next call, which a grant always covers).
+A lease thus covers up to two ttl's worth of the fair rate: at high limits one round trip
+serves many requests, and at low limits no holder takes the whole window at once while
+the others wait: they take turns. A limit that is ``None`` is not counted (the grant is
+the want). Smoothing is not applied to leases.
+
+Signals
+-------
+:meth:`LeaseAuthority.on_rate_limited` is a provider 429 seen by a holder: no lease for the
+key until the Retry-After ends (blocks merge by max), and the auto-tuned
+:class:`~rakka_inference.remote.ratelimit.RateFactor` of the key is cut, as in the exact
+limiter. Concurrency limits are not leased: each of ``N`` holders applies ``ceil(C / N)``
+locally, since exact concurrency across processes would need a call per request end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
+
+from rakka_inference.core.policies import RateLimits
+from rakka_inference.remote.ratelimit import (
+    WINDOW_SECONDS,
+    AutoTune,
+    Clock,
+    DenialReason,
+    LimiterKey,
+    RateFactor,
+    RateLimitUtilization,
+    scaled,
+)
+
+__all__ = [
+    "MAX_LINE",
+    "MAX_RETURNS",
+    "LeaseAuthority",
+    "LeaseGrant",
+    "LeaseProtocolError",
+    "LeaseRefusal",
+    "LeaseReturn",
+    "decode_reply",
+    "encode_lease",
+    "encode_limited",
+    "encode_release",
+    "lease_cap",
+]
+
+MAX_LINE = 64 * 1024
+"""The longest line either side accepts, newline included."""
+MAX_RETURNS = 1024
+"""The most lease returns one message may carry."""
+_MAX_NAME = 512
+_MAX_INT = 2**53
+_MIN_STEP = 1e-3
+_REASONS = frozenset(reason.value for reason in DenialReason)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """Permits the holder may spend until its send time ``+ ttl`` (its own clock)."""
+
+    lease_id: int
+    requests: int
+    tokens: int
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRefusal:
+    """No lease now; ``retry_at`` is the asker's clock time (``inf``: never)."""
+
+    retry_at: float
+    retry_after: float | None
+    reason: DenialReason
+
+
+class LeaseReturn(NamedTuple):
+    """What a holder gives back of one lease: permits never used, tokens over estimate."""
+
+    lease_id: int
+    unused_requests: int
+    unused_tokens: int
+    overrun_tokens: int
+
+
+def lease_cap(limit: int, ttl: float, window: float) -> int:
+    """The most one lease may take of a limit: two ttl's worth of the fair rate."""
+    return max(1, math.ceil(2 * limit * ttl / window))
+
+
+class _Lease:
+    __slots__ = ("granted_at", "lease_id", "record", "requests", "tokens")
+
+    def __init__(
+        self, record: _KeyRecord, lease_id: int, granted_at: float, requests: int, tokens: int
+    ) -> None:
+        self.record = record
+        self.lease_id = lease_id
+        self.granted_at = granted_at
+        self.requests = requests
+        self.tokens = tokens
+
+
+class _KeyRecord:
+    __slots__ = ("blocked_until", "factor", "leases", "limits", "requests", "tokens")
+
+    def __init__(self, autotune: AutoTune) -> None:
+        self.limits = RateLimits()
+        self.leases: deque[_Lease] = deque()
+        self.requests = 0
+        self.tokens = 0
+        self.blocked_until = -math.inf
+        self.factor = RateFactor(autotune)
+
+
+class LeaseAuthority:
+    """The exact record of every strict key's leases: see the module docstring."""
+
+    __slots__ = ("_autotune", "_clock", "_leases", "_next_id", "_records", "_span", "ttl", "window")
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        lease_ttl: float = 1.0,
+        window: float = WINDOW_SECONDS,
+        autotune: AutoTune | None = None,
+    ) -> None:
+        if lease_ttl <= 0 or window <= 0:
+            raise ValueError("lease_ttl and window must be > 0")
+        self._clock = clock
+        self.ttl = lease_ttl
+        self.window = window
+        self._span = window + lease_ttl
+        self._autotune = AutoTune() if autotune is None else autotune
+        self._records: dict[LimiterKey, _KeyRecord] = {}
+        self._leases: dict[int, _Lease] = {}
+        self._next_id = 1
+
+    def _record(self, key: LimiterKey) -> _KeyRecord:
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = _KeyRecord(self._autotune)
+        return record
+
+    def _evict(self, record: _KeyRecord, now: float) -> None:
+        horizon = now - self._span
+        leases = record.leases
+        while leases and leases[0].granted_at <= horizon:
+            lease = leases.popleft()
+            record.requests -= lease.requests
+            record.tokens -= lease.tokens
+            del self._leases[lease.lease_id]
+
+    def _free_at(self, record: _KeyRecord, excess: int, tokens: bool) -> float:
+        """When enough of the oldest leases have left to free ``excess`` (> 0)."""
+        for lease in record.leases:
+            excess -= lease.tokens if tokens else lease.requests
+            if excess <= 0:
+                return lease.granted_at + self._span
+        raise AssertionError("the record cannot hold more than its running sums")
+
+    def request(
+        self,
+        key: LimiterKey,
+        limits: RateLimits,
+        want_requests: int,
+        want_tokens: int,
+        *,
+        need_tokens: int = 0,
+    ) -> LeaseGrant | LeaseRefusal:
+        """A lease of up to ``want_requests`` requests and ``want_tokens`` tokens (at least
+        ``need_tokens``, the asker's next call), or why not and until when. The key takes
+        ``limits`` (the latest asker's wins)."""
+        if min(want_requests, want_tokens, need_tokens) < 0:
+            raise ValueError("a lease request must not be negative")
+        now = self._clock()
+        record = self._record(key)
+        record.limits = limits
+        self._evict(record, now)
+        if now < record.blocked_until:
+            return self._refuse(record.blocked_until, DenialReason.RETRY_AFTER, now)
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        if rpm == 0 or tpm == 0:  # a zero limit admits nothing, ever
+            return self._refuse(math.inf, DenialReason.TOO_LARGE, now)
+        factor = record.factor.at(now)
+        requests, tokens = max(1, want_requests), max(want_tokens, need_tokens)
+        retry_at, reason = now, DenialReason.REQUESTS
+        if rpm is not None:
+            limit = scaled(rpm, factor)
+            room = limit - record.requests
+            if room < 1:
+                retry_at = self._free_at(record, 1 - room, tokens=False)
+            requests = min(requests, room, lease_cap(limit, self.ttl, self.window))
+        if tpm is not None:
+            if need_tokens > tpm:
+                return self._refuse(math.inf, DenialReason.TOO_LARGE, now)
+            limit = scaled(tpm, factor)
+            at = now
+            if need_tokens > limit:  # only a recovered rate can take it
+                at = record.factor.time_to_reach(need_tokens / tpm, now)
+                limit = need_tokens
+            room = limit - record.tokens
+            if need_tokens > room:
+                at = max(at, self._free_at(record, need_tokens - room, tokens=True))
+            if at > retry_at:
+                retry_at, reason = at, DenialReason.TOKENS
+            cap = max(need_tokens, lease_cap(limit, self.ttl, self.window))
+            tokens = min(tokens, room, cap)
+        if retry_at > now:
+            return self._refuse(max(retry_at, now + _MIN_STEP), reason, now)
+        lease = _Lease(record, self._next_id, now, requests, tokens)
+        self._next_id += 1
+        record.leases.append(lease)
+        record.requests += requests
+        record.tokens += tokens
+        self._leases[lease.lease_id] = lease
+        return LeaseGrant(lease.lease_id, requests, tokens, self.ttl)
+
+    @staticmethod
+    def _refuse(retry_at: float, reason: DenialReason, now: float) -> LeaseRefusal:
+        retry_after = None if math.isinf(retry_at) else retry_at - now
+        return LeaseRefusal(retry_at, retry_after, reason)
+
+    def release(
+        self,
+        lease_id: int,
+        unused_requests: int = 0,
+        unused_tokens: int = 0,
+        overrun_tokens: int = 0,
+    ) -> bool:
+        """Take back a lease's unused permits and charge its overrun. False when the lease
+        has already left the record (nothing of it counts any more) or was never granted."""
+        if min(unused_requests, unused_tokens, overrun_tokens) < 0:
+            raise ValueError("a return must not be negative")
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return False
+        record = lease.record
+        requests = min(unused_requests, lease.requests)
+        lease.requests -= requests
+        record.requests -= requests
+        tokens = max(0, lease.tokens - unused_tokens + overrun_tokens)
+        record.tokens += tokens - lease.tokens
+        lease.tokens = tokens
+        return True
+
+    def on_rate_limited(self, key: LimiterKey, retry_after: float | None) -> None:
+        """A provider 429 seen by a holder: block the key's leases, cut its rate."""
+        now = self._clock()
+        record = self._record(key)
+        if retry_after is not None and retry_after > 0:
+            record.blocked_until = max(record.blocked_until, now + retry_after)
+        record.factor.cut(now, recover_from=max(now, record.blocked_until))
+
+    def utilization(self) -> list[RateLimitUtilization]:
+        """Each key's leased permits in the record (``window + ttl`` of grants)."""
+        now = self._clock()
+        snapshots = []
+        for key, record in self._records.items():
+            self._evict(record, now)
+            factor = record.factor.at(now)
+            rpm, tpm = record.limits.requests_per_minute, record.limits.tokens_per_minute
+            snapshots.append(
+                RateLimitUtilization(
+                    key=key,
+                    mode="strict",
+                    requests_in_window=record.requests,
+                    tokens_in_window=record.tokens,
+                    requests_per_minute=rpm,
+                    tokens_per_minute=tpm,
+                    effective_requests_per_minute=None if rpm is None else scaled(rpm, factor),
+                    effective_tokens_per_minute=None if tpm is None else scaled(tpm, factor),
+                    concurrent_in_use=0,
+                    concurrent_limit=record.limits.concurrent_requests,
+                    waiters=0,
+                    rate_factor=factor,
+                    blocked_for=max(0.0, record.blocked_until - now),
+                )
+            )
+        return snapshots
+
+    def handle_line(self, line: bytes) -> bytes | None:
+        """Serve one line of the wire protocol: the reply line, or None for a notice.
+
+        A malformed line gets an ``error`` reply; it never raises.
+        """
+        message_id: int | None = None
+        try:
+            message = orjson.loads(line)
+            if not isinstance(message, dict):
+                raise LeaseProtocolError("a message is a JSON object")
+            op = message.get("op")
+            if op == "release":
+                for item in _returns(message.get("returns")):
+                    self.release(*item)
+                return None
+            if op == "limited":
+                retry_after = message.get("retry_after")
+                if retry_after is not None:
+                    retry_after = _number(retry_after)
+                self.on_rate_limited(_key(message.get("key")), retry_after)
+                return None
+            if op != "lease":
+                raise LeaseProtocolError("unknown op")
+            message_id = _int(message.get("id"))
+            key = _key(message.get("key"))
+            limits = _limits(message.get("limits"))
+            want_requests, want_tokens = _pair(message.get("want"))
+            need = _int(message.get("need"))
+            returns = _returns(message.get("returns"))
+        except ValueError as exc:  # orjson.JSONDecodeError is one
+            return _line({"id": message_id, "error": str(exc)[:200]})
+        for item in returns:
+            self.release(*item)
+        result = self.request(key, limits, want_requests, want_tokens, need_tokens=need)
+        if isinstance(result, LeaseGrant):
+            grant = [result.lease_id, result.requests, result.tokens, result.ttl]
+            return _line({"id": message_id, "grant": grant})
+        return _line({"id": message_id, "refuse": [result.retry_after, result.reason.value]})
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+class LeaseProtocolError(ValueError):
+    """A line that is not a valid message of the lease protocol."""
+
+
+def _line(message: dict[str, object]) -> bytes:
+    return orjson.dumps(message) + b"\n"
+
+
+def _int(value: object) -> int:
+    if type(value) is not int or not 0 <= value < _MAX_INT:
+        raise LeaseProtocolError("expected a non-negative integer")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < _MAX_INT:
+        raise LeaseProtocolError("expected a non-negative number")
+    return float(value)
+
+
+def _key(value: object) -> LimiterKey:
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not all(isinstance(part, str) and len(part) <= _MAX_NAME for part in value)
+    ):
+        raise LeaseProtocolError("a key is [provider, fingerprint, model]")
+    return LimiterKey(*value)
+
+
+def _pair(value: object) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise LeaseProtocolError("expected a pair of integers")
+    return _int(value[0]), _int(value[1])
+
+
+def _limits(value: object) -> RateLimits:
+    if not isinstance(value, list) or len(value) != 2:
+        raise LeaseProtocolError("limits is [rpm, tpm]")
+    rpm, tpm = (None if limit is None else _int(limit) for limit in value)
+    return RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, strict=True)
+
+
+def _returns(value: object) -> list[LeaseReturn]:
+    if not isinstance(value, list) or len(value) > MAX_RETURNS:
+        raise LeaseProtocolError("returns is a list of [lease, requests, tokens, overrun]")
+    items = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 4:
+            raise LeaseProtocolError("a return is [lease, requests, tokens, overrun]")
+        items.append(LeaseReturn(*(_int(part) for part in item)))
+    return items
+
+
+def encode_lease(
+    message_id: int,
+    key: LimiterKey,
+    limits: RateLimits,
+    *,
+    want: tuple[int, int],
+    need: int,
+    returns: list[LeaseReturn],
+) -> bytes:
+    """A lease request line (``returns`` ride along: no extra round trip)."""
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    return _line(
+        {
+            "op": "lease",
+            "id": message_id,
+            "key": list(key),
+            "limits": [rpm, tpm],
+            "want": list(want),
+            "need": need,
+            "returns": [list(item) for item in returns],
+        }
+    )
+
+
+def encode_release(returns: list[LeaseReturn]) -> bytes:
+    return _line({"op": "release", "returns": [list(item) for item in returns]})
+
+
+def encode_limited(key: LimiterKey, retry_after: float | None) -> bytes:
+    return _line({"op": "limited", "key": list(key), "retry_after": retry_after})
+
+
+def decode_reply(line: bytes, now: float) -> tuple[int, LeaseGrant | LeaseRefusal]:
+    """A reply line as ``(id, grant or refusal)``; a refusal's ``retry_at`` is ``now +
+    retry_after`` on the asker's clock. Raises :class:`LeaseProtocolError`."""
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise LeaseProtocolError("a reply is one JSON object") from exc
+    if not isinstance(message, dict):
+        raise LeaseProtocolError("a reply is a JSON object")
+    message_id = _int(message.get("id"))
+    grant, refuse = message.get("grant"), message.get("refuse")
+    if isinstance(grant, list) and len(grant) == 4:
+        lease_id, requests, tokens = (_int(part) for part in grant[:3])
+        return message_id, LeaseGrant(lease_id, requests, tokens, _number(grant[3]))
+    if isinstance(refuse, list) and len(refuse) == 2 and refuse[1] in _REASONS:
+        reason = DenialReason(refuse[1])
+        if refuse[0] is None:
+            return message_id, LeaseRefusal(math.inf, None, reason)
+        retry_after = _number(refuse[0])
+        return message_id, LeaseRefusal(now + retry_after, retry_after, reason)
+    raise LeaseProtocolError(f"unexpected reply: {str(message.get('error'))[:200]}")
