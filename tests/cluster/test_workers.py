@@ -27,7 +27,6 @@ import pytest
 from rakka_inference.testkit.faults import Fault
 from rakka_inference.testkit.mock_openai import OpenAIMock
 
-
 ADMIN = "admin-test-key"
 KEY_ENV = "RAKKA_WORKERS_TEST_KEY"
 WORKERS = 4
@@ -263,6 +262,23 @@ async def test_metrics_and_status_answer_for_the_whole_node(
             assert len(deployments[0]["replicas"]) == WORKERS
             refused = await client.get("/admin/status", headers={"authorization": "Bearer no"})
             assert refused.status_code == 401
+            costs = (await client.get("/admin/costs?window_s=3600")).json()
+            assert costs["window_s"] == 3600
+            assert sum(row["requests"] for row in costs["data"]) == 32
+        status = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+            "status",
+            "--url",
+            node.url,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "RAKKA_ADMIN_KEY": ADMIN},
+        )
+        shown = (await status.communicate())[0].decode()
+        assert status.returncode == 0, shown
+        assert "WORKER  PID" in shown
+        assert all(f"w{i}: openai" in shown for i in range(WORKERS)), shown
     finally:
         assert await stop_node(node) == 0
 
@@ -349,5 +365,31 @@ api_key = {{ from_env = "{KEY_ENV}" }}
             assert orjson.loads(applied.content)["applied"]["removed"] == ["second"]
             deployments = (await client.get("/admin/deployments")).json()["data"]
             assert [d["name"] for d in deployments] == ["chat"]
+    finally:
+        assert await stop_node(node) == 0
+
+
+async def test_a_retry_after_seen_by_one_worker_blocks_the_key_on_all(
+    tmp_path: Path, upstream: OpenAIMock
+) -> None:
+    node = await node_for(tmp_path, upstream, rpm=100_000)
+    try:
+        upstream.faults.next(Fault.rate_limit(5.0))
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(base_url=node.url) as client:
+            first = await client.post(
+                "/v1/chat/completions",
+                json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+            )
+        limited_at = loop.time()
+        assert first.status_code == 429
+        await asyncio.sleep(1.2)  # one sync interval (1 s) and a margin
+        before = chat_calls(upstream)
+        statuses = await load(node, rounds=3, per_round=8, pause=0.3)
+        assert loop.time() - limited_at < 4.5
+        assert chat_calls(upstream) == before  # no worker sent to the blocked key
+        assert set(statuses) == {429}
+        await asyncio.sleep(max(0.0, limited_at + 5.5 - loop.time()))
+        assert await load(node, rounds=1, per_round=8, pause=0) == [200] * 8
     finally:
         assert await stop_node(node) == 0

@@ -142,7 +142,16 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    lines = ["DEPLOYMENT        STATE     GEN  REPLICAS  IN FLIGHT  QUEUED  RUNTIME"]
+    lines: list[str] = []
+    if "workers" in status:  # a node of many workers: each row names its worker
+        lines += ["WORKER  PID       STATE      RESTARTS"]
+        lines += [
+            f"{w['worker']:<7} {w.get('pid') or '-'!s:<9} {w.get('state', '?'):<10} "
+            f"{w.get('restarts', 0):>8}"
+            for w in status["workers"]
+        ]
+        lines.append("")
+    lines += ["DEPLOYMENT        STATE     GEN  REPLICAS  IN FLIGHT  QUEUED  RUNTIME"]
     for d in status["deployments"]:
         replicas = d["replicas"]
         healthy = sum(1 for r in replicas if r["healthy"])
@@ -156,20 +165,20 @@ def format_status(status: dict[str, Any]) -> str:
         )
     lines += ["", "CIRCUIT" + " " * 44 + "STATE      FAILURES"]
     lines += [
-        f"{(c['provider'] + ' ' + c['endpoint'])[:50]:<50} {c['state']:<10} "
+        f"{(_worker(c) + c['provider'] + ' ' + c['endpoint'])[:50]:<50} {c['state']:<10} "
         f"{c['consecutive_failures']:>8}"
         for c in status["circuits"]
     ]
     lines += ["", "RATE LIMIT                      REQUESTS/MIN     TOKENS/MIN"]
     lines += [
-        f"{r['provider'] + ' ' + r['model']:<31} "
+        f"{_worker(r) + r['provider'] + ' ' + r['model']:<31} "
         f"{_use(r['requests_in_window'], r['requests_per_minute']):<16} "
         f"{_use(r['tokens_in_window'], r['tokens_per_minute'])}"
         for r in status["ratelimits"]
     ]
     lines += ["", "SPEND (USD)       LAST HOUR           LAST DAY            IN FLIGHT"]
     lines += [
-        f"{b['deployment']:<17} "
+        f"{_worker(b) + b['deployment']:<17} "
         f"{_spend(b['settled_last_hour_usd'], b['limit_hour_usd']):<19} "
         f"{_spend(b['settled_last_day_usd'], b['limit_day_usd']):<19} "
         f"{b['reserved_usd']:.4f} reserved"
@@ -192,6 +201,12 @@ def format_costs(report: dict[str, Any]) -> str:
         )
     lines.append(f"{'total':<59}{total:.6f}")
     return "\n".join(lines)
+
+
+def _worker(row: dict[str, Any]) -> str:
+    """``w0: `` for a row of one worker of a node, else nothing."""
+    worker = row.get("worker")
+    return f"{worker}: " if worker else ""
 
 
 def _use(used: int, limit: int | None) -> str:

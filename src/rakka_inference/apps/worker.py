@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rakka_inference.apps.serve import ServeApp, run_server
-from rakka_inference.cluster.member import NodeMember
+from rakka_inference.cluster.member import NodeMember, worker_share
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError
 
@@ -43,13 +43,14 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     _die_with_parent()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     node_dir = Path(env["RAKKA_NODE_DIR"])
+    workers = int(env["RAKKA_WORKERS"])
     source = env.get("RAKKA_CONFIG_SOURCE", "<node>")
     base_dir = Path(env.get("RAKKA_CONFIG_BASE_DIR", "."))
     config = None
     if "RAKKA_CONFIG_FILE" in env:
         text = Path(env["RAKKA_CONFIG_FILE"]).read_text(encoding="utf-8")
         try:
-            config = parse_config(text, source, base_dir=base_dir)
+            config = worker_share(parse_config(text, source, base_dir=base_dir), workers)
         except ConfigError as error:
             return _rejected(source, error)
     listener = socket.socket(fileno=int(env["RAKKA_LISTEN_FD"]))
@@ -57,7 +58,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
     member = NodeMember(
         node_dir=node_dir,
         worker=env["RAKKA_WORKER"],
-        workers=int(env["RAKKA_WORKERS"]),
+        workers=workers,
         config_source=source,
         base_dir=base_dir,
     )

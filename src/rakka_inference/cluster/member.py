@@ -29,6 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,7 @@ from rakka_inference.runtime.asgi import receive_body, request_ids, send_error, 
 if TYPE_CHECKING:
     from rakka_inference.runtime.topology import Topology
 
-__all__ = ["NodeAdmin", "NodeMember"]
+__all__ = ["NodeAdmin", "NodeMember", "worker_share"]
 
 log = logging.getLogger("rakka_inference.cluster.member")
 
@@ -80,6 +81,31 @@ _MAX_ADMIN_BODY = 1024 * 1024
 _FANOUT_TIMEOUT_S = 10.0
 _OPERATION_TIMEOUT_S = 120.0
 _FORWARDED_HEADERS = (b"authorization", b"content-type", b"x-request-id")
+
+
+def worker_share(config: Config, workers: int) -> Config:
+    """``config`` as one of ``workers`` workers runs it: each deployment's budget split
+    evenly, so the node together never spends more than the budget (each worker keeps its
+    own ledger; the kernel spreads connections over the workers, so the shares fill alike).
+    """
+    if workers <= 1:
+        return config
+    deployments = []
+    for deployment in config.deployments:
+        budget = deployment.budget
+        if budget is not None:
+            budget = replace(
+                budget,
+                max_spend_per_hour=_share(budget.max_spend_per_hour, workers),
+                max_spend_per_day=_share(budget.max_spend_per_day, workers),
+            )
+            deployment = replace(deployment, budget=budget)
+        deployments.append(deployment)
+    return replace(config, deployments=tuple(deployments))
+
+
+def _share(limit: float | None, workers: int) -> float | None:
+    return None if limit is None else limit / workers
 
 
 class NodeMember:
@@ -231,7 +257,10 @@ class NodeMember:
                     text = document["toml"] if isinstance(document, dict) else None
                     if not isinstance(text, str):
                         raise BadRequest("toml must be a string")
-                    config = parse_config(text, self.config_source, base_dir=self.base_dir)
+                    config = worker_share(
+                        parse_config(text, self.config_source, base_dir=self.base_dir),
+                        len(self.peers),
+                    )
                     previous = topology.config
                     report = await topology.apply(config)
                     self._previous = previous

@@ -139,6 +139,7 @@ class NodeSupervisor:
         source: ConfigSource,
         env: Mapping[str, str] | None = None,
         grace_s: float = 30.0,
+        stop_margin_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
         announce: Callable[[str], None] | None = None,
     ) -> None:
@@ -149,6 +150,8 @@ class NodeSupervisor:
         self.source = source
         self.env = dict(os.environ if env is None else env)
         self.grace_s = grace_s
+        self.stop_margin_s = stop_margin_s
+        """How long past the grace a worker may take to stop before it is killed."""
         self.clock = clock
         self._announce = announce or (lambda line: print(line, flush=True))
         self.node_dir = Path(tempfile.mkdtemp(prefix="rakka-node-", dir=_runtime_dir()))
@@ -288,7 +291,7 @@ class NodeSupervisor:
             if worker.process is not None and worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGTERM)
-        limit = self.grace_s + 15.0
+        limit = self.grace_s + self.stop_margin_s
         pending = [w for w in self.workers if w.process is not None]
         try:
             async with asyncio.timeout(limit):
