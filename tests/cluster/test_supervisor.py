@@ -54,7 +54,8 @@ async def control(reader, writer):
     if target == "/_node/apply" and name in env.get("FAKE_REFUSE", "").split(","):
         answer = {"ok": False, "status": 400, "message": name + " refuses"}
     elif target == "/_node/apply":
-        answer = {"ok": True, "applied": {"added": [], "changed": [json.loads(body)["toml"]], "removed": []}}
+        changed = [json.loads(body)["toml"]]
+        answer = {"ok": True, "applied": {"added": [], "changed": changed, "removed": []}}
     else:
         answer = {"ok": True}
     data = json.dumps(answer).encode()

@@ -82,7 +82,7 @@ async def test_garbage_is_a_typed_error(
     async def answer(raw: bytes) -> bytes:
         return reply
 
-    with pytest.raises(UnixHttpError, match="not HTTP|malformed"):
+    with pytest.raises(UnixHttpError, match=r"not HTTP|malformed"):
         await request(await server(answer), "GET", "/")
 
 
@@ -94,7 +94,7 @@ async def test_no_answer_in_time_and_no_peer_are_typed_errors(
     async def silent(raw: bytes) -> None:
         await release.wait()
 
-    with pytest.raises(UnixHttpError, match="no answer within 0.1 s"):
+    with pytest.raises(UnixHttpError, match=r"no answer within 0\.1 s"):
         await request(await server(silent), "GET", "/", timeout=0.1)
     release.set()
     await asyncio.sleep(0.01)
@@ -110,5 +110,5 @@ async def test_an_answer_over_the_limit_is_refused(
     async def huge(raw: bytes) -> bytes:
         return b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (200 * 1024)
 
-    with pytest.raises(UnixHttpError, match="over 65536 bytes"):
+    with pytest.raises(UnixHttpError, match=r"over 65536 bytes"):
         await request(await server(huge), "GET", "/")

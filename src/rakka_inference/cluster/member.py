@@ -93,14 +93,15 @@ def worker_share(config: Config, workers: int) -> Config:
     deployments = []
     for deployment in config.deployments:
         budget = deployment.budget
-        if budget is not None:
-            budget = replace(
-                budget,
-                max_spend_per_hour=_share(budget.max_spend_per_hour, workers),
-                max_spend_per_day=_share(budget.max_spend_per_day, workers),
-            )
-            deployment = replace(deployment, budget=budget)
-        deployments.append(deployment)
+        if budget is None:
+            deployments.append(deployment)
+            continue
+        share = replace(
+            budget,
+            max_spend_per_hour=_share(budget.max_spend_per_hour, workers),
+            max_spend_per_day=_share(budget.max_spend_per_day, workers),
+        )
+        deployments.append(replace(deployment, budget=share))
     return replace(config, deployments=tuple(deployments))
 
 
