@@ -255,7 +255,14 @@ async def test_metrics_and_status_answer_for_the_whole_node(
                 text = (await client.get("/metrics")).text
                 workers = set(re.findall(r'worker="(w\d+)"', text))
                 assert workers == {f"w{i}" for i in range(WORKERS)}
-                assert text.count("# TYPE rakka_requests_total") <= 1
+                assert text.count("# TYPE inference_requests_total counter") == 1
+                served = re.findall(r'inference_requests_total\{worker="w\d+",[^}]*\} (\d+)', text)
+                assert sum(int(n) for n in served) == 32
+                sent = re.findall(
+                    r'inference_node_sync_datagrams_total\{worker="w\d+",direction="sent"\} (\d+)',
+                    text,
+                )
+                assert len(sent) == WORKERS
         async with admin(node) as client:
             deployments = (await client.get("/admin/deployments")).json()["data"]
             assert [d["name"] for d in deployments] == ["chat"]

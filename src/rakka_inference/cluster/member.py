@@ -210,15 +210,18 @@ class NodeMember:
         """Whether :meth:`handle` answers ``scope`` (else the gateway does)."""
         if scope["type"] != "http":
             return False
-        if self.is_control(scope):
-            return str(scope["path"]).startswith("/_node/")
-        return bool(scope["path"] == "/metrics" and scope["method"] == "GET")
+        if scope["path"] == "/metrics":
+            return bool(scope["method"] == "GET")
+        return self.is_control(scope) and str(scope["path"]).startswith("/_node/")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         ids = request_ids(scope)
         try:
             if scope["path"] == "/metrics":
-                await self._node_metrics(send, ids.header)
+                if self.is_control(scope):  # a sibling asks for this worker's own
+                    await _send_metrics(send, self.own_metrics(), ids.header)
+                else:
+                    await self._node_metrics(send, ids.header)
                 return
             body = await receive_body(scope, receive, 64 * 1024 * 1024)
             answer = await self._node_op(scope["path"], body)
@@ -233,19 +236,39 @@ class NodeMember:
             for name, response in answers
             if response is not None and response.status == 200
         )
-        body = text.encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", CONTENT_TYPE.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", request_id.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_metrics(send, text.encode(), request_id)
+
+    def own_metrics(self) -> bytes:
+        """This worker's exposition: its topology's series, then the node's traffic."""
+        assert self.topology is not None
+        stats = self.replicator.stats
+        lines = [
+            "# HELP inference_node_sync_datagrams_total Datagrams of limiter spend and circuit "
+            "news this worker sent to or received from the node's other workers.",
+            "# TYPE inference_node_sync_datagrams_total counter",
+            f'inference_node_sync_datagrams_total{{direction="sent"}} {stats.datagrams_sent}',
+            f'inference_node_sync_datagrams_total{{direction="received"}} {stats.datagrams_received}',
+            "# HELP inference_node_sync_bytes_total Bytes of those datagrams.",
+            "# TYPE inference_node_sync_bytes_total counter",
+            f'inference_node_sync_bytes_total{{direction="sent"}} {stats.bytes_sent}',
+            f'inference_node_sync_bytes_total{{direction="received"}} {stats.bytes_received}',
+            "# HELP inference_node_sync_dropped_total Datagrams lost: refused as malformed, not "
+            "delivered to a peer, or a key too large to send.",
+            "# TYPE inference_node_sync_dropped_total counter",
+            f'inference_node_sync_dropped_total{{reason="malformed"}} {stats.dropped_malformed}',
+            f'inference_node_sync_dropped_total{{reason="send_failed"}} {stats.send_failures}',
+            f'inference_node_sync_dropped_total{{reason="too_large"}} {stats.dropped_too_large}',
+            "# HELP inference_node_lease_round_trips_total Strict-limit lease requests this worker "
+            "made to the node's parent.",
+            "# TYPE inference_node_lease_round_trips_total counter",
+            f"inference_node_lease_round_trips_total {self.leases.round_trips}",
+            "# HELP inference_node_circuit_signals_total Circuit transitions this worker told the "
+            "others (sent) or took from them (applied).",
+            "# TYPE inference_node_circuit_signals_total counter",
+            f'inference_node_circuit_signals_total{{direction="sent"}} {self.gossip.sent}',
+            f'inference_node_circuit_signals_total{{direction="applied"}} {self.gossip.applied}',
+        ]
+        return self.topology.metrics.render() + ("\n".join(lines) + "\n").encode()
 
     async def _node_op(self, path: str, body: bytes) -> dict[str, Any]:
         topology = self.topology
@@ -376,6 +399,21 @@ class NodeAdmin:
         if status == 409:
             raise OperationRefused(text)
         raise InternalError(text)
+
+
+async def _send_metrics(send: Send, body: bytes, request_id: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _report(report: Any) -> dict[str, Any]:
