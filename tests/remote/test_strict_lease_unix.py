@@ -24,8 +24,10 @@ from rakka_inference.remote.ratelimit import (
     Permit,
     PermitSource,
 )
-from rakka_inference.remote.strict_lease import MAX_LINE, LeaseAuthority
-from rakka_inference.remote.strict_lease_unix import LeaseClient, LeasedLimiter, LeaseServer
+from rakka_inference.remote.strict_lease import LeaseAuthority
+from rakka_inference.remote.strict_lease_limiter import LeasedLimiter
+from rakka_inference.remote.strict_lease_unix import LeaseClient, LeaseServer
+from rakka_inference.remote.strict_lease_wire import MAX_LINE
 
 KEY = LimiterKey("openai", "fp-secret-0", "gpt-4o")
 

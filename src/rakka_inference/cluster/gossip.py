@@ -28,7 +28,8 @@ from rakka_inference.remote.breaker import (
     BreakerTransition,
 )
 from rakka_inference.remote.breaker_registry import BreakerRegistry
-from rakka_inference.remote.replicator_unix import CircuitSignal, UnixDatagramReplicator
+from rakka_inference.remote.replicator_codec import CircuitSignal
+from rakka_inference.remote.replicator_unix import UnixDatagramReplicator
 
 __all__ = ["DEFAULT_HOLD_S", "CircuitGossip"]
 
