@@ -84,8 +84,8 @@ class ServeApp:
             return
         assert self.topology is not None, "requests arrive only after startup"
         member = self._member
-        if member is not None and member.intercepts(scope):
-            await member.handle(scope, receive, send)
+        if member is not None and member.answers.intercepts(scope):
+            await member.answers.handle(scope, receive, send)
             return
         await self.topology.gateway(scope, receive, send)
 

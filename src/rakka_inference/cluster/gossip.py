@@ -2,7 +2,7 @@
 
 Each worker keeps its own :class:`~rakka_inference.remote.breaker.CircuitBreaker` per
 (provider, endpoint), fed by its own calls. :class:`CircuitGossip` tells the others of the
-transitions that carry news, as :class:`~rakka_inference.remote.replicator_unix.
+transitions that carry news, as :class:`~rakka_inference.remote.replicator_codec.
 CircuitSignal` datagrams:
 
 - a breaker that opens (it tripped, a probe failed, an operator forced it) sends ``open``

@@ -1,6 +1,9 @@
-"""One answer for a node of many workers: the workers' ``/metrics`` and admin views merged.
+"""One answer for a group of gateways (the workers of a node, the nodes of a cluster): their
+``/metrics`` and admin views merged.
 
-Pure functions over what each worker answered, so the merge is tested on its own.
+Pure functions over what each member answered, so the merge is tested on its own. The
+examples below are a node's (members are workers, labelled ``worker``); a cluster's
+gateways are labelled ``node`` the same way.
 
 Metrics
 -------
@@ -41,17 +44,18 @@ WorkerView = tuple[str, Mapping[str, Any] | None]
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
-def label_sample(line: str, worker: str) -> str:
-    """``line`` (a sample of the text exposition format) with ``worker`` as its first label."""
+def label_sample(line: str, member: str, label: str = "worker") -> str:
+    """``line`` (a sample of the text exposition format) with ``label="member"`` as its first
+    label."""
     match = _NAME.match(line)
     if match is None:
         return line
     end = match.end()
-    label = f'worker="{worker}"'
+    pair = f'{label}="{member}"'
     if line[end : end + 1] == "{":
         rest = line[end + 1 :]
-        return f"{line[:end]}{{{label}{'' if rest.startswith('}') else ','}{rest}"
-    return f"{line[:end]}{{{label}}}{line[end:]}"
+        return f"{line[:end]}{{{pair}{'' if rest.startswith('}') else ','}{rest}"
+    return f"{line[:end]}{{{pair}}}{line[end:]}"
 
 
 class _Family:
@@ -62,8 +66,8 @@ class _Family:
         self.samples: list[str] = []
 
 
-def merge_metrics(parts: Iterable[tuple[str, str]]) -> str:
-    """The workers' expositions ``(worker, text)`` as one, every sample labelled."""
+def merge_metrics(parts: Iterable[tuple[str, str]], label: str = "worker") -> str:
+    """The members' expositions ``(member, text)`` as one, every sample labelled."""
     families: dict[str, _Family] = {}
     for worker, text in parts:
         current: str | None = None
@@ -82,7 +86,9 @@ def merge_metrics(parts: Iterable[tuple[str, str]]) -> str:
             name = match.group() if match else line
             if current is None or not name.startswith(current):
                 current = name
-            families.setdefault(current, _Family()).samples.append(label_sample(line, worker))
+            families.setdefault(current, _Family()).samples.append(
+                label_sample(line, worker, label)
+            )
     out: list[str] = []
     for family in families.values():
         out.extend(family.header)
@@ -90,19 +96,23 @@ def merge_metrics(parts: Iterable[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def merge_rows(views: Sequence[WorkerView], field: str) -> list[dict[str, Any]]:
-    """Every worker's rows of ``field`` (a list of objects), each marked with its worker."""
+def merge_rows(
+    views: Sequence[WorkerView], field: str, label: str = "worker"
+) -> list[dict[str, Any]]:
+    """Every member's rows of ``field`` (a list of objects), each marked with its member."""
     rows: list[dict[str, Any]] = []
     for worker, view in views:
         if view is None:
             continue
-        rows.extend({"worker": worker, **row} for row in view.get(field) or ())
+        rows.extend({label: worker, **row} for row in view.get(field) or ())
     return rows
 
 
-def merge_deployments(views: Sequence[WorkerView], field: str = "deployments") -> list[Any]:
-    """One entry per deployment: the first worker's view of it, with the replicas of all
-    (each marked with its worker) and ``workers``, the workers that run it."""
+def merge_deployments(
+    views: Sequence[WorkerView], field: str = "deployments", label: str = "worker"
+) -> list[Any]:
+    """One entry per deployment: the first member's view of it, with the replicas of all
+    (each marked with its member) and ``<label>s``, the members that run it."""
     merged: dict[str, dict[str, Any]] = {}
     for worker, view in views:
         if view is None:
@@ -111,10 +121,10 @@ def merge_deployments(views: Sequence[WorkerView], field: str = "deployments") -
             name = deployment["name"]
             entry = merged.get(name)
             if entry is None:
-                entry = merged[name] = {**deployment, "replicas": [], "workers": []}
-            entry["workers"].append(worker)
+                entry = merged[name] = {**deployment, "replicas": [], f"{label}s": []}
+            entry[f"{label}s"].append(worker)
             entry["replicas"].extend(
-                {"worker": worker, **replica} for replica in deployment.get("replicas") or ()
+                {label: worker, **replica} for replica in deployment.get("replicas") or ()
             )
     return [merged[name] for name in sorted(merged)]
 
@@ -143,12 +153,12 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def merge_status(views: Sequence[WorkerView]) -> dict[str, Any]:
-    """``/admin/status`` for the node."""
+def merge_status(views: Sequence[WorkerView], label: str = "worker") -> dict[str, Any]:
+    """``/admin/status`` for the group: ``<label>s`` lists who answered."""
     return {
-        "workers": [{"worker": worker, "answered": view is not None} for worker, view in views],
-        "deployments": merge_deployments(views),
-        "circuits": merge_rows(views, "circuits"),
-        "ratelimits": merge_rows(views, "ratelimits"),
-        "budgets": merge_rows(views, "budgets"),
+        f"{label}s": [{label: member, "answered": view is not None} for member, view in views],
+        "deployments": merge_deployments(views, "deployments", label),
+        "circuits": merge_rows(views, "circuits", label),
+        "ratelimits": merge_rows(views, "ratelimits", label),
+        "budgets": merge_rows(views, "budgets", label),
     }
