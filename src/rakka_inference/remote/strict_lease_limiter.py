@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rakka_inference.core.policies import RateLimits
 from rakka_inference.remote.ratelimit import (
@@ -54,13 +54,36 @@ from rakka_inference.remote.ratelimit import (
     WaitingLimiter,
     scaled,
 )
-from rakka_inference.remote.strict_lease import LeaseGrant, LeaseReturn
+from rakka_inference.remote.strict_lease import LeaseGrant, LeaseRefusal, LeaseReturn
 from rakka_inference.remote.strict_lease_wire import MAX_RETURNS, encode_limited
 
-if TYPE_CHECKING:
-    from rakka_inference.remote.strict_lease_unix import LeaseClient
+__all__ = ["LeaseChannel", "LeasedLimiter"]
 
-__all__ = ["LeasedLimiter"]
+
+class LeaseChannel(Protocol):
+    """How a :class:`LeasedLimiter` reaches the authority: over a Unix socket
+    (:class:`~rakka_inference.remote.strict_lease_unix.LeaseClient`), or a Ray actor call."""
+
+    holders: int
+    """How many processes share each key (each applies ``ceil(C / holders)``)."""
+    lease_ttl: float
+    retry_delay: float
+    """How long the authority counts as unreachable after a failed round trip."""
+
+    async def lease(
+        self,
+        key: LimiterKey,
+        limits: RateLimits,
+        want: tuple[int, int],
+        need: int,
+        returns: list[LeaseReturn],
+    ) -> LeaseGrant | LeaseRefusal:
+        """One round trip; :class:`ConnectionError` when there is no answer."""
+        ...
+
+    def tell(self, line: bytes) -> None:
+        """A notice without an answer (a provider 429), sent when it can be."""
+        ...
 
 _FETCH_STEP = 0.01
 """How long a denial lasts while a lease request is in flight (its answer wakes waiters)."""
@@ -102,7 +125,7 @@ class LeasedLimiter(WaitingLimiter):
         self,
         key: LimiterKey,
         limits: RateLimits,
-        client: LeaseClient,
+        client: LeaseChannel,
         *,
         clock: Clock,
         sleep: Sleep,
@@ -192,7 +215,7 @@ class LeasedLimiter(WaitingLimiter):
     async def _fetch_lease(self, want: tuple[int, int], need: int) -> None:
         sent = self._clock()
         try:
-            result = await self._client._lease(
+            result = await self._client.lease(
                 self.key, self.limits, want, need, self._take_returns()
             )
         except ConnectionError:
@@ -244,7 +267,7 @@ class LeasedLimiter(WaitingLimiter):
     def on_rate_limited(self, retry_after: float | None) -> None:
         """A provider 429: block locally and tell the authority (blocks every holder)."""
         super().on_rate_limited(retry_after)
-        self._client._tell(encode_limited(self.key, retry_after))
+        self._client.tell(encode_limited(self.key, retry_after))
 
     async def _close(self) -> list[LeaseReturn]:
         """Stop: no more leases; what is unused goes back."""

@@ -250,7 +250,7 @@ class LeaseClient:
             reason = exc
         self._drop(writer, reason)
 
-    async def _lease(
+    async def lease(
         self,
         key: LimiterKey,
         limits: RateLimits,
@@ -281,7 +281,7 @@ class LeaseClient:
         finally:
             self._pending.pop(message_id, None)
 
-    def _tell(self, line: bytes) -> None:
+    def tell(self, line: bytes) -> None:
         """A notice without an answer: now if connected, else first thing on connecting."""
         if self._writer is not None:
             self._writer.write(line)
