@@ -237,6 +237,8 @@ def serve(
     bind_host, _, bind_port = bind.rpartition(":")
     host = host or bind_host.strip("[]")
     port = int(bind_port) if port is None else port
+    if config is not None and config_file is not None and config.cluster.backend == "ray":
+        return _serve_on_ray(config_file, config, grace_s)
     if workers is None:
         workers = config.cluster.workers if config is not None else 1
     if workers > 1:
@@ -245,6 +247,18 @@ def serve(
         return serve_node(config_file, host=host, port=port, grace_s=grace_s, workers=workers)
     app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file)
     return run_server(app, host=host, port=port, grace_s=grace_s)
+
+
+def _serve_on_ray(config_file: str, config: Config, grace_s: float) -> int:
+    try:
+        from rakka_inference.cluster.ray_driver import serve_ray  # noqa: PLC0415
+    except ImportError:
+        print(
+            "rakka: backend = 'ray' needs Ray: pip install 'rakka-inference[ray]'",
+            file=sys.stderr,
+        )
+        return 1
+    return serve_ray(config_file, config, grace_s=grace_s)
 
 
 def run_server(

@@ -174,9 +174,12 @@ class GroupAnswers:
             "GET", "/metrics", headers=(), body=b"", timeout=FANOUT_TIMEOUT_S
         )
         return merge_metrics(
-            (name, reply.body.decode("utf-8", "replace"))
-            for name, reply in answers
-            if reply is not None and reply.status == 200
+            (
+                (name, reply.body.decode("utf-8", "replace"))
+                for name, reply in answers
+                if reply is not None and reply.status == 200
+            ),
+            self.link.label,
         ).encode()
 
     def own_metrics(self) -> bytes:

@@ -20,6 +20,8 @@ worker has no breaker for is ignored: that worker makes no calls there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 from rakka_inference.remote.breaker import (
     BreakerEvent,
@@ -29,9 +31,9 @@ from rakka_inference.remote.breaker import (
 )
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.replicator_codec import CircuitSignal
-from rakka_inference.remote.replicator_unix import UnixDatagramReplicator
+from rakka_inference.remote.replicator_unix import ReplicatorStats
 
-__all__ = ["DEFAULT_HOLD_S", "CircuitGossip"]
+__all__ = ["DEFAULT_HOLD_S", "CircuitChannel", "CircuitGossip", "traffic_metrics"]
 
 log = logging.getLogger("rakka_inference.cluster.gossip")
 
@@ -42,12 +44,21 @@ _NEWS_OPEN = frozenset({BreakerEvent.TRIP, BreakerEvent.PROBE_FAILED, BreakerEve
 _NEWS_CLOSED = frozenset({BreakerEvent.PROBE_SUCCEEDED, BreakerEvent.FORCE_CLOSE})
 
 
+class CircuitChannel(Protocol):
+    """What carries the signals: the node's Unix datagrams, or the Ray gateways' calls."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def publish_circuit(self, signal: CircuitSignal) -> None: ...
+
+    def subscribe_circuit(self, deliver: Callable[[CircuitSignal], None]) -> None: ...
+
+
 class CircuitGossip:
     """Sends this worker's circuit news to the others and applies theirs."""
 
-    def __init__(
-        self, replicator: UnixDatagramReplicator, *, hold_s: float = DEFAULT_HOLD_S
-    ) -> None:
+    def __init__(self, replicator: CircuitChannel, *, hold_s: float = DEFAULT_HOLD_S) -> None:
         self._replicator = replicator
         self.hold_s = hold_s
         self.breakers: BreakerRegistry | None = None
@@ -96,3 +107,37 @@ class CircuitGossip:
             self.applied += 1
         finally:
             self._applying = False
+
+
+def traffic_metrics(
+    stats: ReplicatorStats, lease_round_trips: int, gossip: CircuitGossip, *, peers: str
+) -> list[str]:
+    """A member's exposition lines for what it exchanges with its ``peers`` (``workers``
+    of a node, ``gateways`` of a cluster): limiter sync, strict leases, circuit signals."""
+    sent, received = stats.datagrams_sent, stats.datagrams_received
+    return [
+        "# HELP inference_node_sync_datagrams_total Datagrams of limiter spend and circuit "
+        f"news this member sent to or received from the other {peers}.",
+        "# TYPE inference_node_sync_datagrams_total counter",
+        f'inference_node_sync_datagrams_total{{direction="sent"}} {sent}',
+        f'inference_node_sync_datagrams_total{{direction="received"}} {received}',
+        "# HELP inference_node_sync_bytes_total Bytes of those datagrams.",
+        "# TYPE inference_node_sync_bytes_total counter",
+        f'inference_node_sync_bytes_total{{direction="sent"}} {stats.bytes_sent}',
+        f'inference_node_sync_bytes_total{{direction="received"}} {stats.bytes_received}',
+        "# HELP inference_node_sync_dropped_total Datagrams lost: refused as malformed, not "
+        "delivered to a peer, or a key too large to send.",
+        "# TYPE inference_node_sync_dropped_total counter",
+        f'inference_node_sync_dropped_total{{reason="malformed"}} {stats.dropped_malformed}',
+        f'inference_node_sync_dropped_total{{reason="send_failed"}} {stats.send_failures}',
+        f'inference_node_sync_dropped_total{{reason="too_large"}} {stats.dropped_too_large}',
+        "# HELP inference_node_lease_round_trips_total Strict-limit lease requests this member "
+        "made to the authority.",
+        "# TYPE inference_node_lease_round_trips_total counter",
+        f"inference_node_lease_round_trips_total {lease_round_trips}",
+        "# HELP inference_node_circuit_signals_total Circuit transitions this member told the "
+        "others (sent) or took from them (applied).",
+        "# TYPE inference_node_circuit_signals_total counter",
+        f'inference_node_circuit_signals_total{{direction="sent"}} {gossip.sent}',
+        f'inference_node_circuit_signals_total{{direction="applied"}} {gossip.applied}',
+    ]

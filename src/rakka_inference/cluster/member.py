@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from rakka_inference.cluster.answers import GroupAnswers, Reply, Scope
-from rakka_inference.cluster.gossip import CircuitGossip
+from rakka_inference.cluster.gossip import CircuitGossip, traffic_metrics
 from rakka_inference.cluster.supervisor import MAX_LINE, control_path, worker_name
 from rakka_inference.cluster.unix_http import UnixHttpError, request
 from rakka_inference.core.deployment import Config
@@ -201,31 +201,6 @@ class NodeMember:
 
     def extra_metrics(self) -> list[str]:
         """The node's traffic as this worker sees it."""
-        stats = self.replicator.stats
-        sent, received = stats.datagrams_sent, stats.datagrams_received
-        return [
-            "# HELP inference_node_sync_datagrams_total Datagrams of limiter spend and circuit "
-            "news this worker sent to or received from the node's other workers.",
-            "# TYPE inference_node_sync_datagrams_total counter",
-            f'inference_node_sync_datagrams_total{{direction="sent"}} {sent}',
-            f'inference_node_sync_datagrams_total{{direction="received"}} {received}',
-            "# HELP inference_node_sync_bytes_total Bytes of those datagrams.",
-            "# TYPE inference_node_sync_bytes_total counter",
-            f'inference_node_sync_bytes_total{{direction="sent"}} {stats.bytes_sent}',
-            f'inference_node_sync_bytes_total{{direction="received"}} {stats.bytes_received}',
-            "# HELP inference_node_sync_dropped_total Datagrams lost: refused as malformed, not "
-            "delivered to a peer, or a key too large to send.",
-            "# TYPE inference_node_sync_dropped_total counter",
-            f'inference_node_sync_dropped_total{{reason="malformed"}} {stats.dropped_malformed}',
-            f'inference_node_sync_dropped_total{{reason="send_failed"}} {stats.send_failures}',
-            f'inference_node_sync_dropped_total{{reason="too_large"}} {stats.dropped_too_large}',
-            "# HELP inference_node_lease_round_trips_total Strict-limit lease requests this worker "
-            "made to the node's parent.",
-            "# TYPE inference_node_lease_round_trips_total counter",
-            f"inference_node_lease_round_trips_total {self.leases.round_trips}",
-            "# HELP inference_node_circuit_signals_total Circuit transitions this worker told the "
-            "others (sent) or took from them (applied).",
-            "# TYPE inference_node_circuit_signals_total counter",
-            f'inference_node_circuit_signals_total{{direction="sent"}} {self.gossip.sent}',
-            f'inference_node_circuit_signals_total{{direction="applied"}} {self.gossip.applied}',
-        ]
+        return traffic_metrics(
+            self.replicator.stats, self.leases.round_trips, self.gossip, peers="workers"
+        )

@@ -212,6 +212,8 @@ def record_issues(record: object) -> Iterator[tuple[str | None, str]]:
             yield from _variant_fields(record, "vertex", ("project", "region", "credentials"), ())
         case LiteLLMConfig() if record.endpoint is None:
             yield "endpoint", "is required: the URL of the LiteLLM proxy"
+        case ClusterConfig() if record.backend == "ray" and record.workers > 1:
+            yield "workers", "applies only to backend = 'local' (on Ray: one gateway per node)"
         case TracingConfig() if record.endpoint is not None and record.exporter != "otlp":
             yield "endpoint", f"applies only to exporter = 'otlp' (exporter is {record.exporter!r})"
 

@@ -88,6 +88,12 @@ class ClusterConfig:
     """Keys clients must present. Empty means the gateway is open."""
     admin_api_key: SecretRef | None = None
     """Required for the admin API; unset means the admin API is closed."""
+    backend: Literal["local", "ray"] = "local"
+    """``local``: this machine (``workers`` processes). ``ray``: a gateway on every node of
+    a Ray cluster (``pip install 'rakka-inference[ray]'``), with the cluster's singletons."""
+    ray_address: str = "auto"
+    """The Ray cluster to join with ``backend = "ray"``: ``auto`` (the local node's), an
+    address ``host:port``, or ``ray://host:port``."""
     workers: int = 1
     """Processes serving ``bind`` on this node, 1 to :data:`MAX_WORKERS`. More than one
     runs a supervising parent and N workers that share the port, the rate limits (the

@@ -46,6 +46,26 @@ key until the Retry-After ends (blocks merge by max), and the auto-tuned
 :class:`~rakka_inference.remote.ratelimit.RateFactor` of the key is cut, as in the exact
 limiter. Concurrency limits are not leased: each of ``N`` holders applies ``ceil(C / N)``
 locally, since exact concurrency across processes would need a call per request end.
+
+Surviving a restart
+-------------------
+:meth:`LeaseAuthority.snapshot` is the whole record as bytes (format and validation in
+:mod:`rakka_inference.remote.strict_lease_state`): per key its limits, its live leases
+(returns and overruns applied), its Retry-After block and its auto-tune factor, plus the
+ttl, the window and the next lease id. :meth:`LeaseAuthority.restore` rebuilds it; lease ids
+go on from the snapshot's, so a restored authority never issues an id it issued before.
+:attr:`LeaseAuthority.generation` moves on every change that matters (a grant, a release
+that changes a lease, a 429 that blocks or cuts, new limits for a key), never on a refusal
+that changes nothing, nor on the eviction of expired leases (a restored record evicts
+them itself).
+
+*The guarantee.* Restored from a snapshot taken after the last change, on a clock that
+means the same times (a wall clock across nodes), an authority admits as if it had never
+stopped: every later request gets the answer the original would have given. So its host
+persists a snapshot whenever ``generation`` moved, before it replies to a grant: a change
+after the last snapshot is lost (a grant no holder learnt of is harmless). A clock behind
+the snapshot's times only keeps restored leases longer (the safe side); a restore with a
+shorter ttl than the snapshot's is refused, as its leases may be in use for their own ttl.
 """
 
 from __future__ import annotations
@@ -66,12 +86,22 @@ from rakka_inference.remote.ratelimit import (
     RateLimitUtilization,
     scaled,
 )
+from rakka_inference.remote.strict_lease_state import (
+    AuthorityState,
+    FactorState,
+    KeyState,
+    LeaseState,
+    SnapshotError,
+    decode_state,
+    encode_state,
+)
 
 __all__ = [
     "LeaseAuthority",
     "LeaseGrant",
     "LeaseRefusal",
     "LeaseReturn",
+    "SnapshotError",
     "lease_cap",
 ]
 
@@ -139,7 +169,17 @@ class _KeyRecord:
 class LeaseAuthority:
     """The exact record of every strict key's leases: see the module docstring."""
 
-    __slots__ = ("_autotune", "_clock", "_leases", "_next_id", "_records", "_span", "ttl", "window")
+    __slots__ = (
+        "_autotune",
+        "_clock",
+        "_generation",
+        "_leases",
+        "_next_id",
+        "_records",
+        "_span",
+        "ttl",
+        "window",
+    )
 
     def __init__(
         self,
@@ -159,6 +199,12 @@ class LeaseAuthority:
         self._records: dict[LimiterKey, _KeyRecord] = {}
         self._leases: dict[int, _Lease] = {}
         self._next_id = 1
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Moves on every change a snapshot must hold (see "Surviving a restart")."""
+        return self._generation
 
     def _record(self, key: LimiterKey) -> _KeyRecord:
         record = self._records.get(key)
@@ -199,7 +245,9 @@ class LeaseAuthority:
             raise ValueError("a lease request must not be negative")
         now = self._clock()
         record = self._record(key)
-        record.limits = limits
+        if record.limits != limits:
+            record.limits = limits
+            self._generation += 1
         self._evict(record, now)
         if now < record.blocked_until:
             return self._refuse(record.blocked_until, DenialReason.RETRY_AFTER, now)
@@ -238,6 +286,7 @@ class LeaseAuthority:
         record.requests += requests
         record.tokens += tokens
         self._leases[lease.lease_id] = lease
+        self._generation += 1
         return LeaseGrant(lease.lease_id, requests, tokens, self.ttl)
 
     @staticmethod
@@ -265,6 +314,8 @@ class LeaseAuthority:
         record.requests -= requests
         tokens = max(0, lease.tokens - unused_tokens + overrun_tokens)
         record.tokens += tokens - lease.tokens
+        if requests or tokens != lease.tokens:
+            self._generation += 1
         lease.tokens = tokens
         return True
 
@@ -272,9 +323,62 @@ class LeaseAuthority:
         """A provider 429 seen by a holder: block the key's leases, cut its rate."""
         now = self._clock()
         record = self._record(key)
+        before = (record.blocked_until, FactorState.of(record.factor))
         if retry_after is not None and retry_after > 0:
             record.blocked_until = max(record.blocked_until, now + retry_after)
         record.factor.cut(now, recover_from=max(now, record.blocked_until))
+        if (record.blocked_until, FactorState.of(record.factor)) != before:
+            self._generation += 1
+
+    def snapshot(self) -> bytes:
+        """The whole record as bytes, expired leases left out (see "Surviving a restart")."""
+        now = self._clock()
+        keys = []
+        for key, record in self._records.items():
+            self._evict(record, now)
+            leases = tuple(
+                LeaseState(lease.lease_id, lease.granted_at, lease.requests, lease.tokens)
+                for lease in record.leases
+            )
+            factor = FactorState.of(record.factor)
+            keys.append(KeyState(key, record.limits, record.blocked_until, factor, leases))
+        return encode_state(AuthorityState(self._next_id, self.ttl, self.window, tuple(keys)))
+
+    @classmethod
+    def restore(
+        cls,
+        data: bytes,
+        clock: Clock,
+        *,
+        lease_ttl: float | None = None,
+        window: float | None = None,
+        autotune: AutoTune | None = None,
+    ) -> LeaseAuthority:
+        """The authority a :meth:`snapshot` was taken of, on ``clock``. ``lease_ttl`` and
+        ``window`` default to the snapshot's; a shorter ttl is refused. Raises
+        :class:`SnapshotError` for anything but a valid snapshot."""
+        state = decode_state(data)
+        if lease_ttl is not None and lease_ttl < state.ttl:
+            raise SnapshotError(f"restored leases may be in use for {state.ttl} s > {lease_ttl}")
+        authority = cls(
+            clock,
+            lease_ttl=state.ttl if lease_ttl is None else lease_ttl,
+            window=state.window if window is None else window,
+            autotune=autotune,
+        )
+        authority._next_id = state.next_lease_id
+        for key_state in state.keys:
+            record = authority._record(key_state.key)
+            record.limits = key_state.limits
+            record.blocked_until = key_state.blocked_until
+            key_state.factor.apply(record.factor)
+            for item in key_state.leases:
+                lease = _Lease(record, *item)
+                record.leases.append(lease)
+                record.requests += lease.requests
+                record.tokens += lease.tokens
+                authority._leases[lease.lease_id] = lease
+        return authority
 
     def utilization(self) -> list[RateLimitUtilization]:
         """Each key's leased permits in the record (``window + ttl`` of grants)."""

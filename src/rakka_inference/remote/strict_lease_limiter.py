@@ -64,8 +64,11 @@ class LeaseChannel(Protocol):
     """How a :class:`LeasedLimiter` reaches the authority: over a Unix socket
     (:class:`~rakka_inference.remote.strict_lease_unix.LeaseClient`), or a Ray actor call."""
 
-    holders: int
-    """How many processes share each key (each applies ``ceil(C / holders)``)."""
+    @property
+    def holders(self) -> int:
+        """How many processes share each key (each applies ``ceil(C / holders)``)."""
+        ...
+
     lease_ttl: float
     retry_delay: float
     """How long the authority counts as unreachable after a failed round trip."""
@@ -84,6 +87,7 @@ class LeaseChannel(Protocol):
     def tell(self, line: bytes) -> None:
         """A notice without an answer (a provider 429), sent when it can be."""
         ...
+
 
 _FETCH_STEP = 0.01
 """How long a denial lasts while a lease request is in flight (its answer wakes waiters)."""

@@ -1,0 +1,216 @@
+"""``rakka serve`` with ``[cluster] backend = "ray"``: bring the topology up on a Ray cluster
+and stay in the foreground, showing its state.
+
+Ray is started the ordinary way (``ray start --head`` on one machine, ``ray start
+--address=...`` on the others); this driver joins it (``[cluster].ray_address``, in the
+namespace ``[cluster].name``), gets or creates the two singletons
+(:mod:`rakka_inference.cluster.ray_manager`) and applies the config file through the
+deployment manager, which places a gateway on every node. It prints one line when the
+cluster serves, one per node, then a line for every change it sees (a node lost or joined,
+a gateway placed, a singleton moved). ``SIGHUP`` applies the file again (on every gateway
+or on none); ``SIGTERM`` or ``SIGINT`` stops every gateway (each drains within the grace
+period), removes the singletons and leaves Ray running.
+
+Exit status: 0 when stopped, 1 when the cluster could not be brought up (no Ray at the
+address, a config a node refuses), as the CLI documents.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rakka_inference.cluster.ray_gateway import MANAGER_NAME
+from rakka_inference.cluster.ray_manager import (
+    GATEWAY_LABEL,
+    RayAuthority,
+    RayManager,
+    ray_nodes,
+)
+from rakka_inference.cluster.ray_transport import AUTHORITY_NAME
+from rakka_inference.core.deployment import Config
+
+__all__ = ["RayCluster", "serve_ray"]
+
+log = logging.getLogger("rakka_inference.cluster.ray_driver")
+
+READY_TIMEOUT_S = 120.0
+WATCH_S = 1.0
+
+
+class RayCluster:
+    """The driver's handles on a running cluster topology."""
+
+    def __init__(self, config_file: Path, config: Config, *, grace_s: float) -> None:
+        self.config_file = config_file
+        self.config = config
+        self.grace_s = grace_s
+        self.namespace = config.cluster.name
+        self.manager: Any = None
+        self.authority: Any = None
+
+    def start(self) -> None:
+        """Join Ray, get or create the singletons, apply the config file."""
+        if not ray.is_initialized():
+            ray.init(
+                address=self.config.cluster.ray_address,
+                namespace=self.namespace,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        text = self.config_file.read_text(encoding="utf-8")
+        singleton = {
+            "namespace": self.namespace,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "max_restarts": -1,
+            "num_cpus": 0,
+        }
+        self.authority = (
+            ray.remote(RayAuthority)
+            .options(name=AUTHORITY_NAME, **singleton)
+            .remote(self.namespace)
+        )
+        self.manager = (
+            ray.remote(RayManager)
+            .options(name=MANAGER_NAME, max_concurrency=1000, **singleton)
+            .remote(
+                self.namespace,
+                source=str(self.config_file.absolute()),
+                base_dir=str(self.config_file.absolute().parent),
+                initial_text=text,
+                default_bind=self.config.cluster.bind,
+                grace_s=self.grace_s,
+            )
+        )
+        # A manager left from an earlier run keeps its own config: this file wins.
+        answer = self.coordinate({"op": "apply", "toml": text})
+        if not answer.get("ok"):
+            raise RuntimeError(str(answer.get("message")))
+
+    def coordinate(self, message: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        answer = ray.get(self.manager.coordinate.remote(message), timeout=timeout)
+        return answer if isinstance(answer, dict) else {"ok": False, "message": "garbage"}
+
+    def status(self) -> dict[str, Any]:
+        return self.coordinate({"op": "status"}, timeout=30.0)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
+        """Wait for a gateway on every live node that should have one; the status.
+        RuntimeError naming the node when one cannot start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status()
+            wanted = [n for n in status["nodes"] if n["alive"] and _wants_gateway(n["node"])]
+            problems = [n for n in wanted if n["problem"]]
+            if problems:
+                lines = "; ".join(f"node {n['node']}: {n['problem']}" for n in problems)
+                raise RuntimeError(lines)
+            if wanted and all(n["gateway"] for n in wanted):
+                return status
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no gateway on every node within {timeout:g} s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop every gateway (draining), then the singletons. Ray keeps running."""
+        try:
+            ray.get(self.manager.shutdown.remote(self.grace_s), timeout=self.grace_s + 30)
+        finally:
+            for handle in (self.manager, self.authority):
+                if handle is not None:
+                    ray.kill(handle)
+
+
+def _wants_gateway(node_id: str) -> bool:
+    for node in ray_nodes():
+        if node["NodeID"] == node_id:
+            labels = node.get("Labels") or {}
+            return str(labels.get(GATEWAY_LABEL, "true")).lower() != "false"
+    return False
+
+
+def describe(status: dict[str, Any]) -> dict[str, str]:
+    """One line per node: where its gateway serves, or why it has none."""
+    lines = {}
+    manager = status["singletons"]["deployment_manager"]
+    for node in status["nodes"]:
+        if not node["alive"]:
+            lines[node["node"]] = "down"
+            continue
+        where = f"gateway {node['gateway']}" if node["gateway"] else "no gateway"
+        if node["problem"]:
+            where += f" ({node['problem']})"
+        if node["node"] == manager:
+            where += ", deployment manager"
+        lines[node["node"]] = where
+    return lines
+
+
+def serve_ray(
+    config_file: str,
+    config: Config,
+    *,
+    grace_s: float,
+    announce: Callable[[str], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (see the module docstring); the exit status."""
+    say = announce or (lambda line: print(line, flush=True))
+    cluster = RayCluster(Path(config_file), config, grace_s=grace_s)
+    stop = threading.Event()
+    reload = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    try:
+        cluster.start()
+        status = cluster.wait_ready()
+    except Exception as error:  # no Ray there, a node that refuses the config, ...
+        print(f"rakka: the cluster did not start: {error}", file=sys.stderr)
+        if cluster.manager is not None:
+            cluster.stop()
+        return 1
+    shown = describe(status)
+    say(f"rakka: cluster {config.cluster.name!r} serving on {len(shown)} node(s)")
+    for node, line in sorted(shown.items()):
+        say(f"  node {node[:12]}: {line}")
+    try:
+        while not stop.wait(WATCH_S):
+            if reload.is_set():
+                reload.clear()
+                _reload(cluster, say)
+            try:
+                now = describe(cluster.status())
+            except Exception as error:  # the manager restarting: try again next tick
+                log.warning("the deployment manager did not answer: %r", error)
+                continue
+            for node, line in sorted(now.items()):
+                if shown.get(node) != line:
+                    say(f"  node {node[:12]}: {line}")
+            shown = now
+    finally:
+        say("rakka: stopping the cluster's gateways")
+        cluster.stop()
+    return 0
+
+
+def _reload(cluster: RayCluster, say: Callable[[str], None]) -> None:
+    try:
+        text = cluster.config_file.read_text(encoding="utf-8")
+    except OSError as error:
+        say(f"rakka: reload rejected, the running config stays: {error.strerror}")
+        return
+    answer = cluster.coordinate({"op": "apply", "toml": text})
+    if answer.get("ok"):
+        say(f"rakka: reloaded on every gateway (generation {answer.get('generation')})")
+    else:
+        say(f"rakka: reload rejected, the running config stays: {answer.get('message')}")

@@ -1,0 +1,371 @@
+"""The cluster's singletons on Ray: the deployment manager and the strict-limit authority.
+
+Both are named, detached Ray actors in the cluster's namespace (``[cluster].name``) that Ray
+restarts (on another node, if theirs died) without limit. Neither keeps anything in memory
+that a restart would lose: what must survive is in Ray's KV store, and the rest is asked
+again of what is alive.
+
+The deployment manager (:class:`RayManager`)
+--------------------------------------------
+- **The applied config.** Its TOML text and generation live in the KV store; a restarted
+  manager reads them back. An apply (``POST /admin/deployments`` on any gateway, or the
+  driver's SIGHUP) is parsed here first, then applied on every gateway in turn; if one
+  refuses, those that took it go back to the previous config and the refusal is the
+  answer. Only a config every gateway took is written to the KV store. Applies are serial.
+- **The gateways.** Every half second it reconciles the gateways with Ray's node table: a
+  live node without a gateway gets one (placed with hard node affinity, started on the
+  applied config, bound to ``[cluster].bind`` or the node's ``rakka-bind`` label; a node
+  labelled ``rakka-gateway=false`` gets none), a gateway whose node died, or that stops
+  answering, is dropped. A restarted manager adopts the gateways that are still alive (by
+  their names) instead of starting new ones, and brings any that ran an older config up
+  to date.
+- **The routing snapshot.** Each change of the gateway set is a new version of the peer
+  table, sent to every gateway; a gateway keeps working on its last one while the manager
+  is away (requests never wait for it).
+
+The authority (:class:`RayAuthority`)
+-------------------------------------
+The strict keys' :class:`~rakka_inference.remote.strict_lease.LeaseAuthority`, on the wall
+clock, answering the wire lines of :mod:`rakka_inference.remote.strict_lease_wire`. Its
+record is written to the KV store after every change, before the reply, so a restarted
+authority admits exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.experimental import internal_kv
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rakka_inference.cluster.ray_gateway import RayGateway, gateway_name
+from rakka_inference.core.config import parse_config
+from rakka_inference.core.errors import ConfigError
+from rakka_inference.remote.strict_lease import LeaseAuthority
+from rakka_inference.remote.strict_lease_wire import handle_line
+
+__all__ = ["BIND_LABEL", "GATEWAY_LABEL", "RayAuthority", "RayManager", "ray_nodes"]
+
+log = logging.getLogger("rakka_inference.cluster.ray_manager")
+
+BIND_LABEL = "rakka-bind"
+"""A node label: the ``host:port`` its gateway serves, over ``[cluster].bind``."""
+GATEWAY_LABEL = "rakka-gateway"
+"""A node label: ``false`` keeps a gateway off the node."""
+RECONCILE_S = 0.5
+PING_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 120.0
+APPLY_TIMEOUT_S = 120.0
+
+
+def ray_nodes() -> list[dict[str, Any]]:
+    """Ray's node table: one dict per node ever seen (``NodeID``, ``Alive``, ``Labels``...)."""
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return nodes
+
+
+def _kv_key(namespace: str, name: str) -> str:
+    return f"rakka/{namespace}/{name}"
+
+
+def _kv_get(namespace: str, name: str) -> bytes | None:
+    value = internal_kv._internal_kv_get(_kv_key(namespace, name))
+    return value if isinstance(value, bytes) else None
+
+
+def _kv_put(namespace: str, name: str, value: bytes) -> None:
+    internal_kv._internal_kv_put(_kv_key(namespace, name), value, overwrite=True)
+
+
+@dataclass
+class _Gateway:
+    node_id: str
+    handle: Any
+    bind: str
+    generation: int
+
+
+def _refusal(status: int, message: str) -> dict[str, Any]:
+    return {"ok": False, "status": status, "message": message}
+
+
+class RayManager:
+    """The deployment manager singleton (see the module docstring)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        source: str,
+        base_dir: str,
+        initial_text: str,
+        default_bind: str,
+        grace_s: float,
+    ) -> None:
+        self.namespace = namespace
+        self.source = source
+        self.base_dir = Path(base_dir)
+        self.default_bind = default_bind
+        self.grace_s = grace_s
+        stored = _kv_get(namespace, "config")
+        generation = _kv_get(namespace, "generation")
+        if stored is not None and generation is not None:
+            self.text, self.generation = stored.decode(), int(generation)
+            log.info("the deployment manager restarted on generation %d", self.generation)
+        else:
+            self.text, self.generation = initial_text, 1
+            self._persist()
+        self.gateways: dict[str, _Gateway] = {}
+        self.failures: dict[str, str] = {}
+        self.version = 0
+        self.started_at = time.time()
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever())
+
+    def _persist(self) -> None:
+        _kv_put(self.namespace, "config", self.text.encode())
+        _kv_put(self.namespace, "generation", str(self.generation).encode())
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def _reconcile_forever(self) -> None:
+        while not self._stopping:
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconciling the gateways failed; trying again")
+            await asyncio.sleep(RECONCILE_S)
+
+    async def reconcile(self) -> None:
+        """One pass: gateways on every live node, none on a dead one (module docstring)."""
+        async with self._lock:
+            if self._stopping:
+                return
+            nodes = {n["NodeID"]: n for n in ray_nodes() if n.get("Alive")}
+            changed = await self._drop_lost(nodes)
+            wanted = [
+                (node_id, info)
+                for node_id, info in nodes.items()
+                if node_id not in self.gateways
+                and str((info.get("Labels") or {}).get(GATEWAY_LABEL, "true")).lower() != "false"
+            ]
+            started = await asyncio.gather(*(self._place(n, info) for n, info in wanted))
+            changed |= any(started)
+            if changed:
+                await self._publish_peers()
+
+    async def _drop_lost(self, nodes: dict[str, Any]) -> bool:
+        async def alive(gateway: _Gateway) -> bool:
+            if gateway.node_id not in nodes:
+                return False
+            try:
+                await asyncio.wait_for(gateway.handle.describe.remote(), PING_TIMEOUT_S)
+            except (TimeoutError, ray.exceptions.RayError):
+                return False
+            return True
+
+        gateways = list(self.gateways.values())
+        answers = await asyncio.gather(*(alive(g) for g in gateways))
+        lost = [g for g, ok in zip(gateways, answers, strict=True) if not ok]
+        for gateway in lost:
+            log.warning("the gateway of node %s is gone", gateway.node_id)
+            del self.gateways[gateway.node_id]
+            with contextlib.suppress(Exception):
+                ray.kill(gateway.handle)
+        return bool(lost)
+
+    async def _place(self, node_id: str, info: dict[str, Any]) -> bool:
+        """Start (or adopt) the gateway of ``node_id``; True once it serves."""
+        bind = str((info.get("Labels") or {}).get(BIND_LABEL) or self.default_bind)
+        handle: Any = (
+            ray.remote(RayGateway)
+            .options(
+                name=gateway_name(node_id),
+                namespace=self.namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            )
+            .remote(self.namespace, node_id, self.source, str(self.base_dir))
+        )
+        try:
+            answer = await asyncio.wait_for(
+                handle.start.remote(self.text, self.generation, bind, self.grace_s),
+                START_TIMEOUT_S,
+            )
+        except (TimeoutError, ray.exceptions.RayError) as error:
+            answer = _refusal(500, f"the gateway did not start: {error!r}")
+        if not answer.get("ok"):
+            message = str(answer.get("message"))
+            if self.failures.get(node_id) != message:
+                log.error("no gateway on node %s: %s", node_id, message)
+            self.failures[node_id] = message
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+            return False
+        self.failures.pop(node_id, None)
+        gateway = _Gateway(node_id, handle, str(answer["bind"]), int(answer["generation"]))
+        if gateway.generation != self.generation:  # adopted after a restart, behind
+            caught_up = await self._call(gateway, "apply", self.text)
+            if caught_up.get("ok"):
+                gateway.generation = self.generation
+                gateway.handle.mark.remote(self.generation)
+        self.gateways[node_id] = gateway
+        log.info("gateway on node %s serves %s", node_id, gateway.bind)
+        return True
+
+    async def _publish_peers(self) -> None:
+        self.version += 1
+        peers = {node: g.handle for node, g in self.gateways.items()}
+        await asyncio.gather(
+            *(g.handle.set_peers.remote(self.version, peers) for g in self.gateways.values()),
+            return_exceptions=True,
+        )
+
+    # ------------------------------------------------------------------ coordination
+
+    async def coordinate(self, message: dict[str, Any]) -> dict[str, Any]:
+        """What a gateway or the driver asks: ``apply``, ``reload``, ``status``."""
+        match message.get("op"):
+            case "apply":
+                text = message.get("toml")
+                if not isinstance(text, str):
+                    return _refusal(400, "toml must be a string")
+                return await self.apply(text)
+            case "reload":
+                return await self.reload()
+            case "status":
+                return {"ok": True, **self.status()}
+        return _refusal(400, f"unknown op {message.get('op')!r}")
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the config file again where the manager runs, and apply it."""
+        try:
+            text = await asyncio.to_thread(Path(self.source).read_text, encoding="utf-8")
+        except OSError as error:
+            return _refusal(
+                409,
+                f"cannot read {self.source} where the deployment manager runs ({error.strerror});"
+                " send SIGHUP to `rakka serve`, or POST the config to /admin/deployments",
+            )
+        return await self.apply(text)
+
+    async def apply(self, text: str) -> dict[str, Any]:
+        try:
+            parse_config(text, self.source, base_dir=self.base_dir)
+        except ConfigError as error:
+            return _refusal(400, f"the config was rejected, nothing changed: {error}")
+        async with self._lock:
+            done: list[_Gateway] = []
+            report: Any = None
+            for gateway in list(self.gateways.values()):
+                answer = await self._call(gateway, "apply", text)
+                if answer.get("ok"):
+                    done.append(gateway)
+                    report = answer.get("applied")
+                    continue
+                for taken in done:
+                    await self._call(taken, "revert")
+                return _refusal(
+                    int(answer.get("status", 500)),
+                    f"node {gateway.node_id}: {answer.get('message')}",
+                )
+            self.text = text
+            self.generation += 1
+            self._persist()
+            for gateway in done:
+                gateway.generation = self.generation
+                gateway.handle.mark.remote(self.generation)
+        return {"ok": True, "applied": report, "generation": self.generation}
+
+    async def _call(self, gateway: _Gateway, method: str, *args: Any) -> dict[str, Any]:
+        try:
+            answer = await asyncio.wait_for(
+                getattr(gateway.handle, method).remote(*args), APPLY_TIMEOUT_S
+            )
+        except (TimeoutError, ray.exceptions.RayError) as error:
+            return _refusal(503, f"the gateway did not answer: {error!r}")
+        return answer if isinstance(answer, dict) else _refusal(502, "the gateway answered garbage")
+
+    def status(self) -> dict[str, Any]:
+        """Nodes, gateways and where the singletons run: the cluster as the manager sees it."""
+        nodes = []
+        for node in ray_nodes():
+            node_id = node["NodeID"]
+            gateway = self.gateways.get(node_id)
+            nodes.append(
+                {
+                    "node": node_id,
+                    "address": node.get("NodeManagerAddress"),
+                    "alive": bool(node.get("Alive")),
+                    "gateway": None if gateway is None else gateway.bind,
+                    "config_generation": None if gateway is None else gateway.generation,
+                    "problem": self.failures.get(node_id),
+                }
+            )
+        return {
+            "nodes": nodes,
+            "singletons": {
+                "deployment_manager": ray.get_runtime_context().get_node_id(),
+                "peer_table_version": self.version,
+            },
+            "generation": self.generation,
+        }
+
+    def where(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop every gateway (each drains within ``grace_s``), then stop reconciling."""
+        self._stopping = True
+        async with self._lock:
+            gateways = list(self.gateways.values())
+            await asyncio.gather(
+                *(asyncio.wait_for(g.handle.stop.remote(grace_s), grace_s + 15) for g in gateways),
+                return_exceptions=True,
+            )
+            for gateway in gateways:
+                with contextlib.suppress(Exception):
+                    ray.kill(gateway.handle)
+            self.gateways.clear()
+        for name in ("config", "generation", "limits"):
+            with contextlib.suppress(Exception):
+                internal_kv._internal_kv_del(_kv_key(self.namespace, name))
+
+
+class RayAuthority:
+    """The strict-limit authority singleton (see the module docstring)."""
+
+    def __init__(self, namespace: str, lease_ttl: float = 1.0) -> None:
+        self.namespace = namespace
+        snapshot = _kv_get(namespace, "limits")
+        authority = None
+        if snapshot is not None:
+            try:
+                authority = LeaseAuthority.restore(snapshot, time.time, lease_ttl=lease_ttl)
+                log.info("the strict-limit authority restarted from its record")
+            except ValueError as error:
+                log.error("the strict-limit authority's record is unreadable: %s", error)
+        self.authority = authority or LeaseAuthority(time.time, lease_ttl=lease_ttl)
+        self._saved = self.authority.dirty
+
+    def handle(self, line: bytes) -> bytes | None:
+        """One wire line; the record is saved before the reply when it changed."""
+        reply = handle_line(self.authority, line)
+        if self.authority.dirty != self._saved:
+            _kv_put(self.namespace, "limits", self.authority.snapshot())
+            self._saved = self.authority.dirty
+        return reply
+
+    def where(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
