@@ -77,13 +77,28 @@ class Holder:
 
 
 def simulate(
-    seed: int, *, rpm: int, tpm: int, minutes: int = 6, ttl: float = 1.0
+    seed: int,
+    *,
+    rpm: int,
+    tpm: int,
+    minutes: int = 6,
+    ttl: float = 1.0,
+    restore_at: float | None = None,
 ) -> tuple[list[tuple[float, int]], LeaseAuthority]:
     """Four holders, Poisson-like demand at 3x the RPM, random one-way latencies; every
-    use is recorded with its time and actual tokens (always <= the estimate)."""
+    use is recorded with its time and actual tokens (always <= the estimate). With
+    ``restore_at`` the authority persists a snapshot after every change and is replaced at
+    that time by one restored from the last snapshot (a restart on another node)."""
     rng = random.Random(seed)
     clock = FakeClock(0.0)
     authority = LeaseAuthority(clock, lease_ttl=ttl)
+    saved, saved_dirty = authority.snapshot(), authority.dirty
+
+    def persist() -> None:
+        nonlocal saved, saved_dirty
+        if restore_at is not None and authority.dirty != saved_dirty:
+            saved, saved_dirty = authority.snapshot(), authority.dirty
+
     limits = RateLimits(requests_per_minute=rpm, tokens_per_minute=tpm, strict=True)
     holders = [Holder() for _ in range(4)]
     tick = 1 / 16
@@ -92,12 +107,15 @@ def simulate(
     in_transit: list[tuple[float, Holder, int, int, int]] = []  # (arrives, holder, want..)
     for _ in range(int(minutes * 60 / tick)):
         now = clock()
+        if restore_at is not None and now >= restore_at:
+            authority, restore_at = LeaseAuthority.restore(saved, clock), None
         for at, holder, want_requests, want_tokens, need in list(in_transit):
             if at <= now:  # the request reaches the authority now
                 in_transit.remove((at, holder, want_requests, want_tokens, need))
                 holder.answer = authority.request(
                     KEY, limits, want_requests, want_tokens, need_tokens=need
                 )
+                persist()  # before the reply leaves
                 holder.answer_at = now + rng.randrange(3) * tick
         for holder in rng.sample(holders, len(holders)):
             if rng.random() < arrival:
@@ -139,6 +157,7 @@ def simulate(
                 holder.returns.clear()
                 for item in returns:
                     authority.release(*item)
+                persist()
                 want = len(holder.queue)
                 demand = sum(tokens for _, tokens in holder.queue)
                 in_transit.append(
@@ -158,6 +177,20 @@ def test_four_holders_at_three_times_the_limit_stay_exact_and_near_it(seed: int)
     assert tokens <= rpm * 100
     steady = [t for t, _ in uses if 60 <= t < 360]
     assert len(steady) >= 0.9 * rpm * 5  # >= 90 % of the limit per minute
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_restore_in_the_middle_keeps_the_record_exact(seed: int) -> None:
+    """Snapshots after every change and a restart at a random moment: the holders' uses
+    are exactly those of a run without the restart, so every window of use holds."""
+    rpm = 120
+    restore_at = random.Random(seed).uniform(30.0, 330.0)
+    uses, authority = simulate(seed, rpm=rpm, tpm=rpm * 100, restore_at=restore_at)
+    assert uses == simulate(seed, rpm=rpm, tpm=rpm * 100)[0]
+    requests, tokens = window_maxima(uses)
+    assert requests <= rpm
+    assert tokens <= rpm * 100
+    assert authority.dirty > 0  # the restored one went on granting
 
 
 def test_a_token_bound_key_stays_exact_by_use_time() -> None:

@@ -50,22 +50,20 @@ locally, since exact concurrency across processes would need a call per request 
 Surviving a restart
 -------------------
 :meth:`LeaseAuthority.snapshot` is the whole record as bytes (format and validation in
-:mod:`rakka_inference.remote.strict_lease_state`): per key its limits, its live leases
-(returns and overruns applied), its Retry-After block and its auto-tune factor, plus the
-ttl, the window and the next lease id. :meth:`LeaseAuthority.restore` rebuilds it; lease ids
-go on from the snapshot's, so a restored authority never issues an id it issued before.
-:attr:`LeaseAuthority.generation` moves on every change that matters (a grant, a release
-that changes a lease, a 429 that blocks or cuts, new limits for a key), never on a refusal
-that changes nothing, nor on the eviction of expired leases (a restored record evicts
-them itself).
+:mod:`rakka_inference.remote.strict_lease_state`): per key its limits, live leases (returns
+and overruns applied), Retry-After block and auto-tune factor, plus the ttl, the window and
+the next lease id. :meth:`LeaseAuthority.restore` rebuilds it; ids go on from the
+snapshot's, so no id is issued twice. :attr:`LeaseAuthority.dirty`, a change counter, moves
+on every change that matters (a grant, a release that changes a lease, a 429 that blocks
+or cuts, new limits for a key), never on a refusal that changes nothing nor on evictions.
 
 *The guarantee.* Restored from a snapshot taken after the last change, on a clock that
 means the same times (a wall clock across nodes), an authority admits as if it had never
 stopped: every later request gets the answer the original would have given. So its host
-persists a snapshot whenever ``generation`` moved, before it replies to a grant: a change
-after the last snapshot is lost (a grant no holder learnt of is harmless). A clock behind
-the snapshot's times only keeps restored leases longer (the safe side); a restore with a
-shorter ttl than the snapshot's is refused, as its leases may be in use for their own ttl.
+persists a snapshot whenever ``dirty`` moved, before it replies to a grant: a change after
+the last snapshot is lost (a grant no holder learnt of is harmless). A clock behind the
+snapshot's times only keeps restored leases longer (the safe side), and so does a restore
+with a shorter ttl: restored leases still count until their own ``window + ttl`` ends.
 """
 
 from __future__ import annotations
@@ -172,7 +170,7 @@ class LeaseAuthority:
     __slots__ = (
         "_autotune",
         "_clock",
-        "_generation",
+        "_dirty",
         "_leases",
         "_next_id",
         "_records",
@@ -199,12 +197,13 @@ class LeaseAuthority:
         self._records: dict[LimiterKey, _KeyRecord] = {}
         self._leases: dict[int, _Lease] = {}
         self._next_id = 1
-        self._generation = 0
+        self._dirty = 0
 
     @property
-    def generation(self) -> int:
-        """Moves on every change a snapshot must hold (see "Surviving a restart")."""
-        return self._generation
+    def dirty(self) -> int:
+        """A change counter: it differs from a value read earlier exactly when the record
+        changed since in a way a snapshot must hold (see "Surviving a restart")."""
+        return self._dirty
 
     def _record(self, key: LimiterKey) -> _KeyRecord:
         record = self._records.get(key)
@@ -247,7 +246,7 @@ class LeaseAuthority:
         record = self._record(key)
         if record.limits != limits:
             record.limits = limits
-            self._generation += 1
+            self._dirty += 1
         self._evict(record, now)
         if now < record.blocked_until:
             return self._refuse(record.blocked_until, DenialReason.RETRY_AFTER, now)
@@ -286,7 +285,7 @@ class LeaseAuthority:
         record.requests += requests
         record.tokens += tokens
         self._leases[lease.lease_id] = lease
-        self._generation += 1
+        self._dirty += 1
         return LeaseGrant(lease.lease_id, requests, tokens, self.ttl)
 
     @staticmethod
@@ -315,7 +314,7 @@ class LeaseAuthority:
         tokens = max(0, lease.tokens - unused_tokens + overrun_tokens)
         record.tokens += tokens - lease.tokens
         if requests or tokens != lease.tokens:
-            self._generation += 1
+            self._dirty += 1
         lease.tokens = tokens
         return True
 
@@ -328,7 +327,7 @@ class LeaseAuthority:
             record.blocked_until = max(record.blocked_until, now + retry_after)
         record.factor.cut(now, recover_from=max(now, record.blocked_until))
         if (record.blocked_until, FactorState.of(record.factor)) != before:
-            self._generation += 1
+            self._dirty += 1
 
     def snapshot(self) -> bytes:
         """The whole record as bytes, expired leases left out (see "Surviving a restart")."""
@@ -355,11 +354,9 @@ class LeaseAuthority:
         autotune: AutoTune | None = None,
     ) -> LeaseAuthority:
         """The authority a :meth:`snapshot` was taken of, on ``clock``. ``lease_ttl`` and
-        ``window`` default to the snapshot's; a shorter ttl is refused. Raises
-        :class:`SnapshotError` for anything but a valid snapshot."""
+        ``window`` default to the snapshot's. Raises :class:`SnapshotError` for anything but
+        a valid snapshot."""
         state = decode_state(data)
-        if lease_ttl is not None and lease_ttl < state.ttl:
-            raise SnapshotError(f"restored leases may be in use for {state.ttl} s > {lease_ttl}")
         authority = cls(
             clock,
             lease_ttl=state.ttl if lease_ttl is None else lease_ttl,
@@ -367,13 +364,16 @@ class LeaseAuthority:
             autotune=autotune,
         )
         authority._next_id = state.next_lease_id
+        # A restored lease may be in use for the snapshot's ttl: under a shorter one it
+        # keeps counting until its own window + ttl ends, as if granted that much later.
+        shift = max(0.0, state.ttl - authority.ttl)
         for key_state in state.keys:
             record = authority._record(key_state.key)
             record.limits = key_state.limits
             record.blocked_until = key_state.blocked_until
             key_state.factor.apply(record.factor)
-            for item in key_state.leases:
-                lease = _Lease(record, *item)
+            for lease_id, granted_at, requests, tokens in key_state.leases:
+                lease = _Lease(record, lease_id, granted_at + shift, requests, tokens)
                 record.leases.append(lease)
                 record.requests += lease.requests
                 record.tokens += lease.tokens

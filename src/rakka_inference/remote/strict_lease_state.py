@@ -59,7 +59,7 @@ _KEY = frozenset({"key", "limits", "blocked_until", "factor", "leases"})
 
 
 class SnapshotError(ValueError):
-    """Bytes that are not a valid snapshot of a lease authority (or do not fit its config)."""
+    """Bytes that are not a valid snapshot of a lease authority."""
 
 
 class LeaseState(NamedTuple):
