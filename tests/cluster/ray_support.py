@@ -82,8 +82,10 @@ def start_local_cluster(nodes: int = NODES) -> LocalCluster:
         },
     )
     handles = [cluster.head_node]
-    for port in ports[1:]:
-        handles.append(cluster.add_node(num_cpus=1, labels={"rakka-bind": f"127.0.0.1:{port}"}))
+    handles += [
+        cluster.add_node(num_cpus=1, labels={"rakka-bind": f"127.0.0.1:{port}"})
+        for port in ports[1:]
+    ]
     cluster.wait_for_nodes()
     assert cluster.address.startswith("127.0.0.1:"), cluster.address
     ray.init(address=cluster.address, log_to_driver=False)
@@ -135,7 +137,9 @@ queue_timeout_ms = 300
 async def bring_up(tmp_path: Path, local: LocalCluster, text: str) -> RayCluster:
     """The topology of ``text`` on ``local``, serving on every node."""
     path = tmp_path / "cluster.toml"
-    path.write_text(text.replace('backend = "ray"', f'backend = "ray"\nray_address = "{local.address}"'))
+    path.write_text(
+        text.replace('backend = "ray"', f'backend = "ray"\nray_address = "{local.address}"')
+    )
     topology = RayCluster(path, load_config(path), grace_s=2.0)
     await asyncio.to_thread(topology.start)
     await asyncio.to_thread(topology.wait_ready)

@@ -49,7 +49,9 @@ async def test_every_node_serves_and_the_approximate_limit_holds_across_them(
     tmp_path: Path, ray_cluster: LocalCluster, upstream: OpenAIMock
 ) -> None:
     rpm = 24
-    topology = await bring_up(tmp_path, ray_cluster, cluster_config(upstream.openai_base_url, rpm=rpm))
+    topology = await bring_up(
+        tmp_path, ray_cluster, cluster_config(upstream.openai_base_url, rpm=rpm)
+    )
     try:
         urls = ray_cluster.urls()
         assert await asyncio.gather(*(chat(u) for u in urls)) == [200] * NODES
@@ -158,7 +160,9 @@ api_key = {{ from_env = "RAKKA_RAY_TEST_KEY" }}
             assert applied.status_code == 200, applied.text
             for url in urls:  # live on every gateway
                 async with admin(url) as each:
-                    names = [d["name"] for d in (await each.get("/admin/deployments")).json()["data"]]
+                    names = [
+                        d["name"] for d in (await each.get("/admin/deployments")).json()["data"]
+                    ]
                     assert names == ["chat", "second"]
             broken = second.replace('name = "second"', 'name = ""')
             refused = await client.post("/admin/deployments", content=broken.encode())

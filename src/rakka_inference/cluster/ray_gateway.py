@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import ray
 
 from rakka_inference.cluster.answers import GroupAnswers, Reply, Scope
 from rakka_inference.cluster.gossip import CircuitGossip, traffic_metrics
-from rakka_inference.cluster.ray_transport import RayLeaseChannel, RayReplicator
+from rakka_inference.cluster.ray_transport import RayLeaseChannel, RayReplicator, cluster_clock
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError, InternalError, SecretError
 from rakka_inference.remote.breaker_registry import BreakerRegistry
@@ -102,13 +101,13 @@ class RayGateway:
         self.replicator = RayReplicator(node_id)
         self.gossip = CircuitGossip(self.replicator)
         self.leases = RayLeaseChannel(
-            namespace, holders=lambda: len(self.replicator.members()), clock=time.time
+            namespace, holders=lambda: len(self.replicator.members()), clock=cluster_clock
         )
         self.limiter = DistributedRateLimiter(
-            self.replicator, clock=time.time, authority=self.leases
+            self.replicator, clock=cluster_clock, authority=self.leases
         )
         self.breakers = BreakerRegistry(
-            clock=time.monotonic, on_transition=self.gossip.on_transition
+            clock=cluster_clock, on_transition=self.gossip.on_transition
         )
         self.gossip.breakers = self.breakers
         self.answers = GroupAnswers(self, config_source=source, base_dir=Path(base_dir))
@@ -131,7 +130,7 @@ class RayGateway:
             topology = Topology(
                 config,
                 services=RemoteServices(
-                    limiters=self.limiter, breakers=self.breakers, clock=time.monotonic
+                    limiters=self.limiter, breakers=self.breakers, clock=cluster_clock
                 ),
             )
             await topology.start()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -53,12 +54,23 @@ from rakka_inference.remote.strict_lease_wire import (
     encode_release,
 )
 
-__all__ = ["AUTHORITY_NAME", "RayLeaseChannel", "RayReplicator"]
+__all__ = ["AUTHORITY_NAME", "RayLeaseChannel", "RayReplicator", "cluster_clock"]
 
 log = logging.getLogger("rakka_inference.cluster.ray_transport")
 
 AUTHORITY_NAME = "rakka-limits"
 """The strict-limit authority actor's name in the cluster's namespace."""
+
+_WALL_OFFSET = time.time() - time.monotonic()
+
+
+def cluster_clock() -> float:
+    """A gateway's clock on a cluster: monotonic, and on the wall clock's scale (taken once,
+    when the process starts). The approximate limiter's sync epochs must line up across
+    nodes (clocks synchronised well within a sync interval, as NTP keeps them), and a
+    provider's Retry-After travels as a time on this scale; within the process it never
+    jumps, so deadlines and timers stay sound."""
+    return time.monotonic() + _WALL_OFFSET
 
 
 class RayReplicator:

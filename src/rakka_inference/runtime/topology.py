@@ -141,6 +141,7 @@ class Topology:
             on_shutdown=self.stop,
             metrics=self.metrics,
             providers=self._providers,
+            clock=self.services.clock,  # deadlines are on the engines' clock
         )
         self.admin = AdminApi(self, admin_key)
         self.gateway.admin = self.admin
