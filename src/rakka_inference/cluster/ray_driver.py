@@ -28,14 +28,8 @@ from typing import Any
 
 import ray
 
-from rakka_inference.cluster.ray_gateway import MANAGER_NAME
-from rakka_inference.cluster.ray_manager import (
-    GATEWAY_LABEL,
-    RayAuthority,
-    RayManager,
-    ray_nodes,
-)
-from rakka_inference.cluster.ray_transport import AUTHORITY_NAME
+from rakka_inference.cluster.ray_manager import GATEWAY_LABEL, ray_nodes
+from rakka_inference.cluster.ray_singletons import SingletonSpec, ensure_singletons
 from rakka_inference.core.deployment import Config
 
 __all__ = ["RayCluster", "serve_ray"]
@@ -56,6 +50,7 @@ class RayCluster:
         self.namespace = config.cluster.name
         self.manager: Any = None
         self.authority: Any = None
+        self.spec: SingletonSpec | None = None
 
     def start(self) -> None:
         """Join Ray, get or create the singletons, apply the config file."""
@@ -67,36 +62,27 @@ class RayCluster:
                 logging_level=logging.WARNING,
             )
         text = self.config_file.read_text(encoding="utf-8")
-        singleton = {
-            "namespace": self.namespace,
-            "lifetime": "detached",
-            "get_if_exists": True,
-            "max_restarts": -1,
-            "num_cpus": 0,
-        }
-        self.authority = (
-            ray.remote(RayAuthority)
-            .options(name=AUTHORITY_NAME, **singleton)
-            .remote(self.namespace)
+        self.spec = SingletonSpec(
+            namespace=self.namespace,
+            source=str(self.config_file.absolute()),
+            base_dir=str(self.config_file.absolute().parent),
+            initial_text=text,
+            default_bind=self.config.cluster.bind,
+            grace_s=self.grace_s,
         )
-        self.manager = (
-            ray.remote(RayManager)
-            .options(name=MANAGER_NAME, max_concurrency=1000, **singleton)
-            .remote(
-                self.namespace,
-                source=str(self.config_file.absolute()),
-                base_dir=str(self.config_file.absolute().parent),
-                initial_text=text,
-                default_bind=self.config.cluster.bind,
-                grace_s=self.grace_s,
-            )
-        )
+        self.keep()
         # A manager left from an earlier run keeps its own config: this file wins.
         answer = self.coordinate({"op": "apply", "toml": text})
         if not answer.get("ok"):
             raise RuntimeError(str(answer.get("message")))
 
+    def keep(self) -> None:
+        """Make either singleton again if it is gone (see :mod:`ray_singletons`)."""
+        assert self.spec is not None
+        self.authority, self.manager = ensure_singletons(self.spec)
+
     def coordinate(self, message: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        self.keep()  # the handles of the singletons as they are now (one may have moved)
         answer = ray.get(self.manager.coordinate.remote(message), timeout=timeout)
         return answer if isinstance(answer, dict) else {"ok": False, "message": "garbage"}
 
@@ -122,6 +108,7 @@ class RayCluster:
 
     def stop(self) -> None:
         """Stop every gateway (draining), then the singletons. Ray keeps running."""
+        self.keep()
         try:
             ray.get(self.manager.shutdown.remote(self.grace_s), timeout=self.grace_s + 30)
         finally:

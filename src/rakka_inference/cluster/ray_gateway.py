@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,13 @@ import ray
 
 from rakka_inference.cluster.answers import GroupAnswers, Reply, Scope
 from rakka_inference.cluster.gossip import CircuitGossip, traffic_metrics
-from rakka_inference.cluster.ray_transport import RayLeaseChannel, RayReplicator, cluster_clock
+from rakka_inference.cluster.ray_transport import (
+    MANAGER_NAME,
+    RayLeaseChannel,
+    RayReplicator,
+    SingletonSpec,
+    cluster_clock,
+)
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError, InternalError, SecretError
 from rakka_inference.remote.breaker_registry import BreakerRegistry
@@ -50,14 +57,14 @@ from rakka_inference.remote.distributed_limit import DistributedRateLimiter
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.topology import Topology
 
-__all__ = ["GATEWAY_PREFIX", "MANAGER_NAME", "LocalReply", "RayGateway", "gateway_name"]
+__all__ = ["GATEWAY_PREFIX", "LocalReply", "RayGateway", "gateway_name"]
 
 log = logging.getLogger("rakka_inference.cluster.ray_gateway")
 
 GATEWAY_PREFIX = "rakka-gateway-"
-MANAGER_NAME = "rakka-manager"
-"""The deployment manager singleton's name in the cluster's namespace."""
 _BACKLOG = 2048
+_KEEP_S = 1.0
+"""How often (plus up to as much again, at random) a gateway checks the singletons."""
 _BACKSTOP_S = 5
 
 Message = MutableMapping[str, Any]
@@ -118,13 +125,20 @@ class RayGateway:
         self._serving: asyncio.Task[None] | None = None
         self._sync: asyncio.Task[None] | None = None
         self._manager: Any = None
+        self._spec: SingletonSpec | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, text: str, generation: int, bind: str, grace_s: float) -> dict[str, Any]:
-        """Build the topology from the config ``text`` and serve it on ``bind``."""
+    async def start(
+        self, text: str, generation: int, bind: str, spec: SingletonSpec
+    ) -> dict[str, Any]:
+        """Build the topology from the config ``text`` and serve it on ``bind``; keep the
+        singletons (``spec``) from now on."""
+        self._spec = spec
         if self.topology is not None:
             return self.describe()
+        grace_s = spec.grace_s
         try:
             config = parse_config(text, self.answers.config_source, base_dir=self.answers.base_dir)
             topology = Topology(
@@ -138,7 +152,9 @@ class RayGateway:
             return {"ok": False, "status": 400, "message": str(error)}
         self.topology, self.generation = topology, generation
         self.answers.attach(topology)
-        self._sync = asyncio.get_running_loop().create_task(self.limiter.run())
+        loop = asyncio.get_running_loop()
+        self._sync = loop.create_task(self.limiter.run())
+        self._keeper = loop.create_task(self._keep_singletons())
         try:
             await self._serve(bind, grace_s)
         except OSError as error:
@@ -191,8 +207,25 @@ class RayGateway:
             "peers": len(self.replicator.members()),
         }
 
+    async def _keep_singletons(self) -> None:
+        """Make a singleton again when it is gone (:mod:`ray_singletons`), every second."""
+        # Imported here: the keeper makes managers, and the manager module makes gateways.
+        from rakka_inference.cluster.ray_singletons import ensure_singletons  # noqa: PLC0415
+
+        while True:
+            await asyncio.sleep(_KEEP_S + random.random() * _KEEP_S)  # noqa: S311 - jitter
+            spec = self._spec
+            if spec is None:
+                continue
+            try:
+                await asyncio.to_thread(ensure_singletons, spec)
+            except Exception as error:  # Ray's control store unreachable: next time
+                log.warning("could not check the cluster's singletons: %r", error)
+
     async def stop(self, grace_s: float) -> None:
         """Stop taking connections, let requests finish (within ``grace_s``), close."""
+        if self._keeper is not None:
+            self._keeper.cancel()
         server = self._server
         if server is not None:
             server.should_exit = True

@@ -46,12 +46,21 @@ from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rakka_inference.cluster.ray_gateway import RayGateway, gateway_name
+from rakka_inference.cluster.ray_transport import AUTHORITY_NAME, SingletonSpec
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError
 from rakka_inference.remote.strict_lease import LeaseAuthority
 from rakka_inference.remote.strict_lease_wire import handle_line
 
-__all__ = ["BIND_LABEL", "GATEWAY_LABEL", "RayAuthority", "RayManager", "ray_nodes"]
+__all__ = [
+    "BIND_LABEL",
+    "GATEWAY_LABEL",
+    "SINGLETON_LABEL",
+    "RayAuthority",
+    "RayManager",
+    "ray_nodes",
+    "singleton_node",
+]
 
 log = logging.getLogger("rakka_inference.cluster.ray_manager")
 
@@ -59,6 +68,8 @@ BIND_LABEL = "rakka-bind"
 """A node label: the ``host:port`` its gateway serves, over ``[cluster].bind``."""
 GATEWAY_LABEL = "rakka-gateway"
 """A node label: ``false`` keeps a gateway off the node."""
+SINGLETON_LABEL = "rakka-singletons"
+"""A node label: ``true`` where the singletons should start (see :func:`singleton_node`)."""
 RECONCILE_S = 0.5
 PING_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 120.0
@@ -69,6 +80,19 @@ def ray_nodes() -> list[dict[str, Any]]:
     """Ray's node table: one dict per node ever seen (``NodeID``, ``Alive``, ``Labels``...)."""
     nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
     return nodes
+
+
+def singleton_node() -> str | None:
+    """Where the singletons should start: a live node labelled ``rakka-singletons=true``,
+    else a live node other than the head (whose loss takes Ray's control store with it
+    anyway, so the singletons there would have nowhere to come back), else anywhere. Only a
+    preference (soft affinity): a singleton restarted after its node died goes to any node.
+    """
+    live = [n for n in ray_nodes() if n.get("Alive")]
+    labelled = [n for n in live if (n.get("Labels") or {}).get(SINGLETON_LABEL) == "true"]
+    workers = [n for n in live if "node:__internal_head__" not in (n.get("Resources") or {})]
+    chosen = labelled or workers
+    return str(sorted(n["NodeID"] for n in chosen)[0]) if chosen else None
 
 
 def _kv_key(namespace: str, name: str) -> str:
@@ -200,7 +224,7 @@ class RayManager:
         )
         try:
             answer = await asyncio.wait_for(
-                handle.start.remote(self.text, self.generation, bind, self.grace_s),
+                handle.start.remote(self.text, self.generation, bind, self.spec()),
                 START_TIMEOUT_S,
             )
         except (TimeoutError, ray.exceptions.RayError) as error:
@@ -224,8 +248,20 @@ class RayManager:
         log.info("gateway on node %s serves %s", node_id, gateway.bind)
         return True
 
+    def spec(self) -> SingletonSpec:
+        """What a gateway needs to make this manager (or the authority) again."""
+        return SingletonSpec(
+            namespace=self.namespace,
+            source=self.source,
+            base_dir=str(self.base_dir),
+            initial_text=self.text,
+            default_bind=self.default_bind,
+            grace_s=self.grace_s,
+        )
+
     async def _publish_peers(self) -> None:
-        self.version += 1
+        # On the wall clock's scale, so that a restarted manager's tables are newer still.
+        self.version = max(self.version + 1, time.time_ns())
         peers = {node: g.handle for node, g in self.gateways.items()}
         await asyncio.gather(
             *(g.handle.set_peers.remote(self.version, peers) for g in self.gateways.values()),
@@ -245,7 +281,7 @@ class RayManager:
             case "reload":
                 return await self.reload()
             case "status":
-                return {"ok": True, **self.status()}
+                return {"ok": True, **(await self.status())}
         return _refusal(400, f"unknown op {message.get('op')!r}")
 
     async def reload(self) -> dict[str, Any]:
@@ -297,8 +333,12 @@ class RayManager:
             return _refusal(503, f"the gateway did not answer: {error!r}")
         return answer if isinstance(answer, dict) else _refusal(502, "the gateway answered garbage")
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """Nodes, gateways and where the singletons run: the cluster as the manager sees it."""
+        authority: str | None = None
+        with contextlib.suppress(TimeoutError, ValueError, ray.exceptions.RayError):
+            handle = ray.get_actor(AUTHORITY_NAME, namespace=self.namespace)
+            authority = str(await asyncio.wait_for(handle.where.remote(), PING_TIMEOUT_S))
         nodes = []
         for node in ray_nodes():
             node_id = node["NodeID"]
@@ -317,6 +357,7 @@ class RayManager:
             "nodes": nodes,
             "singletons": {
                 "deployment_manager": ray.get_runtime_context().get_node_id(),
+                "limit_authority": authority,
                 "peer_table_version": self.version,
             },
             "generation": self.generation,

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -54,12 +54,36 @@ from rakka_inference.remote.strict_lease_wire import (
     encode_release,
 )
 
-__all__ = ["AUTHORITY_NAME", "RayLeaseChannel", "RayReplicator", "cluster_clock"]
+__all__ = [
+    "AUTHORITY_NAME",
+    "MANAGER_NAME",
+    "RayLeaseChannel",
+    "RayReplicator",
+    "SingletonSpec",
+    "cluster_clock",
+]
 
 log = logging.getLogger("rakka_inference.cluster.ray_transport")
 
 AUTHORITY_NAME = "rakka-limits"
 """The strict-limit authority actor's name in the cluster's namespace."""
+MANAGER_NAME = "rakka-manager"
+"""The deployment manager actor's name in the cluster's namespace."""
+
+
+@dataclass(frozen=True, slots=True)
+class SingletonSpec:
+    """What making the singletons again needs (the manager's constructor arguments): see
+    :mod:`rakka_inference.cluster.ray_singletons`."""
+
+    namespace: str
+    source: str
+    base_dir: str
+    initial_text: str
+    """The config a manager starts on when the KV store has none (the very first start)."""
+    default_bind: str
+    grace_s: float
+
 
 _WALL_OFFSET = time.time() - time.monotonic()
 
