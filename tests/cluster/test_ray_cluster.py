@@ -10,12 +10,17 @@ cluster; a config applied through one gateway live on all, a broken one refused 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from ray_support import (
+    ADMIN,
     NODES,
     LocalCluster,
     admin,
@@ -175,3 +180,92 @@ api_key = {{ from_env = "RAKKA_RAY_TEST_KEY" }}
             assert len(deployments[1]["nodes"]) == NODES
     finally:
         await take_down(topology)
+
+
+async def test_rakka_serve_brings_the_cluster_up_reloads_on_sighup_and_stops_on_sigterm(
+    tmp_path: Path, ray_cluster: LocalCluster, upstream: OpenAIMock
+) -> None:
+    config = tmp_path / "cluster.toml"
+    text = cluster_config(upstream.openai_base_url, rpm=100_000).replace(
+        'backend = "ray"', f'backend = "ray"\nray_address = "{ray_cluster.address}"'
+    )
+    config.write_text(text)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+        "serve",
+        "--config",
+        str(config),
+        "--grace",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+
+    async def line_matching(pattern: str) -> str:
+        async with asyncio.timeout(90):
+            while True:
+                raw = await process.stdout.readline()  # type: ignore[union-attr]
+                assert raw, "rakka serve exited:\n" + "".join(lines)
+                lines.append(raw.decode(errors="replace"))
+                if re.search(pattern, lines[-1]):
+                    return lines[-1]
+
+    try:
+        await line_matching(rf"cluster .* serving on {NODES} node\(s\)")
+        urls = ray_cluster.urls()
+        assert await asyncio.gather(*(chat(u) for u in urls)) == [200] * NODES
+        status = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+            "status",
+            "--url",
+            urls[1],
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "RAKKA_ADMIN_KEY": ADMIN},
+        )
+        shown = (await status.communicate())[0].decode()
+        assert status.returncode == 0, shown
+        assert "NODE          STATE  GATEWAY" in shown
+        assert "deployment manager" in shown
+        assert shown.count(" up ") == NODES
+        config.write_text(text.replace('name = "chat"', 'name = "renamed"'))
+        process.send_signal(signal.SIGHUP)
+        await line_matching(r"reloaded on every gateway")
+        async with admin(urls[3]) as client:
+            names = [d["name"] for d in (await client.get("/admin/deployments")).json()["data"]]
+        assert names == ["renamed"]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+        for url in urls:  # every gateway is gone
+            with pytest.raises(httpx.ConnectError):
+                await chat(url)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_without_ray_installed_a_ray_config_is_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text('[cluster]\nbackend = "ray"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys; sys.modules['ray'] = None\n"
+        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 1
+    assert err.decode().strip() == (
+        "rakka: backend = 'ray' needs Ray: pip install 'rakka-inference[ray]'"
+    )

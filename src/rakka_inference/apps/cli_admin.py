@@ -151,6 +151,22 @@ def format_status(status: dict[str, Any]) -> str:
             for w in status["workers"]
         ]
         lines.append("")
+    if "nodes" in status:  # a cluster on Ray: each row names its node
+        singletons = status.get("singletons") or {}
+        lines += ["NODE          STATE  GATEWAY                 SINGLETONS"]
+        for node in status["nodes"]:
+            here = [
+                role
+                for key, role in (
+                    ("deployment_manager", "deployment manager"),
+                    ("limit_authority", "limit authority"),
+                )
+                if singletons.get(key) == node["node"]
+            ]
+            state = "up" if node["alive"] else "down"
+            gateway = node.get("gateway") or node.get("problem") or "-"
+            lines.append(f"{node['node'][:12]:<13} {state:<6} {gateway:<23} {', '.join(here)}")
+        lines.append("")
     lines += ["DEPLOYMENT        STATE     GEN  REPLICAS  IN FLIGHT  QUEUED  RUNTIME"]
     for d in status["deployments"]:
         replicas = d["replicas"]
@@ -204,9 +220,10 @@ def format_costs(report: dict[str, Any]) -> str:
 
 
 def _worker(row: dict[str, Any]) -> str:
-    """``w0: `` for a row of one worker of a node, else nothing."""
-    worker = row.get("worker")
-    return f"{worker}: " if worker else ""
+    """``w0: `` for a row of one worker of a node (a node's id, shortened, on a cluster),
+    else nothing."""
+    member = row.get("worker") or (row.get("node") or "")[:12]
+    return f"{member}: " if member else ""
 
 
 def _use(used: int, limit: int | None) -> str:

@@ -154,12 +154,13 @@ def serve_ray(
     cluster = RayCluster(Path(config_file), config, grace_s=grace_s)
     stop = threading.Event()
     reload = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: reload.set())
     try:
         cluster.start()
+        # After joining Ray, whose own SIGTERM handler would exit at once without stopping.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: reload.set())
         status = cluster.wait_ready()
     except Exception as error:  # no Ray there, a node that refuses the config, ...
         print(f"rakka: the cluster did not start: {error}", file=sys.stderr)
