@@ -167,6 +167,11 @@ def admin(node: Node) -> httpx.AsyncClient:
     )
 
 
+def report(line: str) -> None:
+    """A measured figure, printed past pytest's capture (the README quotes them)."""
+    print(f"\n[figure] {line}", file=sys.__stderr__, flush=True)
+
+
 def chat_calls(mock: OpenAIMock) -> int:
     return sum(1 for r in mock.requests if r.path.endswith("/chat/completions"))
 
@@ -190,6 +195,10 @@ async def test_four_workers_share_one_approximate_limit(
         statuses = await load(node, rounds=6, per_round=rpm * 3 // 6, pause=0.6)
         statuses += await load(node, rounds=3, per_round=rpm * 3 // 6, pause=0.6)
         sent = chat_calls(upstream)
+        report(
+            f"approximate, {WORKERS} workers, limit {rpm}/min, offered {len(statuses)}:"
+            f" the upstream got {sent} (bound {rpm + WORKERS})"
+        )
         # The stated bound: at most N requests over the limit in any window.
         assert sent <= rpm + WORKERS, (sent, statuses)
         assert sent >= rpm // 2, (sent, statuses)
@@ -208,6 +217,10 @@ async def test_strict_limit_is_exact_across_workers(tmp_path: Path, upstream: Op
     node = await node_for(tmp_path, upstream, rpm=rpm, strict=True)
     try:
         statuses = await load(node, rounds=4, per_round=rpm * 3 // 4, pause=0.5)
+        report(
+            f"strict, {WORKERS} workers, limit {rpm}/min, offered {len(statuses)}:"
+            f" the upstream got {chat_calls(upstream)}"
+        )
         assert chat_calls(upstream) == rpm
         assert statuses.count(200) == rpm
         assert set(statuses) <= {200, 429}

@@ -114,7 +114,18 @@ class RayCluster:
         finally:
             for handle in (self.manager, self.authority):
                 if handle is not None:
-                    ray.kill(handle)
+                    _close(handle)
+
+
+def _close(handle: Any) -> None:
+    """End a singleton the orderly way (its ``close``), or kill it."""
+    try:
+        ray.get(handle.close.remote(), timeout=5)
+    except ray.exceptions.ActorDiedError:
+        return  # it exited, as asked
+    except (ray.exceptions.RayError, TimeoutError):
+        pass
+    ray.kill(handle)
 
 
 def _wants_gateway(node_id: str) -> bool:

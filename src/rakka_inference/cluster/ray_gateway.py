@@ -49,6 +49,7 @@ from rakka_inference.cluster.ray_transport import (
     RayReplicator,
     SingletonSpec,
     cluster_clock,
+    exit_this_actor,
 )
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError, InternalError, SecretError
@@ -239,6 +240,11 @@ class RayGateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync
         await self.leases.aclose()
+
+    async def close(self) -> None:
+        """End this actor's process the orderly way (after :meth:`stop`): its exit
+        handlers run, which a kill would skip."""
+        exit_this_actor()
 
     # ------------------------------------------------------------------ what Ray calls
 

@@ -46,7 +46,7 @@ from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rakka_inference.cluster.ray_gateway import RayGateway, gateway_name
-from rakka_inference.cluster.ray_transport import AUTHORITY_NAME, SingletonSpec
+from rakka_inference.cluster.ray_transport import AUTHORITY_NAME, SingletonSpec, exit_this_actor
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError
 from rakka_inference.remote.strict_lease import LeaseAuthority
@@ -114,6 +114,18 @@ class _Gateway:
     handle: Any
     bind: str
     generation: int
+
+
+async def _close(handle: Any) -> None:
+    """End an actor the orderly way (its ``close``), or kill it if that does not work."""
+    try:
+        await asyncio.wait_for(handle.close.remote(), PING_TIMEOUT_S)
+    except ray.exceptions.ActorDiedError:
+        return  # it exited, as asked
+    except (TimeoutError, ray.exceptions.RayError):
+        pass
+    with contextlib.suppress(Exception):
+        ray.kill(handle)
 
 
 def _refusal(status: int, message: str) -> dict[str, Any]:
@@ -366,6 +378,12 @@ class RayManager:
     def where(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
 
+    async def close(self) -> None:
+        """End this actor's process the orderly way (after :meth:`shutdown`)."""
+        self._stopping = True
+        self._loop_task.cancel()
+        exit_this_actor()
+
     async def shutdown(self, grace_s: float) -> None:
         """Stop every gateway (each drains within ``grace_s``), then stop reconciling."""
         self._stopping = True
@@ -375,9 +393,7 @@ class RayManager:
                 *(asyncio.wait_for(g.handle.stop.remote(grace_s), grace_s + 15) for g in gateways),
                 return_exceptions=True,
             )
-            for gateway in gateways:
-                with contextlib.suppress(Exception):
-                    ray.kill(gateway.handle)
+            await asyncio.gather(*(_close(g.handle) for g in gateways), return_exceptions=True)
             self.gateways.clear()
         for name in ("config", "generation", "limits"):
             with contextlib.suppress(Exception):
@@ -410,3 +426,7 @@ class RayAuthority:
 
     def where(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
+
+    def close(self) -> None:
+        """End this actor's process the orderly way."""
+        exit_this_actor()

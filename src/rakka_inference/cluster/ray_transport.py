@@ -61,6 +61,7 @@ __all__ = [
     "RayReplicator",
     "SingletonSpec",
     "cluster_clock",
+    "exit_this_actor",
 ]
 
 log = logging.getLogger("rakka_inference.cluster.ray_transport")
@@ -83,6 +84,11 @@ class SingletonSpec:
     """The config a manager starts on when the KV store has none (the very first start)."""
     default_bind: str
     grace_s: float
+
+
+def exit_this_actor() -> None:
+    """End the calling actor's process the orderly way (its exit handlers run)."""
+    ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
 
 _WALL_OFFSET = time.time() - time.monotonic()
