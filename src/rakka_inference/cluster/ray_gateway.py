@@ -230,9 +230,19 @@ class RayGateway:
         server = self._server
         if server is not None:
             server.should_exit = True
+        topology = self.topology
+        # Past the grace, requests still in flight are cut: each client is told why in its
+        # route's format (as `rakka serve` does), before uvicorn's backstop cancels them.
+        cut = (
+            None
+            if topology is None
+            else asyncio.get_running_loop().call_later(grace_s, topology.gateway.cut)
+        )
         if self._serving is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._serving, grace_s + _BACKSTOP_S + 1)
+        if cut is not None:
+            cut.cancel()
         if self.topology is not None:
             await self.topology.stop(timeout=grace_s)
         if self._sync is not None:
