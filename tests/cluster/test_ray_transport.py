@@ -11,23 +11,23 @@ import pytest
 
 pytest.importorskip("ray")
 
-from rakka_inference.cluster.ray_transport import (  # noqa: E402
+from rakka_inference.cluster.ray_transport import (
     RayLeaseChannel,
     RayReplicator,
     SingletonSpec,
     cluster_clock,
 )
-from rakka_inference.core.policies import RateLimits  # noqa: E402
-from rakka_inference.remote.gcounter import CounterState, Spend  # noqa: E402
-from rakka_inference.remote.ratelimit import LimiterKey  # noqa: E402
-from rakka_inference.remote.replicator import KeySync, SyncMessage  # noqa: E402
-from rakka_inference.remote.replicator_codec import (  # noqa: E402
+from rakka_inference.core.policies import RateLimits
+from rakka_inference.remote.gcounter import CounterState, Spend
+from rakka_inference.remote.ratelimit import LimiterKey
+from rakka_inference.remote.replicator import KeySync, SyncMessage
+from rakka_inference.remote.replicator_codec import (
     CircuitSignal,
     encode_circuit,
     encode_sync,
 )
-from rakka_inference.remote.strict_lease import LeaseAuthority  # noqa: E402
-from rakka_inference.remote.strict_lease_wire import handle_line  # noqa: E402
+from rakka_inference.remote.strict_lease import LeaseAuthority
+from rakka_inference.remote.strict_lease_wire import handle_line
 
 KEY = LimiterKey("openai", "fp", "gpt-4o-mini")
 LIMITS = RateLimits(requests_per_minute=10)
