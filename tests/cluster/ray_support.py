@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,8 @@ os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="rr", dir="/tmp"))
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
+from serving_support import admin as admin_client  # noqa: E402
+from serving_support import chat, chat_deployment, free_port  # noqa: E402
 
 from rakka_inference.cluster.ray_driver import RayCluster  # noqa: E402
 from rakka_inference.core.config import load_config  # noqa: E402
@@ -45,12 +46,6 @@ HEALTH = {
     "health_check_timeout_ms": 500,
     "health_check_failure_threshold": 3,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -107,31 +102,13 @@ def ray_cluster() -> Iterator[LocalCluster]:
 
 
 def cluster_config(endpoint: str, *, rpm: int, strict: bool = False, extra: str = "") -> str:
-    return f"""
+    cluster = f"""
 [cluster]
 name = "t{uuid.uuid4().hex[:10]}"
 backend = "ray"
 admin_api_key = {{ from_env = "{ADMIN_ENV}" }}
-
-[[deployment]]
-name = "chat"
-model = "gpt-4o-mini"
-runtime = "openai"
-[deployment.runtime_config]
-endpoint = "{endpoint}"
-api_key = {{ from_env = "{KEY_ENV}" }}
-[deployment.runtime_config.rate_limits]
-requests_per_minute = {rpm}
-strict = {"true" if strict else "false"}
-[deployment.runtime_config.retry]
-max_retries = 0
-[deployment.runtime_config.circuit_breaker]
-failure_threshold = 2
-open_duration_ms = 3000
-[deployment.serving]
-queue_timeout_ms = 300
-{extra}
 """
+    return cluster + chat_deployment(endpoint, key_env=KEY_ENV, rpm=rpm, strict=strict) + extra
 
 
 async def bring_up(tmp_path: Path, local: LocalCluster, text: str) -> RayCluster:
@@ -150,15 +127,6 @@ async def take_down(topology: RayCluster) -> None:
     await asyncio.to_thread(topology.stop)
 
 
-async def chat(url: str) -> int:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        response = await client.post(
-            "/v1/chat/completions",
-            json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
-        )
-        return response.status_code
-
-
 async def load(urls: list[str], rounds: int, per_gateway: int, pause: float) -> list[int]:
     """``per_gateway`` requests at once to every gateway, ``rounds`` times."""
     statuses: list[int] = []
@@ -169,4 +137,4 @@ async def load(urls: list[str], rounds: int, per_gateway: int, pause: float) -> 
 
 
 def admin(url: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=60)
+    return admin_client(url, ADMIN)

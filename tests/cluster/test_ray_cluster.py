@@ -31,6 +31,7 @@ from ray_support import (
     ray_cluster,
     take_down,
 )
+from serving_support import chat_calls, report, start_rakka
 
 from rakka_inference.testkit.faults import Fault
 from rakka_inference.testkit.mock_openai import OpenAIMock
@@ -44,15 +45,6 @@ __all__ = ["ray_cluster"]  # the module's cluster, shared by its tests
 async def upstream() -> AsyncIterator[OpenAIMock]:
     async with OpenAIMock() as mock:
         yield mock
-
-
-def report(line: str) -> None:
-    """A measured figure, printed past pytest's capture (the README quotes them)."""
-    print(f"\n[figure] {line}", file=sys.__stderr__, flush=True)
-
-
-def chat_calls(mock: OpenAIMock) -> int:
-    return sum(1 for r in mock.requests if r.path.endswith("/chat/completions"))
 
 
 async def test_every_node_serves_and_the_approximate_limit_holds_across_them(
@@ -203,32 +195,10 @@ async def test_rakka_serve_brings_the_cluster_up_reloads_on_sighup_and_stops_on_
         'backend = "ray"', f'backend = "ray"\nray_address = "{ray_cluster.address}"'
     )
     config.write_text(text)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
-        "serve",
-        "--config",
-        str(config),
-        "--grace",
-        "2",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-
-    async def line_matching(pattern: str) -> str:
-        async with asyncio.timeout(90):
-            while True:
-                raw = await process.stdout.readline()  # type: ignore[union-attr]
-                assert raw, "rakka serve exited:\n" + "".join(lines)
-                lines.append(raw.decode(errors="replace"))
-                if re.search(pattern, lines[-1]):
-                    return lines[-1]
-
+    child = await start_rakka("serve", "--config", str(config), "--grace", "2")
+    process = child.process
     try:
-        await line_matching(rf"cluster .* serving on {NODES} node\(s\)")
+        await child.line(rf"cluster .* serving on {NODES} node\(s\)")
         urls = ray_cluster.urls()
         assert await asyncio.gather(*(chat(u) for u in urls)) == [200] * NODES
         status = await asyncio.create_subprocess_exec(
@@ -248,7 +218,7 @@ async def test_rakka_serve_brings_the_cluster_up_reloads_on_sighup_and_stops_on_
         assert shown.count(" up ") == NODES
         config.write_text(text.replace('name = "chat"', 'name = "renamed"'))
         process.send_signal(signal.SIGHUP)
-        await line_matching(r"reloaded on every gateway")
+        await child.line(r"reloaded on every gateway")
         async with admin(urls[3]) as client:
             names = [d["name"] for d in (await client.get("/admin/deployments")).json()["data"]]
         assert names == ["renamed"]

@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +22,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from serving_support import (
+    Child,
+    chat,
+    chat_calls,
+    chat_deployment,
+    free_port,
+    report,
+    start_rakka,
+)
+from serving_support import admin as admin_client
 
 from rakka_inference.testkit.faults import Fault
 from rakka_inference.testkit.mock_openai import OpenAIMock
@@ -30,12 +39,6 @@ from rakka_inference.testkit.mock_openai import OpenAIMock
 ADMIN = "admin-test-key"
 KEY_ENV = "RAKKA_WORKERS_TEST_KEY"
 WORKERS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def config_text(
@@ -46,90 +49,47 @@ def config_text(
     strict: bool = False,
     workers: int = WORKERS,
     failure_threshold: int = 100,
-    extra: str = "",
 ) -> str:
-    return f"""
+    cluster = f"""
 [cluster]
 bind = "127.0.0.1:{port}"
 workers = {workers}
 admin_api_key = "{ADMIN}"
-
-[[deployment]]
-name = "chat"
-model = "gpt-4o-mini"
-runtime = "openai"
-[deployment.runtime_config]
-endpoint = "{endpoint}"
-api_key = {{ from_env = "{KEY_ENV}" }}
-[deployment.runtime_config.rate_limits]
-requests_per_minute = {rpm}
-strict = {"true" if strict else "false"}
-[deployment.runtime_config.retry]
-max_retries = 0
-[deployment.runtime_config.circuit_breaker]
-failure_threshold = {failure_threshold}
-open_duration_ms = 3000
-[deployment.serving]
-queue_timeout_ms = 300
-{extra}
 """
+    return cluster + chat_deployment(
+        endpoint, key_env=KEY_ENV, rpm=rpm, strict=strict, failure_threshold=failure_threshold
+    )
 
 
 @dataclass
 class Node:
-    process: asyncio.subprocess.Process
+    child: Child
     port: int
     config: Path
-    output: list[str]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def lines_until(self, pattern: str, timeout: float = 60) -> str:
-        """Wait for an output line matching ``pattern`` (the lines read so far count)."""
-        regex = re.compile(pattern)
-        for line in self.output:
-            if regex.search(line):
-                return line
-        assert self.process.stdout is not None
-        async with asyncio.timeout(timeout):
-            while True:
-                raw = await self.process.stdout.readline()
-                assert raw, "the node exited:\n" + "".join(self.output)
-                line = raw.decode(errors="replace")
-                self.output.append(line)
-                if regex.search(line):
-                    return line
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self.child.process
+
+    async def lines_until(self, pattern: str) -> str:
+        return await self.child.line(pattern)
 
 
 async def start_node(config: Path, port: int) -> Node:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from rakka_inference.apps.cli import main; raise SystemExit(main())",
-        "serve",
-        "--config",
-        str(config),
-        "--grace",
-        "5",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, KEY_ENV: "sk-workers-test"},
+    child = await start_rakka(
+        "serve", "--config", str(config), "--grace", "5", env={**os.environ, KEY_ENV: "sk-w"}
     )
-    node = Node(process, port, config, [])
+    node = Node(child, port, config)
     await node.lines_until(r"node serving on .* with \d+ workers")
     return node
 
 
 async def stop_node(node: Node) -> int:
-    if node.process.returncode is None:
-        node.process.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(60):
-        assert node.process.stdout is not None
-        while raw := await node.process.stdout.readline():
-            node.output.append(raw.decode(errors="replace"))
-        return await node.process.wait()
+    return await node.child.stop()
 
 
 @pytest.fixture
@@ -146,42 +106,17 @@ async def node_for(tmp_path: Path, upstream: OpenAIMock, **settings: Any) -> Nod
     return await start_node(path, port)
 
 
-async def fire(client: httpx.AsyncClient, count: int) -> list[int]:
-    """``count`` chat requests at once, each on its own connection (so they spread over
-    the workers); their statuses."""
-
-    async def one() -> int:
-        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30) as own:
-            response = await own.post(
-                "/v1/chat/completions",
-                json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
-            )
-            return response.status_code
-
-    return list(await asyncio.gather(*(one() for _ in range(count))))
-
-
 def admin(node: Node) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=node.url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=60
-    )
-
-
-def report(line: str) -> None:
-    """A measured figure, printed past pytest's capture (the README quotes them)."""
-    print(f"\n[figure] {line}", file=sys.__stderr__, flush=True)
-
-
-def chat_calls(mock: OpenAIMock) -> int:
-    return sum(1 for r in mock.requests if r.path.endswith("/chat/completions"))
+    return admin_client(node.url, ADMIN)
 
 
 async def load(node: Node, rounds: int, per_round: int, pause: float) -> list[int]:
+    """``per_round`` requests at once, each on its own connection (so they spread over
+    the workers), ``rounds`` times; their statuses."""
     statuses: list[int] = []
-    async with httpx.AsyncClient(base_url=node.url) as client:
-        for _ in range(rounds):
-            statuses += await fire(client, per_round)
-            await asyncio.sleep(pause)
+    for _ in range(rounds):
+        statuses += await asyncio.gather(*(chat(node.url) for _ in range(per_round)))
+        await asyncio.sleep(pause)
     return statuses
 
 

@@ -50,7 +50,13 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.observe.metrics import CONTENT_TYPE
 from rakka_inference.runtime.admin import AdminApi
-from rakka_inference.runtime.asgi import receive_body, request_ids, send_error, send_json
+from rakka_inference.runtime.asgi import (
+    receive_body,
+    request_ids,
+    send_error,
+    send_json,
+    send_whole,
+)
 
 if TYPE_CHECKING:
     from rakka_inference.runtime.topology import Topology
@@ -154,7 +160,7 @@ class GroupAnswers:
                     body = self.own_metrics()
                 else:
                     body = await self.group_metrics()
-                await _send_metrics(send, body, ids.header)
+                await send_whole(send, 200, body, ids.header, CONTENT_TYPE.encode())
                 return
             body = await receive_body(scope, receive, 64 * 1024 * 1024)
             if scope["path"] == "/_node/apply":
@@ -311,18 +317,3 @@ def _toml(body: bytes) -> str:
     if not isinstance(text, str):
         raise BadRequest("toml must be a string")
     return text
-
-
-async def _send_metrics(send: Send, body: bytes, request_id: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", CONTENT_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

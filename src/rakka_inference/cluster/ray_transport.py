@@ -39,14 +39,12 @@ from rakka_inference.remote.ratelimit import (
 from rakka_inference.remote.replicator import Deliver, SyncMessage
 from rakka_inference.remote.replicator_codec import (
     CircuitSignal,
-    MalformedDatagram,
-    decode,
     encode_circuit,
     encode_sync,
 )
-from rakka_inference.remote.replicator_unix import ReplicatorStats
+from rakka_inference.remote.replicator_unix import GossipInbox, ReplicatorStats
 from rakka_inference.remote.strict_lease import LeaseGrant, LeaseRefusal, LeaseReturn
-from rakka_inference.remote.strict_lease_limiter import LeasedLimiter
+from rakka_inference.remote.strict_lease_limiter import LeasedLimiter, LeasedLimiters
 from rakka_inference.remote.strict_lease_wire import (
     LeaseProtocolError,
     decode_reply,
@@ -110,9 +108,8 @@ class RayReplicator:
         self._node_id = node_id
         self._peers: dict[str, Any] = {}
         self._version = -1
-        self._sync_subscribers: list[Deliver] = []
-        self._circuit_subscribers: list[Callable[[CircuitSignal], None]] = []
         self._stats = ReplicatorStats()
+        self._inbox = GossipInbox(node_id, self._stats)
 
     @property
     def node_id(self) -> str:
@@ -144,13 +141,13 @@ class RayReplicator:
         self._send(encoded.datagrams)
 
     def subscribe(self, deliver: Deliver) -> None:
-        self._sync_subscribers.append(deliver)
+        self._inbox.subscribe(deliver)
 
     def publish_circuit(self, signal: CircuitSignal) -> None:
         self._send([encode_circuit(signal)])
 
     def subscribe_circuit(self, deliver: Callable[[CircuitSignal], None]) -> None:
-        self._circuit_subscribers.append(deliver)
+        self._inbox.subscribe_circuit(deliver)
 
     def _send(self, datagrams: list[bytes]) -> None:
         stats = self._stats
@@ -167,30 +164,7 @@ class RayReplicator:
 
     def receive(self, datagram: bytes) -> None:
         """A datagram another gateway sent: decoded and handed to the subscribers."""
-        stats = self._stats
-        try:
-            message = decode(datagram)
-        except MalformedDatagram:
-            stats.dropped_malformed += 1
-            return
-        if message.origin == self._node_id:
-            return
-        stats.datagrams_received += 1
-        stats.bytes_received += len(datagram)
-        if isinstance(message, CircuitSignal):
-            for deliver_circuit in self._circuit_subscribers:
-                _call(deliver_circuit, message, stats)
-        else:
-            for deliver in self._sync_subscribers:
-                _call(deliver, message, stats)
-
-
-def _call(deliver: Callable[[Any], None], message: Any, stats: ReplicatorStats) -> None:
-    try:
-        deliver(message)
-    except Exception:
-        stats.subscriber_errors += 1
-        log.exception("a gossip subscriber failed")
+        self._inbox.receive(datagram)
 
 
 class RayLeaseChannel:
@@ -213,13 +187,11 @@ class RayLeaseChannel:
         self.namespace = namespace
         self._holders = holders
         self._clock = clock
-        self._sleep = sleep
         self.lease_ttl = lease_ttl
-        self._autotune = autotune
         self.retry_delay = retry_delay
         self._timeout = request_timeout
         self._authority: Any = None
-        self._limiters: dict[LimiterKey, LeasedLimiter] = {}
+        self._limiters = LeasedLimiters(self, clock=clock, sleep=sleep, autotune=autotune)
         self._next_id = 0
         self.round_trips = 0
         self._down = False
@@ -230,18 +202,10 @@ class RayLeaseChannel:
         return max(1, self._holders())
 
     def limiter_for(self, key: LimiterKey, limits: RateLimits) -> LeasedLimiter:
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = LeasedLimiter(
-                key, limits, self, clock=self._clock, sleep=self._sleep, autotune=self._autotune
-            )
-            self._limiters[key] = limiter
-        elif limiter.limits != limits:
-            limiter.reconfigure(limits)
-        return limiter
+        return self._limiters.limiter_for(key, limits)
 
     def utilization(self) -> list[RateLimitUtilization]:
-        return [limiter.utilization() for limiter in self._limiters.values()]
+        return self._limiters.utilization()
 
     def _handle(self) -> Any:
         if self._authority is None:
@@ -284,8 +248,6 @@ class RayLeaseChannel:
 
     async def aclose(self) -> None:
         """Give every unused permit back to the authority (best effort)."""
-        returns: list[LeaseReturn] = []
-        for limiter in self._limiters.values():
-            returns.extend(await limiter._close())
+        returns = await self._limiters.close()
         if returns:
             self.tell(encode_release(returns))

@@ -52,7 +52,7 @@ from rakka_inference.remote.replicator_codec import (
     encode_sync,
 )
 
-__all__ = ["ReplicatorStats", "UnixDatagramReplicator"]
+__all__ = ["GossipInbox", "ReplicatorStats", "UnixDatagramReplicator"]
 
 log = logging.getLogger("rakka_inference.remote.replicator_unix")
 
@@ -93,6 +93,53 @@ def _check_node_id(node_id: str) -> str:
     return node_id
 
 
+class GossipInbox:
+    """What a replicator does with a datagram it received, whatever carried it: decoded
+    (a malformed one dropped and counted), its own node's ignored, counted, and handed to
+    every subscriber of its kind; a subscriber's failure is counted and logged, never
+    raised into the loop."""
+
+    __slots__ = ("_circuit", "_node_id", "_stats", "_sync")
+
+    def __init__(self, node_id: str, stats: ReplicatorStats) -> None:
+        self._node_id = node_id
+        self._stats = stats
+        self._sync: list[Deliver] = []
+        self._circuit: list[Callable[[CircuitSignal], None]] = []
+
+    def subscribe(self, deliver: Deliver) -> None:
+        self._sync.append(deliver)
+
+    def subscribe_circuit(self, deliver: Callable[[CircuitSignal], None]) -> None:
+        self._circuit.append(deliver)
+
+    def receive(self, datagram: bytes) -> None:
+        stats = self._stats
+        try:
+            message = decode(datagram)
+        except MalformedDatagram as error:
+            stats.dropped_malformed += 1
+            log.debug("dropped a gossip datagram of %d bytes: %s", len(datagram), error)
+            return
+        if message.origin == self._node_id:
+            return
+        stats.datagrams_received += 1
+        stats.bytes_received += len(datagram)
+        if isinstance(message, CircuitSignal):
+            for deliver_circuit in self._circuit:
+                self._call(deliver_circuit, message)
+        else:
+            for deliver in self._sync:
+                self._call(deliver, message)
+
+    def _call(self, deliver: Callable[[_M], None], message: _M) -> None:
+        try:
+            deliver(message)
+        except Exception:
+            self._stats.subscriber_errors += 1
+            log.exception("a gossip subscriber of %s failed", self._node_id)
+
+
 class UnixDatagramReplicator:
     """One process's endpoint: ``<directory>/<node_id>.gossip``; ``peers`` are every node of
     the host (this one may be among them). The format is
@@ -121,9 +168,8 @@ class UnixDatagramReplicator:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inode: int | None = None
-        self._sync_subscribers: list[Deliver] = []
-        self._circuit_subscribers: list[Callable[[CircuitSignal], None]] = []
         self._stats = ReplicatorStats()
+        self._inbox = GossipInbox(self._node_id, self._stats)
 
     def _socket_path(self, node_id: str) -> str:
         path = str(self._directory / f"{node_id}{_SOCKET_SUFFIX}")
@@ -157,7 +203,7 @@ class UnixDatagramReplicator:
 
     def subscribe(self, deliver: Deliver) -> None:
         """Hand every peer's sync message to ``deliver`` (each subscriber gets each one)."""
-        self._sync_subscribers.append(deliver)
+        self._inbox.subscribe(deliver)
 
     # -- circuit signals
 
@@ -165,7 +211,7 @@ class UnixDatagramReplicator:
         self._send([encode_circuit(signal)])
 
     def subscribe_circuit(self, deliver: Callable[[CircuitSignal], None]) -> None:
-        self._circuit_subscribers.append(deliver)
+        self._inbox.subscribe_circuit(deliver)
 
     @property
     def stats(self) -> ReplicatorStats:
@@ -245,30 +291,7 @@ class UnixDatagramReplicator:
             self._receive(datagram)
 
     def _receive(self, datagram: bytes) -> None:
-        stats = self._stats
-        try:
-            message = decode(datagram)
-        except MalformedDatagram as error:
-            stats.dropped_malformed += 1
-            log.debug("dropped a gossip datagram of %d bytes: %s", len(datagram), error)
-            return
-        if message.origin == self._node_id:
-            return
-        stats.datagrams_received += 1
-        stats.bytes_received += len(datagram)
-        if isinstance(message, CircuitSignal):
-            for deliver_circuit in self._circuit_subscribers:
-                self._call(deliver_circuit, message)
-        else:
-            for deliver in self._sync_subscribers:
-                self._call(deliver, message)
-
-    def _call(self, deliver: Callable[[_M], None], message: _M) -> None:
-        try:
-            deliver(message)
-        except Exception:
-            self._stats.subscriber_errors += 1
-            log.exception("a gossip subscriber of %s failed", self._node_id)
+        self._inbox.receive(datagram)
 
     def __repr__(self) -> str:
         state = "running" if self._sock is not None else "stopped"

@@ -57,7 +57,7 @@ from rakka_inference.remote.ratelimit import (
 from rakka_inference.remote.strict_lease import LeaseGrant, LeaseRefusal, LeaseReturn
 from rakka_inference.remote.strict_lease_wire import MAX_RETURNS, encode_limited
 
-__all__ = ["LeaseChannel", "LeasedLimiter"]
+__all__ = ["LeaseChannel", "LeasedLimiter", "LeasedLimiters"]
 
 
 class LeaseChannel(Protocol):
@@ -316,3 +316,46 @@ class LeasedLimiter(WaitingLimiter):
 
     def __repr__(self) -> str:
         return f"LeasedLimiter({self.key.provider}/{self.key.model}, in_flight={self._in_flight})"
+
+
+class LeasedLimiters:
+    """One channel's limiters, one per key: what its
+    :class:`~rakka_inference.remote.distributed_limit.StrictAuthority` hands out."""
+
+    __slots__ = ("_autotune", "_channel", "_clock", "_limiters", "_sleep")
+
+    def __init__(
+        self, channel: LeaseChannel, *, clock: Clock, sleep: Sleep, autotune: AutoTune | None
+    ) -> None:
+        self._channel = channel
+        self._clock = clock
+        self._sleep = sleep
+        self._autotune = autotune
+        self._limiters: dict[LimiterKey, LeasedLimiter] = {}
+
+    def limiter_for(self, key: LimiterKey, limits: RateLimits) -> LeasedLimiter:
+        """The key's limiter, created on first use; new limits reconfigure it."""
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = LeasedLimiter(
+                key,
+                limits,
+                self._channel,
+                clock=self._clock,
+                sleep=self._sleep,
+                autotune=self._autotune,
+            )
+            self._limiters[key] = limiter
+        elif limiter.limits != limits:
+            limiter.reconfigure(limits)
+        return limiter
+
+    def utilization(self) -> list[RateLimitUtilization]:
+        return [limiter.utilization() for limiter in self._limiters.values()]
+
+    async def close(self) -> list[LeaseReturn]:
+        """Stop every limiter; the permits they leave unused, to give back."""
+        returns: list[LeaseReturn] = []
+        for limiter in self._limiters.values():
+            returns.extend(await limiter._close())
+        return returns

@@ -42,7 +42,7 @@ from rakka_inference.remote.strict_lease import (
     LeaseRefusal,
     LeaseReturn,
 )
-from rakka_inference.remote.strict_lease_limiter import LeasedLimiter
+from rakka_inference.remote.strict_lease_limiter import LeasedLimiter, LeasedLimiters
 from rakka_inference.remote.strict_lease_wire import (
     MAX_LINE,
     MAX_RETURNS,
@@ -141,13 +141,11 @@ class LeaseClient:
             raise ValueError("holders must be >= 1")
         self.path = path
         self._clock = clock
-        self._sleep = sleep
         self.holders = holders
         self.lease_ttl = lease_ttl
-        self._autotune = autotune
         self.retry_delay = retry_delay
         self._timeout = request_timeout
-        self._limiters: dict[LimiterKey, LeasedLimiter] = {}
+        self._limiters = LeasedLimiters(self, clock=clock, sleep=sleep, autotune=autotune)
         self._lock = asyncio.Lock()
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -160,18 +158,10 @@ class LeaseClient:
 
     def limiter_for(self, key: LimiterKey, limits: RateLimits) -> LeasedLimiter:
         """The key's limiter, created on first use; new limits reconfigure it."""
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            limiter = LeasedLimiter(
-                key, limits, self, clock=self._clock, sleep=self._sleep, autotune=self._autotune
-            )
-            self._limiters[key] = limiter
-        elif limiter.limits != limits:
-            limiter.reconfigure(limits)
-        return limiter
+        return self._limiters.limiter_for(key, limits)
 
     def utilization(self) -> list[RateLimitUtilization]:
-        return [limiter.utilization() for limiter in self._limiters.values()]
+        return self._limiters.utilization()
 
     async def aclose(self) -> None:
         """Return every unused permit to the authority and close the connection. Limiters
@@ -179,9 +169,7 @@ class LeaseClient:
         if self._closed:
             return
         self._closed = True
-        returns: list[LeaseReturn] = []
-        for limiter in self._limiters.values():
-            returns.extend(await limiter._close())
+        returns = await self._limiters.close()
         if returns:
             with contextlib.suppress(OSError):
                 writer = await self._connection()

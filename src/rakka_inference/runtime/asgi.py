@@ -49,6 +49,7 @@ __all__ = [
     "receive_body",
     "request_ids",
     "send_error",
+    "send_whole",
     "send_json",
     "trace_headers",
 ]
@@ -167,12 +168,25 @@ async def send_json(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """A whole JSON answer: ``body`` with ``status``, and ``headers`` after our own."""
+    await send_whole(send, status, body, request_id, b"application/json", headers=headers)
+
+
+async def send_whole(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    content_type: bytes,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """A whole answer of ``content_type``: ``body`` with ``status``, then ``headers``."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
                 *((k.encode(), v.encode()) for k, v in (headers or {}).items()),

@@ -86,6 +86,7 @@ from rakka_inference.runtime.asgi import (
     request_ids,
     send_error,
     send_json,
+    send_whole,
     trace_headers,
 )
 from rakka_inference.runtime.coordinator import DpCoordinator
@@ -336,19 +337,7 @@ class ApiGateway:
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         assert self.metrics is not None
-        body = self.metrics.render()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", CONTENT_TYPE.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", ids.header.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_whole(send, 200, self.metrics.render(), ids.header, CONTENT_TYPE.encode())
 
     async def _healthz(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         await send_json(send, 200, b'{"status":"ok"}', ids.header)
