@@ -62,13 +62,28 @@ def _sentence_transformers_check(deployment: Deployment) -> tuple[str, str] | No
     return model_source_problem(deployment)
 
 
+def _transformers(deployment: Deployment) -> ModelRunner:
+    # Imported on use: loading the model needs the optional ``transformers`` extra.
+    from rakka_inference.local.transformers_runner import TransformersRunner  # noqa: PLC0415
+
+    return TransformersRunner(deployment)
+
+
+def _transformers_check(deployment: Deployment) -> tuple[str, str] | None:
+    from rakka_inference.local.transformers_runner import model_source_problem  # noqa: PLC0415
+
+    return model_source_problem(deployment)
+
+
 DEFAULT_RUNNERS: Mapping[RuntimeKind, RunnerFactory] = {
     RuntimeKind.SENTENCE_TRANSFORMERS: _sentence_transformers,
+    RuntimeKind.TRANSFORMERS: _transformers,
 }
 """The local runtimes this build serves out of the box (tests register MockRunner)."""
 
 DEFAULT_CHECKS: Mapping[RuntimeKind, RunnerCheck] = {
     RuntimeKind.SENTENCE_TRANSFORMERS: _sentence_transformers_check,
+    RuntimeKind.TRANSFORMERS: _transformers_check,
 }
 """What each runtime's runner needs of a deployment, checked before it is applied."""
 
