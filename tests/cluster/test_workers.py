@@ -348,3 +348,25 @@ async def test_a_retry_after_seen_by_one_worker_blocks_the_key_on_all(
         assert await load(node, rounds=1, per_round=8, pause=0) == [200] * 8
     finally:
         assert await stop_node(node) == 0
+
+
+async def test_workers_do_not_outlive_a_killed_parent(tmp_path: Path, upstream: OpenAIMock) -> None:
+    node = await node_for(tmp_path, upstream, rpm=100_000)
+    try:
+        async with admin(node) as client:
+            pids = [w["pid"] for w in (await client.get("/admin/status")).json()["workers"]]
+        assert len(pids) == WORKERS
+        node.process.kill()  # SIGKILL: the parent cannot tell anyone
+        async with asyncio.timeout(15):
+            while any(_alive(pid) for pid in pids):
+                await asyncio.sleep(0.1)
+    finally:
+        await node.child.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
