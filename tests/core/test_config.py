@@ -1262,3 +1262,43 @@ def test_gemini_vertex_fields_need_the_vertex_variant() -> None:
         5,
         "applies only to variant = 'vertex' (variant is 'ai_studio')",
     )
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def test_workers_and_the_ray_backend() -> None:
+    assert_issue(only_issue("[cluster]\nworkers = 0\n"), "cluster.workers", 2, "must be in 1..128")
+    assert_issue(
+        only_issue('[cluster]\nbackend = "ray"\nworkers = 2\n'),
+        "cluster.workers",
+        3,
+        "applies only to backend = 'local'",
+    )
+    config = parse_config('[cluster]\nbackend = "ray"\nray_address = "ray://h:10001"\n', "t")
+    assert config.cluster.backend == "ray"
+    assert config.cluster.ray_address == "ray://h:10001"
+
+
+def test_on_ray_no_secret_may_be_inline() -> None:
+    text = """
+        [cluster]
+        backend = "ray"
+        admin_api_key = "inline-admin"
+        client_api_keys = ["k1", { from_env = "CLIENT" }]
+
+        [[deployment]]
+        name = "a"
+        model = "gpt-4o-mini"
+        [deployment.runtime_config]
+        api_key = "sk-inline"
+        """
+    with pytest.warns(InlineSecretWarning):
+        issues = issues_of(text)
+    assert [(i.path, i.line) for i in issues] == [
+        ("cluster.admin_api_key", 3),
+        ("cluster.client_api_keys[0]", 4),
+        ("deployment[0].runtime_config.api_key", 10),
+    ]
+    assert all("kept in Ray's KV store" in i.message for i in issues)
+    assert "sk-inline" not in str(issues)

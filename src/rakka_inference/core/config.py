@@ -226,6 +226,8 @@ class _Loader:
         deployments = [self._deployment(raw, i, references) for i, raw in enumerate(tables)]
         _check_references(references, self._issues)
         _check_shared_limits(deployments, self._issues)
+        if isinstance(cluster, ClusterConfig) and cluster.backend == "ray":
+            _check_no_inline_secrets(cluster, deployments, self._issues)
         tracing = self._tracing(document.get("tracing", {}))
         built = [deployment for deployment in deployments if deployment is not None]
         if cluster is INVALID or tracing is INVALID or len(built) != len(deployments):
@@ -381,6 +383,31 @@ def _check_references(references: list[_References], issues: Issues) -> None:
                 ("deployment", ref.index, "serving", "on_capacity_exhausted"),
                 "'fallback' needs a non-empty fallbacks list on the deployment",
             )
+
+
+def _check_no_inline_secrets(
+    cluster: ClusterConfig, deployments: list[Deployment | None], issues: Issues
+) -> None:
+    """On Ray the config's text is shipped to every node and kept in Ray's KV store: a
+    secret written inline would travel and be stored with it, so it is refused there."""
+    message = (
+        "with backend = 'ray' a secret cannot be inline (the config is sent to every node and "
+        'kept in Ray\'s KV store): use { from_env = "NAME" } or { from_file = "PATH" }, '
+        "resolved on each node"
+    )
+    if cluster.admin_api_key is not None and cluster.admin_api_key.source == "inline":
+        issues.add(("cluster", "admin_api_key"), message)
+    for position, ref in enumerate(cluster.client_api_keys):
+        if ref.source == "inline":
+            issues.add(("cluster", "client_api_keys", position), message)
+    for index, deployment in enumerate(deployments):
+        if deployment is None:
+            continue
+        settings = deployment.runtime_config
+        for item in dataclasses.fields(settings):
+            value = getattr(settings, item.name)
+            if isinstance(value, SecretRef) and value.source == "inline":
+                issues.add(("deployment", index, "runtime_config", item.name), message)
 
 
 def _check_shared_limits(deployments: list[Deployment | None], issues: Issues) -> None:
