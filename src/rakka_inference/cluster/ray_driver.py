@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from rakka_inference.cluster.ray_manager import GATEWAY_LABEL, ray_nodes
+from rakka_inference.cluster.ray_manager import ray_nodes, wants_gateway
 from rakka_inference.cluster.ray_singletons import SingletonSpec, ensure_singletons
 from rakka_inference.core.deployment import Config
 
@@ -129,11 +129,7 @@ def _close(handle: Any) -> None:
 
 
 def _wants_gateway(node_id: str) -> bool:
-    for node in ray_nodes():
-        if node["NodeID"] == node_id:
-            labels = node.get("Labels") or {}
-            return str(labels.get(GATEWAY_LABEL, "true")).lower() != "false"
-    return False
+    return any(n["NodeID"] == node_id and wants_gateway(n) for n in ray_nodes())
 
 
 def describe(status: dict[str, Any]) -> dict[str, str]:

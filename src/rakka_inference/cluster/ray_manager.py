@@ -54,12 +54,14 @@ from rakka_inference.remote.strict_lease_wire import handle_line
 
 __all__ = [
     "BIND_LABEL",
+    "EGRESS_LABEL",
     "GATEWAY_LABEL",
     "SINGLETON_LABEL",
     "RayAuthority",
     "RayManager",
     "ray_nodes",
     "singleton_node",
+    "wants_gateway",
 ]
 
 log = logging.getLogger("rakka_inference.cluster.ray_manager")
@@ -68,6 +70,9 @@ BIND_LABEL = "rakka-bind"
 """A node label: the ``host:port`` its gateway serves, over ``[cluster].bind``."""
 GATEWAY_LABEL = "rakka-gateway"
 """A node label: ``false`` keeps a gateway off the node."""
+EGRESS_LABEL = "rakka-egress"
+"""A node label: ``false`` for a node that cannot reach the providers. A gateway serves
+remote replicas of its own, so such a node gets no gateway either."""
 SINGLETON_LABEL = "rakka-singletons"
 """A node label: ``true`` where the singletons should start (see :func:`singleton_node`)."""
 RECONCILE_S = 0.5
@@ -93,6 +98,16 @@ def singleton_node() -> str | None:
     workers = [n for n in live if "node:__internal_head__" not in (n.get("Resources") or {})]
     chosen = labelled or workers
     return str(sorted(n["NodeID"] for n in chosen)[0]) if chosen else None
+
+
+def wants_gateway(node: dict[str, Any]) -> bool:
+    """Whether the node (a row of :func:`ray_nodes`) should run a gateway: not when it is
+    labelled ``rakka-gateway=false`` or ``rakka-egress=false``."""
+    labels = node.get("Labels") or {}
+    return all(str(labels.get(label, "true")).lower() != "false" for label in _NO_GATEWAY)
+
+
+_NO_GATEWAY = (GATEWAY_LABEL, EGRESS_LABEL)
 
 
 def _kv_key(namespace: str, name: str) -> str:
@@ -190,8 +205,7 @@ class RayManager:
             wanted = [
                 (node_id, info)
                 for node_id, info in nodes.items()
-                if node_id not in self.gateways
-                and str((info.get("Labels") or {}).get(GATEWAY_LABEL, "true")).lower() != "false"
+                if node_id not in self.gateways and wants_gateway(info)
             ]
             started = await asyncio.gather(*(self._place(n, info) for n, info in wanted))
             changed |= any(started)
