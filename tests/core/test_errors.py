@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import pickle
 import re
 
 import pytest
@@ -208,3 +209,27 @@ def test_outcome_labels_follow_design_section_6() -> None:
     assert BudgetExceeded.outcome == "budget_exceeded"
     assert RequestCancelled("x").outcome == "request_cancelled"
     assert InferenceError.outcome == "inference_error"
+
+
+@pytest.mark.parametrize(
+    "klass", [k for k in ALL_CLASSES if issubclass(k, InferenceError)], ids=lambda k: k.__name__
+)
+def test_every_inference_error_crosses_a_process_boundary_whole(
+    klass: type[InferenceError],
+) -> None:
+    """Pickled and back (as a Ray call carries it): same class, message and attributes,
+    whatever its own constructor requires."""
+    error = klass.__new__(klass)
+    InferenceError.__init__(error, "it broke", provider="openai", retry_after=2.5, param="x")
+    error.extra = "kept"  # type: ignore[attr-defined]
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is klass
+    assert str(back) == "it broke"
+    assert (back.message, back.provider, back.retry_after, back.param) == (
+        "it broke",
+        "openai",
+        2.5,
+        "x",
+    )
+    assert back.extra == "kept"
+    assert back.to_openai_error() == error.to_openai_error()

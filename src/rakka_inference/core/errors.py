@@ -209,6 +209,13 @@ class ActorDead(ActorError):
 # --------------------------------------------------------------------------- inference
 
 
+def _rebuild(cls: type[InferenceError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
 class InferenceError(RakkaError):
     """Base of every error met while serving a request.
 
@@ -245,6 +252,11 @@ class InferenceError(RakkaError):
         self.retry_after = retry_after
         self.param = param
         self.upstream_status = upstream_status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Whole across a process boundary (a Ray call): rebuilt from its message and
+        # attributes, never through a subclass's own __init__ and its required arguments.
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
     def to_openai_error(self) -> dict[str, Any]:
         """The OpenAI-style JSON error body for this error."""
