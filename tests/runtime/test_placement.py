@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,17 @@ def test_records_reject_duplicates() -> None:
 )
 def test_gpus_needed(deployment: Deployment, needed: int) -> None:
     assert gpus_needed(deployment) == needed
+
+
+def test_gpus_set_in_the_runtime_config_win() -> None:
+    auto = transformers("t", "auto")
+    assert gpus_needed(auto) == 0
+    config = auto.runtime_config
+    assert isinstance(config, TransformersConfig)
+    assert gpus_needed(replace(auto, runtime_config=replace(config, gpus=2))) == 2
+    cpu = transformers("t", "cuda")
+    assert isinstance(cpu.runtime_config, TransformersConfig)
+    assert gpus_needed(replace(cpu, runtime_config=replace(cpu.runtime_config, gpus=0))) == 0
 
 
 def test_credential_key_is_provider_and_existing_fingerprint(

@@ -250,6 +250,11 @@ class LocalRuntimeConfig:
 
     model_path: str | None = None
     """A local directory with the weights. Unset means the deployment's model name."""
+    gpus: int | None = None
+    """GPUs one replica occupies, for placement. Unset: what the runtime needs (vLLM its
+    ``tensor_parallel_size``; transformers and sentence-transformers one for a CUDA
+    device, none otherwise). Set it with ``device = "auto"`` to place replicas on GPU
+    nodes while the runner still starts where no GPU is visible (on CPU)."""
 
     @property
     def default_max_output_tokens(self) -> int:

@@ -34,6 +34,7 @@ from typing import NamedTuple
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import PlacementFailed, SecretError
 from rakka_inference.core.runtimes import (
+    LocalRuntimeConfig,
     RemoteRuntimeConfig,
     SentenceTransformersConfig,
     TransformersConfig,
@@ -188,8 +189,11 @@ def visible_gpus(count: int, cuda_visible_devices: str | None) -> tuple[str, ...
 
 
 def gpus_needed(deployment: Deployment) -> int:
-    """GPUs one replica occupies: vLLM's tensor-parallel size, one for a CUDA device."""
+    """GPUs one replica occupies: the runtime config's ``gpus`` where set, else vLLM's
+    tensor-parallel size, one for a CUDA device."""
     config = deployment.runtime_config
+    if isinstance(config, LocalRuntimeConfig) and config.gpus is not None:
+        return config.gpus
     if isinstance(config, VllmConfig):
         return config.tensor_parallel_size
     if isinstance(config, TransformersConfig | SentenceTransformersConfig):
