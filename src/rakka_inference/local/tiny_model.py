@@ -63,9 +63,9 @@ def build_tiny_chat_model(
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
+        bos_token="<s>",  # noqa: S106 - a special token, not a password
+        eos_token="</s>",  # noqa: S106
+        pad_token="<pad>",  # noqa: S106
         model_max_length=max_positions,
     )
     fast.chat_template = CHAT_TEMPLATE

@@ -324,9 +324,10 @@ class TransformersRunner:
         loaded = self._loaded
         assert loaded is not None
         tokenizer = loaded.tokenizer
+        conversation = _conversation(request)
         try:
             text = tokenizer.apply_chat_template(
-                _conversation(request), add_generation_prompt=True, tokenize=False
+                conversation, add_generation_prompt=True, tokenize=False
             )
         except Exception as error:  # the template's raise_exception(), or content it rejects
             raise BadRequest(
