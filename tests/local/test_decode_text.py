@@ -147,3 +147,9 @@ def test_held_text_is_released_at_the_end_of_sequence() -> None:
 def test_a_cap_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         completion(max_tokens=0)
+
+
+def test_a_stop_completed_only_by_the_final_flush_is_a_stop() -> None:
+    answer = completion(stops=["x\ufffd"])
+    assert feed(answer, [ord("a"), ord("x"), 0xE4, EOS]) == ("a", FinishReason.STOP)
+    assert answer.stopped_by == "x\ufffd"

@@ -592,3 +592,11 @@ async def test_requests_joining_and_leaving_mid_flight_answer_as_alone(
     assert text_of(together[0]) == alone[0]
     assert [text_of(chunks) for chunks in together[1]] == alone[2:]
     assert runner.stats.max_batch_size >= 3
+
+
+def test_every_end_of_sequence_token_the_model_names_ends_an_answer() -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
+    tokenizer = SimpleNamespace(eos_token_id=2)
+    assert transformers_runner._eos_ids(model, tokenizer) == {2, 5, 7}
