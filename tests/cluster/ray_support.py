@@ -63,14 +63,17 @@ class LocalCluster:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
 
 
-def start_local_cluster(nodes: int = NODES) -> LocalCluster:
+def start_local_cluster(nodes: int = NODES, gpus: tuple[int, ...] = ()) -> LocalCluster:
+    """``nodes`` nodes, the head first; node ``i`` has ``gpus[i]`` (fake) GPUs."""
     os.environ[KEY_ENV] = "sk-ray-test"
     os.environ[ADMIN_ENV] = ADMIN
     ports = [free_port() for _ in range(nodes)]
+    counts = [gpus[i] if i < len(gpus) else 0 for i in range(nodes)]
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": 1,
+            "num_gpus": counts[0],
             "labels": {"rakka-bind": f"127.0.0.1:{ports[0]}"},
             "_system_config": HEALTH,
             "include_dashboard": False,
@@ -78,8 +81,8 @@ def start_local_cluster(nodes: int = NODES) -> LocalCluster:
     )
     handles = [cluster.head_node]
     handles += [
-        cluster.add_node(num_cpus=1, labels={"rakka-bind": f"127.0.0.1:{port}"})
-        for port in ports[1:]
+        cluster.add_node(num_cpus=1, num_gpus=count, labels={"rakka-bind": f"127.0.0.1:{port}"})
+        for port, count in zip(ports[1:], counts[1:], strict=True)
     ]
     cluster.wait_for_nodes()
     assert cluster.address.startswith("127.0.0.1:"), cluster.address

@@ -43,6 +43,7 @@ import ray
 
 from rakka_inference.cluster.answers import GroupAnswers, Reply, Scope
 from rakka_inference.cluster.gossip import CircuitGossip, traffic_metrics
+from rakka_inference.cluster.ray_local import RayReplicaEngine, replica_index
 from rakka_inference.cluster.ray_transport import (
     MANAGER_NAME,
     RayLeaseChannel,
@@ -52,6 +53,7 @@ from rakka_inference.cluster.ray_transport import (
     exit_this_actor,
 )
 from rakka_inference.core.config import parse_config
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, InternalError, SecretError
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.distributed_limit import DistributedRateLimiter
@@ -147,6 +149,7 @@ class RayGateway:
                 services=RemoteServices(
                     limiters=self.limiter, breakers=self.breakers, clock=cluster_clock
                 ),
+                local_engines=self._local_engine,
             )
             await topology.start()
         except (ConfigError, SecretError) as error:
@@ -197,6 +200,11 @@ class RayGateway:
                     self._serving.result()
                     raise OSError(f"the server on {bind} stopped at start")
                 await asyncio.sleep(0.01)
+
+    def _local_engine(self, deployment: Deployment, name: str) -> RayReplicaEngine:
+        """A local replica is the cluster's actor; this gateway holds a proxy to it."""
+        index = replica_index(deployment.name, name)
+        return RayReplicaEngine(self.namespace, deployment, index, name, clock=cluster_clock)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -46,11 +46,14 @@ from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rakka_inference.cluster.ray_gateway import RayGateway, gateway_name
+from rakka_inference.cluster.ray_local import RayLocalReplica, local_replica_name
 from rakka_inference.cluster.ray_transport import AUTHORITY_NAME, SingletonSpec, exit_this_actor
 from rakka_inference.core.config import parse_config
+from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.errors import ConfigError
 from rakka_inference.remote.strict_lease import LeaseAuthority
 from rakka_inference.remote.strict_lease_wire import handle_line
+from rakka_inference.runtime.placement import gpus_needed
 
 __all__ = [
     "BIND_LABEL",
@@ -143,6 +146,13 @@ async def _close(handle: Any) -> None:
         ray.kill(handle)
 
 
+@dataclass
+class _Local:
+    name: str
+    handle: Any
+    node: str
+
+
 def _refusal(status: int, message: str) -> dict[str, Any]:
     return {"ok": False, "status": status, "message": message}
 
@@ -175,6 +185,9 @@ class RayManager:
             self._persist()
         self.gateways: dict[str, _Gateway] = {}
         self.failures: dict[str, str] = {}
+        self.locals: dict[str, _Local] = {}
+        """The local replicas running, by actor name."""
+        self.local_failures: dict[str, str] = {}
         self.version = 0
         self.started_at = time.time()
         self._lock = asyncio.Lock()
@@ -211,6 +224,7 @@ class RayManager:
             changed |= any(started)
             if changed:
                 await self._publish_peers()
+            await self._keep_locals(self._config(self.text))
 
     async def _drop_lost(self, nodes: dict[str, Any]) -> bool:
         async def alive(gateway: _Gateway) -> bool:
@@ -294,6 +308,82 @@ class RayManager:
             return_exceptions=True,
         )
 
+    # ------------------------------------------------------------------ local replicas
+
+    def _config(self, text: str) -> Config:
+        return parse_config(text, self.source, base_dir=self.base_dir)
+
+    @staticmethod
+    def _wanted_locals(config: Config) -> dict[str, tuple[Deployment, int]]:
+        return {
+            local_replica_name(d, i): (d, i)
+            for d in config.deployments
+            if not d.is_remote
+            for i in range(d.replicas)
+        }
+
+    async def _keep_locals(self, config: Config) -> None:
+        """Every local replica of ``config`` running (placed again when lost), no other."""
+        wanted = self._wanted_locals(config)
+        for name in [n for n in self.locals if n not in wanted]:
+            await self._retire(self.locals.pop(name))
+        alive = await asyncio.gather(*(self._alive(local) for local in self.locals.values()))
+        for local, ok in zip(list(self.locals.values()), alive, strict=True):
+            if not ok:
+                log.warning("local replica %s is gone; placing it again", local.name)
+                del self.locals[local.name]
+                with contextlib.suppress(Exception):
+                    ray.kill(local.handle)
+        missing = [(n, d, i) for n, (d, i) in wanted.items() if n not in self.locals]
+        await asyncio.gather(*(self._start_local(n, d, i, self.text) for n, d, i in missing))
+
+    async def _alive(self, local: _Local) -> bool:
+        try:
+            await asyncio.wait_for(local.handle.describe.remote(), PING_TIMEOUT_S)
+        except (TimeoutError, ray.exceptions.RayError):
+            return False
+        return True
+
+    async def _start_local(
+        self, name: str, deployment: Deployment, index: int, text: str
+    ) -> str | None:
+        """Start (or adopt) one local replica; None once it serves, else why not."""
+        handle: Any = (
+            ray.remote(RayLocalReplica)
+            .options(
+                name=name,
+                namespace=self.namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                num_gpus=gpus_needed(deployment),
+                max_restarts=0,
+            )
+            .remote(self.source, str(self.base_dir))
+        )
+        try:
+            answer = await asyncio.wait_for(
+                handle.start.remote(text, deployment.name, index), START_TIMEOUT_S
+            )
+        except (TimeoutError, ray.exceptions.RayError) as error:
+            answer = _refusal(503, f"the replica did not start: {error!r}")
+        if not answer.get("ok"):
+            message = f"deployment {deployment.name!r} replica {index}: {answer.get('message')}"
+            if self.local_failures.get(name) != message:
+                log.error("%s", message)
+            self.local_failures[name] = message
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+            return message
+        self.local_failures.pop(name, None)
+        self.locals[name] = _Local(name, handle, str(answer["node"]))
+        return None
+
+    async def _retire(self, local: _Local) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(local.handle.stop.remote(self.grace_s), self.grace_s + 5)
+        await _close(local.handle)
+
     # ------------------------------------------------------------------ coordination
 
     async def coordinate(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +418,17 @@ class RayManager:
         except ConfigError as error:
             return _refusal(400, f"the config was rejected, nothing changed: {error}")
         async with self._lock:
+            config = self._config(text)
+            new = {n: w for n, w in self._wanted_locals(config).items() if n not in self.locals}
+            problems = await asyncio.gather(
+                *(self._start_local(n, d, i, text) for n, (d, i) in new.items())
+            )
+            refused = next((p for p in problems if p is not None), None)
+            if refused is not None:
+                for name in new:
+                    if name in self.locals:
+                        await self._retire(self.locals.pop(name))
+                return _refusal(400, f"the config was rejected, nothing changed: {refused}")
             done: list[_Gateway] = []
             report: Any = None
             for gateway in list(self.gateways.values()):
@@ -338,6 +439,9 @@ class RayManager:
                     continue
                 for taken in done:
                     await self._call(taken, "revert")
+                for name in new:
+                    if name in self.locals:
+                        await self._retire(self.locals.pop(name))
                 return _refusal(
                     int(answer.get("status", 500)),
                     f"node {gateway.node_id}: {answer.get('message')}",
@@ -345,6 +449,7 @@ class RayManager:
             self.text = text
             self.generation += 1
             self._persist()
+            await self._keep_locals(config)  # the replicas of the old config retire
             for gateway in done:
                 gateway.generation = self.generation
                 gateway.handle.mark.remote(self.generation)
@@ -379,8 +484,16 @@ class RayManager:
                     "problem": self.failures.get(node_id),
                 }
             )
+        local_replicas: list[dict[str, str | None]] = [
+            {"replica": name, "node": local.node} for name, local in sorted(self.locals.items())
+        ]
+        local_replicas += [
+            {"replica": name, "node": None, "problem": problem}
+            for name, problem in sorted(self.local_failures.items())
+        ]
         return {
             "nodes": nodes,
+            "local_replicas": local_replicas,
             "singletons": {
                 "deployment_manager": ray.get_runtime_context().get_node_id(),
                 "limit_authority": authority,

@@ -51,6 +51,7 @@ The tree::
         ├── EngineError              a local engine's runner failed
         │   ├── ContextPoisoned      rebuild the context             yes    no       503
         │   ├── OutOfMemory          resume; retry elsewhere         yes    no       503
+        │   ├── ReplicaUnavailable   its process or node is gone     yes    no       503
         │   └── Unrecoverable        stop the replica                no     no       500
         ├── StreamInterrupted        failed after the first byte: no retry   no  no  502
         ├── RequestCancelled         we closed it (client went away)         no  no  499
@@ -119,6 +120,7 @@ __all__ = [
     "EngineError",
     "ContextPoisoned",
     "OutOfMemory",
+    "ReplicaUnavailable",
     "Unrecoverable",
     "StreamInterrupted",
     "RequestCancelled",
@@ -520,6 +522,15 @@ class ContextPoisoned(EngineError):
 class OutOfMemory(EngineError):
     retryable = True
     openai_code = "out_of_memory"
+
+
+class ReplicaUnavailable(EngineError):
+    """The replica could not be reached: the process or the node that ran it is gone (a
+    local engine on another node of a Ray cluster). Another replica, or the fallback, may
+    serve the request; nothing of it reached the client."""
+
+    retryable = True
+    openai_code = "replica_unavailable"
 
 
 class Unrecoverable(EngineError):

@@ -36,12 +36,16 @@ from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
 from rakka_inference.runtime.manager import Engine
 
-__all__ = ["EngineBuilder", "RunnerFactory"]
+__all__ = ["EngineBuilder", "LocalEngineFactory", "RunnerFactory"]
 
 log = logging.getLogger("rakka_inference.replicas")
 
 RunnerFactory = Callable[[Deployment], ModelRunner]
 """Builds a fresh runner for a local deployment (one per context: first load and rebuilds)."""
+
+LocalEngineFactory = Callable[[Deployment, str], Engine]
+"""Builds the engine of a local replica elsewhere than in this process (a Ray cluster's
+replica actor, reached through a proxy): the deployment and the replica's name."""
 
 RunnerCheck = Callable[[Deployment], "tuple[str, str] | None"]
 """Why a runtime's runner could not serve a deployment, as (field, reason); ``None`` if it can."""
@@ -98,9 +102,13 @@ class EngineBuilder:
         runners: Mapping[RuntimeKind, RunnerFactory] = DEFAULT_RUNNERS,
         checks: Mapping[RuntimeKind, RunnerCheck] | None = None,
         clock: Callable[[], float] = time.time,
+        local_engines: LocalEngineFactory | None = None,
     ) -> None:
         self.services = services or RemoteServices()
         self.runners = runners
+        self.local_engines = local_engines
+        """Set on a Ray gateway: local replicas run in the cluster's replica actors, which
+        check and load their runners themselves."""
         # A default check belongs to its default runner: a runner registered in its place
         # (MockRunner in tests) is not held to it.
         self.checks: Mapping[RuntimeKind, RunnerCheck] = (
@@ -125,6 +133,8 @@ class EngineBuilder:
         if deployment.is_remote:
             adapter_for(deployment, self.services.prices)  # raises ConfigError when unbuildable
             return
+        if self.local_engines is not None:
+            return  # the replica actors check, and a refusal refuses the apply
         if deployment.runtime not in self.runners:
             raise _config_error(
                 deployment,
@@ -143,6 +153,8 @@ class EngineBuilder:
         ledger = self._ledger(deployment)
         if deployment.is_remote:
             return await build_remote_engine(deployment, self.services, name=name, budget=ledger)
+        if self.local_engines is not None:
+            return self.local_engines(deployment, name)
         factory = self.runners[deployment.runtime]
         engine = LocalEngineCore(
             name,

@@ -50,6 +50,7 @@ from rakka_inference.core.errors import (
     NetworkError,
     OutOfMemory,
     Refused,
+    ReplicaUnavailable,
     ServerError,
     Timeout,
 )
@@ -73,6 +74,7 @@ _FALLBACK_ON: tuple[type[InferenceError], ...] = (
     NetworkError,
     ContextPoisoned,
     OutOfMemory,
+    ReplicaUnavailable,
 )
 
 

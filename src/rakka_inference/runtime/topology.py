@@ -39,7 +39,12 @@ from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
 from rakka_inference.runtime.manager import ApplyReport, DeploymentManager, Engine
 from rakka_inference.runtime.placement import NodeInventory, Placement
-from rakka_inference.runtime.replicas import DEFAULT_RUNNERS, EngineBuilder, RunnerFactory
+from rakka_inference.runtime.replicas import (
+    DEFAULT_RUNNERS,
+    EngineBuilder,
+    LocalEngineFactory,
+    RunnerFactory,
+)
 from rakka_inference.runtime.request import FallbackPolicy
 
 __all__ = ["Topology", "provider_label"]
@@ -111,6 +116,7 @@ class Topology:
         on_record: Callable[[RequestRecord], None] | None = None,
         reload_source: Callable[[], Config] | None = None,
         placement: Placement | None = None,
+        local_engines: LocalEngineFactory | None = None,
     ) -> None:
         self.config = config
         self.services = services or RemoteServices()
@@ -119,7 +125,11 @@ class Topology:
         self.metrics = InferenceMetrics()
         self._on_record = on_record
         self._reload_source = reload_source
-        self.builder = EngineBuilder(self.services, runners={**DEFAULT_RUNNERS, **(runners or {})})
+        self.builder = EngineBuilder(
+            self.services,
+            runners={**DEFAULT_RUNNERS, **(runners or {})},
+            local_engines=local_engines,
+        )
         self.policies: dict[str, FallbackPolicy] = {}
         self.manager = DeploymentManager(
             self.system,
@@ -127,7 +137,12 @@ class Topology:
             self.builder,
             policies=self.policies,
             watcher=_MetricsWatcher(self.metrics, self.builder),
-            placement=placement or Placement(NodeInventory.local()),
+            # Where local replicas run elsewhere (a Ray cluster's actors), Ray places them.
+            placement=(
+                placement
+                if placement is not None or local_engines is not None
+                else Placement(NodeInventory.local())
+            ),
         )
         self._providers: dict[str, str] = {}
         self._tracing: Tracing | None = None
