@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from ray_support import (
     ADMIN_ENV,
@@ -112,5 +113,57 @@ async def test_a_local_replica_on_a_gpu_node_serves_every_gateway_and_moves_on_n
         async with admin(survivors[1]) as client:
             shown = (await client.get("/admin/status")).json()
         assert shown["local_replicas"] == status["local_replicas"]
+    finally:
+        await take_down(topology)
+
+
+async def test_a_local_chat_model_streams_to_every_gateway_through_ray(
+    tmp_path: Path, gpu_cluster: LocalCluster
+) -> None:
+    for module in ("torch", "transformers", "tokenizers"):
+        pytest.importorskip(module, reason="the 'transformers' extra")
+    from rakka_inference.local.tiny_model import build_tiny_chat_model
+
+    model = await asyncio.to_thread(build_tiny_chat_model, tmp_path / "tiny")
+    text = f"""
+[cluster]
+name = "chat{int(time.time())}"
+backend = "ray"
+admin_api_key = {{ from_env = "{ADMIN_ENV}" }}
+
+[[deployment]]
+name = "tiny"
+model = "tiny-llama"
+runtime = "transformers"
+[deployment.runtime_config]
+model_path = "{model}"
+device = "auto"
+gpus = 1
+"""
+    topology = await bring_up(tmp_path, gpu_cluster, text)
+    try:
+        status = await asyncio.to_thread(topology.status)
+        [replica] = status["local_replicas"]
+        assert replica["node"] in {node.node_id for node in gpu_cluster.nodes[2:]}
+        for url in gpu_cluster.urls()[:2]:  # gateways on nodes without the model
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
+            stream = await client.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": "Hello there"}],
+                max_tokens=8,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            pieces, usage = [], None
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+            await client.close()
+            assert len(pieces) > 1  # streamed, chunk by chunk, across the Ray hop
+            assert usage is not None
+            assert usage.completion_tokens == 8
     finally:
         await take_down(topology)
