@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,6 +130,7 @@ class RayLocalReplica:
         return {
             "ok": engine is not None,
             "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
             "deployment": self.deployment,
             "index": self.index,
             "fingerprint": self.fingerprint,
