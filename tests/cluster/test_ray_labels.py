@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("ray")
 
 from rakka_inference.cluster.ray_driver import describe
-from rakka_inference.cluster.ray_manager import wants_gateway
+from rakka_inference.cluster.ray_nodes import wants_gateway
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from rakka_inference.cluster.ray_manager import ray_nodes, wants_gateway
+from rakka_inference.cluster.ray_nodes import ray_nodes, wants_gateway
 from rakka_inference.cluster.ray_singletons import SingletonSpec, ensure_singletons
 from rakka_inference.core.deployment import Config
 

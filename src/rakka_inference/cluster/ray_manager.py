@@ -1,4 +1,4 @@
-"""The cluster's singletons on Ray: the deployment manager and the strict-limit authority.
+"""The deployment manager, the cluster's singleton that holds the config and the gateways.
 
 Both are named, detached Ray actors in the cluster's namespace (``[cluster].name``) that Ray
 restarts (on another node, if theirs died) without limit. Neither keeps anything in memory
@@ -23,12 +23,7 @@ The deployment manager (:class:`RayManager`)
   table, sent to every gateway; a gateway keeps working on its last one while the manager
   is away (requests never wait for it).
 
-The authority (:class:`RayAuthority`)
--------------------------------------
-The strict keys' :class:`~rakka_inference.remote.strict_lease.LeaseAuthority`, on the wall
-clock, answering the wire lines of :mod:`rakka_inference.remote.strict_lease_wire`. Its
-record is written to the KV store after every change, before the reply, so a restarted
-authority admits exactly as if it had never stopped.
+The strict-limit authority, the other singleton, is :mod:`rakka_inference.cluster.ray_authority`.
 """
 
 from __future__ import annotations
@@ -42,88 +37,33 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.experimental import internal_kv
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rakka_inference.cluster.ray_gateway import RayGateway, gateway_name
 from rakka_inference.cluster.ray_local import RayLocalReplica, local_replica_name
+from rakka_inference.cluster.ray_nodes import (
+    BIND_LABEL,
+    PING_TIMEOUT_S,
+    close_actor,
+    kv_delete,
+    kv_get,
+    kv_put,
+    ray_nodes,
+    wants_gateway,
+)
 from rakka_inference.cluster.ray_transport import AUTHORITY_NAME, SingletonSpec, exit_this_actor
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.deployment import Config, Deployment
 from rakka_inference.core.errors import ConfigError
-from rakka_inference.remote.strict_lease import LeaseAuthority
-from rakka_inference.remote.strict_lease_wire import handle_line
 from rakka_inference.runtime.placement import gpus_needed
 
-__all__ = [
-    "BIND_LABEL",
-    "EGRESS_LABEL",
-    "GATEWAY_LABEL",
-    "SINGLETON_LABEL",
-    "RayAuthority",
-    "RayManager",
-    "ray_nodes",
-    "singleton_node",
-    "wants_gateway",
-]
+__all__ = ["RayManager"]
 
 log = logging.getLogger("rakka_inference.cluster.ray_manager")
 
-BIND_LABEL = "rakka-bind"
-"""A node label: the ``host:port`` its gateway serves, over ``[cluster].bind``."""
-GATEWAY_LABEL = "rakka-gateway"
-"""A node label: ``false`` keeps a gateway off the node."""
-EGRESS_LABEL = "rakka-egress"
-"""A node label: ``false`` for a node that cannot reach the providers. A gateway serves
-remote replicas of its own, so such a node gets no gateway either."""
-SINGLETON_LABEL = "rakka-singletons"
-"""A node label: ``true`` where the singletons should start (see :func:`singleton_node`)."""
 RECONCILE_S = 0.5
-PING_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 120.0
 APPLY_TIMEOUT_S = 120.0
-
-
-def ray_nodes() -> list[dict[str, Any]]:
-    """Ray's node table: one dict per node ever seen (``NodeID``, ``Alive``, ``Labels``...)."""
-    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-    return nodes
-
-
-def singleton_node() -> str | None:
-    """Where the singletons should start: a live node labelled ``rakka-singletons=true``,
-    else a live node other than the head (whose loss takes Ray's control store with it
-    anyway, so the singletons there would have nowhere to come back), else anywhere. Only a
-    preference (soft affinity): a singleton restarted after its node died goes to any node.
-    """
-    live = [n for n in ray_nodes() if n.get("Alive")]
-    labelled = [n for n in live if (n.get("Labels") or {}).get(SINGLETON_LABEL) == "true"]
-    workers = [n for n in live if "node:__internal_head__" not in (n.get("Resources") or {})]
-    chosen = labelled or workers
-    return str(sorted(n["NodeID"] for n in chosen)[0]) if chosen else None
-
-
-def wants_gateway(node: dict[str, Any]) -> bool:
-    """Whether the node (a row of :func:`ray_nodes`) should run a gateway: not when it is
-    labelled ``rakka-gateway=false`` or ``rakka-egress=false``."""
-    labels = node.get("Labels") or {}
-    return all(str(labels.get(label, "true")).lower() != "false" for label in _NO_GATEWAY)
-
-
-_NO_GATEWAY = (GATEWAY_LABEL, EGRESS_LABEL)
-
-
-def _kv_key(namespace: str, name: str) -> str:
-    return f"rakka/{namespace}/{name}"
-
-
-def _kv_get(namespace: str, name: str) -> bytes | None:
-    value = internal_kv._internal_kv_get(_kv_key(namespace, name))
-    return value if isinstance(value, bytes) else None
-
-
-def _kv_put(namespace: str, name: str, value: bytes) -> None:
-    internal_kv._internal_kv_put(_kv_key(namespace, name), value, overwrite=True)
 
 
 @dataclass
@@ -132,18 +72,6 @@ class _Gateway:
     handle: Any
     bind: str
     generation: int
-
-
-async def _close(handle: Any) -> None:
-    """End an actor the orderly way (its ``close``), or kill it if that does not work."""
-    try:
-        await asyncio.wait_for(handle.close.remote(), PING_TIMEOUT_S)
-    except ray.exceptions.ActorDiedError:
-        return  # it exited, as asked
-    except (TimeoutError, ray.exceptions.RayError):
-        pass
-    with contextlib.suppress(Exception):
-        ray.kill(handle)
 
 
 @dataclass
@@ -175,8 +103,8 @@ class RayManager:
         self.base_dir = Path(base_dir)
         self.default_bind = default_bind
         self.grace_s = grace_s
-        stored = _kv_get(namespace, "config")
-        generation = _kv_get(namespace, "generation")
+        stored = kv_get(namespace, "config")
+        generation = kv_get(namespace, "generation")
         if stored is not None and generation is not None:
             self.text, self.generation = stored.decode(), int(generation)
             log.info("the deployment manager restarted on generation %d", self.generation)
@@ -195,8 +123,8 @@ class RayManager:
         self._loop_task = asyncio.get_running_loop().create_task(self._reconcile_forever())
 
     def _persist(self) -> None:
-        _kv_put(self.namespace, "config", self.text.encode())
-        _kv_put(self.namespace, "generation", str(self.generation).encode())
+        kv_put(self.namespace, "config", self.text.encode())
+        kv_put(self.namespace, "generation", str(self.generation).encode())
 
     # ------------------------------------------------------------------ reconcile
 
@@ -382,7 +310,7 @@ class RayManager:
     async def _retire(self, local: _Local) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(local.handle.stop.remote(self.grace_s), self.grace_s + 5)
-        await _close(local.handle)
+        await close_actor(local.handle)
 
     # ------------------------------------------------------------------ coordination
 
@@ -520,40 +448,11 @@ class RayManager:
                 *(asyncio.wait_for(g.handle.stop.remote(grace_s), grace_s + 15) for g in gateways),
                 return_exceptions=True,
             )
-            await asyncio.gather(*(_close(g.handle) for g in gateways), return_exceptions=True)
+            await asyncio.gather(*(close_actor(g.handle) for g in gateways), return_exceptions=True)
             self.gateways.clear()
+            await asyncio.gather(
+                *(self._retire(local) for local in self.locals.values()), return_exceptions=True
+            )
+            self.locals.clear()
         for name in ("config", "generation", "limits"):
-            with contextlib.suppress(Exception):
-                internal_kv._internal_kv_del(_kv_key(self.namespace, name))
-
-
-class RayAuthority:
-    """The strict-limit authority singleton (see the module docstring)."""
-
-    def __init__(self, namespace: str, lease_ttl: float = 1.0) -> None:
-        self.namespace = namespace
-        snapshot = _kv_get(namespace, "limits")
-        authority = None
-        if snapshot is not None:
-            try:
-                authority = LeaseAuthority.restore(snapshot, time.time, lease_ttl=lease_ttl)
-                log.info("the strict-limit authority restarted from its record")
-            except ValueError as error:
-                log.error("the strict-limit authority's record is unreadable: %s", error)
-        self.authority = authority or LeaseAuthority(time.time, lease_ttl=lease_ttl)
-        self._saved = self.authority.dirty
-
-    def handle(self, line: bytes) -> bytes | None:
-        """One wire line; the record is saved before the reply when it changed."""
-        reply = handle_line(self.authority, line)
-        if self.authority.dirty != self._saved:
-            _kv_put(self.namespace, "limits", self.authority.snapshot())
-            self._saved = self.authority.dirty
-        return reply
-
-    def where(self) -> str:
-        return str(ray.get_runtime_context().get_node_id())
-
-    def close(self) -> None:
-        """End this actor's process the orderly way."""
-        exit_this_actor()
+            kv_delete(self.namespace, name)

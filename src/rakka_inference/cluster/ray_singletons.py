@@ -1,7 +1,7 @@
 """Keeping the cluster's two singletons alive: found by name, made again when gone.
 
 The deployment manager and the strict-limit authority are named, detached Ray actors,
-placed with hard node affinity on :func:`~rakka_inference.cluster.ray_manager.
+placed with hard node affinity on :func:`~rakka_inference.cluster.ray_nodes.
 singleton_node` (Ray's soft affinity may place an actor elsewhere even when the chosen node
 is free). Ray restarts one whose process dies on a live node; but an actor pinned to a node
 that is lost is dead for Ray, and its name is released. So the driver and every gateway
@@ -19,7 +19,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rakka_inference.cluster.ray_manager import RayAuthority, RayManager, singleton_node
+from rakka_inference.cluster.ray_authority import RayAuthority
+from rakka_inference.cluster.ray_manager import RayManager
+from rakka_inference.cluster.ray_nodes import singleton_node
 from rakka_inference.cluster.ray_transport import AUTHORITY_NAME, MANAGER_NAME, SingletonSpec
 
 __all__ = ["SingletonSpec", "ensure_singletons"]
