@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from rakka_inference.apps.cli import main
+from rakka_inference.apps.cli_admin import format_status
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.messages import ChatMessage, ChatRequest
 from rakka_inference.core.policies import Budget, Serving
@@ -151,3 +152,46 @@ async def test_rotate_credentials_under_load_drops_nothing(
             answers = await asyncio.gather(*in_flight, *after, return_exceptions=True)
             await client.close()
     assert answers == ["one two three four five"] * 150
+
+
+def test_status_of_a_node_and_of_a_cluster_names_each_member() -> None:
+    row = {
+        "provider": "openai",
+        "endpoint": "https://api.openai.com/v1",
+        "state": "open",
+        "consecutive_failures": 3,
+    }
+    node = format_status(
+        {
+            "workers": [{"worker": "w0", "pid": 11, "state": "ready", "restarts": 1}],
+            "deployments": [],
+            "circuits": [{"worker": "w0", **row}],
+            "ratelimits": [],
+            "budgets": [],
+        }
+    )
+    assert "WORKER  PID       STATE      RESTARTS" in node
+    assert "w0      11        ready             1" in node
+    assert "w0: openai https://api.openai.com/v1" in node
+    cluster = format_status(
+        {
+            "singletons": {"deployment_manager": "a" * 56, "limit_authority": "b" * 56},
+            "nodes": [
+                {"node": "a" * 56, "alive": True, "gateway": "10.0.0.1:8080"},
+                {"node": "b" * 56, "alive": False, "gateway": None, "problem": None},
+            ],
+            "local_replicas": [
+                {"replica": "rakka-local-embed-0-0123456789abcdef", "node": "b" * 56},
+                {"replica": "rakka-local-llm-0-fedcba9876543210", "node": None, "problem": "x"},
+            ],
+            "deployments": [],
+            "circuits": [{"node": "a" * 56, **row}],
+            "ratelimits": [],
+            "budgets": [],
+        }
+    )
+    assert "aaaaaaaaaaaa  up     10.0.0.1:8080           deployment manager" in cluster
+    assert "bbbbbbbbbbbb  down   -                       limit authority" in cluster
+    assert "rakka-local-embed-0-0123456789abcdef            bbbbbbbbbbbb" in cluster
+    assert "rakka-local-llm-0-fedcba9876543210              x" in cluster
+    assert "aaaaaaaaaaaa: openai" in cluster

@@ -166,6 +166,12 @@ def format_status(status: dict[str, Any]) -> str:
             state = "up" if node["alive"] else "down"
             gateway = node.get("gateway") or node.get("problem") or "-"
             lines.append(f"{node['node'][:12]:<13} {state:<6} {gateway:<23} {', '.join(here)}")
+        if status.get("local_replicas"):
+            lines += ["", "LOCAL REPLICA                                   NODE"]
+            lines += [
+                f"{r['replica'][:47]:<47} {(r.get('node') or '')[:12] or r.get('problem', '-')}"
+                for r in status["local_replicas"]
+            ]
         lines.append("")
     lines += ["DEPLOYMENT        STATE     GEN  REPLICAS  IN FLIGHT  QUEUED  RUNTIME"]
     for d in status["deployments"]:
