@@ -37,6 +37,8 @@ __all__ = ["RayCluster", "serve_ray"]
 log = logging.getLogger("rakka_inference.cluster.ray_driver")
 
 READY_TIMEOUT_S = 120.0
+SINGLETON_BACK_S = 30.0
+"""How long a question to the deployment manager waits for it to be made again."""
 WATCH_S = 1.0
 
 
@@ -82,9 +84,23 @@ class RayCluster:
         self.authority, self.manager = ensure_singletons(self.spec)
 
     def coordinate(self, message: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-        self.keep()  # the handles of the singletons as they are now (one may have moved)
-        answer = ray.get(self.manager.coordinate.remote(message), timeout=timeout)
-        return answer if isinstance(answer, dict) else {"ok": False, "message": "garbage"}
+        """Ask the deployment manager. While it is being made again (its node was lost), the
+        question waits for the new one, up to :data:`SINGLETON_BACK_S`."""
+        give_up = time.monotonic() + SINGLETON_BACK_S
+        while True:
+            self.keep()  # the handles of the singletons as they are now (one may have moved)
+            try:
+                answer = ray.get(self.manager.coordinate.remote(message), timeout=timeout)
+            except (
+                ray.exceptions.ActorDiedError,
+                ray.exceptions.ActorUnavailableError,
+                ray.exceptions.ActorUnschedulableError,
+            ):
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.2)
+                continue
+            return answer if isinstance(answer, dict) else {"ok": False, "message": "garbage"}
 
     def status(self) -> dict[str, Any]:
         return self.coordinate({"op": "status"}, timeout=30.0)
