@@ -747,7 +747,7 @@ def test_several_errors_are_reported_at_once() -> None:
             "budget.max_spend_per_day",
             "must be a finite number",
         ),
-        ("[deployment.serving]\nqueue_capacity = -1", 5, "serving.queue_capacity", "must be >= 0"),
+        ("[deployment.serving]\nqueue_capacity = 0", 5, "serving.queue_capacity", "must be > 0"),
         (
             '[deployment.serving]\non_capacity_exhausted = "fallback"',
             5,
@@ -1302,3 +1302,4 @@ def test_on_ray_no_secret_may_be_inline() -> None:
     ]
     assert all("kept in Ray's KV store" in i.message for i in issues)
     assert "sk-inline" not in str(issues)
+

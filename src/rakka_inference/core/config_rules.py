@@ -166,7 +166,8 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
     ),
     Serving: {
         "max_concurrent": _POSITIVE,
-        "queue_capacity": _NON_NEGATIVE,
+        # Every request passes through the queue, even to a free slot.
+        "queue_capacity": _POSITIVE,
         "queue_timeout_ms": _NON_NEGATIVE,
     },
     Budget: {"max_spend_per_hour": _POSITIVE, "max_spend_per_day": _POSITIVE},
