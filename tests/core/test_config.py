@@ -1302,4 +1302,3 @@ def test_on_ray_no_secret_may_be_inline() -> None:
     ]
     assert all("kept in Ray's KV store" in i.message for i in issues)
     assert "sk-inline" not in str(issues)
-

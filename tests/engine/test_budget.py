@@ -21,7 +21,7 @@ from rakka_inference.core.messages import (
     SamplingParams,
 )
 from rakka_inference.core.policies import Budget, BudgetAction, ModelPrice
-from rakka_inference.core.pricing import PriceTable
+from rakka_inference.core.pricing import LOCAL_PRICE, PriceTable
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind, VllmConfig
 from rakka_inference.engine.budget import BudgetEvent, BudgetLedger, BudgetReservation, BudgetWindow
 from rakka_inference.engine.budget_book import BudgetBook
@@ -570,7 +570,8 @@ def test_the_book_holds_a_ledger_per_budgeted_deployment(
             on_throttle=lambda name, on: throttles.append((name, on)),
         )
     assert [r.getMessage() for r in caplog.records] == [
-        "deployment local: no price for model mystery-model, so its budget is not enforced"
+        "deployment local: a local engine costs nothing unless its deployment sets pricing, "
+        "so its budget never binds"
     ]
     assert book.ledger("free") is None
     zeta, alpha, local = (book.ledger(name) for name in ("zeta", "alpha", "local"))
@@ -579,7 +580,7 @@ def test_the_book_holds_a_ledger_per_budgeted_deployment(
     assert local is not None
     assert zeta.max_cost_usd(chat(3)) == 6.0  # the table's price, routing prefix removed
     assert alpha.max_cost_usd(chat(3)) == 3.0  # the deployment's own price
-    assert local.price is None
+    assert local.price == LOCAL_PRICE
     assert [ledger.deployment for ledger in book.ledgers] == ["zeta", "alpha", "local"]
     zeta.reserve(chat(6))
     assert throttles == [("zeta", True)]

@@ -115,3 +115,36 @@ async def test_a_local_engine_poisoned_beyond_its_restarts_falls_back(
     # The replica gave up (3 restarts in 60 s) and is being placed again.
     [replica] = local.replicas
     assert replica.healthy is False
+
+
+class _PoisonedOnce(TransformersRunner):
+    """The first context's device fails at its first prefill; the rebuilt one works."""
+
+    loads = 0
+
+    async def load_weights(self) -> None:
+        await super().load_weights()
+        type(self).loads += 1
+        self.first = type(self).loads == 1
+
+    async def execute(self, request: ChatRequest) -> AsyncIterator[TokenChunk]:
+        if self.first:
+            raise ContextPoisoned("the device context is unusable")
+        async for chunk in super().execute(request):
+            yield chunk
+
+
+async def test_local_replicas_report_their_batch_and_context_restarts(
+    tiny_model_dir: Path, remote: OpenAIMock
+) -> None:
+    config = Config(
+        cluster=ClusterConfig(), deployments=deployments(tiny_model_dir, remote, Serving())
+    )
+    topology = Topology(config, runners={RuntimeKind.TRANSFORMERS: _PoisonedOnce})
+    async with serving(topology.gateway) as base:
+        assert await ask(base) == REMOTE  # the poisoned context: served by the fallback
+        assert await ask(base) != REMOTE  # the rebuilt context serves
+        text = topology.metrics.render().decode()
+    assert 'inference_context_restarts{deployment="local",replica="local-0"} 1' in text
+    assert 'inference_batch_size{deployment="local",replica="local-0"} 0' in text
+    assert 'inference_context_restarts{deployment="remote"' not in text

@@ -221,9 +221,9 @@ def test_a_gpu_device_places_the_runner_on_a_gpu() -> None:
     assert runner.transport_kind.kind is TransportKind.LOCAL_GPU
 
 
-def test_cost_is_unknown_unless_the_deployment_prices_it() -> None:
+def test_a_local_model_costs_nothing_unless_the_deployment_prices_it() -> None:
     usage = Usage(input_tokens=2_000_000)
-    assert SentenceTransformersRunner(_deployment()).estimate_cost(usage) is None
+    assert SentenceTransformersRunner(_deployment()).estimate_cost(usage) == 0.0
     priced = _deployment(pricing=ModelPrice(input_per_mtok=0.01, output_per_mtok=0.0))
     assert SentenceTransformersRunner(priced).estimate_cost(usage) == pytest.approx(0.02)
 

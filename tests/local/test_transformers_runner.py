@@ -536,7 +536,7 @@ async def test_the_runner_keeps_the_model_runner_contract(tiny_model_dir: Path) 
     assert runner.runtime_kind is RuntimeKind.TRANSFORMERS
     assert runner.transport_kind.kind is TransportKind.LOCAL_CPU
     assert runner.rate_limits == RateLimits()
-    assert runner.estimate_cost(Usage(input_tokens=10)) is None  # unknown, never zero
+    assert runner.estimate_cost(Usage(input_tokens=10)) == 0.0  # local: free unless priced
     assert runner.stats.steps == 0
     assert runner.batcher is None
     assert "not loaded" in repr(runner)

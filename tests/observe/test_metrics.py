@@ -177,6 +177,8 @@ def test_every_family_is_declared_with_its_design_name() -> None:
         "inference_workers_busy": "gauge",
         "inference_workers_idle": "gauge",
         "inference_queue_depth": "gauge",
+        "inference_context_restarts": "gauge",
+        "inference_batch_size": "gauge",
     }
     assert InferenceMetrics.CONTENT_TYPE == CONTENT_TYPE
 

@@ -38,7 +38,7 @@ from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.usage import Usage
 
-__all__ = ["PriceTable", "cost_usd", "normalize_model_name", "resolve_price"]
+__all__ = ["LOCAL_PRICE", "PriceTable", "cost_usd", "normalize_model_name", "resolve_price"]
 
 _TOKENS_PER_PRICE_UNIT = 1_000_000
 _ROUTING_PREFIXES = ("openai/", "anthropic/", "google/", "models/")
@@ -199,11 +199,23 @@ def cost_usd(usage: Usage, price: ModelPrice) -> float:
     return micro_dollars / _TOKENS_PER_PRICE_UNIT
 
 
+LOCAL_PRICE = ModelPrice(input_per_mtok=0.0, output_per_mtok=0.0)
+"""What a local engine's tokens cost unless its deployment sets ``pricing``: nothing (the
+hardware is the operator's); set a price to count its spend in budgets and cost reports."""
+
+
 def resolve_price(
-    model: str, override: ModelPrice | None = None, table: PriceTable | None = None
+    model: str,
+    override: ModelPrice | None = None,
+    table: PriceTable | None = None,
+    *,
+    local: bool = False,
 ) -> ModelPrice | None:
     """The price to charge for ``model``: the deployment's override if it has one, else
-    the table's entry (the shipped table when none is given), else ``None`` (unknown)."""
+    :data:`LOCAL_PRICE` for a ``local`` engine, else the table's entry (the shipped table
+    when none is given), else ``None`` (unknown)."""
     if override is not None:
         return override
+    if local:
+        return LOCAL_PRICE
     return (PriceTable.default() if table is None else table).lookup(model)

@@ -75,6 +75,7 @@ from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 
 __all__ = [
+    "BatchingRunner",
     "EmbeddingRunner",
     "ModelRunner",
     "SessionRebuildCause",
@@ -176,10 +177,22 @@ class ModelRunner(Protocol):
     def estimate_cost(self, usage: Usage) -> float | None:
         """The USD cost of ``usage`` on this runner's model.
 
-        ``None`` when the price is unknown (no price-table entry and no
-        ``[deployment.pricing]`` override): callers then report the cost as unknown,
-        never as zero. See :mod:`rakka_inference.core.pricing`.
+        ``None`` when the price is unknown (a remote model with no price-table entry and
+        no ``[deployment.pricing]`` override): callers then report the cost as unknown,
+        never as zero. A local engine's tokens cost
+        :data:`~rakka_inference.core.pricing.LOCAL_PRICE` (nothing) unless its deployment
+        sets ``pricing``. See :mod:`rakka_inference.core.pricing`.
         """
+        ...
+
+
+@runtime_checkable
+class BatchingRunner(Protocol):
+    """A local runner that batches requests, and says how many its batch holds now."""
+
+    @property
+    def batch_size(self) -> int:
+        """Requests in the running decode batch (0 when idle)."""
         ...
 
 

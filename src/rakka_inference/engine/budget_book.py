@@ -52,12 +52,23 @@ class BudgetBook:
         for deployment in config.deployments:
             if deployment.budget is None:
                 continue
-            price = resolve_price(deployment.upstream_model, deployment.pricing, prices)
+            price = resolve_price(
+                deployment.upstream_model,
+                deployment.pricing,
+                prices,
+                local=not deployment.is_remote,
+            )
             if price is None:
                 log.warning(
                     "deployment %s: no price for model %s, so its budget is not enforced",
                     deployment.name,
                     deployment.model,
+                )
+            elif not deployment.is_remote and deployment.pricing is None:
+                log.warning(
+                    "deployment %s: a local engine costs nothing unless its deployment sets "
+                    "pricing, so its budget never binds",
+                    deployment.name,
                 )
             ledgers.append(
                 BudgetLedger(

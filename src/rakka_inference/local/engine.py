@@ -46,7 +46,7 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.core.messages import DEFAULT_MAX_OUTPUT_TOKENS, EmbeddingRequest
 from rakka_inference.core.policies import Serving
-from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
+from rakka_inference.core.runner import BatchingRunner, EmbeddingRunner, ModelRunner
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.budget import BudgetGate
 from rakka_inference.engine.core import EngineCore, not_an_embedding_model
@@ -105,6 +105,17 @@ class LocalEngineCore(EngineCore):
         self.failure: Exception | None = None
 
     # ------------------------------------------------------------------ figures
+
+    @property
+    def context_restarts(self) -> int:
+        """Contexts rebuilt since the replica started (poisoned, or out of memory loading)."""
+        return max(0, self.generation - 1)
+
+    @property
+    def batch_size(self) -> int | None:
+        """Requests in the runner's decode batch, where the runner batches (else None)."""
+        runner = self.runner
+        return runner.batch_size if isinstance(runner, BatchingRunner) else None
 
     @property
     def failed(self) -> bool:

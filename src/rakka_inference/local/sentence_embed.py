@@ -223,7 +223,7 @@ class SentenceTransformersRunner:
         self._encoder: SentenceEncoder | None = None
         self._model_dir: Path | None = None
         self._transport = Transport.local_cpu() if config.device == "cpu" else Transport.local_gpu()
-        self._price = resolve_price(deployment.upstream_model, deployment.pricing)
+        self._price = resolve_price(deployment.upstream_model, deployment.pricing, local=True)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"embed:{deployment.name}"
         )

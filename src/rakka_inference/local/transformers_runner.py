@@ -173,7 +173,7 @@ class TransformersRunner:
         self._config = config
         self._max_batch_size = max_batch_size or max(1, deployment.serving.max_concurrent)
         self._transport = Transport.local_cpu() if config.device == "cpu" else Transport.local_gpu()
-        self._price = resolve_price(deployment.upstream_model, deployment.pricing)
+        self._price = resolve_price(deployment.upstream_model, deployment.pricing, local=True)
         self._loaded: _Loaded | None = None
 
     # ------------------------------------------------------------------ properties
@@ -193,6 +193,12 @@ class TransformersRunner:
 
     def estimate_cost(self, usage: Usage) -> float | None:
         return None if self._price is None else cost_usd(usage, self._price)
+
+    @property
+    def batch_size(self) -> int:
+        """Requests in the decode batch or waiting to join it (0 before loading, or idle)."""
+        loaded = self._loaded
+        return 0 if loaded is None else loaded.batcher.active
 
     @property
     def stats(self) -> BatchStats:

@@ -89,6 +89,14 @@ class LimiterView(Protocol):
     def utilization(self) -> UtilizationView: ...
 
 
+class ContextView(Protocol):
+    @property
+    def context_restarts(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int | None: ...
+
+
 class ReplicaGauges(Protocol):
     """What a replica shows to the scrape. :class:`RemoteEngineCore` is one as it is; a
     replica with no breaker or no limiter (a local engine) answers ``None`` there and its
@@ -113,6 +121,11 @@ class ReplicaGauges(Protocol):
 
     @property
     def limiter(self) -> LimiterView | None: ...
+
+    @property
+    def context(self) -> ContextView | None:
+        """A local replica's model context (None for a remote one)."""
+        ...
 
 
 class _Series:
@@ -217,6 +230,21 @@ class InferenceMetrics:
         for (name, help_text), collect in zip(gauges, collects, strict=True):
             registry.gauge_callback(name, help_text, replica, collect, max_series=max_series)
         registry.gauge_callback(
+            "inference_context_restarts",
+            "A local replica's model contexts rebuilt since it started (poisoned, or out of "
+            "memory while loading).",
+            replica,
+            self._context_restarts,
+            max_series=max_series,
+        )
+        registry.gauge_callback(
+            "inference_batch_size",
+            "Requests in a local replica's running decode batch.",
+            replica,
+            self._batch_size,
+            max_series=max_series,
+        )
+        registry.gauge_callback(
             "inference_ratelimit_utilization",
             "Rate-limit use in the current window over the configured limit (rpm, tpm).",
             (*replica, "dimension"),
@@ -292,6 +320,19 @@ class InferenceMetrics:
                 yield (deployment, name, "rpm"), rpm
             if tpm is not None:
                 yield (deployment, name, "tpm"), tpm
+
+    def _context_restarts(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, replica in self._replicas.items():
+            context = replica.context
+            if context is not None:
+                yield key, context.context_restarts
+
+    def _batch_size(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, replica in self._replicas.items():
+            context = replica.context
+            size = None if context is None else context.batch_size
+            if size is not None:
+                yield key, size
 
     def _workers_busy(self) -> Iterator[tuple[LabelValues, float]]:
         for key, replica in self._replicas.items():

@@ -14,7 +14,7 @@ from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.remote.breaker import CircuitBreaker
 from rakka_inference.remote.ratelimit import PermitSource
 
-__all__ = ["HasCircuit", "HasLimiter", "RebuildsSession"]
+__all__ = ["HasCircuit", "HasContext", "HasLimiter", "RebuildsSession"]
 
 
 @runtime_checkable
@@ -45,3 +45,14 @@ class RebuildsSession(Protocol):
     async def rebuild_session(self, cause: SessionRebuildCause) -> int:
         """Rebuild it; running requests finish on the old one. Returns the generation."""
         ...
+
+
+@runtime_checkable
+class HasContext(Protocol):
+    """A local replica: a model context that can be rebuilt, maybe batching requests."""
+
+    @property
+    def context_restarts(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int | None: ...

@@ -172,7 +172,12 @@ class EngineBuilder:
 
     def _ledger(self, deployment: Deployment) -> BudgetLedger:
         budget = deployment.budget or Budget()
-        price = resolve_price(deployment.upstream_model, deployment.pricing, self.services.prices)
+        price = resolve_price(
+            deployment.upstream_model,
+            deployment.pricing,
+            self.services.prices,
+            local=not deployment.is_remote,
+        )
         ledger = self._ledgers.get(deployment.name)
         if ledger is None or ledger.budget != budget or ledger.price != price:
             ledger = BudgetLedger(

@@ -34,7 +34,7 @@ from rakka_inference.observe.metrics import InferenceMetrics
 from rakka_inference.observe.tracing import Tracing
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.admin import AdminApi
-from rakka_inference.runtime.capabilities import HasCircuit, HasLimiter
+from rakka_inference.runtime.capabilities import HasCircuit, HasContext, HasLimiter
 from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.gateway import ApiGateway
 from rakka_inference.runtime.manager import ApplyReport, DeploymentManager, Engine
@@ -86,6 +86,7 @@ class _Gauges:
         self._engine = engine
         self.breaker = engine.breaker if isinstance(engine, HasCircuit) else None
         self.limiter = engine.limiter if isinstance(engine, HasLimiter) else None
+        self.context = engine if isinstance(engine, HasContext) else None
 
     @property
     def name(self) -> str:
