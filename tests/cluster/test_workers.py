@@ -294,9 +294,11 @@ api_key = {{ from_env = "{KEY_ENV}" }}
         )
         node.process.send_signal(signal.SIGHUP)
         async with asyncio.timeout(30), admin(node) as client:
-            while True:
+            while True:  # the parent applies it worker by worker
                 deployments = (await client.get("/admin/deployments")).json()["data"]
-                if [d["name"] for d in deployments] == ["chat", "second"]:
+                if [d["name"] for d in deployments] == ["chat", "second"] and len(
+                    deployments[1]["workers"]
+                ) == WORKERS:
                     break
                 await asyncio.sleep(0.2)
             assert deployments[1]["workers"] == [f"w{i}" for i in range(WORKERS)]
