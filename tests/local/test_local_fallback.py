@@ -54,6 +54,12 @@ def deployments(model: Path, mock: OpenAIMock, serving_: Serving) -> tuple[Deplo
     return local, fallback
 
 
+def with_runner(model: Path, mock: OpenAIMock, runner: type[TransformersRunner]) -> Topology:
+    """The local and remote deployments, the local one's contexts built by ``runner``."""
+    config = Config(cluster=ClusterConfig(), deployments=deployments(model, mock, Serving()))
+    return Topology(config, runners={RuntimeKind.TRANSFORMERS: runner})
+
+
 async def ask(base: str, *, max_tokens: int = 4) -> str:
     sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     try:
@@ -102,10 +108,7 @@ class _PoisonedRunner(TransformersRunner):
 async def test_a_local_engine_poisoned_beyond_its_restarts_falls_back(
     tiny_model_dir: Path, remote: OpenAIMock
 ) -> None:
-    config = Config(
-        cluster=ClusterConfig(), deployments=deployments(tiny_model_dir, remote, Serving())
-    )
-    topology = Topology(config, runners={RuntimeKind.TRANSFORMERS: _PoisonedRunner})
+    topology = with_runner(tiny_model_dir, remote, _PoisonedRunner)
     async with serving(topology.gateway) as base:
         # Each poisoning rebuilds the context and the request falls back before its first
         # byte; past its restart limit the replica gives up, and the remote serves all.
@@ -137,10 +140,7 @@ class _PoisonedOnce(TransformersRunner):
 async def test_local_replicas_report_their_batch_and_context_restarts(
     tiny_model_dir: Path, remote: OpenAIMock
 ) -> None:
-    config = Config(
-        cluster=ClusterConfig(), deployments=deployments(tiny_model_dir, remote, Serving())
-    )
-    topology = Topology(config, runners={RuntimeKind.TRANSFORMERS: _PoisonedOnce})
+    topology = with_runner(tiny_model_dir, remote, _PoisonedOnce)
     async with serving(topology.gateway) as base:
         assert await ask(base) == REMOTE  # the poisoned context: served by the fallback
         assert await ask(base) != REMOTE  # the rebuilt context serves
