@@ -11,15 +11,26 @@ machines. Target (issue: transformers runtime): batching wins by >= 3x at 16.
 
 A tiny model is dominated by per-step overhead, not arithmetic, which is exactly what
 batching amortises; a real model on a GPU shows the same shape.
+
+Then the gateway's cost per generated token: the same streams (one at a time) through
+``rakka serve`` over loopback HTTP, its process's CPU per token, against the runner called
+directly in this process, its CPU per token. The difference is what the gateway adds
+(parsing, routing, the engine's admission and report, SSE encoding) on top of the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingParams
@@ -49,6 +60,93 @@ async def throughput(runner: TransformersRunner, concurrent: int, tokens: int) -
     started = time.perf_counter()
     counts = await asyncio.gather(*(one(index) for index in range(concurrent)))
     return sum(counts) / (time.perf_counter() - started)
+
+
+def _process_cpu_s(pid: int) -> float:
+    """A process's user and system CPU, its ended threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _through_gateway(url: str, streams: int, tokens: int) -> int:
+    """``streams`` streams one after another through the gateway; tokens generated."""
+    generated = 0
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "tell me something"}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        for _ in range(streams):
+            async with client.stream("POST", "/v1/chat/completions", json=body) as answer:
+                async for line in answer.aiter_lines():
+                    if line.startswith("data: {"):
+                        usage = json.loads(line[6:]).get("usage")
+                        if usage:
+                            generated += usage["completion_tokens"]
+    return generated
+
+
+async def _directly(runner: TransformersRunner, tokens: int) -> int:
+    """One stream from the runner itself; tokens generated."""
+    request = ChatRequest(
+        model="tiny",
+        messages=(ChatMessage.user("tell me something"),),
+        sampling=SamplingParams(max_tokens=tokens, temperature=0.0),
+    )
+    generated = 0
+    async for chunk in runner.execute(request):
+        if chunk.usage is not None:
+            generated += chunk.usage.output_tokens
+    return generated
+
+
+async def gateway_cost(model_dir: Path, runner: TransformersRunner, tokens: int) -> None:
+    """CPU per generated token: through ``rakka serve``, against the runner directly."""
+    streams = 20
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = model_dir.parent / "serve.toml"
+    config.write_text(
+        f'[cluster]\nbind = "127.0.0.1:{port}"\n\n[[deployment]]\nname = "tiny"\n'
+        f'model = "tiny-llama"\nruntime = "transformers"\n[deployment.runtime_config]\n'
+        f'model_path = "{model_dir}"\ndevice = "cpu"\n'
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rakka_inference.apps.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert server.stdout is not None
+        while b"serving" not in await server.stdout.readline():
+            if server.returncode is not None:
+                raise RuntimeError("rakka serve did not start")
+        url = f"http://127.0.0.1:{port}"
+        await _through_gateway(url, 2, tokens)  # warm-up
+        cpu = _process_cpu_s(server.pid)
+        through = await _through_gateway(url, streams, tokens)
+        gateway_cpu = (_process_cpu_s(server.pid) - cpu) / through
+    finally:
+        server.terminate()
+        await server.wait()
+    cpu = time.process_time()
+    direct = sum([await _directly(runner, tokens) for _ in range(streams)])
+    direct_cpu = (time.process_time() - cpu) / direct
+    print(
+        f"CPU per generated token, one stream at a time: {gateway_cpu * 1e6:,.0f} us through "
+        f"the gateway, {direct_cpu * 1e6:,.0f} us calling the runner directly: the gateway "
+        f"adds {(gateway_cpu - direct_cpu) * 1e6:,.0f} us ({gateway_cpu / direct_cpu:.2f}x)"
+    )
 
 
 async def main(tokens: int, rounds: int, device: str) -> None:
@@ -81,6 +179,8 @@ async def main(tokens: int, rounds: int, device: str) -> None:
             f"largest batch seen: {batched.stats.max_batch_size} (one-at-a-time: "
             f"{single.stats.max_batch_size})"
         )
+        if device == "cpu":
+            await gateway_cost(model_dir, batched, tokens)
 
 
 if __name__ == "__main__":
