@@ -43,12 +43,15 @@ from rakka_inference.core.policies import (
 )
 from rakka_inference.core.runtimes import (
     AnthropicConfig,
+    EngineServerConfig,
     GeminiConfig,
     LiteLLMConfig,
+    LlamaCppConfig,
     LocalRuntimeConfig,
     OpenAIConfig,
     RemoteRuntimeConfig,
     SentenceTransformersConfig,
+    SglangConfig,
     TransformersConfig,
     VllmConfig,
 )
@@ -174,11 +177,27 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
     ModelPrice: dict.fromkeys(
         ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok"), _NON_NEGATIVE
     ),
+    EngineServerConfig: {
+        "port": _within(1, 65535),
+        "command": _non_empty_items,
+        "max_tokens_default": _POSITIVE,
+        "startup_timeout_ms": _POSITIVE,
+        "health_interval_ms": _POSITIVE,
+        "health_timeout_ms": _POSITIVE,
+        "health_failures": _POSITIVE,
+        "stop_grace_ms": _NON_NEGATIVE,
+    },
     VllmConfig: {
         "tensor_parallel_size": _POSITIVE,
         "gpu_memory_utilization": _fraction,
         "max_model_len": _POSITIVE,
     },
+    SglangConfig: {
+        "tensor_parallel_size": _POSITIVE,
+        "mem_fraction_static": _fraction,
+        "context_length": _POSITIVE,
+    },
+    LlamaCppConfig: {"ctx_size": _POSITIVE, "n_gpu_layers": _NON_NEGATIVE},
     LocalRuntimeConfig: {"gpus": _NON_NEGATIVE},
     TransformersConfig: {"max_new_tokens_default": _POSITIVE},
     SentenceTransformersConfig: {"batch_size": _POSITIVE},

@@ -1,6 +1,7 @@
 """What runs a deployment's model: the runtime kinds and the ``runtime_config`` record of
-each, remote (OpenAI, Azure OpenAI, Anthropic, Gemini, LiteLLM) and local (vLLM,
-transformers, sentence-transformers).
+each, remote (OpenAI, Azure OpenAI, Anthropic, Gemini, LiteLLM) and local: engine servers run
+as supervised child processes (vLLM, SGLang, llama.cpp) and runners in process
+(transformers, sentence-transformers).
 
 Each remote runtime config answers for its provider: its label in metrics, which field holds
 its credential and the environment variable read when none is set, and the output cap
@@ -20,14 +21,17 @@ from rakka_inference.core.secrets import SecretRef
 
 __all__ = [
     "AnthropicConfig",
+    "EngineServerConfig",
     "GeminiConfig",
     "LiteLLMConfig",
+    "LlamaCppConfig",
     "LocalRuntimeConfig",
     "OpenAIConfig",
     "RemoteRuntimeConfig",
     "RuntimeConfig",
     "RuntimeKind",
     "SentenceTransformersConfig",
+    "SglangConfig",
     "TransformersConfig",
     "VllmConfig",
     "default_credential_env",
@@ -44,6 +48,8 @@ class RuntimeKind(enum.StrEnum):
     GEMINI = "gemini"
     LITELLM = "litellm"
     VLLM = "vllm"
+    SGLANG = "sglang"
+    LLAMACPP = "llamacpp"
     TRANSFORMERS = "transformers"
     SENTENCE_TRANSFORMERS = "sentence_transformers"
 
@@ -51,10 +57,16 @@ class RuntimeKind(enum.StrEnum):
     def is_remote(self) -> bool:
         return self in _REMOTE_RUNTIMES
 
+    @property
+    def is_engine_server(self) -> bool:
+        """Served by an engine's own OpenAI-compatible server, run as a child process."""
+        return self in _ENGINE_SERVERS
+
 
 _REMOTE_RUNTIMES = frozenset(
     {RuntimeKind.OPENAI, RuntimeKind.ANTHROPIC, RuntimeKind.GEMINI, RuntimeKind.LITELLM}
 )
+_ENGINE_SERVERS = frozenset({RuntimeKind.VLLM, RuntimeKind.SGLANG, RuntimeKind.LLAMACPP})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,11 +275,70 @@ class LocalRuntimeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class VllmConfig(LocalRuntimeConfig):
+class EngineServerConfig(LocalRuntimeConfig):
+    """What the engine-server runtimes share (vLLM, SGLang, llama.cpp): the replica runs
+    the engine's own OpenAI-compatible server as a child process on a loopback port and
+    supervises it (see :mod:`rakka_inference.local.engine_process`)."""
+
+    command: tuple[str, ...] = ()
+    """The program to run, before the arguments the runtime adds. Empty: the engine's
+    own (``vllm``, ``python -m sglang.launch_server``, ``llama-server``); set it to run
+    another build or a wrapper."""
+    extra_args: tuple[str, ...] = ()
+    """Passed to the engine after the arguments mapped from this config, unchanged."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Added to the engine's environment (which is the gateway's otherwise)."""
+    port: int | None = None
+    """The engine's loopback port. Unset: a free port, chosen at each start."""
+    max_tokens_default: int = DEFAULT_MAX_OUTPUT_TOKENS
+    """The output cap assumed for a request that sets none (the budget's reservation)."""
+    startup_timeout_ms: int = 600_000
+    """How long the engine may take to answer its health check after it is started."""
+    health_interval_ms: int = 5_000
+    """How often a running engine's health is checked (and its metrics read)."""
+    health_timeout_ms: int = 5_000
+    """A health check that takes longer has failed (a hung engine)."""
+    health_failures: int = 3
+    """Consecutive failed health checks that make the engine poisoned: it is restarted."""
+    stop_grace_ms: int = 30_000
+    """After SIGTERM, how long the engine may take to exit before it is killed."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    """The gateway's requests to the engine."""
+
+    @property
+    def default_max_output_tokens(self) -> int:
+        return self.max_tokens_default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VllmConfig(EngineServerConfig):
+    """``vllm serve MODEL``."""
+
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
     dtype: str = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SglangConfig(EngineServerConfig):
+    """``python -m sglang.launch_server --model-path MODEL`` (metrics enabled)."""
+
+    tensor_parallel_size: int = 1
+    mem_fraction_static: float | None = None
+    context_length: int | None = None
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LlamaCppConfig(EngineServerConfig):
+    """``llama-server --model FILE.gguf`` (metrics enabled; one slot per concurrent
+    request the deployment allows)."""
+
+    ctx_size: int | None = None
+    n_gpu_layers: int | None = None
+    """Layers offloaded to the GPU. Unset: every layer when the replica has a GPU, none
+    otherwise."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -293,6 +364,8 @@ RuntimeConfig: TypeAlias = (
     | GeminiConfig
     | LiteLLMConfig
     | VllmConfig
+    | SglangConfig
+    | LlamaCppConfig
     | TransformersConfig
     | SentenceTransformersConfig
 )
@@ -304,6 +377,8 @@ _CONFIG_TYPES: dict[RuntimeKind, type[RuntimeConfig]] = {
     RuntimeKind.GEMINI: GeminiConfig,
     RuntimeKind.LITELLM: LiteLLMConfig,
     RuntimeKind.VLLM: VllmConfig,
+    RuntimeKind.SGLANG: SglangConfig,
+    RuntimeKind.LLAMACPP: LlamaCppConfig,
     RuntimeKind.TRANSFORMERS: TransformersConfig,
     RuntimeKind.SENTENCE_TRANSFORMERS: SentenceTransformersConfig,
 }
