@@ -1,6 +1,7 @@
 """The transformers runner's decode throughput: continuous batching against one at a time.
 
     python bench/local_engine.py [--tokens N] [--rounds N] [--device cpu|cuda|auto]
+        [--no-gateway]
 
 On the tiny random Llama of :mod:`rakka_inference.local.tiny_model` (built into a
 temporary directory and loaded through the runner's offline path), at 1, 4 and 16
@@ -16,6 +17,8 @@ Then the gateway's cost per generated token: the same streams (one at a time) th
 ``rakka serve`` over loopback HTTP, its process's CPU per token, against the runner called
 directly in this process, its CPU per token. The difference is what the gateway adds
 (parsing, routing, the engine's admission and report, SSE encoding) on top of the model.
+The served deployment runs on ``--device`` too (on a GPU, both sides' CPU includes the
+time spent waiting for the device); ``--no-gateway`` leaves this part out.
 """
 
 from __future__ import annotations
@@ -104,7 +107,27 @@ async def _directly(runner: TransformersRunner, tokens: int) -> int:
     return generated
 
 
-async def gateway_cost(model_dir: Path, runner: TransformersRunner, tokens: int) -> None:
+async def _until_serving(server: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """Wait for ``rakka serve`` to say it is serving; its output so far if it does not."""
+    assert server.stdout is not None
+    said: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = await server.stdout.readline()
+            if b"serving" in line:
+                return
+            if not line:  # it exited before serving
+                await server.wait()
+                raise RuntimeError(
+                    f"rakka serve exited with status {server.returncode} before serving:\n"
+                    + "".join(said)
+                )
+            said.append(line.decode(errors="replace"))
+
+
+async def gateway_cost(
+    model_dir: Path, runner: TransformersRunner, tokens: int, device: str
+) -> None:
     """CPU per generated token: through ``rakka serve``, against the runner directly."""
     streams = 20
     with socket.socket() as probe:
@@ -114,7 +137,7 @@ async def gateway_cost(model_dir: Path, runner: TransformersRunner, tokens: int)
     config.write_text(
         f'[cluster]\nbind = "127.0.0.1:{port}"\n\n[[deployment]]\nname = "tiny"\n'
         f'model = "tiny-llama"\nruntime = "transformers"\n[deployment.runtime_config]\n'
-        f'model_path = "{model_dir}"\ndevice = "cpu"\n'
+        f'model_path = "{model_dir}"\ndevice = "{device}"\n'
     )
     server = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -126,19 +149,22 @@ async def gateway_cost(model_dir: Path, runner: TransformersRunner, tokens: int)
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    drained: asyncio.Future[bytes] | None = None
     try:
+        await _until_serving(server, timeout_s=300)
         assert server.stdout is not None
-        while b"serving" not in await server.stdout.readline():
-            if server.returncode is not None:
-                raise RuntimeError("rakka serve did not start")
+        drained = asyncio.ensure_future(server.stdout.read())  # a full pipe would block it
         url = f"http://127.0.0.1:{port}"
         await _through_gateway(url, 2, tokens)  # warm-up
         cpu = _process_cpu_s(server.pid)
         through = await _through_gateway(url, streams, tokens)
         gateway_cpu = (_process_cpu_s(server.pid) - cpu) / through
     finally:
-        server.terminate()
+        if server.returncode is None:
+            server.terminate()
         await server.wait()
+        if drained is not None:
+            await drained
     cpu = time.process_time()
     direct = sum([await _directly(runner, tokens) for _ in range(streams)])
     direct_cpu = (time.process_time() - cpu) / direct
@@ -149,7 +175,7 @@ async def gateway_cost(model_dir: Path, runner: TransformersRunner, tokens: int)
     )
 
 
-async def main(tokens: int, rounds: int, device: str) -> None:
+async def main(tokens: int, rounds: int, device: str, gateway: bool) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = build_tiny_chat_model(Path(scratch) / "tiny")
         deployment = Deployment(
@@ -179,8 +205,8 @@ async def main(tokens: int, rounds: int, device: str) -> None:
             f"largest batch seen: {batched.stats.max_batch_size} (one-at-a-time: "
             f"{single.stats.max_batch_size})"
         )
-        if device == "cpu":
-            await gateway_cost(model_dir, batched, tokens)
+        if gateway:
+            await gateway_cost(model_dir, batched, tokens, device)
 
 
 if __name__ == "__main__":
@@ -188,5 +214,11 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--gateway",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the gateway's CPU per token through rakka serve (default: on)",
+    )
     options = parser.parse_args()
-    asyncio.run(main(options.tokens, options.rounds, options.device))
+    asyncio.run(main(options.tokens, options.rounds, options.device, options.gateway))

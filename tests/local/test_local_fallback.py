@@ -1,11 +1,13 @@
 """One router over local and remote: a local model (the transformers runner on the tiny
 Llama) with ``fallbacks = ["remote"]`` falls back to a remote deployment (the testkit's
 mock OpenAI) before the first byte when the local engine is saturated, or poisoned beyond
-its restarts — seen end to end with the official openai SDK against the real gateway."""
+its restarts — seen end to end with the official openai SDK against the real gateway.
+The local model runs on ``$RAKKA_TEST_DEVICE`` (``cpu`` when unset; see conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from rakka_inference.testkit.mock_openai import OpenAIMock
 from rakka_inference.testkit.serving import serving
 
 REMOTE = "from the remote model"
+DEVICE = os.environ.get("RAKKA_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def deployments(model: Path, mock: OpenAIMock, serving_: Serving) -> tuple[Deplo
         name="local",
         model="tiny-llama",
         runtime=RuntimeKind.TRANSFORMERS,
-        runtime_config=TransformersConfig(model_path=str(model)),
+        runtime_config=TransformersConfig(model_path=str(model), device=DEVICE),
         fallbacks=("remote",),
         serving=serving_,
     )

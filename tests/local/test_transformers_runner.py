@@ -1,12 +1,17 @@
 """TransformersRunner on a tiny random Llama with a real tokenizer, loaded through the
 runner's own offline path: streaming through the engine and the gateway, continuous
 batching, the finish reasons, sampling, cancellation, typed errors and a poisoned context
-rebuilt by its supervisor."""
+rebuilt by its supervisor.
+
+On the device ``$RAKKA_TEST_DEVICE`` names (``cpu`` when unset; see conftest.py): ``cuda``
+runs them on a GPU.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,13 +56,16 @@ from rakka_inference.runtime.replicas import EngineBuilder
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.serving import serving
 
+DEVICE = os.environ.get("RAKKA_TEST_DEVICE", "cpu")
+"""The device the tiny model runs on, unless a test names another."""
+
 
 def deployment(model: str, *, pricing: ModelPrice | None = None, **config: Any) -> Deployment:
     return Deployment(
         name="tiny",
         model=model,
         runtime=RuntimeKind.TRANSFORMERS,
-        runtime_config=TransformersConfig(**config),
+        runtime_config=TransformersConfig(**{"device": DEVICE, **config}),
         serving=Serving(max_concurrent=16),
         pricing=pricing,
     )
@@ -461,8 +469,10 @@ async def test_loading_failures_are_unrecoverable(
 ) -> None:
     with pytest.raises(Unrecoverable, match="cannot load"):
         await loaded(tmp_path / "missing")
-    with pytest.raises(Unrecoverable, match="'cuda:7' is not available"):
-        await loaded(tiny_model_dir, device="cuda:7")
+    torch = importlib.import_module("torch")
+    absent = f"cuda:{max(7, torch.cuda.device_count())}"  # no GPU of that index here
+    with pytest.raises(Unrecoverable, match=f"'{absent}' is not available"):
+        await loaded(tiny_model_dir, device=absent)
     no_template = copy_without_chat_template(tiny_model_dir, tmp_path / "no-template")
     with pytest.raises(Unrecoverable, match="no chat template"):
         await loaded(no_template)
@@ -534,7 +544,8 @@ async def test_the_runner_keeps_the_model_runner_contract(tiny_model_dir: Path) 
     runner = TransformersRunner(deployment(str(tiny_model_dir)))
     assert isinstance(runner, ModelRunner)
     assert runner.runtime_kind is RuntimeKind.TRANSFORMERS
-    assert runner.transport_kind.kind is TransportKind.LOCAL_CPU
+    placed = TransportKind.LOCAL_CPU if DEVICE == "cpu" else TransportKind.LOCAL_GPU
+    assert runner.transport_kind.kind is placed
     assert runner.rate_limits == RateLimits()
     assert runner.estimate_cost(Usage(input_tokens=10)) == 0.0  # local: free unless priced
     assert runner.stats.steps == 0
@@ -548,7 +559,7 @@ async def test_the_runner_keeps_the_model_runner_contract(tiny_model_dir: Path) 
     assert runner.batcher is None
     await runner.rebuild_session(SessionRebuildCause.CONTEXT_POISONED)
     assert runner.batcher is not None
-    assert "on cpu, batches of up to 16" in runner.describe()
+    assert f"on {DEVICE}, batches of up to 16" in runner.describe()
     gpu = TransformersRunner(deployment(str(tiny_model_dir), device="auto"))
     assert gpu.transport_kind.kind is TransportKind.LOCAL_GPU
     priced = TransformersRunner(
@@ -557,9 +568,10 @@ async def test_the_runner_keeps_the_model_runner_contract(tiny_model_dir: Path) 
     assert priced.estimate_cost(Usage(input_tokens=1_000_000)) == pytest.approx(1.0)
 
 
-async def test_auto_picks_the_cpu_without_a_gpu(tiny_model_dir: Path) -> None:
+async def test_auto_picks_the_gpu_when_there_is_one_else_the_cpu(tiny_model_dir: Path) -> None:
+    torch = importlib.import_module("torch")
     runner = await loaded(tiny_model_dir, device="auto")
-    assert "on cpu" in runner.describe()
+    assert f"on {'cuda' if torch.cuda.is_available() else 'cpu'}" in runner.describe()
 
 
 def test_other_runtimes_configs_are_refused() -> None:
