@@ -179,6 +179,8 @@ def test_every_family_is_declared_with_its_design_name() -> None:
         "inference_queue_depth": "gauge",
         "inference_context_restarts": "gauge",
         "inference_batch_size": "gauge",
+        "inference_kv_cache_usage": "gauge",
+        "inference_engine_queue_depth": "gauge",
     }
     assert InferenceMetrics.CONTENT_TYPE == CONTENT_TYPE
 

@@ -311,7 +311,9 @@ async def test_an_operation_that_fails_untyped_is_a_json_500(
 ) -> None:
     topology, client = live
 
-    async def no_weights(deployment: Deployment, name: str, on_failed: object) -> None:
+    async def no_weights(
+        deployment: Deployment, name: str, on_failed: object, **placed: object
+    ) -> None:
         raise OSError("no weights on this node")
 
     monkeypatch.setattr(topology.builder, "build", no_weights)

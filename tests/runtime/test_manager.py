@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -111,7 +112,7 @@ async def test_a_hot_swap_under_200_streams_loses_none(
 async def test_an_invalid_config_is_rejected_whole(topology: Topology, mock: OpenAIMock) -> None:
     before = topology.manager.describe()
     local = Deployment(name="gpu", model="m", runtime=RuntimeKind.VLLM, runtime_config=VllmConfig())
-    with pytest.raises(ConfigError, match="has no runner in this build"):
+    with pytest.raises(ConfigError, match="the engine executable 'vllm' was not found"):
         await topology.apply(config(deployment(mock, "new"), local))
     assert topology.manager.describe() == before
     assert await ask(topology) == "a b c d"
@@ -220,14 +221,16 @@ async def test_local_replicas_are_placed_on_gpus_and_released(mock: OpenAIMock) 
             runtime=RuntimeKind.VLLM,
             runtime_config=VllmConfig(tensor_parallel_size=2),
         )
-        with pytest.raises(PlacementFailed, match="needs 2 free GPUs"):
+        # More GPUs than any node has: the config is wrong, and says where.
+        with pytest.raises(ConfigError, match=r"'wide'.runtime_config.tensor_parallel_size"):
             await topology.apply(config(deployment(mock), wide))
         assert [s.name for s in topology.manager.describe()] == ["chat"]
         one = replace(wide, name="local", runtime_config=VllmConfig())
         await topology.apply(config(deployment(mock), one))
         assert placement.snapshot()[0].free_gpus == 0
         assert await ask(topology, "local")
-        with pytest.raises(PlacementFailed):
+        # A GPU that is there but held is not a config error.
+        with pytest.raises(PlacementFailed, match="needs 1 free GPU"):
             await topology.manager.scale("local", 2)
         await topology.apply(config(deployment(mock)))  # removed: drained, GPU released
         await topology.manager.aclose()
@@ -251,8 +254,10 @@ class Starts:
         self.stopped: list[str] = []
         build = topology.builder.build
 
-        async def wrapped(deployment: Deployment, name: str, on_failed: Callable[[str], None]):  # type: ignore[no-untyped-def]
-            engine = await build(deployment, name, on_failed)
+        async def wrapped(  # type: ignore[no-untyped-def]
+            deployment: Deployment, name: str, on_failed: Callable[[str], None], **placed: Any
+        ):
+            engine = await build(deployment, name, on_failed, **placed)
             self.built.append(engine.name)
             start, stop = engine.start, engine.stop
 
@@ -366,12 +371,14 @@ async def test_a_failed_scale_up_stops_the_replicas_it_started(
     real = topology.builder.build
     count = 0
 
-    async def third_fails(deployment: Deployment, name: str, on_failed: Callable[[str], None]):  # type: ignore[no-untyped-def]
+    async def third_fails(  # type: ignore[no-untyped-def]
+        deployment: Deployment, name: str, on_failed: Callable[[str], None], **placed: Any
+    ):
         nonlocal count
         count += 1
         if count == 2:
             starts.failing.add(deployment.name)
-        return await real(deployment, name, on_failed)
+        return await real(deployment, name, on_failed, **placed)
 
     monkeypatch.setattr(topology.builder, "build", third_fails)
     with pytest.raises(OSError, match="no weights"):

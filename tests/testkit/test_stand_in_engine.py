@@ -657,3 +657,16 @@ def test_a_broken_faults_file_means_no_faults(tmp_path: Path) -> None:
     assert faults.metrics.running is None
     assert faults.exits_on_start(1) is None
     assert StandInFaults(exit_on_start=4).exits_on_start(100) == 4
+
+
+def test_per_port_faults_apply_to_the_engine_on_that_port(tmp_path: Path) -> None:
+    (tmp_path / "faults.json").write_text(
+        json.dumps(
+            {"chunk_delay_ms": 5, "per_port": {"8001": {"metrics": {"kv_cache_usage": 0.9}}}}
+        )
+    )
+    mine = read_faults(str(tmp_path), 8001)
+    other = read_faults(str(tmp_path), 8002)
+    assert mine.metrics.kv_cache_usage == 0.9
+    assert mine.chunk_delay_ms == other.chunk_delay_ms == 5
+    assert other.metrics.kv_cache_usage is None

@@ -112,7 +112,10 @@ class RayLocalReplica:
             builder = EngineBuilder()
             builder.check(chosen)
             self.system = ActorSystem(f"local-{deployment}-{index}")
-            engine = await builder.build(chosen, f"{deployment}-{index}", self._failed)
+            # Ray gave this actor its GPUs (``num_gpus``) and set CUDA_VISIBLE_DEVICES
+            # to them: an engine process the replica starts gets the same ones.
+            gpus = tuple(str(gpu) for gpu in ray.get_gpu_ids())
+            engine = await builder.build(chosen, f"{deployment}-{index}", self._failed, gpus=gpus)
             await engine.start(self.system)
         except (ConfigError, SecretError, KeyError) as error:
             return {"ok": False, "status": 400, "message": str(error)}

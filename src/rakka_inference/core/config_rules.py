@@ -185,6 +185,7 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
         "health_interval_ms": _POSITIVE,
         "health_timeout_ms": _POSITIVE,
         "health_failures": _POSITIVE,
+        "metrics_interval_ms": _NON_NEGATIVE,
         "stop_grace_ms": _NON_NEGATIVE,
     },
     VllmConfig: {

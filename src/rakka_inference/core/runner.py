@@ -79,6 +79,7 @@ __all__ = [
     "EmbeddingRunner",
     "ModelRunner",
     "SessionRebuildCause",
+    "SupervisedRunner",
     "Transport",
     "TransportKind",
 ]
@@ -193,6 +194,22 @@ class BatchingRunner(Protocol):
     @property
     def batch_size(self) -> int:
         """Requests in the running decode batch (0 when idle)."""
+        ...
+
+
+@runtime_checkable
+class SupervisedRunner(Protocol):
+    """A local runner whose context can be lost between requests (an engine server
+    process): its ContextActor watches it, and stops it when the context goes away."""
+
+    async def watch(self) -> None:
+        """Run while the context is loaded; raise an
+        :class:`~rakka_inference.core.errors.EngineError` (ContextPoisoned) when it is lost.
+        Returns only once the runner is closed. Cancelled when the context stops."""
+        ...
+
+    async def close(self) -> None:
+        """Release the context (stop the process). Requests have ended by now."""
         ...
 
 

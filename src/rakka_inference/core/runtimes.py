@@ -300,6 +300,8 @@ class EngineServerConfig(LocalRuntimeConfig):
     """A health check that takes longer has failed (a hung engine)."""
     health_failures: int = 3
     """Consecutive failed health checks that make the engine poisoned: it is restarted."""
+    metrics_interval_ms: int = 1_000
+    """How often the engine's own metrics (its load, for routing) are read; 0: never."""
     stop_grace_ms: int = 30_000
     """After SIGTERM, how long the engine may take to exit before it is killed."""
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from rakka_inference.actors.ref import ActorRef
 from rakka_inference.actors.system import ActorSystem
@@ -51,11 +51,20 @@ from rakka_inference.core.usage import Usage
 from rakka_inference.engine.budget import BudgetGate
 from rakka_inference.engine.core import EngineCore, not_an_embedding_model
 from rakka_inference.engine.jobs import Job, JobState
+from rakka_inference.local.engine_metrics import EngineLoad
 from rakka_inference.local.worker import REPLICA_SUPERVISION, WorkerActor
 
-__all__ = ["LocalEngineCore"]
+__all__ = ["LocalEngineCore", "ReportsLoad"]
 
 log = logging.getLogger("rakka_inference.local.engine")
+
+
+@runtime_checkable
+class ReportsLoad(Protocol):
+    """A runner whose engine reports its own load (an engine server's metrics)."""
+
+    @property
+    def engine_load(self) -> EngineLoad | None: ...
 
 
 class LocalEngineCore(EngineCore):
@@ -116,6 +125,25 @@ class LocalEngineCore(EngineCore):
         """Requests in the runner's decode batch, where the runner batches (else None)."""
         runner = self.runner
         return runner.batch_size if isinstance(runner, BatchingRunner) else None
+
+    @property
+    def engine_load(self) -> EngineLoad | None:
+        """The load the runner's engine reports of itself (an engine server), if any."""
+        runner = self.runner
+        return runner.engine_load if isinstance(runner, ReportsLoad) else None
+
+    @property
+    def load_score(self) -> float:
+        """The router's measure: queued plus in-flight requests over capacity, plus what
+        the engine reports where it does — its KV-cache use (0 to 1) and the requests
+        waiting inside it over capacity — so of two replicas with as many requests, the one
+        with room in its KV cache is preferred."""
+        score = super().load_score
+        load = self.engine_load
+        if load is not None:
+            score += load.kv_cache_usage or 0.0
+            score += (load.waiting or 0.0) / max(1, self._limit)
+        return score
 
     @property
     def failed(self) -> bool:

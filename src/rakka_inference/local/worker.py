@@ -7,7 +7,10 @@
                         tasks of the requests running on it
 
 The ContextActor builds a runner from the engine's factory and loads its weights in
-``on_start``, then starts one task per request it is handed. A task whose runner raises an
+``on_start``, then starts one task per request it is handed. A runner whose context can be
+lost between requests (an engine server process: a :class:`~rakka_inference.core.runner.
+SupervisedRunner`) is watched by a task of the context too, and closed (the process
+stopped) when the context stops. A task whose runner raises an
 engine error (or a bug) ends its own request with that error and reports the error to its
 ContextActor, which raises it from ``receive``: from there the kernel decides, by exception
 type, with :data:`CONTEXT_DIRECTIVES` as the WorkerActor's strategy:
@@ -60,7 +63,7 @@ from rakka_inference.core.errors import (
 )
 from rakka_inference.core.messages import EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.policies import Serving
-from rakka_inference.core.runner import EmbeddingRunner, ModelRunner
+from rakka_inference.core.runner import EmbeddingRunner, ModelRunner, SupervisedRunner
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.engine.core import not_an_embedding_model
 from rakka_inference.engine.jobs import Job, JobState
@@ -200,6 +203,8 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
         self.engine = engine
         self.runner: ModelRunner | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self._supervised: SupervisedRunner | None = None
 
     async def on_start(self) -> None:
         runner = self.engine.runner_factory()
@@ -208,6 +213,11 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
         except OutOfMemory as error:
             raise ContextPoisoned(f"out of memory loading the model: {error.message}") from error
         self.runner = runner
+        if isinstance(runner, SupervisedRunner):
+            self._supervised = runner
+            self._watch = asyncio.get_running_loop().create_task(
+                self._watching(runner), name=f"watch:{self.engine.name}"
+            )
         self.engine.context_ready(runner)
 
     async def receive(self, message: RunJob | RunnerFailed) -> None:
@@ -230,12 +240,30 @@ class ContextActor(Actor[RunJob | RunnerFailed]):
     async def on_stop(self) -> None:
         engine = self.engine
         engine.context_down()
-        if not self._running:
-            return
-        error = engine.teardown_error()
-        for job in list(self._running.values()):
-            engine.abort(job, error)  # cancels the task; the task ends the request
-        await asyncio.gather(*self._running, return_exceptions=True)
+        watch = self._watch
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        if self._running:
+            error = engine.teardown_error()
+            for job in list(self._running.values()):
+                engine.abort(job, error)  # cancels the task; the task ends the request
+            await asyncio.gather(*self._running, return_exceptions=True)
+        supervised = self._supervised
+        if supervised is not None:
+            try:
+                await supervised.close()
+            except Exception:
+                log.exception("engine %s: closing the runner failed", engine.name)
+
+    async def _watching(self, runner: SupervisedRunner) -> None:
+        """The runner's own supervision: a context lost between requests is a failure."""
+        try:
+            await runner.watch()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._report(error)
 
     def _settle(self, task: asyncio.Task[None]) -> None:
         job = self._running.pop(task, None)

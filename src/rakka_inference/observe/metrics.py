@@ -20,6 +20,14 @@ Read when ``/metrics`` is scraped, from every replica given to :meth:`watch_repl
     inference_workers_busy{deployment,replica}
     inference_workers_idle{deployment,replica}
     inference_queue_depth{deployment,replica}
+    inference_context_restarts{deployment,replica}     a local replica's rebuilt contexts
+    inference_batch_size{deployment,replica}           a local replica's decode batch
+    inference_kv_cache_usage{deployment,replica}       an engine server's KV-cache use, 0-1
+    inference_engine_queue_depth{deployment,replica}   requests waiting inside the engine
+
+Tokens per second are ``rate(inference_tokens_out_total[1m])``. The last two come from the
+engine's own metrics (vLLM, SGLang, llama.cpp), read by its replica; a replica whose
+engine has not reported lately has no sample.
 
 Labels carry only names from the configuration (deployment, replica, provider) and the
 outcome, which is ``ok`` or an error class's ``outcome`` (a bounded set). Never a request
@@ -34,6 +42,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from rakka_inference.engine.report import RequestRecord
+from rakka_inference.local.engine_metrics import EngineLoad
 from rakka_inference.observe.prometheus import (
     CONTENT_TYPE,
     DEFAULT_MAX_SERIES,
@@ -95,6 +104,9 @@ class ContextView(Protocol):
 
     @property
     def batch_size(self) -> int | None: ...
+
+    @property
+    def engine_load(self) -> EngineLoad | None: ...
 
 
 class ReplicaGauges(Protocol):
@@ -245,6 +257,20 @@ class InferenceMetrics:
             max_series=max_series,
         )
         registry.gauge_callback(
+            "inference_kv_cache_usage",
+            "An engine server's KV-cache use, 0 to 1, as the engine reports it.",
+            replica,
+            self._kv_cache_usage,
+            max_series=max_series,
+        )
+        registry.gauge_callback(
+            "inference_engine_queue_depth",
+            "Requests waiting inside an engine server, as the engine reports it.",
+            replica,
+            self._engine_waiting,
+            max_series=max_series,
+        )
+        registry.gauge_callback(
             "inference_ratelimit_utilization",
             "Rate-limit use in the current window over the configured limit (rpm, tpm).",
             (*replica, "dimension"),
@@ -333,6 +359,23 @@ class InferenceMetrics:
             size = None if context is None else context.batch_size
             if size is not None:
                 yield key, size
+
+    def _engine_loads(self) -> Iterator[tuple[LabelValues, EngineLoad]]:
+        for key, replica in self._replicas.items():
+            context = replica.context
+            load = None if context is None else context.engine_load
+            if load is not None:
+                yield key, load
+
+    def _kv_cache_usage(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, load in self._engine_loads():
+            if load.kv_cache_usage is not None:
+                yield key, load.kv_cache_usage
+
+    def _engine_waiting(self) -> Iterator[tuple[LabelValues, float]]:
+        for key, load in self._engine_loads():
+            if load.waiting is not None:
+                yield key, load.waiting
 
     def _workers_busy(self) -> Iterator[tuple[LabelValues, float]]:
         for key, replica in self._replicas.items():

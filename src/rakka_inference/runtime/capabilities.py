@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from rakka_inference.core.runner import SessionRebuildCause
+from rakka_inference.local.engine_metrics import EngineLoad
 from rakka_inference.remote.breaker import CircuitBreaker
 from rakka_inference.remote.ratelimit import PermitSource
 
@@ -56,3 +57,6 @@ class HasContext(Protocol):
 
     @property
     def batch_size(self) -> int | None: ...
+
+    @property
+    def engine_load(self) -> EngineLoad | None: ...

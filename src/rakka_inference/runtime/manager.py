@@ -223,6 +223,15 @@ class DeploymentManager:
         check_aliases(diff.wanted.values())
         for deployment in diff.starting:
             self.factory.check(deployment)
+        if self.placement is not None:
+            impossible = [
+                ConfigIssue("<config>", f"deployment {deployment.name!r}.{field}", reason)
+                for deployment in diff.starting
+                if (problem := self.placement.impossible(deployment)) is not None
+                for field, reason in (problem,)
+            ]
+            if impossible:
+                raise ConfigError(impossible)
         if self.placement is not None:  # PlacementFailed rejects the whole config
             self.placement.plan(
                 list(diff.starting),

@@ -34,9 +34,11 @@ from typing import NamedTuple
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import PlacementFailed, SecretError
 from rakka_inference.core.runtimes import (
+    LlamaCppConfig,
     LocalRuntimeConfig,
     RemoteRuntimeConfig,
     SentenceTransformersConfig,
+    SglangConfig,
     TransformersConfig,
     VllmConfig,
 )
@@ -52,6 +54,7 @@ __all__ = [
     "PlacementError",
     "credential_key",
     "detect_gpu_count",
+    "gpu_request",
     "gpus_needed",
     "visible_gpus",
 ]
@@ -189,17 +192,27 @@ def visible_gpus(count: int, cuda_visible_devices: str | None) -> tuple[str, ...
 
 
 def gpus_needed(deployment: Deployment) -> int:
-    """GPUs one replica occupies: the runtime config's ``gpus`` where set, else vLLM's
-    tensor-parallel size, one for a CUDA device."""
+    """GPUs one replica occupies: the runtime config's ``gpus`` where set, else vLLM's and
+    SGLang's tensor-parallel size, one for llama.cpp with ``n_gpu_layers`` above 0, one
+    for a CUDA device."""
+    return gpu_request(deployment)[0]
+
+
+def gpu_request(deployment: Deployment) -> tuple[int, str | None]:
+    """GPUs one replica occupies, and the ``runtime_config`` field that asks for them
+    (``None`` when none are asked for)."""
     config = deployment.runtime_config
     if isinstance(config, LocalRuntimeConfig) and config.gpus is not None:
-        return config.gpus
-    if isinstance(config, VllmConfig):
-        return config.tensor_parallel_size
+        return config.gpus, "gpus"
+    if isinstance(config, VllmConfig | SglangConfig):
+        return config.tensor_parallel_size, "tensor_parallel_size"
+    if isinstance(config, LlamaCppConfig):
+        layers = config.n_gpu_layers
+        return (1, "n_gpu_layers") if layers else (0, None)
     if isinstance(config, TransformersConfig | SentenceTransformersConfig):
         device = config.device.strip().lower()
-        return 1 if device.startswith("cuda") or device == "gpu" else 0
-    return 0
+        return (1, "device") if device.startswith("cuda") or device == "gpu" else (0, None)
+    return 0, None
 
 
 def credential_key(deployment: Deployment) -> CredentialKey | None:
@@ -298,6 +311,24 @@ class Placement:
         placed = self.inventory._placed.get(assignment.ident)
         if placed is not None and placed[0] == assignment:
             del self.inventory._placed[assignment.ident]
+
+    def impossible(self, deployment: Deployment) -> tuple[str, str] | None:
+        """Why no node could ever take a replica of ``deployment``, whatever else runs, as
+        (``runtime_config`` field, reason): more GPUs than any node has. ``None`` when some
+        node could (it may be busy now: that is :meth:`plan`'s to say)."""
+        need, field = gpu_request(deployment)
+        if not need or field is None:
+            return None
+        nodes = self.inventory.nodes
+        largest = max((len(node.gpus) for node in nodes), default=0)
+        if need <= largest:
+            return None
+        have = f"the largest node has {largest}" if largest else "no node has a GPU"
+        return (
+            f"runtime_config.{field}",
+            f"asks for {need} GPU{'s' if need != 1 else ''} per replica; {have} "
+            "(set runtime_config.gpus = 0 to run it without one)",
+        )
 
     def plan(
         self,

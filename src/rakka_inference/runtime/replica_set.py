@@ -100,9 +100,15 @@ class EngineFactory(Protocol):
         ...
 
     async def build(
-        self, deployment: Deployment, name: str, on_failed: Callable[[str], None]
+        self,
+        deployment: Deployment,
+        name: str,
+        on_failed: Callable[[str], None],
+        *,
+        gpus: tuple[str, ...] = (),
     ) -> Engine:
-        """The engine, called ``name``; ``on_failed(reason)`` is how it says it gave up."""
+        """The engine, called ``name``, on the ``gpus`` placement gave it;
+        ``on_failed(reason)`` is how it says it gave up."""
         ...
 
 
@@ -194,16 +200,24 @@ class ReplicaSupervisor:
         name = f"{deployment.name}-{index}"
         if replica_set.generation > 1:
             name += f".g{replica_set.generation}"
-        engine = await self.factory.build(
-            deployment, name, lambda reason: self._failed(replica_set, holder, reason)
-        )
+        assignment = None
+        if self.placement is not None:
+            assignment = self.placement.place(deployment, index, generation=replica_set.generation)
+        try:
+            engine = await self.factory.build(
+                deployment,
+                name,
+                lambda reason: self._failed(replica_set, holder, reason),
+                gpus=() if assignment is None else assignment.gpus,
+            )
+        except BaseException:
+            if assignment is not None and self.placement is not None:
+                self.placement.release(assignment)
+            raise
         replica = Replica(index, engine, Lifecycle(f"replica {engine.name!r}", self.clock))
+        replica.assignment = assignment
         holder.append(replica)
         try:
-            if self.placement is not None:
-                replica.assignment = self.placement.place(
-                    deployment, index, generation=replica_set.generation
-                )
             self._started += 1  # actor names stay unique across replacements
             await engine.start(self.system, f"engine-{engine.name}-{self._started}")
         except BaseException:

@@ -7,9 +7,13 @@ serving process:
   through :func:`~rakka_inference.remote.factory.build_remote_engine`, sharing the
   process's limiters and breakers;
 - a **local** deployment gets a :class:`~rakka_inference.local.engine.LocalEngineCore`
-  whose contexts are built by the runner factory registered for its runtime. A runtime
-  with no runner in this build, or a model its runner cannot find, is refused at
-  :meth:`EngineBuilder.check`, before anything changes, with the field and the reason.
+  whose contexts are built by the runner factory registered for its runtime; an engine
+  server runtime (vLLM, SGLang, llama.cpp) with no runner registered gets an
+  :class:`~rakka_inference.local.engine_server.EngineServerRunner`: its context is the
+  engine's process, on the GPUs placement gave the replica. A runtime with no runner in
+  this build, a model its runner cannot find, or an engine program that is not installed
+  is refused at :meth:`EngineBuilder.check`, before anything changes, with the field and
+  the reason.
 
 Every deployment has a cost ledger (:class:`~rakka_inference.engine.budget.BudgetLedger`):
 with limits when it has a ``budget`` (reserve-then-settle, its ``on_exceeded`` policy),
@@ -32,9 +36,13 @@ from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.engine.budget import BudgetLedger
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.local.engine import LocalEngineCore
+from rakka_inference.local.engine_command import launch_problem
+from rakka_inference.local.engine_server import EngineServerRunner
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.remote.transports.factory import create_transport
 from rakka_inference.runtime.manager import Engine
+from rakka_inference.wire.http import HttpTransport
 
 __all__ = ["EngineBuilder", "LocalEngineFactory", "RunnerFactory"]
 
@@ -136,6 +144,11 @@ class EngineBuilder:
         if self.local_engines is not None:
             return  # the replica actors check, and a refusal refuses the apply
         if deployment.runtime not in self.runners:
+            if deployment.runtime.is_engine_server:
+                problem = launch_problem(deployment)
+                if problem is not None:
+                    raise _config_error(deployment, *problem)
+                return
             raise _config_error(
                 deployment,
                 "runtime",
@@ -148,17 +161,29 @@ class EngineBuilder:
             raise _config_error(deployment, *problem)
 
     async def build(
-        self, deployment: Deployment, name: str, on_failed: Callable[[str], None]
+        self,
+        deployment: Deployment,
+        name: str,
+        on_failed: Callable[[str], None],
+        *,
+        gpus: tuple[str, ...] = (),
     ) -> Engine:
         ledger = self._ledger(deployment)
         if deployment.is_remote:
             return await build_remote_engine(deployment, self.services, name=name, budget=ledger)
         if self.local_engines is not None:
             return self.local_engines(deployment, name)
-        factory = self.runners[deployment.runtime]
+        factory = self.runners.get(deployment.runtime)
+        make: Callable[[], ModelRunner]
+        if factory is None:  # an engine server (check refused any other runtime)
+            make = lambda: EngineServerRunner(  # noqa: E731
+                deployment, _open_engine_transport, name=name, gpus=gpus
+            )
+        else:
+            make = lambda: factory(deployment)  # noqa: E731
         engine = LocalEngineCore(
             name,
-            lambda: factory(deployment),
+            make,
             serving=deployment.serving,
             budget=ledger,
             on_failed=lambda error: on_failed(f"{type(error).__name__}: {error}"),
@@ -210,6 +235,10 @@ class EngineBuilder:
         ledger = self._ledgers.get(name)
         if ledger is not None and ledger.throttled:
             self._throttle(name, True)
+
+
+def _open_engine_transport(connections: int) -> HttpTransport:
+    return create_transport(max_connections=connections)
 
 
 def _config_error(deployment: Deployment, field: str, reason: str) -> ConfigError:

@@ -57,6 +57,8 @@ optional (:class:`~rakka_inference.testkit.stand_in_faults.StandInFaults`):
                          request is answered with this OpenAI error
 ``metrics``              ``{"running", "waiting", "kv_cache_usage"}``, reported instead
 ``ignore_sigterm``       SIGTERM is logged and ignored (SIGINT still stops it)
+``per_port``             ``{"PORT": {faults}}``: for the engine on that port, these
+                         instead of the keys above of the same name
 =======================  ==================================================================
 """
 
@@ -295,7 +297,7 @@ class StandInEngine:
 
     def faults(self) -> StandInFaults:
         """The faults file as it is now."""
-        return read_faults(self.directory)
+        return read_faults(self.directory, self.args.port)
 
     def log(self, level: str, message: str) -> None:
         stream = sys.stdout if level == "INFO" else sys.stderr

@@ -91,8 +91,10 @@ class StandInFaults:
         return self.exit_on_start
 
 
-def read_faults(directory: str | None) -> StandInFaults:
-    """The faults in ``directory``'s ``faults.json``; none without one."""
+def read_faults(directory: str | None, port: int | None = None) -> StandInFaults:
+    """The faults in ``directory``'s ``faults.json``; none without one. Its ``per_port``
+    object holds faults for the engine on one port only (``{"8001": {...}}``), which
+    replace the file's own keys of the same name for that engine."""
     if directory is None:
         return StandInFaults()
     try:
@@ -101,6 +103,9 @@ def read_faults(directory: str | None) -> StandInFaults:
         return StandInFaults()
     if not isinstance(raw, dict):
         return StandInFaults()
+    per_port = raw.pop("per_port", None)
+    if isinstance(per_port, dict) and isinstance(mine := per_port.get(str(port)), dict):
+        raw.update(mine)
     chat_error = raw.get("chat_error")
     metrics = raw.get("metrics")
     return StandInFaults(
