@@ -36,6 +36,7 @@ from rakka_inference.core.runtimes import (
     AnthropicConfig,
     GeminiConfig,
     LiteLLMConfig,
+    LlamaCppConfig,
     OpenAIConfig,
     RuntimeKind,
     SentenceTransformersConfig,
@@ -96,6 +97,7 @@ def test_example_cluster(example: LoadedConfig) -> None:
         "gemini-pro",
         "litellm-mixtral",
         "gpt-oss-20b",
+        "qwen-small",
     ]
 
 
@@ -183,7 +185,15 @@ def test_example_litellm_and_vllm(example: LoadedConfig) -> None:
     assert (dict(litellm.metadata), litellm.tags) == ({"team": "search"}, ("team-search",))
     local = example.config.deployment("gpt-oss-20b")
     assert (local.runtime, local.is_remote) == (RuntimeKind.VLLM, False)
-    assert local.runtime_config == VllmConfig(tensor_parallel_size=2, gpu_memory_utilization=0.85)
+    assert local.runtime_config == VllmConfig(
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.85,
+        max_model_len=32768,
+        extra_args=("--enable-prefix-caching",),
+    )
+    gguf = example.config.deployment("qwen-small")
+    assert gguf.runtime_config == LlamaCppConfig(ctx_size=8192, n_gpu_layers=99)
+    assert gguf.fallbacks == ("gpt-4o",)
 
 
 def test_load_config_returns_the_config(example: LoadedConfig) -> None:
@@ -1278,6 +1288,50 @@ def test_workers_and_the_ray_backend() -> None:
     config = parse_config('[cluster]\nbackend = "ray"\nray_address = "ray://h:10001"\n', "t")
     assert config.cluster.backend == "ray"
     assert config.cluster.ray_address == "ray://h:10001"
+
+
+def test_with_several_workers_no_local_replica_may_hold_gpus() -> None:
+    text = """
+        [cluster]
+        workers = 4
+
+        [[deployment]]
+        name = "big"
+        model = "org/m"
+        runtime = "vllm"
+        [deployment.runtime_config]
+        tensor_parallel_size = 2
+
+        [[deployment]]
+        name = "gguf"
+        model = "/m.gguf"
+        runtime = "llamacpp"
+        [deployment.runtime_config]
+        n_gpu_layers = 20
+
+        [[deployment]]
+        name = "on-cpu"
+        model = "org/m"
+        runtime = "vllm"
+        [deployment.runtime_config]
+        gpus = 0
+
+        [[deployment]]
+        name = "cuda"
+        model = "/m"
+        runtime = "transformers"
+        [deployment.runtime_config]
+        device = "cuda:0"
+        """
+    issues = issues_of(text)
+    assert [(i.path, i.line) for i in issues] == [
+        ("deployment[0].runtime_config.tensor_parallel_size", 9),
+        ("deployment[1].runtime_config.n_gpu_layers", 16),
+        ("deployment[3].runtime_config.device", 30),
+    ]
+    assert "asks for 2 GPUs per replica, and with [cluster].workers = 4" in issues[0].message
+    one_worker = text.replace("workers = 4", "workers = 1")
+    assert len(parse_config(one_worker, "t").deployments) == 4
 
 
 def test_on_ray_no_secret_may_be_inline() -> None:

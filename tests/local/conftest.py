@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
+from engine_support import StandIn
 
 DEVICE_VARIABLE = "RAKKA_TEST_DEVICE"
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -45,3 +46,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rakka_inference.local.tiny_model import build_tiny_chat_model
 
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> StandIn:
+    """The stand-in engine's directory for one test (its faults, its start records)."""
+    return StandIn(tmp_path)

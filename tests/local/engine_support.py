@@ -109,7 +109,7 @@ class StandIn:
 
 
 def sdk(base: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=20)
 
 
 async def ask(base: str, text: str = "hello there", *, model: str = "local", **extra: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -28,11 +27,6 @@ from rakka_inference.testkit.mock_openai import OpenAIMock
 from rakka_inference.testkit.serving import serving
 
 REMOTE = "from the remote model"
-
-
-@pytest.fixture
-def stand_in(tmp_path: Path) -> StandIn:
-    return StandIn(tmp_path)
 
 
 @pytest.fixture

@@ -53,6 +53,7 @@ from rakka_inference.core.deployment import ClusterConfig, Config, Deployment, T
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.policies import CapacityPolicy, Serving
 from rakka_inference.core.runtimes import (
+    LocalRuntimeConfig,
     RemoteRuntimeConfig,
     RuntimeConfig,
     RuntimeKind,
@@ -228,6 +229,8 @@ class _Loader:
         _check_shared_limits(deployments, self._issues)
         if isinstance(cluster, ClusterConfig) and cluster.backend == "ray":
             _check_no_inline_secrets(cluster, deployments, self._issues)
+        if isinstance(cluster, ClusterConfig) and cluster.backend == "local":
+            _check_gpus_with_workers(cluster, deployments, self._issues)
         tracing = self._tracing(document.get("tracing", {}))
         built = [deployment for deployment in deployments if deployment is not None]
         if cluster is INVALID or tracing is INVALID or len(built) != len(deployments):
@@ -408,6 +411,30 @@ def _check_no_inline_secrets(
             value = getattr(settings, item.name)
             if isinstance(value, SecretRef) and value.source == "inline":
                 issues.add(("deployment", index, "runtime_config", item.name), message)
+
+
+def _check_gpus_with_workers(
+    cluster: ClusterConfig, deployments: list[Deployment | None], issues: Issues
+) -> None:
+    """Each worker of a node runs the whole topology: a replica on GPUs would be started by
+    every worker, on the same GPUs. Until one worker can own a node's local engines, a
+    local deployment on GPUs needs ``workers = 1`` (or a Ray cluster, where a replica is
+    one actor whatever the gateways)."""
+    if cluster.workers <= 1:
+        return
+    for index, deployment in enumerate(deployments):
+        config = None if deployment is None else deployment.runtime_config
+        if not isinstance(config, LocalRuntimeConfig):
+            continue
+        need, field = config.gpu_request()
+        if need and field is not None:
+            issues.add(
+                ("deployment", index, "runtime_config", field),
+                f"asks for {need} GPU{'s' if need != 1 else ''} per replica, and with "
+                f"[cluster].workers = {cluster.workers} every worker would start its own "
+                "replica on the same GPUs: serve GPU models with workers = 1, or on a Ray "
+                "cluster (backend = 'ray')",
+            )
 
 
 def _check_shared_limits(deployments: list[Deployment | None], issues: Issues) -> None:

@@ -263,15 +263,26 @@ class LocalRuntimeConfig:
     model_path: str | None = None
     """A local directory with the weights. Unset means the deployment's model name."""
     gpus: int | None = None
-    """GPUs one replica occupies, for placement. Unset: what the runtime needs (vLLM its
-    ``tensor_parallel_size``; transformers and sentence-transformers one for a CUDA
-    device, none otherwise). Set it with ``device = "auto"`` to place replicas on GPU
-    nodes while the runner still starts where no GPU is visible (on CPU)."""
+    """GPUs one replica occupies, for placement. Unset: what the runtime needs (vLLM's and
+    SGLang's ``tensor_parallel_size``; llama.cpp one when ``n_gpu_layers`` is above 0;
+    transformers and sentence-transformers one for a CUDA device; none otherwise). Set it
+    with ``device = "auto"`` to place replicas on GPU nodes while the runner still starts
+    where no GPU is visible (on CPU)."""
 
     @property
     def default_max_output_tokens(self) -> int:
         """The output cap of a request that sets none (the budget's reservation)."""
         return DEFAULT_MAX_OUTPUT_TOKENS
+
+    def gpu_request(self) -> tuple[int, str | None]:
+        """GPUs one replica occupies, and the field that asks for them (``None`` when
+        none are asked for)."""
+        if self.gpus is not None:
+            return self.gpus, "gpus"
+        return self._runtime_gpus()
+
+    def _runtime_gpus(self) -> tuple[int, str | None]:
+        return 0, None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,6 +332,9 @@ class VllmConfig(EngineServerConfig):
     max_model_len: int | None = None
     dtype: str = "auto"
 
+    def _runtime_gpus(self) -> tuple[int, str | None]:
+        return self.tensor_parallel_size, "tensor_parallel_size"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SglangConfig(EngineServerConfig):
@@ -330,6 +344,9 @@ class SglangConfig(EngineServerConfig):
     mem_fraction_static: float | None = None
     context_length: int | None = None
     dtype: str = "auto"
+
+    def _runtime_gpus(self) -> tuple[int, str | None]:
+        return self.tensor_parallel_size, "tensor_parallel_size"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -342,11 +359,17 @@ class LlamaCppConfig(EngineServerConfig):
     """Layers offloaded to the GPU. Unset: every layer when the replica has a GPU, none
     otherwise."""
 
+    def _runtime_gpus(self) -> tuple[int, str | None]:
+        return (1, "n_gpu_layers") if self.n_gpu_layers else (0, None)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransformersConfig(LocalRuntimeConfig):
     device: str = "cpu"
     max_new_tokens_default: int = 256
+
+    def _runtime_gpus(self) -> tuple[int, str | None]:
+        return _device_gpus(self.device)
 
     @property
     def default_max_output_tokens(self) -> int:
@@ -358,6 +381,14 @@ class SentenceTransformersConfig(LocalRuntimeConfig):
     device: str = "cpu"
     batch_size: int = 32
     normalize_embeddings: bool = True
+
+    def _runtime_gpus(self) -> tuple[int, str | None]:
+        return _device_gpus(self.device)
+
+
+def _device_gpus(device: str) -> tuple[int, str | None]:
+    device = device.strip().lower()
+    return (1, "device") if device.startswith("cuda") or device == "gpu" else (0, None)
 
 
 RuntimeConfig: TypeAlias = (

@@ -43,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger("rakka_inference.engine")
 
-MAX_LINE_BYTES = 8192
+MAX_LINE_BYTES = 4000
 """A longer log line from an engine is cut (and the rest of it dropped)."""
 MAX_METRICS_BYTES = 1 << 20
 """An engine's ``/metrics`` body larger than this is not read."""
@@ -218,12 +218,14 @@ class EngineProcess:
                 cut = False
             if len(pending) > MAX_LINE_BYTES:
                 if not cut:
-                    self._log_line(pending[:MAX_LINE_BYTES] + b" [cut]")
+                    self._log_line(pending)
                 pending, cut = b"", True
         if pending and not cut:
             self._log_line(pending)
 
     def _log_line(self, raw: bytes) -> None:
+        if len(raw) > MAX_LINE_BYTES:
+            raw = raw[:MAX_LINE_BYTES] + b" [cut]"
         text = operator_text(raw.decode("utf-8", "replace"), self._secrets)
         if text is None:
             return

@@ -34,13 +34,8 @@ from typing import NamedTuple
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import PlacementFailed, SecretError
 from rakka_inference.core.runtimes import (
-    LlamaCppConfig,
     LocalRuntimeConfig,
     RemoteRuntimeConfig,
-    SentenceTransformersConfig,
-    SglangConfig,
-    TransformersConfig,
-    VllmConfig,
 )
 
 __all__ = [
@@ -202,17 +197,7 @@ def gpu_request(deployment: Deployment) -> tuple[int, str | None]:
     """GPUs one replica occupies, and the ``runtime_config`` field that asks for them
     (``None`` when none are asked for)."""
     config = deployment.runtime_config
-    if isinstance(config, LocalRuntimeConfig) and config.gpus is not None:
-        return config.gpus, "gpus"
-    if isinstance(config, VllmConfig | SglangConfig):
-        return config.tensor_parallel_size, "tensor_parallel_size"
-    if isinstance(config, LlamaCppConfig):
-        layers = config.n_gpu_layers
-        return (1, "n_gpu_layers") if layers else (0, None)
-    if isinstance(config, TransformersConfig | SentenceTransformersConfig):
-        device = config.device.strip().lower()
-        return (1, "device") if device.startswith("cuda") or device == "gpu" else (0, None)
-    return 0, None
+    return config.gpu_request() if isinstance(config, LocalRuntimeConfig) else (0, None)
 
 
 def credential_key(deployment: Deployment) -> CredentialKey | None:
