@@ -63,7 +63,7 @@ def test_validate_the_example(capsys: pytest.CaptureFixture[str]) -> None:
         "cluster 'prod' on 127.0.0.1:8080; client keys: env:RAKKA_CLIENT_KEY; "
         "admin key: file:/run/secrets/rakka-admin"
     )
-    assert lines[2] == "6 deployments:"
+    assert lines[2] == "7 deployments:"
     assert lines[3] == (
         "  gpt-4o: model gpt-4o; runtime openai; replicas 2; fallbacks claude-sonnet-4; "
         "key env:OPENAI_API_KEY"

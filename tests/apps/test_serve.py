@@ -101,7 +101,7 @@ async def test_a_topology_that_cannot_start_fails_the_lifespan() -> None:
 
     await app({"type": "lifespan"}, receive, send)  # type: ignore[arg-type]
     assert sent[0]["type"] == "lifespan.startup.failed"
-    assert "local runtime" in str(sent[0]["message"])
+    assert "the engine executable 'vllm' was not found" in str(sent[0]["message"])
 
 
 async def test_sigterm_during_100_streams_loses_none() -> None:
