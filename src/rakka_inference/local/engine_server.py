@@ -49,6 +49,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from typing import NoReturn
 
 import orjson
@@ -75,10 +76,10 @@ from rakka_inference.local.engine_command import (
 )
 from rakka_inference.local.engine_metrics import EngineLoad, parse_engine_metrics
 from rakka_inference.local.engine_process import MAX_METRICS_BYTES, EngineProcess, free_port
+from rakka_inference.providers.base import answer_chunks
 from rakka_inference.providers.openai import OpenAIAdapter
 from rakka_inference.wire.classify import classify_http_error, upstream_log_text
 from rakka_inference.wire.http import HttpRequest, HttpTransport
-from rakka_inference.wire.sse import SseDecoder
 
 __all__ = ["EngineServerRunner", "TransportOpener"]
 
@@ -328,22 +329,11 @@ class EngineServerRunner:
             try:
                 if response.status >= 400:
                     self._raise_http_error(response.status, response.headers, await response.read())
-                if not request.stream:
-                    for chunk in adapter.parse_response(await response.read()):
+                async with aclosing(
+                    answer_chunks(adapter, response, stream=request.stream)
+                ) as chunks:
+                    async for chunk in chunks:
                         yield chunk
-                    return
-                decoder = SseDecoder()
-                parser = adapter.stream_parser()
-                async for data in response.iter_bytes():
-                    for event in decoder.feed(data):
-                        for chunk in parser.feed(event):
-                            yield chunk
-                    if parser.done:
-                        return
-                raise NetworkError(
-                    "the engine's stream ended before its end-of-stream marker",
-                    provider=adapter.provider,
-                )
             finally:
                 await response.aclose()
         except UpstreamError as error:

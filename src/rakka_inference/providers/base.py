@@ -29,12 +29,12 @@ at debug level), never a crash; a malformed event is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-from rakka_inference.core.errors import InferenceError, ProtocolError
+from rakka_inference.core.errors import InferenceError, NetworkError, ProtocolError
 from rakka_inference.core.messages import (
     ChatMessage,
     ChatRequest,
@@ -47,8 +47,8 @@ from rakka_inference.core.pricing import PriceTable, resolve_price
 from rakka_inference.core.runtimes import RemoteRuntimeConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.wire.http import HttpRequest
-from rakka_inference.wire.sse import SseEvent
+from rakka_inference.wire.http import HttpRequest, HttpResponse
+from rakka_inference.wire.sse import SseDecoder, SseEvent
 
 __all__ = [
     "AdapterState",
@@ -57,6 +57,7 @@ __all__ = [
     "StreamParser",
     "TokenCredential",
     "alternating_turns",
+    "answer_chunks",
     "load_json_object",
     "supports_embeddings",
 ]
@@ -172,6 +173,30 @@ class TokenCredential(Protocol):
     async def aclose(self) -> None:
         """Cancel a fetch in flight."""
         ...
+
+
+async def answer_chunks(
+    adapter: ProviderAdapter, response: HttpResponse, *, stream: bool
+) -> AsyncGenerator[TokenChunk, None]:
+    """The chunks of a successful answer: the unary body through the adapter, or the SSE
+    stream through :class:`~rakka_inference.wire.sse.SseDecoder` and the adapter's stream
+    parser, up to its end-of-stream marker. A stream that ends before the marker raises
+    :class:`NetworkError` (the connection was lost: nothing says the answer was whole)."""
+    if not stream:
+        for chunk in adapter.parse_response(await response.read()):
+            yield chunk
+        return
+    decoder = SseDecoder()
+    parser = adapter.stream_parser()
+    async for data in response.iter_bytes():
+        for event in decoder.feed(data):
+            for chunk in parser.feed(event):
+                yield chunk
+        if parser.done:
+            return
+    raise NetworkError(
+        "the stream ended before the provider's end-of-stream marker", provider=adapter.provider
+    )
 
 
 def supports_embeddings(adapter: object) -> bool:

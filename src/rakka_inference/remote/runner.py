@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import NoReturn
 
 from rakka_inference.core import tracing
-from rakka_inference.core.errors import BadRequest, NetworkError
+from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
 from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import cost_usd
@@ -37,10 +38,9 @@ from rakka_inference.core.runtimes import RemoteRuntimeConfig, RuntimeKind
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter
+from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter, answer_chunks
 from rakka_inference.remote.session import RemoteSession, SessionSnapshot
 from rakka_inference.wire.classify import classify_http_error, upstream_log_text
-from rakka_inference.wire.sse import SseDecoder
 
 __all__ = ["RemoteRunner"]
 
@@ -133,22 +133,9 @@ class RemoteRunner:
             if response.status >= 400:
                 body = await response.read()
                 self._raise_http_error(response.status, response.headers, body, credential)
-            if not request.stream:
-                for chunk in adapter.parse_response(await response.read()):
+            async with aclosing(answer_chunks(adapter, response, stream=request.stream)) as chunks:
+                async for chunk in chunks:
                     yield chunk
-                return
-            decoder = SseDecoder()
-            parser = adapter.stream_parser()
-            async for data in response.iter_bytes():
-                for event in decoder.feed(data):
-                    for chunk in parser.feed(event):
-                        yield chunk
-                if parser.done:
-                    return
-            raise NetworkError(
-                "the stream ended before the provider's end-of-stream marker",
-                provider=adapter.provider,
-            )
         finally:
             await response.aclose()
 
