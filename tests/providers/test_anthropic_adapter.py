@@ -1009,3 +1009,14 @@ def test_price_resolution() -> None:
     assert priced.runtime_config == AnthropicConfig()
     custom = AnthropicAdapter(AnthropicConfig(), MODEL, provider="anthropic-eu")
     assert custom.provider == "anthropic-eu"
+
+
+def test_a_reasoning_effort_is_refused_until_it_maps_to_thinking() -> None:
+    request = ChatRequest(
+        model="claude",
+        messages=(ChatMessage.user("think"),),
+        sampling=SamplingParams(reasoning_effort="high"),
+    )
+    with pytest.raises(BadRequest, match="thinking budget") as refused:
+        adapter().build_request(request, KEY)
+    assert refused.value.param == "reasoning_effort"

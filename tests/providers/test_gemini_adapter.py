@@ -1162,3 +1162,10 @@ def test_price_resolution_and_runtime_config() -> None:
     assert GeminiAdapter(GeminiConfig(), "unknown-model").price() is None
     assert priced.runtime_config == GeminiConfig()
     assert GeminiAdapter(GeminiConfig(), MODEL, provider="vertex-eu").provider == "vertex-eu"
+
+
+def test_a_reasoning_effort_is_refused_until_it_maps_to_thinking() -> None:
+    request = chat(ChatMessage.user("think"), sampling=SamplingParams(reasoning_effort="low"))
+    with pytest.raises(BadRequest, match="thinking budget") as refused:
+        adapter().request_body(request)
+    assert refused.value.param == "reasoning_effort"

@@ -126,6 +126,22 @@ async def test_images_by_url_and_base64(live: Live) -> None:
     assert [part["type"] for part in sent] == ["text", "image_url", "image_url"]
 
 
+async def test_reasoning_effort_reaches_an_openai_upstream(live: Live) -> None:
+    answer = await live.client.chat.completions.create(
+        model="main", messages=[{"role": "user", "content": "think"}], reasoning_effort="low"
+    )
+    assert answer.choices[0].message.content == "Real HTTP answer"
+    assert live.mock.requests[-1].json()["reasoning_effort"] == "low"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await live.client.chat.completions.create(
+            model="main",
+            messages=[{"role": "user", "content": "think"}],
+            reasoning_effort="extreme",  # type: ignore[arg-type]
+        )
+    assert refused.value.body is not None
+    assert refused.value.body["param"] == "reasoning_effort"  # type: ignore[index]
+
+
 async def test_every_error_status_reaches_the_sdk_typed(live: Live) -> None:
     chat = live.client.chat.completions
     messages = [{"role": "user", "content": "x"}]

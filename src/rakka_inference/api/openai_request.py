@@ -17,7 +17,7 @@ Decisions:
 
 - **Unknown top-level fields** are rejected as OpenAI does: "Unrecognized request argument
   supplied: X". Fields OpenAI documents that we cannot honour (``audio``,
-  ``reasoning_effort``, ``functions``...) get "'X' is not supported by this gateway".
+  ``functions``...) get "'X' is not supported by this gateway".
   A few are accepted when they hold their default, which changes nothing
   (:data:`INERT_PARAMS`: ``logprobs`` false, ``top_logprobs``/``logit_bias`` absent,
   ``store`` false, ``modalities`` ``["text"]``, ``service_tier`` auto/default); any other
@@ -57,7 +57,7 @@ _CHAT_PARAMS = frozenset(
         "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens",
         "stop", "seed", "presence_penalty", "frequency_penalty", "n", "user", "metadata",
         "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream",
-        "stream_options",
+        "stream_options", "reasoning_effort",
     }
 )  # fmt: skip
 
@@ -74,7 +74,7 @@ INERT_PARAMS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
 UNSUPPORTED_PARAMS = frozenset(
     {
         "audio", "prediction", "web_search_options", "functions", "function_call",
-        "reasoning_effort", "verbosity", "prompt_cache_key", "safety_identifier",
+        "verbosity", "prompt_cache_key", "safety_identifier",
     }
 )  # fmt: skip
 """OpenAI parameters this gateway knows but cannot honour."""
@@ -153,6 +153,7 @@ def _sampling(document: Mapping[str, Any]) -> SamplingParams:
         presence_penalty=read.number(document.get("presence_penalty"), "presence_penalty"),
         frequency_penalty=read.number(document.get("frequency_penalty"), "frequency_penalty"),
         n=1 if n is None else n,
+        reasoning_effort=read.string(document.get("reasoning_effort"), "reasoning_effort"),
     )
 
 

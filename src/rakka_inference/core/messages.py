@@ -49,6 +49,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 none of its own: what the limiter estimates and the budget reserves until usage settles."""
 
 MAX_STOP_SEQUENCES = 4
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
+"""The reasoning efforts OpenAI's reasoning models take, least first."""
 """OpenAI accepts at most four stop sequences; so do we, whatever the provider."""
 
 MAX_EMBEDDING_DIMENSIONS = 65536
@@ -302,8 +304,16 @@ class SamplingParams:
     frequency_penalty: float | None = None
     n: int = 1
     """Number of choices to generate."""
+    reasoning_effort: str | None = None
+    """How hard a reasoning model thinks: one of :data:`REASONING_EFFORTS` (OpenAI's
+    ``reasoning_effort``, the Responses API's ``reasoning.effort``)."""
 
     def __post_init__(self) -> None:
+        if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
+            raise BadRequest(
+                f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}",
+                param="reasoning_effort",
+            )
         _check_range("temperature", self.temperature, 0.0, 2.0)
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)

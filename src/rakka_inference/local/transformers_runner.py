@@ -34,8 +34,8 @@ exact token counts. The cap is the request's ``max_tokens``, else
 otherwise. Closing the ``execute`` generator frees the request's slot at the next step.
 
 What is not served, each a ``BadRequest`` naming the field: ``n`` above 1, tools,
-``response_format`` other than text, presence and frequency penalties, images, and
-tool messages.
+``response_format`` other than text, presence and frequency penalties, a reasoning effort,
+images, and tool messages.
 
 Errors
 ======
@@ -380,7 +380,7 @@ def _refuse_unsupported(request: ChatRequest) -> None:
         raise BadRequest(
             "the transformers runtime answers in free text only", param="response_format"
         )
-    for name in ("presence_penalty", "frequency_penalty"):
+    for name in ("presence_penalty", "frequency_penalty", "reasoning_effort"):
         if getattr(sampling, name):
             raise BadRequest(f"the transformers runtime does not apply {name}", param=name)
 

@@ -32,6 +32,11 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
     sampling = request.sampling
     if sampling.n != 1:
         raise BadRequest("only n = 1 is supported", param="n")
+    if sampling.reasoning_effort is not None:
+        raise BadRequest(
+            "reasoning_effort is not translated to Anthropic's thinking budget yet",
+            param="reasoning_effort",
+        )
     if sampling.temperature is not None and sampling.temperature > MAX_TEMPERATURE:
         raise BadRequest(
             f"temperature must be between 0 and {MAX_TEMPERATURE:g} for Anthropic models",

@@ -218,6 +218,11 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         sampling = request.sampling
         if sampling.n != 1:
             raise BadRequest("only n = 1 is supported", param="n")
+        if sampling.reasoning_effort is not None:
+            raise BadRequest(
+                "reasoning_effort is not translated to Gemini's thinking budget yet",
+                param="reasoning_effort",
+            )
         system, contents = _conversation(request.messages, vertex=self._vertex)
         if not contents:
             raise BadRequest(

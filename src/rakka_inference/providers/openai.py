@@ -145,6 +145,8 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.reasoning_effort is not None:
+            body["reasoning_effort"] = sampling.reasoning_effort
         if sampling.presence_penalty is not None:
             body["presence_penalty"] = sampling.presence_penalty
         if sampling.frequency_penalty is not None:
