@@ -606,8 +606,12 @@ def test_embedding_request_example() -> None:
         ({"model": "m", "input": []}, "input", "empty array"),
         ({"model": "m", "input": {"a": 1}}, "input", "expected an array"),
         ({"model": "m", "input": ["a", ""]}, "input[1]", "empty string"),
-        ({"model": "m", "input": [1, 2]}, "input[0]", "token-id input"),
-        ({"model": "m", "input": [[1, 2]]}, "input[0]", "token-id input"),
+        ({"model": "m", "input": [1, -2]}, "input[1]", "token ids are integers"),
+        ({"model": "m", "input": [1, "a"]}, "input[1]", "token ids are integers"),
+        ({"model": "m", "input": [[1, 2], []]}, "input[1]", "empty array"),
+        ({"model": "m", "input": [[1, 2], "a"]}, "input[1]", "expected an array"),
+        ({"model": "m", "input": [[True]]}, "input[0][0]", "token ids are integers"),
+        ({"model": "m", "input": [[1] * 8193]}, "input[0]", "at most 8192 tokens"),
         ({"model": "m", "input": ["a", None]}, "input[1]", "Missing required parameter"),
         ({"model": "m", "input": ["a"] * 2049}, "input", "at most 2048"),
         ({"model": "m", "input": "a", "dimensions": 0}, "dimensions", "at least 1"),
@@ -622,6 +626,18 @@ def test_malformed_embedding_body(body: Any, param: str | None, fragment: str) -
         parse_embedding_request(raw, request_id=RID)
     assert caught.value.param == param
     assert fragment in caught.value.message
+
+
+def test_token_id_inputs_are_kept_as_ids() -> None:
+    one, _ = parse_embedding_request(orjson.dumps({"model": "m", "input": [5, 6]}), request_id=RID)
+    assert (one.inputs, one.token_ids, one.count) == ((), ((5, 6),), 1)
+    two, _ = parse_embedding_request(
+        orjson.dumps({"model": "m", "input": [[1], [2, 3]]}), request_id=RID
+    )
+    assert (two.token_ids, two.count, two.estimated_prompt_tokens()) == (((1,), (2, 3)), 2, 3)
+    with pytest.raises(BadRequest, match="takes text input only") as refused:
+        two.texts("this model")
+    assert refused.value.param == "input"
 
 
 def test_embedding_body_limit() -> None:

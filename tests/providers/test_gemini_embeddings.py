@@ -117,6 +117,14 @@ def test_ai_studio_dimensions_go_on_every_request() -> None:
     assert [request["content"]["parts"][0]["text"] for request in requests] == ["a", "b"]
 
 
+def test_token_id_inputs_are_refused_naming_input() -> None:
+    ids = EmbeddingRequest(model=MODEL, token_ids=((1, 2),))
+    for adapter in (studio(), vertex()):
+        with pytest.raises(BadRequest, match="takes text input only") as refused:
+            adapter.build_embedding_request(ids, KEY)
+        assert refused.value.param == "input"
+
+
 def test_vertex_request_predicts_with_a_bearer_token() -> None:
     http = vertex().build_embedding_request(embed_request(), TOKEN)
     assert http.url == f"{VERTEX_URL}:predict"

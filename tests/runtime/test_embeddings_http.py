@@ -150,3 +150,17 @@ async def test_bad_input_and_unknown_models_are_typed(live: Live) -> None:
         missing = await http.post("/v1/embeddings", json={"model": "embed"})
     assert empty.status_code == missing.status_code == 400
     assert missing.json()["error"]["param"] == "input"
+
+
+async def test_token_id_inputs_are_forwarded_as_ids(live: Live) -> None:
+    answer = await live.client.embeddings.create(model="embed", input=[[101, 7592], [2088]])
+    assert len(answer.data) == 2
+    assert live.openai_mock.requests[-1].json()["input"] == [[101, 7592], [2088]]
+    expected = embedding_vector("101 7592")  # the mock embeds the ids' text
+    assert all(
+        math.isclose(a, b, abs_tol=1e-6)
+        for a, b in zip(answer.data[0].embedding, expected, strict=True)
+    )
+    one = await live.client.embeddings.create(model="embed", input=[101, 7592])
+    assert len(one.data) == 1
+    assert live.openai_mock.requests[-1].json()["input"] == [[101, 7592]]

@@ -469,10 +469,13 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmbeddingRequest:
-    """An embeddings request: one vector per input string."""
+    """An embeddings request: one vector per input — a string each, or (OpenAI's token-id
+    form, which LangChain sends by default) a list of token ids each, never both."""
 
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    token_ids: tuple[tuple[int, ...], ...] = ()
+    """Inputs already tokenized (for the upstream's own tokenizer); ``inputs`` is empty."""
     dimensions: int | None = None
     """Truncate vectors to this size, where the model supports it."""
     user: str | None = None
@@ -481,16 +484,37 @@ class EmbeddingRequest:
     def __post_init__(self) -> None:
         if not self.model:
             raise BadRequest("model must not be empty", param="model")
-        if not self.inputs:
+        if not self.inputs and not self.token_ids:
             raise BadRequest("input must hold at least one string", param="input")
+        if self.inputs and self.token_ids:
+            raise BadRequest("input holds strings or token ids, not both", param="input")
+        if any(not ids for ids in self.token_ids):
+            raise BadRequest("a token-id input must not be empty", param="input")
         if self.dimensions is not None and not 1 <= self.dimensions <= MAX_EMBEDDING_DIMENSIONS:
             raise BadRequest(
                 f"dimensions must be at least 1 and at most {MAX_EMBEDDING_DIMENSIONS}",
                 param="dimensions",
             )
 
+    @property
+    def count(self) -> int:
+        """How many inputs (and so vectors)."""
+        return len(self.inputs) or len(self.token_ids)
+
+    def texts(self, who: str) -> tuple[str, ...]:
+        """The inputs as strings, for a model that tokenizes itself; a token-id request is
+        refused with a 400 naming ``input``, ``who`` being what cannot take it."""
+        if self.token_ids:
+            raise BadRequest(
+                f"{who} takes text input only, not token ids: send strings", param="input"
+            )
+        return self.inputs
+
     def estimated_prompt_tokens(self) -> int:
-        """About one token per 4 UTF-8 bytes, at least one per input (see ChatRequest)."""
+        """About one token per 4 UTF-8 bytes, at least one per input (see ChatRequest);
+        token-id inputs count their ids."""
+        if self.token_ids:
+            return sum(len(ids) for ids in self.token_ids)
         return sum(max(1, _text_tokens(text)) for text in self.inputs)
 
 

@@ -380,7 +380,8 @@ class SentenceTransformersRunner:
                 f"dimensions must be at most {encoder.dimension} for the model {request.model!r}",
                 param="dimensions",
             )
-        job = functools.partial(self._encode, encoder, request.inputs, dimensions)
+        texts = request.texts("a sentence-transformers model")
+        job = functools.partial(self._encode, encoder, texts, dimensions)
         vectors, tokens = await asyncio.get_running_loop().run_in_executor(self._executor, job)
         return EmbeddingResult(vectors=vectors, usage=Usage(input_tokens=tokens))
 

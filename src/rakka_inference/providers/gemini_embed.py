@@ -61,8 +61,9 @@ def embedding_method(*, vertex: bool) -> str:
 
 def embedding_body(request: EmbeddingRequest, model: str, *, vertex: bool) -> dict[str, Any]:
     """The JSON body for ``request``; ``model`` is the bare model id (no ``models/``)."""
+    texts = request.texts("Gemini's embeddings API")
     if vertex:
-        body: dict[str, Any] = {"instances": [{"content": text} for text in request.inputs]}
+        body: dict[str, Any] = {"instances": [{"content": text} for text in texts]}
         if request.dimensions is not None:
             body["parameters"] = {"outputDimensionality": request.dimensions}
         return body
@@ -70,8 +71,7 @@ def embedding_body(request: EmbeddingRequest, model: str, *, vertex: bool) -> di
     sized = {} if request.dimensions is None else {"outputDimensionality": request.dimensions}
     return {
         "requests": [
-            {"model": resource, "content": {"parts": [{"text": text}]}, **sized}
-            for text in request.inputs
+            {"model": resource, "content": {"parts": [{"text": text}]}, **sized} for text in texts
         ]
     }
 

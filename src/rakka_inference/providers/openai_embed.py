@@ -27,7 +27,7 @@ def embedding_body(request: EmbeddingRequest, model: str) -> dict[str, Any]:
     """The JSON body for ``request`` sent to ``model``."""
     body: dict[str, Any] = {
         "model": model,
-        "input": list(request.inputs),
+        "input": [list(ids) for ids in request.token_ids] or list(request.inputs),
         "encoding_format": "base64",
     }
     if request.dimensions is not None:
@@ -41,9 +41,9 @@ def parse_embeddings(body: bytes, request: EmbeddingRequest, provider: str) -> E
     """The vectors of an embeddings answer, in input order, and the input tokens it cost."""
     document = load_json_object(body, provider)
     data = document.get("data")
-    if not isinstance(data, list) or len(data) != len(request.inputs):
+    if not isinstance(data, list) or len(data) != request.count:
         raise ProtocolError(
-            f"the embeddings answer holds {_count(data)} vectors for {len(request.inputs)} inputs",
+            f"the embeddings answer holds {_count(data)} vectors for {request.count} inputs",
             provider=provider,
         )
     vectors: list[tuple[float, ...] | None] = [None] * len(data)

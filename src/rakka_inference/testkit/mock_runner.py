@@ -131,7 +131,7 @@ class MockScript:
         if isinstance(request, ChatRequest):
             key = request.messages[-1].content
         else:
-            key = request.inputs[0]
+            key = request.inputs[0] if request.inputs else None
         keyed = self.keyed.get(key) if isinstance(key, str) else None
         if keyed is not None:
             return keyed
@@ -238,14 +238,15 @@ class MockRunner:
         await self._sleep(reply.delays[0] if reply.delays else 0.0)
         if reply.failure is not None:
             raise reply.failure
+        texts = request.texts("the mock runner")
         size = request.dimensions or self.dimensions
-        if len(request.inputs) * size > MAX_EMBEDDING_VALUES:
+        if len(texts) * size > MAX_EMBEDDING_VALUES:
             raise BadRequest(
-                f"{len(request.inputs)} inputs of {size} dimensions exceed the mock's "
+                f"{len(texts)} inputs of {size} dimensions exceed the mock's "
                 f"{MAX_EMBEDDING_VALUES} values per request",
                 param="dimensions",
             )
-        vectors = tuple(mock_embedding(text, size) for text in request.inputs)
+        vectors = tuple(mock_embedding(text, size) for text in texts)
         return EmbeddingResult(
             vectors=vectors, usage=Usage(input_tokens=request.estimated_prompt_tokens())
         )
