@@ -105,7 +105,13 @@ from rakka_inference.testkit.anthropic_wire import (
     tool_calls,
     validated_body,
 )
-from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultKind, count_tokens
+from rakka_inference.testkit.faults import (
+    FAULT_HEADER,
+    Fault,
+    FaultKind,
+    ReplyScript,
+    count_tokens,
+)
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
 
@@ -162,14 +168,14 @@ class AnthropicMock(MockProviderServer):
             if failed is not None:
                 return failed
         refusal = fault is not None and fault.kind is FaultKind.CONTENT_FILTER
-        reply = self._compose(body, refusal=refusal)
+        script = self.script_for(body)
+        reply = self._compose(body, script, refusal=refusal)
         headers = [*identity_headers(request_id), *limit_headers(limited=False)]
         if stream:
-            return stream_response(reply, self.reply, fault, headers, request_id)
+            return stream_response(reply, script, fault, headers, request_id)
         return unary_response(reply, fault, headers)
 
-    def _compose(self, body: dict[str, Any], *, refusal: bool) -> Reply:
-        script = self.reply
+    def _compose(self, body: dict[str, Any], script: ReplyScript, *, refusal: bool) -> Reply:
         content: list[dict[str, Any]] = []
         stop_sequence: str | None = None
         calls = [] if refusal else tool_calls(body, script)

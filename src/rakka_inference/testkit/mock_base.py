@@ -10,12 +10,14 @@ it inherits :attr:`~MockProviderServer.faults` and :attr:`~MockProviderServer.re
 from __future__ import annotations
 
 import abc
-from typing import TypedDict
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultPlan, ReplyScript
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.http_server import ScriptedHttpServer
 from rakka_inference.testkit.lifecycle import AsyncService
+from rakka_inference.testkit.model_like import model_like
 
 __all__ = ["MockOptions", "MockProviderServer"]
 
@@ -31,6 +33,8 @@ class MockOptions(TypedDict, total=False):
     """The loopback address to listen on (``127.0.0.1``)."""
     port: int
     """The port to listen on; 0 (the default): any free one."""
+    model_like: bool
+    """Reply like a model: call the tools offered, answer in the JSON shape asked for."""
 
 
 class MockProviderServer(AsyncService):
@@ -47,10 +51,19 @@ class MockProviderServer(AsyncService):
         reply: ReplyScript | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        model_like: bool = False,
     ) -> None:
         self.faults = faults if faults is not None else FaultPlan()
         self.reply = reply if reply is not None else ReplyScript()
+        self.model_like = model_like
+        """Reply like a model (:mod:`~rakka_inference.testkit.model_like`): call the tools
+        offered, answer in the JSON shape asked for. The sandbox's mocks do."""
         self.server = ScriptedHttpServer(host=host, port=port, default=self.respond)
+
+    def script_for(self, body: Mapping[str, Any]) -> ReplyScript:
+        """The reply script for one chat request: :attr:`reply`, or with
+        :attr:`model_like` on, what the request's tools and format ask of it."""
+        return model_like(self.reply, body) if self.model_like else self.reply
 
     @abc.abstractmethod
     def respond(self, request: RecordedRequest) -> ScriptedResponse:

@@ -95,7 +95,13 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultKind, count_tokens
+from rakka_inference.testkit.faults import (
+    FAULT_HEADER,
+    Fault,
+    FaultKind,
+    ReplyScript,
+    count_tokens,
+)
 from rakka_inference.testkit.gemini_embed_wire import (
     EMBEDDING_METHODS,
     EmbeddingRefused,
@@ -304,20 +310,21 @@ class GeminiMock(MockProviderServer):
         thinking = mapping_of(field(generation, "thinkingConfig"))
         thought_tokens = count_tokens([self.thoughts]) if self.thoughts is not None else 0
         shown = self.thoughts if field(thinking, "includeThoughts") is True else None
-        calls = self._calls(body)
+        script = self.script_for(body)
+        calls = self._calls(body, script)
         if calls:
             tokens = count_tokens(
                 [f"{c['name']} {orjson.dumps(c['args']).decode()}" for c in calls]
             )
             return Answer(shown, "", calls, "STOP", prompt, tokens, thought_tokens)
-        text = self.reply.answer_text(last_turn_text(contents_of(body)))
+        text = script.answer_text(last_turn_text(contents_of(body)))
         finish = "STOP"
         limit = field(generation, "maxOutputTokens")
         if isinstance(limit, int) and words(text) > limit:
             text, finish = first_words(text, limit), "MAX_TOKENS"
         return Answer(shown, text, (), finish, prompt, words(text), thought_tokens)
 
-    def _calls(self, body: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    def _calls(self, body: Mapping[str, Any], script: ReplyScript) -> tuple[dict[str, Any], ...]:
         declared = [
             str(field(function, "name"))
             for tool in list_of(field(body, "tools"))
@@ -331,7 +338,7 @@ class GeminiMock(MockProviderServer):
         allowed = [str(name) for name in list_of(field(config, "allowedFunctionNames"))] or declared
         calls = tuple(
             {"name": call.name, "args": dict(call.arguments)}
-            for call in self.reply.tool_calls
+            for call in script.tool_calls
             if call.name in allowed
         )
         if mode == "ANY":

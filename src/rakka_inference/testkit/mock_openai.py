@@ -247,7 +247,7 @@ class OpenAIMock(MockProviderServer):
     # ------------------------------------------------------------------ chat
 
     def _chat(self, route: Route, body: dict[str, Any]) -> Answer:
-        chat = read_chat(route, body, self.reply)
+        chat = read_chat(route, body, self.script_for(body))
         prompt_tokens = count_tokens(message_texts(chat.messages))
         calls = [
             (f"call_{mock_id('call', f'{self._count}:{i}', 24)}", c.name, call_arguments(c))
