@@ -50,7 +50,7 @@ from rakka_inference.api.openai_tools import (
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatRequest, SamplingParams
 
-__all__ = ["INERT_PARAMS", "UNSUPPORTED_PARAMS", "parse_chat_request"]
+__all__ = ["INERT_PARAMS", "UNSUPPORTED_PARAMS", "parse_chat_request", "parse_metadata"]
 
 _CHAT_PARAMS = frozenset(
     {
@@ -128,7 +128,7 @@ def parse_chat_request(
         stream=stream,
         include_usage=include_usage,
         user=read.string(document.get("user"), "user"),
-        metadata=_metadata(document.get("metadata")),
+        metadata=parse_metadata(document.get("metadata")),
         request_id=request_id,
     )
 
@@ -188,7 +188,9 @@ def _stream_options(value: object, stream: bool) -> bool:
     return bool(read.boolean(options.get("include_usage"), "stream_options.include_usage"))
 
 
-def _metadata(value: object) -> dict[str, str]:
+def parse_metadata(value: object) -> dict[str, str]:
+    """The request's ``metadata``: at most 16 string pairs, keys to 64 and values to 512
+    characters (OpenAI's limits); absent: none."""
     if value is None:
         return {}
     metadata = read.mapping(value, "metadata")

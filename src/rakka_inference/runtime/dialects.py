@@ -1,5 +1,5 @@
 """The gateway's inference routes, one per client dialect: chat completions, messages,
-embeddings.
+responses, embeddings.
 
 Each route reads the body, parses it with its dialect's parser
 (:mod:`rakka_inference.api`), has the gateway start a
@@ -26,13 +26,20 @@ from rakka_inference.api.anthropic_response import MessageStreamRenderer, messag
 from rakka_inference.api.openai_embeddings import parse_embedding_request
 from rakka_inference.api.openai_request import parse_chat_request
 from rakka_inference.api.openai_response import ChunkRenderer, completion_json, embeddings_json
+from rakka_inference.api.openai_responses_request import (
+    CORE_PARAM_NAMES,
+    parse_responses_request,
+)
+from rakka_inference.api.openai_responses_response import response_json
+from rakka_inference.api.openai_responses_stream import ResponseStreamRenderer
+from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
 from rakka_inference.core.stream import ChatCompletion
 from rakka_inference.runtime.asgi import Receive, RequestIds, Scope, Send, send_json
 from rakka_inference.runtime.request import RequestActor
 from rakka_inference.runtime.streaming import StreamRenderer
 
-__all__ = ["Serving", "chat", "embeddings", "messages"]
+__all__ = ["Serving", "chat", "embeddings", "messages", "responses"]
 
 
 class Serving(Protocol):
@@ -99,6 +106,35 @@ async def messages(
         renderer=lambda: MessageStreamRenderer(ids.own, request.model),
         body=lambda result: message_json(result, request_id=ids.own, model=request.model),
     )
+
+
+async def responses(
+    gateway: Serving, scope: Scope, receive: Receive, send: Send, ids: RequestIds
+) -> None:
+    """``POST /v1/responses``: OpenAI's Responses format in and out; nothing is stored.
+
+    A refusal after parsing that names a field as chat names it (``reasoning_effort``) is
+    told with the Responses API's name for it (``reasoning.effort``)."""
+    body = await gateway.read_body(scope, receive)
+    call = parse_responses_request(body, request_id=ids.own)
+    created_at = int(time.time())
+    try:
+        await _answer_chat(
+            gateway,
+            call.request,
+            scope,
+            receive,
+            send,
+            ids=ids,
+            renderer=lambda: ResponseStreamRenderer(call, ids.own, created_at),
+            body=lambda result: response_json(
+                call, result, request_id=ids.own, created_at=created_at
+            ),
+        )
+    except BadRequest as error:
+        if error.param is not None:
+            error.param = CORE_PARAM_NAMES.get(error.param, error.param)
+        raise
 
 
 async def _answer_chat(

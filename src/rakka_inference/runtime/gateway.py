@@ -7,6 +7,10 @@ Routes:
 - ``POST /v1/messages`` — Anthropic's Messages format in and out, streaming (Anthropic's
   event stream, usage always) and not, against any deployment
   (:mod:`~rakka_inference.api.anthropic_request`); its errors are Anthropic error bodies;
+- ``POST /v1/responses`` — OpenAI's Responses format in and out, streaming (the
+  Responses event stream, usage always) and not, against any deployment
+  (:mod:`~rakka_inference.api.openai_responses_request`); nothing is stored, so
+  ``store: true`` and ``previous_response_id`` are refused; OpenAI error bodies;
 - ``POST /v1/embeddings`` — routed like chat, to deployments whose provider serves
   embeddings (others answer 400 naming ``model``);
 - ``GET /v1/models`` — deployments and their aliases;
@@ -17,7 +21,7 @@ Every error is an OpenAI-style JSON body (Anthropic-style on ``/v1/messages``) w
 status of its class (400 naming the param, 401, 404, 413, 429 and 503 with
 ``Retry-After``, 502, 504); every 429 has ``Retry-After``. Each response carries
 ``x-request-id``: the client's own when it sent a short plain one, else the gateway's; the
-answer's id (``chatcmpl-``, ``msg_``) is always the gateway's
+answer's id (``chatcmpl-``, ``msg_``, ``resp_``) is always the gateway's
 (:func:`~rakka_inference.runtime.asgi.request_ids`).
 
 Limits: the body size (413 before it is read past the limit) and the number of requests in
@@ -163,6 +167,7 @@ class ApiGateway:
             ("POST", "/v1/chat/completions"): partial(dialects.chat, self),
             ("POST", "/v1/embeddings"): partial(dialects.embeddings, self),
             ("POST", _MESSAGES_PATH): partial(dialects.messages, self),
+            ("POST", "/v1/responses"): partial(dialects.responses, self),
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
