@@ -1,7 +1,8 @@
 """``POST /v1/responses`` end to end: the official openai SDK → uvicorn → the gateway →
 engines → the OpenAI-format mock or the Anthropic-format mock. OpenAI's Responses format
 on the client's side, whichever provider serves the deployment; every answer and event is
-checked by the SDK's own models."""
+checked by the SDK's own models. Agent frameworks that speak the Responses API
+(``openai-agents``, ``pydantic-ai``) run a tool loop against it where they are installed."""
 
 from __future__ import annotations
 
@@ -434,3 +435,26 @@ async def test_an_openai_agents_agent_calls_a_function_tool(live: Live) -> None:
     sent = live.sent("gpt")
     assert sent["messages"][0] == {"role": "system", "content": "Answer briefly."}
     assert sent["messages"][-1]["role"] == "tool"
+
+
+async def test_a_pydantic_ai_agent_calls_a_function_tool(live: Live) -> None:
+    pydantic_ai = pytest.importorskip("pydantic_ai")
+    openai_models = pytest.importorskip("pydantic_ai.models.openai")
+    openai_providers = pytest.importorskip("pydantic_ai.providers.openai")
+    live.claude.reply = ReplyScript(tool_calls=(ScriptedToolCall("get_weather", {"city": "Lima"}),))
+    provider = openai_providers.OpenAIProvider(openai_client=live.client)
+    model = openai_models.OpenAIResponsesModel("claude", provider=provider)
+    agent = pydantic_ai.Agent(model, instructions="Answer briefly.")
+    asked: list[str] = []
+
+    @agent.tool_plain  # type: ignore[untyped-decorator]
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        live.claude.reply = ReplyScript(text=f"It is sunny in {city}.")
+        return "sunny"
+
+    result = await agent.run("weather in Lima?")
+    assert asked == ["Lima"]
+    assert result.output == "It is sunny in Lima."
+    assert live.sent("claude")["system"] == "Answer briefly."
