@@ -4,8 +4,10 @@ OpenAI-format mock behind a real remote engine."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import math
 import re
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ from rakka_inference.api.anthropic_response import anthropic_error_json
 from rakka_inference.api.openai_response import error_json
 from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import InferenceError
+from rakka_inference.core.messages import Priority
 from rakka_inference.core.policies import Jitter, RetryPolicy, Timeouts
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import Secret, SecretRef
@@ -453,3 +456,75 @@ async def test_the_gateways_own_backpressure_says_when_to_retry(stack: Stack) ->
         )
         assert sent[0]["status"] == 429
         assert dict(sent[0]["headers"])[b"retry-after"] == b"1"  # type: ignore[call-overload]
+
+
+# ---------------------------------------------------------------- the wire
+
+
+def _chat_body(text: str = "hi") -> bytes:
+    return orjson.dumps({"model": "primary", "messages": [{"role": "user", "content": text}]})
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZIP"])
+async def test_a_compressed_body_is_read(stack: Stack, encoding: str) -> None:
+    raw = _chat_body()
+    body = gzip.compress(raw) if encoding.lower() == "gzip" else zlib.compress(raw)
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "content-encoding": encoding}
+    answer = await stack.http.post("/v1/chat/completions", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"] == "Hello there"
+
+
+async def test_a_zip_bomb_is_a_413_at_the_limit(stack: Stack) -> None:
+    # 64 KiB limit: a few hundred compressed bytes that would inflate to 50 MB.
+    bomb = gzip.compress(b"{" + b" " * 50_000_000 + b"}")
+    assert len(bomb) < 64 * 1024
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "content-encoding": "gzip"}
+    answer = await stack.http.post("/v1/chat/completions", content=bomb, headers=headers)
+    assert answer.status_code == 413
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "fragment"),
+    [
+        ("br", b"x", "content-encoding 'br' is not supported"),
+        ("gzip", b"not gzip at all", "corrupt"),
+        ("gzip", gzip.compress(_chat_body())[:-12], "ends before its end"),
+        ("gzip", gzip.compress(_chat_body()) + b"trailing", "data after its end"),
+    ],
+)
+async def test_a_bad_compressed_body_is_a_400(
+    stack: Stack, encoding: str, body: bytes, fragment: str
+) -> None:
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "content-encoding": encoding}
+    answer = await stack.http.post("/v1/chat/completions", content=body, headers=headers)
+    assert answer.status_code == 400
+    assert fragment in answer.json()["error"]["message"]
+
+
+async def test_head_on_the_health_routes(stack: Stack) -> None:
+    for path in ("/healthz", "/readyz"):
+        answer = await stack.http.head(path)
+        assert answer.status_code == 200
+    assert (await stack.http.head("/v1/models")).status_code == 404
+
+
+async def test_a_priority_header_reaches_the_request(stack: Stack) -> None:
+    seen: list[object] = []
+    actor = stack.gateway.actor
+
+    def watching(request: object, scope: object) -> object:
+        made = actor(request, scope)  # type: ignore[arg-type]
+        seen.append(made.request.priority)  # type: ignore[attr-defined]
+        return made
+
+    stack.gateway.actor = watching  # type: ignore[method-assign, assignment]
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-rakka-priority": "High"}
+    ok = await stack.http.post("/v1/chat/completions", content=_chat_body(), headers=headers)
+    assert ok.status_code == 200
+    assert seen == [Priority.HIGH]
+    headers["x-rakka-priority"] = "urgent"
+    refused = await stack.http.post("/v1/chat/completions", content=_chat_body(), headers=headers)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "x-rakka-priority"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,12 +27,16 @@ from typing import Any, Final
 from rakka_inference.api.openai_response import error_json
 from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
+    BadRequest,
     InferenceError,
     InternalError,
     PayloadTooLarge,
     RequestCancelled,
 )
 from rakka_inference.core.messages import new_request_id
+
+_ZLIB_OR_GZIP = 32 + zlib.MAX_WBITS
+"""zlib's window bits that accept a zlib (``deflate``) or a gzip stream."""
 
 __all__ = [
     "CLIENT_REQUEST_ID",
@@ -134,24 +139,59 @@ def trace_headers(scope: Scope) -> dict[str, str] | None:
 async def receive_body(scope: Scope, receive: Receive, max_body_bytes: int) -> bytes:
     """The request body; :class:`PayloadTooLarge` as soon as it is known to pass the limit.
 
-    A declared ``content-length`` over the limit is refused before anything is read.
+    A declared ``content-length`` over the limit is refused before anything is read. A body
+    sent with ``content-encoding: gzip`` or ``deflate`` is decompressed as it arrives, and
+    the limit holds for what it decompresses to as well as for what was sent: a small
+    compressed body that would inflate past the limit (a zip bomb) is refused at the limit,
+    having cost at most that much memory. Another encoding, or a compressed body that is
+    corrupt or cut short, is a 400.
     """
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
+    inflate = _decompressor(header(scope, b"content-encoding"))
     parts: list[bytes] = []
-    size = 0
+    sent = size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise RequestCancelled("the client went away while sending its request")
         chunk = message.get("body", b"")
+        sent += len(chunk)
+        if sent > max_body_bytes:
+            raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
+        if inflate is not None and chunk:
+            chunk = _inflate(inflate, chunk, max_body_bytes - size)
         size += len(chunk)
         if size > max_body_bytes:
             raise PayloadTooLarge(f"the body is larger than {max_body_bytes} bytes")
         parts.append(chunk)
         if not message.get("more_body", False):
+            if inflate is not None and not inflate.eof:
+                raise BadRequest("the compressed body ends before its end")
             return b"".join(parts)
+
+
+def _decompressor(encoding: str | None) -> Any:
+    """A zlib decompressor for the body's ``content-encoding``; None for none."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return None
+    if name in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(_ZLIB_OR_GZIP)
+    raise BadRequest(f"content-encoding {name[:32]!r} is not supported: send gzip, deflate or none")
+
+
+def _inflate(inflate: Any, chunk: bytes, room: int) -> bytes:
+    """``chunk`` decompressed, at most ``room + 1`` bytes of it (one more tells the caller
+    the limit is passed, without inflating the rest)."""
+    try:
+        out: bytes = inflate.decompress(chunk, room + 1)
+    except zlib.error as error:
+        raise BadRequest("the compressed body is corrupt") from error
+    if inflate.eof and inflate.unused_data:
+        raise BadRequest("the compressed body has data after its end")
+    return out
 
 
 async def disconnected(receive: Receive) -> None:

@@ -15,7 +15,12 @@ Routes:
   embeddings (others answer 400 naming ``model``);
 - ``GET /v1/models`` — deployments and their aliases;
 - ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
-  has a replica serving.
+  has a replica serving (both answer ``HEAD`` too).
+
+A chat request's ``x-rakka-priority`` header (``background``, ``normal``, ``high``,
+``critical``) is its class in the replica's queue. A body sent with ``content-encoding:
+gzip`` or ``deflate`` is decompressed within the body limit
+(:func:`~rakka_inference.runtime.asgi.receive_body`).
 
 Every error is an OpenAI-style JSON body (Anthropic-style on ``/v1/messages``) with the
 status of its class (400 naming the param, 401, 404, 413, 429 and 503 with
@@ -53,6 +58,7 @@ keys, the limits, the watch on the connection, and the operational routes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -66,13 +72,14 @@ from rakka_inference.api.openai_response import error_json
 from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
     Backpressure,
+    BadRequest,
     ClientUnauthorized,
     InferenceError,
     RequestCancelled,
     RouteNotFound,
     ShuttingDown,
 )
-from rakka_inference.core.messages import ChatRequest, EmbeddingRequest
+from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, Priority
 from rakka_inference.core.secrets import Secret
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe.metrics import CONTENT_TYPE, InferenceMetrics
@@ -85,6 +92,7 @@ from rakka_inference.runtime.asgi import (
     Send,
     bearer_matches,
     disconnected,
+    header,
     header_key_matches,
     receive_body,
     request_ids,
@@ -97,9 +105,23 @@ from rakka_inference.runtime.coordinator import DpCoordinator
 from rakka_inference.runtime.request import FallbackPolicy, RequestActor
 from rakka_inference.runtime.streaming import StreamRenderer, send_stream
 
-__all__ = ["AdminHandler", "ApiGateway", "ShuttingDown"]
+__all__ = ["PRIORITY_HEADER", "AdminHandler", "ApiGateway", "ShuttingDown"]
+
+PRIORITY_HEADER = b"x-rakka-priority"
+"""A chat request's queue priority: ``background``, ``normal`` (the default), ``high`` or
+``critical``; within a replica's queue a higher class is served first."""
 
 log = logging.getLogger("rakka_inference.gateway")
+
+
+def _priority(value: str) -> Priority:
+    try:
+        return Priority[value.strip().upper()]
+    except KeyError:
+        raise BadRequest(
+            "x-rakka-priority must be one of background, normal, high, critical",
+            param="x-rakka-priority",
+        ) from None
 
 
 def _shutting_down() -> ShuttingDown:
@@ -171,6 +193,8 @@ class ApiGateway:
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
+            ("HEAD", "/healthz"): self._healthz,  # the server sends the head only
+            ("HEAD", "/readyz"): self._readyz,
         }
         if metrics is not None:
             self._routes["GET", "/metrics"] = self._metrics
@@ -250,6 +274,9 @@ class ApiGateway:
         deadline = (
             None if self.request_timeout_s is None else self._clock() + self.request_timeout_s
         )
+        priority = header(scope, PRIORITY_HEADER)
+        if priority is not None and isinstance(request, ChatRequest):
+            request = dataclasses.replace(request, priority=_priority(priority))
         return RequestActor(
             request,
             self.coordinator,
