@@ -219,6 +219,57 @@ async def test_429_asking_longer_than_allowed_fails_at_once(harness: Harness) ->
     assert len(harness.server.requests) == 1
 
 
+def with_retry(deployment: Deployment, **retry: Any) -> Deployment:
+    config = deployment.runtime_config
+    assert isinstance(config, OpenAIConfig)
+    policy = RetryPolicy(**{"initial_backoff_ms": 1, "jitter": Jitter.NONE, **retry})
+    return replace(deployment, runtime_config=replace(config, retry=policy))
+
+
+async def test_a_retry_after_past_the_wait_budget_is_answered_at_once(harness: Harness) -> None:
+    # 30 s is within max_retry_after_ms (60 s), but past the 10 s wait budget: the 429
+    # is the answer at once, with the upstream's Retry-After, instead of 30 s of silence.
+    harness.server.script(
+        "POST", PATH, error(429, "rate_limit_exceeded", headers={"retry-after": "30"})
+    )
+    engine = await harness.engine()
+    assert engine.retry.max_wait_ms == 10_000
+    with pytest.raises(RateLimitExceeded) as caught:
+        await collect(engine.submit(request()))
+    assert caught.value.retry_after == 30.0
+    assert "wait budget" in caught.value.message
+    assert len(harness.server.requests) == 1
+    [report] = harness.report_log.reports
+    assert (report.outcome, report.attempts) == ("rate_limit_exceeded", 1)
+
+
+async def test_a_client_may_shorten_its_wait_budget_never_lengthen_it(harness: Harness) -> None:
+    limited = error(429, "rate_limit_exceeded", headers={"retry-after-ms": "20"})
+    harness.server.script("POST", PATH, limited, limited, unary("after the wait"))
+    engine = await harness.engine()
+    # The deployment would wait the 20 ms; this client asked to wait at most 10 ms.
+    with pytest.raises(RateLimitExceeded) as caught:
+        await collect(engine.submit(request(), max_wait_s=0.01))
+    assert caught.value.retry_after == 1.0  # 20 ms left, in whole seconds
+    # A deployment that allows 10 ms gives no more to a client asking for an hour.
+    short = await harness.engine(with_retry(harness.deployment(), max_wait_ms=10))
+    with pytest.raises(RateLimitExceeded):
+        await collect(short.submit(request(), max_wait_s=3600.0))
+    assert (await collect(engine.submit(request(), max_wait_s=3600.0))).text == "after the wait"
+    assert [r.attempts for r in harness.report_log.reports] == [1, 1, 1]
+
+
+async def test_backoffs_spend_the_wait_budget_too(harness: Harness) -> None:
+    harness.server.default = lambda _: error(503, "server_error")
+    deployment = with_retry(harness.deployment(), initial_backoff_ms=2, max_wait_ms=5)
+    engine = await harness.engine(deployment)
+    with pytest.raises(ServerError):  # a 5xx keeps its type (502, and a fallback)
+        await collect(engine.submit(request()))
+    # Backoffs of 2 ms then 4 ms: 6 ms > 5 ms, so the second retry is not waited for.
+    [report] = harness.report_log.reports
+    assert report.attempts == 2
+
+
 async def test_repeated_503s_exhaust_retries_then_open_the_circuit(harness: Harness) -> None:
     harness.server.default = lambda _: error(503, "server_error")
     engine = await harness.engine()

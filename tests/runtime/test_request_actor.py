@@ -17,6 +17,7 @@ from rakka_inference.core.errors import (
     InferenceError,
     ModelNotFound,
     OutOfMemory,
+    RateLimitExceeded,
     ServerError,
 )
 from rakka_inference.core.messages import ChatMessage, ChatRequest
@@ -25,7 +26,12 @@ from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.engine.report import RequestRecord, RequestReport
 from rakka_inference.engine.stream import RequestStream
-from rakka_inference.runtime.request import FallbackPolicy, RequestActor
+from rakka_inference.runtime.request import (
+    MAX_WAIT_HEADER,
+    FallbackPolicy,
+    RequestActor,
+    client_max_wait_s,
+)
 
 Script = Callable[[RequestStream[TokenChunk]], "asyncio.Future[None] | None"]
 
@@ -41,10 +47,16 @@ class ScriptedReplica:
     submitted: int = 0
     streams: list[RequestStream[TokenChunk]] = field(default_factory=list)
     hold: asyncio.Event | None = None
+    max_wait_s: float | None = None
 
     def submit(
-        self, request: ChatRequest, *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[TokenChunk]:
+        self.max_wait_s = max_wait_s
         if self.refuse_with is not None:
             raise self.refuse_with
         self.submitted += 1
@@ -165,6 +177,46 @@ async def test_falls_back_before_the_first_byte(failure: InferenceError) -> None
     assert (await subject.completion()).text == "Hello"
     assert records[0].tried == ["primary", "backup"]
     assert records[0].deployment == "backup"
+
+
+async def test_a_spent_wait_budget_falls_back_before_the_first_byte() -> None:
+    # A 429 whose Retry-After is past the wait budget ends as RateLimitExceeded at once:
+    # another deployment may serve the request.
+    spent = RateLimitExceeded("429 (wait budget spent)", retry_after=30.0)
+    primary = ScriptedReplica("p0", [], fail_with=spent)
+    router = FakeRouter({"primary": primary, "backup": ScriptedReplica("b0", ANSWER)})
+    subject, records = actor(router, primary=WITH_BACKUP)
+    assert (await subject.completion()).text == "Hello"
+    assert records[0].tried == ["primary", "backup"]
+    # With no fallback left, the client gets it as it is (429 with its Retry-After).
+    subject, records = actor(FakeRouter({"primary": primary}))
+    with pytest.raises(RateLimitExceeded) as caught:
+        await subject.completion()
+    assert caught.value.retry_after == 30.0
+
+
+async def test_the_client_s_wait_budget_reaches_every_replica_tried() -> None:
+    primary = ScriptedReplica("p0", [], fail_with=ServerError("503 after retries"))
+    backup = ScriptedReplica("b0", ANSWER)
+    router = FakeRouter({"primary": primary, "backup": backup})
+    subject = RequestActor(request(), router, {"primary": WITH_BACKUP}, max_wait_s=0.25)
+    assert (await subject.completion()).text == "Hello"
+    assert (primary.max_wait_s, backup.max_wait_s) == (0.25, 0.25)
+    plain = RequestActor(request("backup"), router, {})
+    assert (await plain.completion()).text == "Hello"
+    assert backup.max_wait_s is None  # none asked for: the deployment's budget
+
+
+def test_the_wait_budget_header() -> None:
+    assert MAX_WAIT_HEADER == b"x-rakka-max-wait-ms"
+    assert client_max_wait_s(None) is None
+    assert client_max_wait_s("2500") == 2.5
+    assert client_max_wait_s(" 0 ") == 0.0
+    for bad in ("", "-1", "1.5", "1e3", "soon", "\u0661"):
+        with pytest.raises(BadRequest) as refused:
+            client_max_wait_s(bad)
+        assert refused.value.param == "x-rakka-max-wait-ms"
+        assert refused.value.http_status == 400
 
 
 async def test_backpressure_falls_back_unless_the_policy_is_reject() -> None:

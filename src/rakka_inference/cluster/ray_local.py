@@ -265,14 +265,24 @@ class RayReplicaEngine:
             await asyncio.wait(set(self._relays), timeout=timeout)
 
     def submit(
-        self, request: ChatRequest, *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[TokenChunk]:
+        # max_wait_s bounds the waits between a remote engine's retries; a local replica
+        # has none, so it is not sent.
         stream: RequestStream[TokenChunk] = RequestStream()
         self._spawn(stream, self._relay_chat(request, deadline, stream), request.request_id)
         return stream
 
     def submit_embedding(
-        self, request: EmbeddingRequest, *, deadline: float | None = None
+        self,
+        request: EmbeddingRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[EmbeddingResult]:
         stream: RequestStream[EmbeddingResult] = RequestStream()
         self._spawn(stream, self._relay_embedding(request, deadline, stream), request.request_id)

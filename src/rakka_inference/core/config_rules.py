@@ -153,6 +153,7 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
         "max_backoff_ms": _POSITIVE,
         "backoff_multiplier": _at_least(1),
         "max_retry_after_ms": _NON_NEGATIVE,
+        "max_wait_ms": _NON_NEGATIVE,
     },
     CircuitBreakerConfig: {
         "failure_threshold": _POSITIVE,

@@ -78,6 +78,11 @@ class RetryPolicy:
     max_retry_after_ms: int = 60_000
     """A Retry-After longer than this fails at once with RateLimitExceeded (so the caller
     can fall back) instead of holding the request."""
+    max_wait_ms: int = 10_000
+    """The wait budget of one request: the most it may wait between its attempts in all,
+    backoff and Retry-After together. A wait that would pass it is not started: a 429 then
+    fails at once with RateLimitExceeded carrying the upstream's remaining Retry-After,
+    other errors as they are. A client may ask for less, never more."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

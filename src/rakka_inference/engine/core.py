@@ -149,18 +149,27 @@ class EngineCore(abc.ABC):
     # ------------------------------------------------------------------ submit
 
     def submit(
-        self, request: ChatRequest, *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[TokenChunk]:
-        """Queue ``request``; its chunks arrive on the returned stream.
+        """Queue ``request``; its chunks arrive on the returned stream. ``max_wait_s`` is
+        the client's own wait budget between retries, if it asked for one.
 
         Raises Backpressure (full, stopping or failed) or what the budget gate raises.
         """
         stream: RequestStream[TokenChunk] = RequestStream(self._stream_capacity)
-        self._admit(request, stream, deadline, request.priority)
+        self._admit(request, stream, deadline, request.priority, max_wait_s)
         return stream
 
     def submit_embedding(
-        self, request: EmbeddingRequest, *, deadline: float | None = None
+        self,
+        request: EmbeddingRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[EmbeddingResult]:
         """Queue an embeddings request; the stream carries its one result.
 
@@ -169,7 +178,7 @@ class EngineCore(abc.ABC):
         """
         self.check_embeddings(request)
         stream: RequestStream[EmbeddingResult] = RequestStream(1)
-        self._admit(request, stream, deadline, Priority.NORMAL)
+        self._admit(request, stream, deadline, Priority.NORMAL, max_wait_s)
         return stream
 
     def _admit(
@@ -178,6 +187,7 @@ class EngineCore(abc.ABC):
         stream: RequestStream[Any],
         deadline: float | None,
         priority: Priority,
+        max_wait_s: float | None = None,
     ) -> None:
         if not self._accepting:
             raise Backpressure(self.refusal())
@@ -186,7 +196,14 @@ class EngineCore(abc.ABC):
             raise Backpressure(f"all {self._limit} {self.slot_noun} of {self.name} are busy")
         hold = None if self.budget is None else self.budget.reserve(request)
         now = self.clock()
-        job = Job(request=request, stream=stream, deadline=deadline, submitted_at=now, hold=hold)
+        job = Job(
+            request=request,
+            stream=stream,
+            deadline=deadline,
+            submitted_at=now,
+            max_wait_s=max_wait_s,
+            hold=hold,
+        )
         try:
             job.ticket = self._queue.put(job, priority)
         except BaseException:

@@ -69,6 +69,9 @@ class Job:
     deadline: float | None
     """The request's own deadline (engine clock), if it has one."""
     submitted_at: float
+    max_wait_s: float | None = None
+    """The client's own wait budget between retries, when it asked for one (a remote
+    engine keeps the shorter of it and its retry policy's ``max_wait_ms``)."""
     state: JobState = JobState.QUEUED
     ticket: QueueTicket[Job] | None = None
     hold: BudgetHold | None = None

@@ -12,8 +12,13 @@ Admission, the queue, slots, deadlines, cancellation and the report are the shar
    Retry-After blocks the key), and then to the retry policy: back off and try again, or
    rebuild the session after a 401 and try once more, or give up. **Nothing is retried
    once a visible chunk has gone into the stream**: the failure then ends the stream as
-   :class:`StreamInterrupted`, and no content is ever duplicated. A retry whose backoff
-   would pass the request's deadline is not started.
+   :class:`StreamInterrupted`, and no content is ever duplicated. A retry whose wait
+   would pass the request's wait budget (the retry policy's ``max_wait_ms``, or the
+   shorter one the client asked for at ``submit``) is not waited for: a 429 is answered
+   at once as :class:`RateLimitExceeded` with the upstream's remaining Retry-After, so
+   the client hears back while it still listens, or the caller falls back
+   (:mod:`~rakka_inference.remote.retry`). A retry whose wait would pass the request's
+   deadline is not started either.
 3. At the end the permit is settled with the real token count and the breaker admission
    exactly once; the engine core settles the budget and writes the report.
 
@@ -245,7 +250,9 @@ class RemoteEngineCore(EngineCore):
 
     async def _attempts(self, job: Job) -> None:
         request = job.request
-        budget = RetryBudget(self.retry, idempotent=self.idempotent, rng=self._rng)
+        budget = RetryBudget(
+            self.retry, idempotent=self.idempotent, rng=self._rng, max_wait_s=job.max_wait_s
+        )
         session = self.runner.session
         while True:
             admission = self.breaker.admit()
@@ -272,7 +279,9 @@ class RemoteEngineCore(EngineCore):
                 self.breaker.record_failure(admission, error)
                 if isinstance(error, RateLimited):
                     self.limiter.on_rate_limited(error.retry_after)
-                decision = budget.decide(error, first_byte_sent=job.stream.committed)
+                decision = budget.decide(
+                    error, first_byte_sent=job.stream.committed, now=self.clock()
+                )
                 if decision.action is RetryAction.GIVE_UP:
                     raise (decision.error or error) from None
                 if decision.action is RetryAction.REBUILD_SESSION:

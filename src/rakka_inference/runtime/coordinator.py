@@ -53,13 +53,21 @@ class Replica(Protocol):
         ...
 
     def submit(
-        self, request: ChatRequest, *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[TokenChunk]:
         """Queue the request; its chunks arrive on the returned stream."""
         ...
 
     def submit_embedding(
-        self, request: EmbeddingRequest, *, deadline: float | None = None
+        self,
+        request: EmbeddingRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[EmbeddingResult]:
         """Queue an embeddings request; BadRequest when the replica serves none."""
         ...

@@ -78,11 +78,19 @@ class Engine(Protocol):
         ...
 
     def submit(
-        self, request: ChatRequest, *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[TokenChunk]: ...
 
     def submit_embedding(
-        self, request: EmbeddingRequest, *, deadline: float | None = None
+        self,
+        request: EmbeddingRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[EmbeddingResult]: ...
 
     def set_concurrency_limit(self, limit: int) -> None: ...

@@ -37,11 +37,12 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
     Backpressure,
+    BadRequest,
     CircuitOpen,
     ContextPoisoned,
     EngineError,
@@ -61,7 +62,7 @@ from rakka_inference.core.tracing import Span
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.engine.stream import RequestStream
 
-__all__ = ["RequestActor", "RoutedReplica", "Router"]
+__all__ = ["MAX_WAIT_HEADER", "RequestActor", "RoutedReplica", "Router", "client_max_wait_s"]
 
 log = logging.getLogger("rakka_inference.requests")
 
@@ -78,6 +79,27 @@ _FALLBACK_ON: tuple[type[InferenceError], ...] = (
 )
 
 
+MAX_WAIT_HEADER: Final = b"x-rakka-max-wait-ms"
+"""The request header with which a client shortens its wait budget: the most its request
+may wait between retries in all, in whole milliseconds. It never lengthens the
+deployment's ``retry.max_wait_ms``."""
+
+
+def client_max_wait_s(value: str | None) -> float | None:
+    """The wait budget a client asked for with :data:`MAX_WAIT_HEADER`, in seconds (None
+    when it asked for none). BadRequest naming the header when it is not a whole number
+    of milliseconds >= 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise BadRequest(
+            f"{MAX_WAIT_HEADER.decode()} must be a whole number of milliseconds >= 0",
+            param=MAX_WAIT_HEADER.decode(),
+        )
+    return int(text) / 1000.0
+
+
 class RoutedReplica(Protocol):
     """What the request needs of the replica the coordinator picked."""
 
@@ -85,11 +107,19 @@ class RoutedReplica(Protocol):
     def name(self) -> str: ...
 
     def submit(
-        self, request: ChatRequest, *, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[TokenChunk]: ...
 
     def submit_embedding(
-        self, request: EmbeddingRequest, *, deadline: float | None = None
+        self,
+        request: EmbeddingRequest,
+        *,
+        deadline: float | None = None,
+        max_wait_s: float | None = None,
     ) -> RequestStream[EmbeddingResult]: ...
 
 
@@ -130,6 +160,7 @@ class RequestActor:
         policies: Mapping[str, FallbackPolicy],
         *,
         deadline: float | None = None,
+        max_wait_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_done: Callable[[RequestRecord], None] | None = None,
         trace_parent: Mapping[str, str] | None = None,
@@ -140,6 +171,8 @@ class RequestActor:
         self._router = router
         self._policies = policies
         self._deadline = deadline
+        self._max_wait_s = max_wait_s
+        """The client's wait budget between retries (:data:`MAX_WAIT_HEADER`), if any."""
         self._clock = clock
         self._on_done = on_done
         self.record = RequestRecord(request_id=request.request_id, model=request.model)
@@ -148,7 +181,11 @@ class RequestActor:
         """The answer's chunks; raises the typed error that ended the request."""
         request = self.request
         assert isinstance(request, ChatRequest)
-        return self._run(lambda replica: replica.submit(request, deadline=self._deadline))
+        return self._run(
+            lambda replica: replica.submit(
+                request, deadline=self._deadline, max_wait_s=self._max_wait_s
+            )
+        )
 
     async def completion(self) -> ChatCompletion:
         """The whole answer, for a non-streaming client."""
@@ -163,7 +200,11 @@ class RequestActor:
         request = self.request
         assert isinstance(request, EmbeddingRequest)
         result: EmbeddingResult | None = None
-        walk = self._run(lambda replica: replica.submit_embedding(request, deadline=self._deadline))
+        walk = self._run(
+            lambda replica: replica.submit_embedding(
+                request, deadline=self._deadline, max_wait_s=self._max_wait_s
+            )
+        )
         async with contextlib.aclosing(walk):
             async for item in walk:
                 result = item

@@ -33,14 +33,20 @@ class ReportLog:
         submit, submit_embedding = engine.submit, engine.submit_embedding
 
         def watched(
-            request: ChatRequest, *, deadline: float | None = None
+            request: ChatRequest,
+            *,
+            deadline: float | None = None,
+            max_wait_s: float | None = None,
         ) -> RequestStream[TokenChunk]:
-            return self._keep(submit(request, deadline=deadline))
+            return self._keep(submit(request, deadline=deadline, max_wait_s=max_wait_s))
 
         def watched_embedding(
-            request: EmbeddingRequest, *, deadline: float | None = None
+            request: EmbeddingRequest,
+            *,
+            deadline: float | None = None,
+            max_wait_s: float | None = None,
         ) -> RequestStream[EmbeddingResult]:
-            return self._keep(submit_embedding(request, deadline=deadline))
+            return self._keep(submit_embedding(request, deadline=deadline, max_wait_s=max_wait_s))
 
         engine.submit = watched  # type: ignore[method-assign]
         engine.submit_embedding = watched_embedding  # type: ignore[method-assign]
