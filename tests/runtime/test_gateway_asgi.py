@@ -528,3 +528,14 @@ async def test_a_priority_header_reaches_the_request(stack: Stack) -> None:
     refused = await stack.http.post("/v1/chat/completions", content=_chat_body(), headers=headers)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "x-rakka-priority"
+
+
+async def test_one_model_by_id(stack: Stack) -> None:
+    for model in ("primary", "gpt"):
+        found = await stack.client.models.retrieve(model)
+        assert (found.id, found.owned_by) == (model, "rakka")
+    with pytest.raises(openai.NotFoundError) as missing:
+        await stack.client.models.retrieve("nope")
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    unauthorized = await stack.http.get("/v1/models/primary")
+    assert unauthorized.status_code == 401

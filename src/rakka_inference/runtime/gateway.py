@@ -13,7 +13,8 @@ Routes:
   ``store: true`` and ``previous_response_id`` are refused; OpenAI error bodies;
 - ``POST /v1/embeddings`` — routed like chat, to deployments whose provider serves
   embeddings (others answer 400 naming ``model``);
-- ``GET /v1/models`` — deployments and their aliases;
+- ``GET /v1/models`` — deployments and their aliases; ``GET /v1/models/{id}`` — one of
+  them (404 ``model_not_found`` otherwise);
 - ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
   has a replica serving (both answer ``HEAD`` too).
 
@@ -75,6 +76,7 @@ from rakka_inference.core.errors import (
     BadRequest,
     ClientUnauthorized,
     InferenceError,
+    ModelNotFound,
     RequestCancelled,
     RouteNotFound,
     ShuttingDown,
@@ -139,6 +141,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 """Every request has a deadline: waiting for a permit, and retry backoffs, stop there."""
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _MESSAGES_PATH = "/v1/messages"
+_MODEL_PATH = "/v1/models/"
 _ERROR_RENDERERS: dict[str, ErrorRenderer] = {_MESSAGES_PATH: anthropic_error_json}
 """Routes whose errors are not OpenAI-style; looked up only when an error is answered."""
 
@@ -209,6 +212,8 @@ class ApiGateway:
             return
         ids = request_ids(scope)
         handler = self._routes.get((scope["method"], scope["path"]))
+        if handler is None and scope["method"] == "GET" and scope["path"].startswith(_MODEL_PATH):
+            handler = self._model
         try:
             if handler is None:
                 if self.admin is not None and scope["path"].startswith("/admin/"):
@@ -366,6 +371,13 @@ class ApiGateway:
             for model in (name, *aliases)
         ]
         await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), ids.header)
+
+    async def _model(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
+        wanted = scope["path"][len(_MODEL_PATH) :]
+        if not any(wanted in (name, *aliases) for name, aliases in self.coordinator.models()):
+            raise ModelNotFound(f"The model '{wanted[:256]}' does not exist", param="model")
+        model = {"id": wanted, "object": "model", "created": int(time.time()), "owned_by": "rakka"}
+        await send_json(send, 200, orjson.dumps(model), ids.header)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         assert self.metrics is not None
