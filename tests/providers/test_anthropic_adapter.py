@@ -1020,3 +1020,20 @@ def test_a_reasoning_effort_is_refused_until_it_maps_to_thinking() -> None:
     with pytest.raises(BadRequest, match="thinking budget") as refused:
         adapter().build_request(request, KEY)
     assert refused.value.param == "reasoning_effort"
+
+
+def test_count_tokens_request_and_answer() -> None:
+    request = chat(
+        ChatMessage.system("be brief"),
+        ChatMessage.user("hi"),
+        sampling=SamplingParams(temperature=0.5, max_tokens=9),
+        tools=(WEATHER,),
+    )
+    http = adapter().build_count_request(request, KEY)
+    assert http.url.endswith("/v1/messages/count_tokens")
+    assert http.headers["x-api-key"] == KEY.expose()
+    assert set(orjson.loads(http.body)) == {"model", "messages", "system", "tools"}
+    assert adapter().parse_count_response(b'{"input_tokens": 12}') == 12
+    for bad in (b'{"input_tokens": -1}', b'{"input_tokens": true}', b"{}"):
+        with pytest.raises(ProtocolError, match="no input_tokens"):
+            adapter().parse_count_response(bad)

@@ -1169,3 +1169,16 @@ def test_a_reasoning_effort_is_refused_until_it_maps_to_thinking() -> None:
     with pytest.raises(BadRequest, match="thinking budget") as refused:
         adapter().request_body(request)
     assert refused.value.param == "reasoning_effort"
+
+
+def test_count_tokens_request_on_ai_studio_and_vertex() -> None:
+    request = chat(ChatMessage.system("be brief"), ChatMessage.user("hi"))
+    studio = adapter().build_count_request(request, KEY)
+    assert studio.url.endswith(f"/models/{MODEL}:countTokens")
+    inner = orjson.loads(studio.body)["generateContentRequest"]
+    assert inner["model"] == f"models/{MODEL}"
+    assert "systemInstruction" in inner
+    on_vertex = vertex().build_count_request(request, KEY)
+    assert on_vertex.url.endswith(":countTokens")
+    assert set(orjson.loads(on_vertex.body)) <= {"contents", "systemInstruction", "tools"}
+    assert adapter().parse_count_response(b'{"totalTokens": 7}') == 7

@@ -466,3 +466,51 @@ async def test_other_routes_keep_openai_errors_and_bearer_keys(live: Live) -> No
     assert response.status_code == 401  # x-api-key is for /v1/messages only
     assert response.json()["error"]["type"] == "authentication_error"
     assert "type" not in response.json()  # OpenAI's shape, not Anthropic's
+
+
+# ---------------------------------------------------------------------- count_tokens
+
+
+async def test_count_tokens_is_the_providers_or_an_estimate(live: Live) -> None:
+    messages = [{"role": "user", "content": "one two three four"}]
+    counted = await live.client.messages.count_tokens(
+        model="claude",
+        messages=messages,
+        system="be brief",  # type: ignore[arg-type]
+    )
+    # The Anthropic mock counts words: 4 + "be brief" 2.
+    assert counted.input_tokens == 6
+    sent = live.claude.requests[-1]
+    assert sent.path == "/v1/messages/count_tokens"
+    assert set(sent.json()) == {"model", "messages", "system"}
+    raw = await live.http.post(
+        "/v1/messages/count_tokens", json={"model": "claude", "messages": messages}
+    )
+    assert raw.headers["x-rakka-token-count"] == "provider"
+    estimated = await live.http.post(
+        "/v1/messages/count_tokens", json={"model": "gpt", "messages": messages}
+    )
+    assert estimated.status_code == 200
+    assert estimated.headers["x-rakka-token-count"] == "estimate"
+    assert estimated.json()["input_tokens"] > 0
+    assert not any(r.path.endswith("count_tokens") for r in live.gpt.requests)
+
+
+async def test_count_tokens_errors_are_anthropic_shaped(live: Live) -> None:
+    with pytest.raises(anthropic.BadRequestError) as extra:
+        await live.client.messages.count_tokens(
+            model="claude",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"max_tokens": 10},
+        )
+    assert extra.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError):
+        await live.client.messages.count_tokens(
+            model="nope", messages=[{"role": "user", "content": "hi"}]
+        )
+    async with httpx.AsyncClient(base_url=str(live.http.base_url)) as keyless:
+        unauthorized = await keyless.post(
+            "/v1/messages/count_tokens", json={"model": "claude", "messages": []}
+        )
+    assert unauthorized.status_code == 401
+    assert unauthorized.json()["type"] == "error"

@@ -50,6 +50,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from rakka_inference.api.anthropic_fields import block_type, invalid, read, unsupported
 from rakka_inference.api.anthropic_messages import parse_messages, parse_system
 from rakka_inference.api.anthropic_tools import parse_tool_choice, parse_tools
@@ -61,7 +63,7 @@ from rakka_inference.core.messages import (
     SamplingParams,
 )
 
-__all__ = ["UNSUPPORTED_MESSAGES_PARAMS", "parse_messages_request"]
+__all__ = ["UNSUPPORTED_MESSAGES_PARAMS", "parse_count_tokens_request", "parse_messages_request"]
 
 _PARAMS = frozenset(
     {
@@ -80,6 +82,8 @@ UNSUPPORTED_MESSAGES_PARAMS = frozenset(
 """Anthropic parameters this gateway knows but cannot honour."""
 
 _SERVICE_TIERS = frozenset({"auto", "standard_only"})
+_COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+"""What ``POST /v1/messages/count_tokens`` takes: the prompt, without sampling."""
 
 
 def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
@@ -128,6 +132,20 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
         include_usage=stream,
         user=_user(document.get("metadata")),
         request_id=request_id,
+    )
+
+
+def parse_count_tokens_request(body: bytes, *, request_id: str) -> ChatRequest:
+    """A ``POST /v1/messages/count_tokens`` body (the prompt of a Messages request:
+    ``model``, ``messages``, ``system``, ``tools``, ``tool_choice``, ``thinking``) as the
+    :class:`ChatRequest` whose prompt is counted. Other fields are refused as Anthropic
+    refuses them."""
+    document = read.document(body)
+    for key in document:
+        if key not in _COUNT_PARAMS:
+            invalid(key, "Extra inputs are not permitted")
+    return parse_messages_request(
+        orjson.dumps({**document, "max_tokens": 1}), request_id=request_id
     )
 
 

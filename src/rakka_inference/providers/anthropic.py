@@ -83,12 +83,14 @@ from rakka_inference.providers.anthropic_response import (
     anthropic_usage,
     parse_message,
 )
-from rakka_inference.providers.base import AdapterState
+from rakka_inference.providers.base import AdapterState, count_field
 from rakka_inference.wire.http import HttpRequest
 
 __all__ = ["MAX_TEMPERATURE", "AnthropicAdapter", "AnthropicStreamParser", "anthropic_usage"]
 
 DEFAULT_ENDPOINT = "https://api.anthropic.com"
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+"""What of a Messages body ``count_tokens`` takes."""
 
 
 class AnthropicAdapter(AdapterState[AnthropicConfig]):
@@ -128,6 +130,17 @@ class AnthropicAdapter(AdapterState[AnthropicConfig]):
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for ``request`` (exposed for tests)."""
         return messages_body(request, self.model, self.config.default_max_output_tokens)
+
+    def build_count_request(self, request: ChatRequest, credential: Secret) -> HttpRequest:
+        """``POST /v1/messages/count_tokens`` with ``request``'s prompt."""
+        headers = dict(self._static_headers)
+        headers["x-api-key"] = credential.expose()
+        body = self.request_body(request)
+        counted = {key: body[key] for key in _COUNTED if key in body}
+        return HttpRequest("POST", f"{self._url}/count_tokens", headers, orjson.dumps(counted))
+
+    def parse_count_response(self, body: bytes) -> int:
+        return count_field(body, "input_tokens", self._provider)
 
     # ------------------------------------------------------------------ response
 

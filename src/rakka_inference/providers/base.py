@@ -55,9 +55,11 @@ __all__ = [
     "EmbeddingAdapter",
     "ProviderAdapter",
     "StreamParser",
+    "TokenCounter",
     "TokenCredential",
     "alternating_turns",
     "answer_chunks",
+    "count_field",
     "load_json_object",
     "supports_embeddings",
 ]
@@ -101,6 +103,20 @@ class ProviderAdapter(Protocol):
 
     def price(self) -> ModelPrice | None:
         """The price of the deployment's model: the override, else the table's, else None."""
+        ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An adapter whose provider counts a prompt's tokens (Anthropic's ``count_tokens``,
+    Gemini's ``countTokens``)."""
+
+    def build_count_request(self, request: ChatRequest, credential: Secret) -> HttpRequest:
+        """The request that counts ``request``'s prompt."""
+        ...
+
+    def parse_count_response(self, body: bytes) -> int:
+        """The prompt's input tokens from the provider's answer."""
         ...
 
 
@@ -197,6 +213,14 @@ async def answer_chunks(
     raise NetworkError(
         "the stream ended before the provider's end-of-stream marker", provider=adapter.provider
     )
+
+
+def count_field(body: bytes, name: str, provider: str) -> int:
+    """The non-negative integer ``name`` of a JSON answer (a token count)."""
+    value = load_json_object(body, provider).get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"the token count answer has no {name}", provider=provider)
+    return value
 
 
 def supports_embeddings(adapter: object) -> bool:

@@ -108,7 +108,7 @@ from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.runtimes import GeminiConfig
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
-from rakka_inference.providers.base import AdapterState, load_json_object
+from rakka_inference.providers.base import AdapterState, count_field, load_json_object
 from rakka_inference.providers.gemini_embed import (
     embedding_body,
     embedding_method,
@@ -143,6 +143,10 @@ __all__ = [
 ]
 
 DEFAULT_ENDPOINT = "https://generativelanguage.googleapis.com"
+
+
+_VERTEX_COUNTED = ("contents", "systemInstruction", "tools")
+"""What of a generateContent body Vertex's ``countTokens`` takes."""
 
 
 class GeminiAdapter(AdapterState[GeminiConfig]):
@@ -203,6 +207,20 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         return HttpRequest(
             "POST", url, self._headers(credential), orjson.dumps(self.request_body(request))
         )
+
+    def build_count_request(self, request: ChatRequest, credential: Secret) -> HttpRequest:
+        """``countTokens`` with ``request``'s prompt (its contents, system instruction and
+        tools; AI Studio takes them as a whole ``generateContentRequest``)."""
+        inner = self.request_body(request)
+        if self._vertex:
+            body = {key: inner[key] for key in _VERTEX_COUNTED if key in inner}
+        else:
+            body = {"generateContentRequest": {"model": f"models/{self.model}", **inner}}
+        url = f"{self._base}:countTokens"
+        return HttpRequest("POST", url, self._headers(credential), orjson.dumps(body))
+
+    def parse_count_response(self, body: bytes) -> int:
+        return count_field(body, "totalTokens", self._provider)
 
     def _headers(self, credential: Secret) -> dict[str, str]:
         """The JSON content type and the credential: a bearer token on Vertex, else a key."""

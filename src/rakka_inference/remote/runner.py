@@ -38,7 +38,12 @@ from rakka_inference.core.runtimes import RemoteRuntimeConfig, RuntimeKind
 from rakka_inference.core.secrets import Secret
 from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
-from rakka_inference.providers.base import EmbeddingAdapter, ProviderAdapter, answer_chunks
+from rakka_inference.providers.base import (
+    EmbeddingAdapter,
+    ProviderAdapter,
+    TokenCounter,
+    answer_chunks,
+)
 from rakka_inference.remote.session import RemoteSession, SessionSnapshot
 from rakka_inference.wire.classify import classify_http_error, upstream_log_text
 
@@ -117,6 +122,26 @@ class RemoteRunner:
             return adapter.parse_embedding_response(body, request)
         finally:
             await response.aclose()
+
+    async def count_tokens(self, request: ChatRequest, counter: TokenCounter) -> int:
+        """The input tokens of ``request``'s prompt, as the provider counts them: one call
+        on the current session, through ``counter`` (this runner's adapter, when it is a
+        :class:`TokenCounter`)."""
+        adapter = counter
+        snapshot = self.session.current
+        with snapshot.lease():
+            credential = await snapshot.credential()
+            http_request = adapter.build_count_request(request, credential)
+            response = await snapshot.transport.send(
+                http_request, self.config.timeouts, stream=False
+            )
+            try:
+                body = await response.read()
+                if response.status >= 400:
+                    self._raise_http_error(response.status, response.headers, body, credential)
+                return adapter.parse_count_response(body)
+            finally:
+                await response.aclose()
 
     async def attempt(
         self, request: ChatRequest, snapshot: SessionSnapshot

@@ -13,6 +13,9 @@ Routes:
   ``store: true`` and ``previous_response_id`` are refused; OpenAI error bodies;
 - ``POST /v1/embeddings`` — routed like chat, to deployments whose provider serves
   embeddings (others answer 400 naming ``model``);
+- ``POST /v1/messages/count_tokens`` — Anthropic's token counting, against any deployment:
+  the provider's own count where it has one (Anthropic, Gemini), else the gateway's
+  estimate, said in ``x-rakka-token-count`` (``provider`` or ``estimate``);
 - ``GET /v1/models`` — deployments and their aliases; ``GET /v1/models/{id}`` — one of
   them (404 ``model_not_found`` otherwise);
 - ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
@@ -68,6 +71,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from rakka_inference.api.anthropic_request import parse_count_tokens_request
 from rakka_inference.api.anthropic_response import anthropic_error_json
 from rakka_inference.api.openai_response import error_json
 from rakka_inference.core import tracing
@@ -85,6 +89,8 @@ from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, Priorit
 from rakka_inference.core.secrets import Secret
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.observe.metrics import CONTENT_TYPE, InferenceMetrics
+from rakka_inference.providers.base import TokenCounter
+from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.runtime import dialects
 from rakka_inference.runtime.asgi import (
     ErrorRenderer,
@@ -142,7 +148,9 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _MESSAGES_PATH = "/v1/messages"
 _MODEL_PATH = "/v1/models/"
-_ERROR_RENDERERS: dict[str, ErrorRenderer] = {_MESSAGES_PATH: anthropic_error_json}
+_COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+_ANTHROPIC_PATHS = frozenset({_MESSAGES_PATH, _COUNT_TOKENS_PATH})
+_ERROR_RENDERERS: dict[str, ErrorRenderer] = dict.fromkeys(_ANTHROPIC_PATHS, anthropic_error_json)
 """Routes whose errors are not OpenAI-style; looked up only when an error is answered."""
 
 
@@ -193,6 +201,7 @@ class ApiGateway:
             ("POST", "/v1/embeddings"): partial(dialects.embeddings, self),
             ("POST", _MESSAGES_PATH): partial(dialects.messages, self),
             ("POST", "/v1/responses"): partial(dialects.responses, self),
+            ("POST", _COUNT_TOKENS_PATH): self._count_tokens,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
@@ -258,7 +267,7 @@ class ApiGateway:
     def _authorize(self, scope: Scope) -> None:
         if not self._keys or bearer_matches(scope, self._keys):
             return
-        if scope["path"] == _MESSAGES_PATH:
+        if scope["path"] in _ANTHROPIC_PATHS:
             if header_key_matches(scope, b"x-api-key", self._keys):
                 return
             raise ClientUnauthorized(
@@ -371,6 +380,25 @@ class ApiGateway:
             for model in (name, *aliases)
         ]
         await send_json(send, 200, orjson.dumps({"object": "list", "data": data}), ids.header)
+
+    async def _count_tokens(
+        self, scope: Scope, receive: Receive, send: Send, ids: RequestIds
+    ) -> None:
+        """Anthropic's ``count_tokens`` in front of any deployment: counted by the provider
+        where it counts (Anthropic, Gemini), else the gateway's own estimate (about one
+        token per 4 bytes, the one the rate limiter reserves with); the
+        ``x-rakka-token-count`` header says which (``provider`` or ``estimate``)."""
+        request = parse_count_tokens_request(
+            await self.read_body(scope, receive), request_id=ids.own
+        )
+        replica = self.coordinator.route(request.model)
+        counter: object = replica.runner.adapter if isinstance(replica, RemoteEngineCore) else None
+        if isinstance(replica, RemoteEngineCore) and isinstance(counter, TokenCounter):
+            tokens, how = await replica.runner.count_tokens(request, counter), "provider"
+        else:
+            tokens, how = request.estimated_prompt_tokens(), "estimate"
+        body = orjson.dumps({"input_tokens": tokens})
+        await send_json(send, 200, body, ids.header, {"x-rakka-token-count": how})
 
     async def _model(self, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
         wanted = scope["path"][len(_MODEL_PATH) :]

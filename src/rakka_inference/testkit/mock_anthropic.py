@@ -118,6 +118,7 @@ from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
 __all__ = ["MESSAGES_PATH", "AnthropicMock"]
 
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 class AnthropicMock(MockProviderServer):
@@ -139,7 +140,8 @@ class AnthropicMock(MockProviderServer):
     def respond(self, request: RecordedRequest) -> ScriptedResponse:
         request_id = self._ident("req")
         try:
-            if (request.method, request.path) != ("POST", MESSAGES_PATH):
+            counting = request.path == COUNT_TOKENS_PATH
+            if request.method != "POST" or request.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
                 raise Rejected(404, "not_found_error", "Not Found")
             key = api_key(request.headers)
             if not key:
@@ -150,6 +152,8 @@ class AnthropicMock(MockProviderServer):
                 raise Rejected(
                     400, "invalid_request_error", "anthropic-version: header is required"
                 )
+            if counting:
+                return self._count(request.body, request_id)
             body = validated_body(request.body)
             try:
                 fault = self.take_fault(key, request)
@@ -158,6 +162,26 @@ class AnthropicMock(MockProviderServer):
             return self._answer(body, fault, request_id)
         except Rejected as rejected:
             return error_response(rejected.status, rejected.kind, rejected.message, request_id)
+
+    def _count(self, raw: bytes, request_id: str) -> ScriptedResponse:
+        """``count_tokens``: the prompt's tokens as :func:`count_tokens` counts them. The
+        body is a Messages body without ``max_tokens`` (and without sampling fields)."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Rejected(400, "invalid_request_error", "the body is not JSON") from None
+        if not isinstance(body, dict) or "messages" not in body or "model" not in body:
+            raise Rejected(400, "invalid_request_error", "model and messages are required")
+        extra = sorted(
+            set(body) - {"model", "messages", "system", "tools", "tool_choice", "thinking"}
+        )
+        if extra:
+            raise Rejected(
+                400, "invalid_request_error", f"{extra[0]}: Extra inputs are not permitted"
+            )
+        answer = {"input_tokens": count_tokens(prompt_texts(body))}
+        headers = [*identity_headers(request_id), ("content-type", "application/json")]
+        return ScriptedResponse(200, headers, [orjson.dumps(answer)])
 
     def _answer(
         self, body: dict[str, Any], fault: Fault | None, request_id: str
