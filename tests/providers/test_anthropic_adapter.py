@@ -1037,3 +1037,23 @@ def test_count_tokens_request_and_answer() -> None:
     for bad in (b'{"input_tokens": -1}', b'{"input_tokens": true}', b"{}"):
         with pytest.raises(ProtocolError, match="no input_tokens"):
             adapter().parse_count_response(bad)
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (None, {"type": "auto", "disable_parallel_tool_use": True}),
+        (
+            ToolChoice.named("get_weather"),
+            {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        ),
+        (ToolChoice.none(), {"type": "none"}),
+    ],
+)
+def test_one_tool_at_a_time(choice: ToolChoice | None, expected: dict[str, object]) -> None:
+    request = chat(
+        ChatMessage.user("hi"), tools=(WEATHER,), tool_choice=choice, parallel_tool_calls=False
+    )
+    assert adapter().request_body(request)["tool_choice"] == expected
+    allowed = chat(ChatMessage.user("hi"), tools=(WEATHER,), parallel_tool_calls=True)
+    assert "tool_choice" not in adapter().request_body(allowed)

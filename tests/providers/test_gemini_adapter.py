@@ -1182,3 +1182,12 @@ def test_count_tokens_request_on_ai_studio_and_vertex() -> None:
     assert on_vertex.url.endswith(":countTokens")
     assert set(orjson.loads(on_vertex.body)) <= {"contents", "systemInstruction", "tools"}
     assert adapter().parse_count_response(b'{"totalTokens": 7}') == 7
+
+
+def test_one_tool_at_a_time_is_refused() -> None:
+    tool = ToolDefinition(name="f", description="", parameters={"type": "object"})
+    request = chat(ChatMessage.user("hi"), tools=(tool,), parallel_tool_calls=False)
+    with pytest.raises(BadRequest, match="one tool at a time") as refused:
+        adapter().request_body(request)
+    assert refused.value.param == "parallel_tool_calls"
+    adapter().request_body(chat(ChatMessage.user("hi"), tools=(tool,), parallel_tool_calls=True))

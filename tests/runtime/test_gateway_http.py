@@ -126,6 +126,24 @@ async def test_images_by_url_and_base64(live: Live) -> None:
     assert [part["type"] for part in sent] == ["text", "image_url", "image_url"]
 
 
+async def test_parallel_tool_calls_reach_the_upstream(live: Live) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for allowed in (False, True):
+        await live.client.chat.completions.create(
+            model="main",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=tools,  # type: ignore[arg-type]
+            parallel_tool_calls=allowed,
+        )
+        assert live.mock.requests[-1].json()["parallel_tool_calls"] is allowed
+    await live.client.chat.completions.create(
+        model="main",
+        messages=[{"role": "user", "content": "hi"}],
+        tools=tools,  # type: ignore[arg-type]
+    )
+    assert "parallel_tool_calls" not in live.mock.requests[-1].json()
+
+
 async def test_reasoning_effort_reaches_an_openai_upstream(live: Live) -> None:
     answer = await live.client.chat.completions.create(
         model="main", messages=[{"role": "user", "content": "think"}], reasoning_effort="low"

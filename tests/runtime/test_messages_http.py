@@ -514,3 +514,22 @@ async def test_count_tokens_errors_are_anthropic_shaped(live: Live) -> None:
         )
     assert unauthorized.status_code == 401
     assert unauthorized.json()["type"] == "error"
+
+
+async def test_disable_parallel_tool_use_reaches_an_openai_upstream(live: Live) -> None:
+    await live.client.messages.create(
+        model="gpt",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[{"name": "f", "input_schema": {"type": "object"}}],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+    )
+    assert live.sent("gpt")["parallel_tool_calls"] is False
+    await live.client.messages.create(
+        model="claude",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[{"name": "f", "input_schema": {"type": "object"}}],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
+    assert live.sent("claude")["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}

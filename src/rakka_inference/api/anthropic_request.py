@@ -30,7 +30,7 @@ The mapping:
   (Anthropic's range, stricter than the core's), ``top_p`` 0 to 1, ``stop_sequences`` at
   most four.
 - ``tool_choice`` ``auto``/``any``/``tool``/``none`` becomes auto/required/named/none;
-  ``disable_parallel_tool_use`` is accepted and has no effect (the core has no such switch).
+  ``disable_parallel_tool_use`` becomes the core's ``parallel_tool_calls`` (negated).
 - ``metadata.user_id`` becomes the request's ``user``.
 - ``output_config.format`` of type ``json_schema`` becomes a JSON-schema response format.
 - Accepted and without effect: ``service_tier`` (``auto``/``standard_only``), a top-level
@@ -54,7 +54,11 @@ import orjson
 
 from rakka_inference.api.anthropic_fields import block_type, invalid, read, unsupported
 from rakka_inference.api.anthropic_messages import parse_messages, parse_system
-from rakka_inference.api.anthropic_tools import parse_tool_choice, parse_tools
+from rakka_inference.api.anthropic_tools import (
+    parallel_tool_calls,
+    parse_tool_choice,
+    parse_tools,
+)
 from rakka_inference.core.messages import (
     MAX_STOP_SEQUENCES,
     ChatRequest,
@@ -127,6 +131,7 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
         sampling=sampling,
         tools=tools,
         tool_choice=parse_tool_choice(document.get("tool_choice"), tools),
+        parallel_tool_calls=parallel_tool_calls(document.get("tool_choice")),
         response_format=_output_config(document.get("output_config")),
         stream=stream,
         include_usage=stream,

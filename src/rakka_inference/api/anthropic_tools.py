@@ -3,7 +3,7 @@
 Part of :func:`~rakka_inference.api.anthropic_request.parse_messages_request`: custom
 tools only (server tools are refused), names unique; ``tool_choice``
 ``auto``/``any``/``tool``/``none`` becomes auto/required/named/none, and
-``disable_parallel_tool_use`` is accepted without effect.
+``disable_parallel_tool_use`` is read by :func:`parallel_tool_calls`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ def parse_tools(value: object) -> tuple[ToolDefinition, ...]:
         except BadRequest as error:  # the core's rule for names
             raise BadRequest(f"{param}.name: {error.message}", param=f"{param}.name") from None
     return tuple(tools)
+
+
+def parallel_tool_calls(value: object) -> bool | None:
+    """``tool_choice.disable_parallel_tool_use`` as the core's ``parallel_tool_calls``
+    (its negation; None when the request does not say)."""
+    if not isinstance(value, dict):
+        return None
+    disable = read.boolean(
+        value.get("disable_parallel_tool_use"), "tool_choice.disable_parallel_tool_use"
+    )
+    return None if disable is None else not disable
 
 
 def parse_tool_choice(value: object, tools: tuple[ToolDefinition, ...]) -> ToolChoice | None:

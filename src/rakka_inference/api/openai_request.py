@@ -21,7 +21,7 @@ Decisions:
   A few are accepted when they hold their default, which changes nothing
   (:data:`INERT_PARAMS`: ``logprobs`` false, ``top_logprobs``/``logit_bias`` absent,
   ``store`` false, ``modalities`` ``["text"]``, ``service_tier`` auto/default); any other
-  value is rejected. ``parallel_tool_calls`` is accepted (a boolean) and has no effect.
+  value is rejected. ``parallel_tool_calls`` (a boolean) goes to the core request.
 - **Unknown keys inside nested objects** (messages, parts, tools) are ignored: SDKs echo
   assistant messages back with extra fields (``refusal``, ``annotations``, ``audio``,
   ``reasoning_content``), and rejecting them would break ordinary agent loops.
@@ -115,7 +115,7 @@ def parse_chat_request(
         for index, item in enumerate(read.array(raw_messages, "messages", non_empty=True))
     )
     tools = parse_tools(document.get("tools"))
-    read.boolean(document.get("parallel_tool_calls"), "parallel_tool_calls")
+    parallel_tool_calls = read.boolean(document.get("parallel_tool_calls"), "parallel_tool_calls")
     stream = bool(read.boolean(document.get("stream"), "stream"))
     include_usage = _stream_options(document.get("stream_options"), stream)
     return ChatRequest(
@@ -124,6 +124,7 @@ def parse_chat_request(
         sampling=_sampling(document),
         tools=tools,
         tool_choice=parse_tool_choice(document.get("tool_choice")),
+        parallel_tool_calls=parallel_tool_calls,
         response_format=parse_response_format(document.get("response_format")),
         stream=stream,
         include_usage=include_usage,

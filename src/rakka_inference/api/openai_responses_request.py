@@ -18,7 +18,7 @@ The mapping:
   schema. An absent ``strict`` is left to the provider (the Responses API's default is
   true, which a schema written for non-strict calling would fail upstream).
 - ``tool_choice``: ``auto``/``none``/``required`` or ``{"type": "function", "name"}``.
-  ``parallel_tool_calls`` is accepted (a boolean, echoed) and has no effect, as on chat.
+  ``parallel_tool_calls`` (a boolean, echoed) goes to the core request, as on chat.
 - ``text.format``: ``text``, ``json_object``, or ``json_schema`` (``name``, ``schema``,
   ``strict``; ``description`` has no core slot and is dropped) becomes the response
   format. ``text.verbosity`` only with its default (``medium``).
@@ -150,6 +150,7 @@ def parse_responses_request(
         sampling=_sampling(document),
         tools=tools,
         tool_choice=_tool_choice(document.get("tool_choice")),
+        parallel_tool_calls=parallel,
         response_format=_text(document.get("text")),
         stream=stream,
         include_usage=stream,

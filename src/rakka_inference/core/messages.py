@@ -403,6 +403,10 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     tools: tuple[ToolDefinition, ...] = ()
     tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    """Whether the model may call several tools in one answer (None: the provider's default,
+    which is yes). OpenAI's ``parallel_tool_calls``; Anthropic's
+    ``tool_choice.disable_parallel_tool_use`` is its negation."""
     response_format: ResponseFormat | None = None
     stream: bool = False
     include_usage: bool = False

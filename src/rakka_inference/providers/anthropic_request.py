@@ -68,6 +68,10 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
         ]
         if request.tool_choice is not None:
             body["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.parallel_tool_calls is False:
+            choice = body.setdefault("tool_choice", {"type": "auto"})
+            if choice["type"] != "none":
+                choice["disable_parallel_tool_use"] = True
     response_format = request.response_format
     if response_format is not None and response_format.type != "text":
         if response_format.type == "json_object":

@@ -41,6 +41,7 @@ Translation from the OpenAI-shaped :class:`~rakka_inference.core.messages.ChatRe
   ``additionalProperties`` (always sent by OpenAI strict-mode clients) are removed, and a
   ``type`` list of one type (plus ``"null"``) becomes that type (with ``nullable: true``).
   Anything else is passed as is, and the upstream's 400 names what it refused.
+- ``parallel_tool_calls = false`` is refused (400): Gemini has no such switch.
 - ``tool_choice`` becomes ``toolConfig.functionCallingConfig.mode`` AUTO / NONE / ANY
   (named: ANY with ``allowedFunctionNames``), sent only with tools.
 - ``generationConfig``: ``temperature``, ``topP``, ``maxOutputTokens``,
@@ -236,6 +237,12 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         sampling = request.sampling
         if sampling.n != 1:
             raise BadRequest("only n = 1 is supported", param="n")
+        if request.tools and request.parallel_tool_calls is False:
+            raise BadRequest(
+                "Gemini cannot be told to call one tool at a time: leave parallel_tool_calls "
+                "out (or true) for a Gemini deployment",
+                param="parallel_tool_calls",
+            )
         if sampling.reasoning_effort is not None:
             raise BadRequest(
                 "reasoning_effort is not translated to Gemini's thinking budget yet",

@@ -166,6 +166,8 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
             ]
         if request.tool_choice is not None:
             body["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.tools and request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
         response_format = request.response_format
         if response_format is not None and response_format.type != "text":
             if response_format.type == "json_object":
