@@ -1191,3 +1191,8 @@ def test_one_tool_at_a_time_is_refused() -> None:
         adapter().request_body(request)
     assert refused.value.param == "parallel_tool_calls"
     adapter().request_body(chat(ChatMessage.user("hi"), tools=(tool,), parallel_tool_calls=True))
+
+
+def test_top_k_is_gemini_top_k() -> None:
+    body = body_of(chat(ChatMessage.user("hi"), sampling=SamplingParams(top_k=7)))
+    assert body["generationConfig"]["topK"] == 7

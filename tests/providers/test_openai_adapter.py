@@ -361,3 +361,14 @@ def test_price_resolution() -> None:
     assert priced.price() == override
     assert OpenAIAdapter(OpenAIConfig(), "unknown-model").price() is None
     assert priced.runtime_config == OpenAIConfig()
+
+
+def test_top_k_only_where_the_upstream_takes_it() -> None:
+    request = ChatRequest(
+        model="m", messages=(ChatMessage.user("hi"),), sampling=SamplingParams(top_k=3)
+    )
+    with pytest.raises(BadRequest, match="top_k is not a parameter") as refused:
+        adapter().request_body(request)
+    assert refused.value.param == "top_k"
+    engine = OpenAIAdapter(OpenAIConfig(endpoint="http://127.0.0.1:1/v1"), "m", accepts_top_k=True)
+    assert engine.request_body(request)["top_k"] == 3

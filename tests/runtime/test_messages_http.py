@@ -533,3 +533,13 @@ async def test_disable_parallel_tool_use_reaches_an_openai_upstream(live: Live) 
         tool_choice={"type": "any", "disable_parallel_tool_use": True},
     )
     assert live.sent("claude")["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+
+async def test_top_k_reaches_anthropic_and_is_refused_by_openai(live: Live) -> None:
+    ask = {"max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    top_k = {"top_k": 5}
+    await live.client.messages.create(model="claude", **ask, extra_body=top_k)  # type: ignore[arg-type]
+    assert live.sent("claude")["top_k"] == 5
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await live.client.messages.create(model="gpt", **ask, extra_body=top_k)  # type: ignore[arg-type]
+    assert "top_k" in str(refused.value.body)

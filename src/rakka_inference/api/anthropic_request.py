@@ -35,8 +35,9 @@ The mapping:
 - ``output_config.format`` of type ``json_schema`` becomes a JSON-schema response format.
 - Accepted and without effect: ``service_tier`` (``auto``/``standard_only``), a top-level
   ``cache_control``, ``thinking`` of type ``disabled``.
-- Refused with "not supported by this gateway": ``top_k`` (the core has no top-k
-  sampling), ``thinking`` enabled or adaptive (the core request carries no reasoning
+- ``top_k`` goes to the core request (Anthropic and Gemini take it; an OpenAI deployment
+  refuses it with a 400 naming it).
+- Refused with "not supported by this gateway": ``thinking`` enabled or adaptive (the core request carries no reasoning
   budget), server tools, ``document``/``search_result``/server-tool content blocks,
   ``file`` image sources, images inside ``tool_result``, and the top-level fields in
   :data:`UNSUPPORTED_MESSAGES_PARAMS`. Any other unknown top-level field: "Extra inputs are
@@ -108,8 +109,6 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
         read.missing("max_tokens")
     if max_tokens < 1:
         invalid("max_tokens", "Input should be greater than or equal to 1")
-    if document.get("top_k") is not None:
-        unsupported("top_k", "top-k sampling is")
     _inert(document)
     raw_messages = document.get("messages")
     if raw_messages is None:
@@ -124,6 +123,7 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
         top_p=read.number(document.get("top_p"), "top_p", low=0.0, high=1.0),
         max_tokens=max_tokens,
         stop=_stop_sequences(document.get("stop_sequences")),
+        top_k=_top_k(document.get("top_k")),
     )
     return ChatRequest(
         model=model,
@@ -152,6 +152,13 @@ def parse_count_tokens_request(body: bytes, *, request_id: str) -> ChatRequest:
     return parse_messages_request(
         orjson.dumps({**document, "max_tokens": 1}), request_id=request_id
     )
+
+
+def _top_k(value: object) -> int | None:
+    top_k = read.integer(value, "top_k")
+    if top_k is not None and top_k < 1:
+        invalid("top_k", "Input should be greater than or equal to 1")
+    return top_k
 
 
 def _inert(document: Mapping[str, Any]) -> None:

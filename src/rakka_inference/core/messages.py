@@ -307,8 +307,13 @@ class SamplingParams:
     reasoning_effort: str | None = None
     """How hard a reasoning model thinks: one of :data:`REASONING_EFFORTS` (OpenAI's
     ``reasoning_effort``, the Responses API's ``reasoning.effort``)."""
+    top_k: int | None = None
+    """Sample from the ``top_k`` likeliest tokens only (Anthropic's and Gemini's
+    ``top_k``; OpenAI's API has none)."""
 
     def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise BadRequest("top_k must be at least 1", param="top_k")
         if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
             raise BadRequest(
                 f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}",

@@ -208,6 +208,7 @@ class EngineServerRunner:
             OpenAIConfig(endpoint=f"{base_url}/v1", timeouts=config.timeouts),
             self._deployment.upstream_model,
             provider=self._deployment.runtime.value,
+            accepts_top_k=True,  # vLLM, SGLang and llama.cpp all sample with top_k
         )
         self._chat = self._open_transport(max(1, self._deployment.serving.max_concurrent))
         log.info("engine %s: ready (%s)", self._name, self.describe())

@@ -35,7 +35,7 @@ otherwise. Closing the ``execute`` generator frees the request's slot at the nex
 
 What is not served, each a ``BadRequest`` naming the field: ``n`` above 1, tools,
 ``response_format`` other than text, presence and frequency penalties, a reasoning effort,
-images, and tool messages.
+``top_k``, images, and tool messages.
 
 Errors
 ======
@@ -380,7 +380,7 @@ def _refuse_unsupported(request: ChatRequest) -> None:
         raise BadRequest(
             "the transformers runtime answers in free text only", param="response_format"
         )
-    for name in ("presence_penalty", "frequency_penalty", "reasoning_effort"):
+    for name in ("presence_penalty", "frequency_penalty", "reasoning_effort", "top_k"):
         if getattr(sampling, name):
             raise BadRequest(f"the transformers runtime does not apply {name}", param=name)
 

@@ -54,6 +54,8 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
         body["temperature"] = sampling.temperature
     if sampling.top_p is not None:
         body["top_p"] = sampling.top_p
+    if sampling.top_k is not None:
+        body["top_k"] = sampling.top_k
     if sampling.stop:
         body["stop_sequences"] = list(sampling.stop)
     if request.tools:

@@ -278,6 +278,7 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
             for key, value in (
                 ("temperature", sampling.temperature),
                 ("topP", sampling.top_p),
+                ("topK", sampling.top_k),
                 ("maxOutputTokens", sampling.max_tokens),
                 ("seed", sampling.seed),
                 ("presencePenalty", sampling.presence_penalty),

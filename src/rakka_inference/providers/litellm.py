@@ -59,6 +59,7 @@ class LiteLLMAdapter(AdapterState[LiteLLMConfig]):
             provider=self._provider,
             price_override=self._price,
             prices=prices,
+            accepts_top_k=True,  # LiteLLM passes it on to the providers that take it
         )
 
     @property

@@ -79,10 +79,14 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
         provider: str | None = None,
         price_override: ModelPrice | None = None,
         prices: PriceTable | None = None,
+        accepts_top_k: bool = False,
     ) -> None:
         super().__init__(
             config, model, provider=provider, price_override=price_override, prices=prices
         )
+        self.accepts_top_k = accepts_top_k
+        """Whether the upstream takes ``top_k`` (an engine server or a LiteLLM proxy does;
+        OpenAI and Azure do not)."""
         self._azure = config.variant == "azure"
         if self._azure:
             base = config.endpoint or f"https://{config.resource}.openai.azure.com"
@@ -136,6 +140,12 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
             body["temperature"] = sampling.temperature
         if sampling.top_p is not None:
             body["top_p"] = sampling.top_p
+        if sampling.top_k is not None:
+            if not self.accepts_top_k:
+                raise BadRequest(
+                    f"top_k is not a parameter of {self.provider}'s API", param="top_k"
+                )
+            body["top_k"] = sampling.top_k
         if sampling.max_tokens is not None:
             # OpenAI's own API wants the newer name (reasoning models refuse max_tokens);
             # Azure and OpenAI-compatible servers all understand the older one.
