@@ -38,10 +38,10 @@ The mapping:
 - ``top_k`` goes to the core request (Anthropic and Gemini take it; an OpenAI deployment
   refuses it with a 400 naming it).
 - Refused with "not supported by this gateway": ``thinking`` enabled or adaptive (the core
-  request carries no reasoning budget), server tools, ``document``/``search_result``/server-tool content blocks,
-  ``file`` image sources, images inside ``tool_result``, and the top-level fields in
-  :data:`UNSUPPORTED_MESSAGES_PARAMS`. Any other unknown top-level field: "Extra inputs are
-  not permitted".
+  request carries no reasoning budget), server tools,
+  ``document``/``search_result``/server-tool content blocks, ``file`` image sources, images
+  inside ``tool_result``, and the top-level fields in :data:`UNSUPPORTED_MESSAGES_PARAMS`.
+  Any other unknown top-level field: "Extra inputs are not permitted".
 - A stream always asks for usage (``include_usage``): Anthropic streams always carry it.
 - ``null`` for an optional field means "absent".
 """
