@@ -54,7 +54,8 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_validate_the_example(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(EXAMPLE)]) == 0
+    # Its secrets live on the serving machine: --no-secrets checks it here.
+    assert main(["validate", "--no-secrets", str(EXAMPLE)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     lines = out.splitlines()
@@ -279,7 +280,8 @@ def test_serve_takes_a_host_and_port_in_range(
 
 
 def test_serve_exits_1_when_a_secret_is_not_set(tmp_path: Path) -> None:
-    # The documented status of a rejected configuration, not uvicorn's startup failure (3).
+    # The documented status of a rejected configuration, not uvicorn's startup failure (3),
+    # and one line that names the file, the line and the field: no traceback, no log.
     file = write(
         tmp_path,
         """
@@ -311,8 +313,45 @@ def test_serve_exits_1_when_a_secret_is_not_set(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stderr
-    assert f"{file}: configuration rejected" in done.stderr
-    assert "secret env:RAKKA_CLI_TEST_UNSET_KEY is not set" in done.stderr
-    # ``validate`` reads no secret (core.config: a configuration can be validated on a
-    # machine that does not hold the keys), so the same file is valid there.
-    assert main(["validate", str(file)]) == 0
+    assert done.stderr == (
+        f"rakka: cannot serve: {file}:9: deployment[0].runtime_config.api_key: "
+        "secret env:RAKKA_CLI_TEST_UNSET_KEY is not set\n"
+    )
+    assert done.stdout == ""
+    # ``validate`` reads it too; --no-secrets checks the file alone.
+    assert main(["validate", str(file)]) == 1
+    assert main(["validate", "--no-secrets", str(file)]) == 0
+
+
+def test_serve_lists_several_issues_as_validate_does(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        """
+        [cluster]
+        admin_api_key = { from_env = "RAKKA_CLI_TEST_UNSET_ADMIN" }
+        client_api_keys = [{ from_file = "missing-client.key" }]
+        """,
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "RAKKA_CLI_TEST_UNSET_ADMIN"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from rakka_inference.apps.cli import main; raise SystemExit(main())",
+            "serve",
+            "--config",
+            str(file),
+        ],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"rakka: cannot serve: {file}: configuration rejected (2 issues)",
+        f"  {file}:2: cluster.admin_api_key: secret env:RAKKA_CLI_TEST_UNSET_ADMIN is not set",
+        f"  {file}:3: cluster.client_api_keys[0]: secret file:{tmp_path / 'missing-client.key'} "
+        "cannot be read: No such file or directory",
+    ]

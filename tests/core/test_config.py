@@ -1356,3 +1356,79 @@ def test_on_ray_no_secret_may_be_inline() -> None:
     ]
     assert all("kept in Ray's KV store" in i.message for i in issues)
     assert "sk-inline" not in str(issues)
+
+
+# --------------------------------------------------------------------------- check_secrets
+
+SECRETS = """
+    [cluster]
+    admin_api_key = { from_file = "admin.key" }
+    client_api_keys = [{ from_env = "CLIENT" }]
+
+    [[deployment]]
+    name = "a"
+    model = "gpt-4o-mini"
+    runtime = "openai"
+
+    [[deployment]]
+    name = "local"
+    model = "meta-llama/Llama-3.1-8B"
+    runtime = "vllm"
+    """
+
+
+def test_secrets_are_not_read_unless_asked(tmp_path: Path) -> None:
+    config = parse_config(textwrap.dedent(SECRETS), environ={}, base_dir=tmp_path)
+    assert config.cluster.admin_api_key is not None
+
+
+def test_check_secrets_reads_each_secret_read_at_start(tmp_path: Path) -> None:
+    text = textwrap.dedent(SECRETS)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "conf.toml", environ={}, base_dir=tmp_path, check_secrets=True)
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"conf.toml:3: cluster.admin_api_key: secret file:{tmp_path / 'admin.key'} cannot be "
+        "read: No such file or directory",
+        "conf.toml:4: cluster.client_api_keys[0]: secret env:CLIENT is not set",
+        "conf.toml:6: deployment[0].runtime_config.api_key: secret env:OPENAI_API_KEY "
+        "is not set (the default for runtime 'openai')",
+    ]
+    (tmp_path / "admin.key").write_text("  rk-admin-value\n")
+    environ = {"CLIENT": "ck-value", "OPENAI_API_KEY": "sk-value"}
+    config = parse_config(text, environ=environ, base_dir=tmp_path, check_secrets=True)
+    assert [d.name for d in config.deployments] == ["a", "local"]
+
+
+def test_check_secrets_reports_them_with_the_other_issues(tmp_path: Path) -> None:
+    text = """
+        [[deployment]]
+        name = "a"
+        model = "gpt-4o-mini"
+        runtime = "openai"
+        replicas = 0
+        [deployment.runtime_config]
+        api_key = { from_env = "A_KEY" }
+        """
+    with pytest.raises(ConfigError) as caught:
+        parse_config(toml(text), environ={}, base_dir=tmp_path, check_secrets=True)
+    assert [(i.path, i.line) for i in caught.value.issues] == [
+        ("deployment[0].replicas", 5),
+        ("deployment[0].runtime_config.api_key", 7),
+    ]
+
+
+def test_load_config_reads_a_relative_secret_file_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    file = tmp_path / "conf" / "rakka.toml"
+    file.write_text('[cluster]\nadmin_api_key = { from_file = "keys/admin" }\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(file, environ={}, check_secrets=True)
+    assert f"file:{tmp_path / 'conf' / 'keys' / 'admin'} cannot be read" in str(caught.value)
+    (tmp_path / "conf" / "keys").mkdir()
+    (tmp_path / "conf" / "keys" / "admin").write_bytes(b"\xc3\x28rk-admin")
+    with pytest.raises(ConfigError) as caught:
+        load_config(file, environ={}, check_secrets=True)
+    assert str(caught.value.issues[0]).endswith("is not UTF-8 text")
+    assert "rk-admin" not in str(caught.value)
+    (tmp_path / "conf" / "keys" / "admin").write_text("rk-admin")
+    assert load_config_report(file, environ={}, check_secrets=True).config.cluster.admin_api_key

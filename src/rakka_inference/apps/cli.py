@@ -2,7 +2,9 @@
 
     rakka serve [--config FILE] [--host H] [--port P] [--workers N]
                             serve the gateway (no config: the embedded sandbox)
-    rakka validate FILE     check a configuration and summarize what it deploys
+    rakka validate [--no-secrets] FILE
+                            check a configuration, and that its secrets can be read;
+                            summarize what it deploys
     rakka demo              show retries, the circuit breaker, fallback and key rotation
     rakka status            a running gateway's deployments, circuits, limits and spend
     rakka cost-report       spend per deployment and model over a window
@@ -10,10 +12,11 @@
                             new sessions with a fresh credential, dropping nothing
     rakka --version
 
-Exit status: 0 on success, 1 when the configuration is rejected or cannot be read, 2 on a
-usage error, 3 when ``rakka serve`` stopped but its grace period ran out first (the
-requests still in flight were cut, each told so in its route's format). Summaries name
-where each key comes from (``env:OPENAI_API_KEY``), never a key.
+Exit status: 0 on success, 1 when the configuration is rejected or cannot be read (a
+secret that cannot be read included) or ``rakka serve`` cannot bind its port, 2 on a usage
+error, 3 when ``rakka serve`` stopped but its grace period ran out first (the requests
+still in flight were cut, each told so in its route's format). Summaries and errors name
+where each key comes from (``env:OPENAI_API_KEY``), never a key, not even in part.
 """
 
 from __future__ import annotations
@@ -58,16 +61,28 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check a configuration file and summarize it",
-        description="Check a configuration file; print every issue, or a summary.",
+        description="Check a configuration file; print every issue, or a summary. Every "
+        "secret it would read at start ({ from_env = ... }, { from_file = ... }) is read "
+        "once and dropped: one that cannot be is an issue naming the file, line and field, "
+        "never a value.",
     )
     validate.add_argument("file", metavar="FILE", help="the TOML configuration")
+    validate.add_argument(
+        "--no-secrets",
+        dest="secrets",
+        action="store_false",
+        help="do not read the secrets: for checking a config away from the machine that serves it",
+    )
     validate.set_defaults(command=_validate)
     add_commands(commands)
     serve = commands.add_parser(
         "serve",
         help="serve the OpenAI-compatible gateway",
         description="Serve the gateway. With no --config: mock providers in this process, "
-        "plus a real deployment for each provider key in the environment.",
+        "plus a real deployment for each provider key in the environment; the admin API "
+        "(rakka status) takes the key in $RAKKA_ADMIN_KEY, or a key generated and printed "
+        "at start. A config that cannot be served (a secret that cannot be read, say) or a "
+        "port in use is said on standard error, and the exit status is 1.",
     )
     serve.add_argument("--config", metavar="FILE", help="the TOML configuration")
     serve.add_argument(
@@ -154,7 +169,15 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     except ConfigError as exc:
-        print(f"{args.config}: configuration rejected", file=sys.stderr)
+        # One issue (a secret not set, say) is one line; more are listed as validate does.
+        if len(exc.issues) == 1:
+            print(f"rakka: cannot serve: {exc.issues[0]}", file=sys.stderr)
+            return 1
+        print(
+            f"rakka: cannot serve: {args.config}: configuration rejected "
+            f"({len(exc.issues)} issues)",
+            file=sys.stderr,
+        )
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 1
@@ -164,7 +187,7 @@ def _validate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            loaded = load_config_report(args.file)
+            loaded = load_config_report(args.file, check_secrets=args.secrets)
         except ConfigError as exc:
             loaded = None
             issues = exc.issues
@@ -200,9 +223,10 @@ def _cluster_line(cluster: ClusterConfig) -> str:
     clients = ", ".join(ref.describe() for ref in cluster.client_api_keys) or "none (open)"
     admin = cluster.admin_api_key.describe() if cluster.admin_api_key else "none (admin API off)"
     workers = f" ({cluster.workers} workers)" if cluster.workers > 1 else ""
+    mocks = "; mock providers in process" if cluster.mock_providers else ""
     return (
         f"cluster {cluster.name!r} on {cluster.bind}{workers}; client keys: {clients}; "
-        f"admin key: {admin}"
+        f"admin key: {admin}{mocks}"
     )
 
 

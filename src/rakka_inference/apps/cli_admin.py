@@ -6,8 +6,12 @@
 
 The admin key is read from an environment variable (``RAKKA_ADMIN_KEY`` unless
 ``--admin-key-env`` names another), never from a flag: flags show in process listings.
-The URL defaults to ``RAKKA_URL``, else ``http://127.0.0.1:8080``. Exit status: 0 on
-success, 1 when the gateway refused or could not be reached (the reason is printed).
+A gateway serving a config takes its ``[cluster].admin_api_key``; ``rakka serve`` with no
+config (the sandbox) takes ``RAKKA_ADMIN_KEY`` when it is set, else generates a key and
+prints it once at start, as ``export RAKKA_ADMIN_KEY=...``. The admin API is never open
+without a key, not even on loopback. The URL defaults to ``RAKKA_URL``, else
+``http://127.0.0.1:8080``. Exit status: 0 on success, 1 when the gateway refused or could
+not be reached (the reason is printed).
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-__all__ = ["add_commands"]
+__all__ = ["ADMIN_KEY_ENV", "add_commands"]
+
+ADMIN_KEY_ENV = "RAKKA_ADMIN_KEY"
+"""Where the admin commands read the admin key, and where the sandbox takes (or puts) its."""
+
+_KEY_HELP = (
+    "The admin key is read from $RAKKA_ADMIN_KEY (or the variable --admin-key-env names), "
+    "never from a flag. A gateway serving a config takes [cluster].admin_api_key; `rakka "
+    "serve` with no config takes $RAKKA_ADMIN_KEY, or generates a key and prints it at start "
+    "as `export RAKKA_ADMIN_KEY=...`. The admin API is never open without a key."
+)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -30,12 +44,19 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 def add_commands(commands: Any) -> None:
     """Add ``status``, ``cost-report`` and ``rotate-credentials`` to the subparsers."""
     status = commands.add_parser(
-        "status", help="deployments, replicas, circuits, limits and spend of a running gateway"
+        "status",
+        help="deployments, replicas, circuits, limits and spend of a running gateway",
+        description="Show a running gateway's deployments, replicas, circuits, rate limits "
+        "and spend, through its admin API. " + _KEY_HELP,
     )
     _common(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(command=_status)
-    costs = commands.add_parser("cost-report", help="spend per deployment and model")
+    costs = commands.add_parser(
+        "cost-report",
+        help="spend per deployment and model",
+        description="Spend per deployment and model over a window. " + _KEY_HELP,
+    )
     _common(costs)
     costs.add_argument("--window", default="24h", help="how far back: 30m, 6h, 24h (max 1 day)")
     costs.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -43,6 +64,8 @@ def add_commands(commands: Any) -> None:
     rotate = commands.add_parser(
         "rotate-credentials",
         help="rebuild a deployment's sessions with a fresh credential; drops nothing",
+        description="Rebuild a deployment's sessions with a fresh credential; running "
+        "requests finish on the old ones. " + _KEY_HELP,
     )
     rotate.add_argument("deployment", metavar="DEPLOYMENT")
     _common(rotate)
@@ -57,9 +80,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--admin-key-env",
-        default="RAKKA_ADMIN_KEY",
+        default=ADMIN_KEY_ENV,
         metavar="VAR",
-        help="the environment variable holding the admin key (default: RAKKA_ADMIN_KEY)",
+        help=f"the environment variable holding the admin key (default: {ADMIN_KEY_ENV})",
     )
 
 
@@ -70,7 +93,10 @@ class _Refused(Exception):
 def _call(args: argparse.Namespace, method: str, path: str) -> Any:
     key = os.environ.get(args.admin_key_env)
     if not key:
-        raise _Refused(f"set {args.admin_key_env} to the gateway's admin key")
+        raise _Refused(
+            f"set {args.admin_key_env} to the gateway's admin key: its config's "
+            "[cluster].admin_api_key, or the key `rakka serve` printed at start (no config)"
+        )
     request = urllib.request.Request(  # noqa: S310 - the operator's own gateway URL
         args.url.rstrip("/") + path,
         method=method,

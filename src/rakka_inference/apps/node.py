@@ -38,9 +38,16 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 
 def serve_node(
-    config_file: str | None, *, host: str, port: int, grace_s: float, workers: int
+    config_file: str | None,
+    *,
+    host: str,
+    port: int,
+    grace_s: float,
+    workers: int,
+    notice: str | None = None,
 ) -> int:
-    """Serve ``workers`` processes on ``host:port`` until SIGTERM; the exit status."""
+    """Serve ``workers`` processes on ``host:port`` until SIGTERM; the exit status.
+    ``notice``: a line printed after the node's "serving" one."""
     try:
         listener = bind_listener(host, port)
     except OSError as error:
@@ -54,8 +61,15 @@ def serve_node(
         command=WORKER_COMMAND,
         source=source,
         grace_s=grace_s,
+        announce=lambda line: _announce(line, notice),
     )
     try:
         return asyncio.run(supervisor.run())
     finally:
         listener.close()
+
+
+def _announce(line: str, notice: str | None) -> None:
+    # One write: the workers print to the same terminal, and must not split a line.
+    text = line if notice is None else f"{line}\n{notice}"
+    print(f"{text}\n", end="", flush=True)

@@ -7,6 +7,15 @@ API keys therefore answers at once, through the same engines, limits and breaker
 provider. Each provider whose key is set in the environment adds a real deployment next to
 them.
 
+The admin API needs a key here as anywhere: the sandbox takes the one in
+``RAKKA_ADMIN_KEY`` (the variable ``rakka status`` reads), which ``rakka serve`` generates
+and prints at start when it is not set. It is never open without a key, not even on
+loopback: any local process, and any web page a browser on this machine opens, can reach
+loopback, and the admin API applies configurations (which name files to read).
+
+The same mocks serve a configuration that asks for them (``[cluster].mock_providers``,
+:func:`with_mock_providers`): there they accept any key and echo the last message.
+
 The sandbox is reachable by anyone the gateway serves, so its OpenAI mock refuses an
 embeddings request whose vectors would hold more than
 :data:`~rakka_inference.testkit.mock_runner.MAX_EMBEDDING_VALUES` numbers (inputs x
@@ -17,12 +26,14 @@ gateway, their product is not. The chat replies are fixed text, whatever ``n`` o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
+from rakka_inference.apps.cli_admin import ADMIN_KEY_ENV
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig, OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
@@ -34,7 +45,7 @@ from rakka_inference.testkit.mock_openai import EMBEDDING_DIMENSIONS, OpenAIMock
 from rakka_inference.testkit.mock_runner import MAX_EMBEDDING_VALUES
 from rakka_inference.testkit.openai_render import error_response
 
-__all__ = ["SANDBOX_KEY", "Sandbox", "SandboxOpenAI", "sandbox_config"]
+__all__ = ["SANDBOX_KEY", "Sandbox", "SandboxOpenAI", "sandbox_config", "with_mock_providers"]
 
 SANDBOX_KEY = "sandbox-key"
 """The key the in-process mock providers accept. Not a secret: they are test doubles."""
@@ -92,6 +103,17 @@ class Sandbox:
         )
     )
 
+    @classmethod
+    def for_config(cls) -> Sandbox:
+        """The mocks behind ``[cluster].mock_providers``: any key accepted, and an echo of
+        the last user message for an answer, streamed in a few pieces."""
+        reply = ReplyScript(chunks=8, chunk_delay_s=0.02)
+        return cls(
+            openai=SandboxOpenAI(reply=reply),
+            anthropic=AnthropicMock(reply=reply),
+            gemini=GeminiMock(reply=reply),
+        )
+
     async def start(self) -> None:
         for mock in (self.openai, self.anthropic, self.gemini):
             await mock.start()
@@ -123,7 +145,8 @@ _REAL: tuple[tuple[str, str, RuntimeKind, str], ...] = (
 def sandbox_config(
     sandbox: Sandbox, *, bind: str, environ: Mapping[str, str] | None = None
 ) -> Config:
-    """The embedded default: sandbox deployments on the running mocks, plus real ones."""
+    """The embedded default: sandbox deployments on the running mocks, plus real ones; its
+    admin key is ``RAKKA_ADMIN_KEY``'s when that is set (else the admin API is closed)."""
     env = os.environ if environ is None else environ
     key = SecretRef.inline(SANDBOX_KEY, warn=False)
     deployments = [
@@ -165,4 +188,33 @@ def sandbox_config(
             deployments.append(
                 Deployment(name=name, model=model, runtime=runtime, runtime_config=runtime_config)
             )
-    return Config(cluster=ClusterConfig(name="sandbox", bind=bind), deployments=tuple(deployments))
+    admin_key = SecretRef.from_env(ADMIN_KEY_ENV) if env.get(ADMIN_KEY_ENV) else None
+    cluster = ClusterConfig(name="sandbox", bind=bind, admin_api_key=admin_key)
+    return Config(cluster=cluster, deployments=tuple(deployments))
+
+
+def with_mock_providers(config: Config, sandbox: Sandbox) -> Config:
+    """``config`` with every deployment that sets no ``endpoint`` and speaks a mocked
+    format (OpenAI's, Anthropic's, Gemini AI Studio's: each runtime's default variant) sent
+    to the running mock of that format. Other deployments are left as they are."""
+    urls = {
+        RuntimeKind.OPENAI: sandbox.openai.openai_base_url,
+        RuntimeKind.ANTHROPIC: sandbox.anthropic.url,
+        RuntimeKind.GEMINI: sandbox.gemini.url,
+    }
+    deployments = tuple(_on_mock(deployment, urls) for deployment in config.deployments)
+    return dataclasses.replace(config, deployments=deployments)
+
+
+def _on_mock(deployment: Deployment, urls: Mapping[RuntimeKind, str]) -> Deployment:
+    settings = deployment.runtime_config
+    url = urls.get(deployment.runtime)
+    if (
+        url is None
+        or not isinstance(settings, OpenAIConfig | AnthropicConfig | GeminiConfig)
+        or settings.endpoint is not None
+        or settings.named_variant is not None
+    ):
+        return deployment
+    settings = dataclasses.replace(settings, endpoint=url)
+    return dataclasses.replace(deployment, runtime_config=settings)

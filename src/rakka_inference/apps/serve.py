@@ -1,9 +1,19 @@
 """``rakka serve``: the gateway and its topology under an HTTP server.
 
 With ``--config FILE`` it serves the file's deployments on ``[cluster].bind`` (``--host``
-and ``--port`` override it). With no config it serves the embedded sandbox
-(:mod:`rakka_inference.apps.sandbox`): mock providers in this process, and a real deployment for
-each provider whose key is in the environment.
+and ``--port`` override it); with ``[cluster].mock_providers`` the testkit's mock providers
+run in this process and answer the deployments that set no endpoint. With no config it
+serves the embedded sandbox (:mod:`rakka_inference.apps.sandbox`): mock providers in this
+process, and a real deployment for each provider whose key is in the environment. The
+sandbox's admin key is ``RAKKA_ADMIN_KEY``'s, or one generated here and printed once, on
+standard output, as ``export RAKKA_ADMIN_KEY=...`` (never logged).
+
+Starting, in order, each failure one line on standard error and exit status 1, with
+nothing started: the config is read and every secret it would read at start resolved (a
+variable not set, a file missing: the file, line and field; a Ray cluster's nodes resolve
+their own); the port is bound (in use: said so); then the topology starts under uvicorn.
+The ``rakka: serving ...`` line is printed once the server accepts connections, never
+before.
 
 The server is uvicorn with uvloop and httptools. SIGTERM or SIGINT stops accepting
 connections, lets in-flight requests finish within the grace period (``--grace``), stops
@@ -19,22 +29,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
+import os
+import secrets
 import signal
+import socket
 import sys
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from rakka_inference.apps.cli_admin import ADMIN_KEY_ENV
 from rakka_inference.core.config import load_config
 from rakka_inference.core.deployment import Config
-from rakka_inference.core.errors import ConfigError
+from rakka_inference.core.errors import ConfigError, SecretError
 from rakka_inference.runtime.topology import Topology
 
 if TYPE_CHECKING:
-    import socket
-
     from rakka_inference.apps.sandbox import Sandbox
     from rakka_inference.cluster.member import NodeMember
 
@@ -64,6 +78,7 @@ class ServeApp:
         config_file: str | None = None,
         member: NodeMember | None = None,
         generation: int = 0,
+        notice: str | None = None,
     ) -> None:
         self._config = config
         self._bind = bind
@@ -71,6 +86,8 @@ class ServeApp:
         self._member = member
         """Set in a worker of a node: the node's shared services and answers."""
         self._generation = generation
+        self._notice = notice
+        """A line printed after the "serving" one (the sandbox's admin key)."""
         self._sandbox: Sandbox | None = None
         self.topology: Topology | None = None
         self.startup_error: Exception | None = None
@@ -99,6 +116,12 @@ class ServeApp:
             self._sandbox = Sandbox()
             await self._sandbox.start()
             config = sandbox_config(self._sandbox, bind=self._bind)
+        elif config.cluster.mock_providers:
+            from rakka_inference.apps.sandbox import Sandbox  # noqa: PLC0415
+
+            self._sandbox = Sandbox.for_config()
+            await self._sandbox.start()
+            config = self._on_mocks(config)
         source = self._config_file
         member = self._member
         if member is not None:
@@ -106,7 +129,7 @@ class ServeApp:
         self.topology = Topology(
             config,
             services=None if member is None else member.services(),
-            reload_source=None if source is None else lambda: load_config(source),
+            reload_source=None if source is None else lambda: self._on_mocks(load_config(source)),
         )
         await self.topology.start()
         if member is not None:
@@ -119,8 +142,24 @@ class ServeApp:
             # stays (DeploymentManager.apply checks it whole before changing anything).
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
-        names = ", ".join(d.name for d in config.deployments)
+
+    def _on_mocks(self, config: Config) -> Config:
+        """``config`` on this process's mock providers, when it asks for them."""
+        if self._sandbox is None or not config.cluster.mock_providers:
+            return config
+        from rakka_inference.apps.sandbox import with_mock_providers  # noqa: PLC0415
+
+        return with_mock_providers(config, self._sandbox)
+
+    def announce(self) -> None:
+        """Say that it serves: called once the server accepts connections (the socket
+        bound, the topology started). A worker of a node says nothing: its parent does."""
+        if self._member is not None or self.topology is None:
+            return
+        names = ", ".join(d.name for d in self.topology.config.deployments)
         print(f"rakka: serving {names} on http://{self._bind}", flush=True)
+        if self._notice is not None:
+            print(self._notice, flush=True)
 
     async def _reload(self) -> None:
         assert self.topology is not None
@@ -160,10 +199,15 @@ class ServeApp:
                 try:
                     await self.startup()
                 except Exception as error:
-                    log.exception("startup failed")
                     self.startup_error = error
+                    # A rejected config or secret is the command's to say, in its own
+                    # words and with no traceback (run_server); anything else is a bug.
+                    expected = isinstance(error, ConfigError | SecretError)
+                    if not expected:
+                        log.exception("startup failed")
                     await self.shutdown()
-                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    reason = "" if expected else str(error)
+                    await send({"type": "lifespan.startup.failed", "message": reason})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -186,6 +230,11 @@ def _graceful_server_class(app: ServeApp, grace_s: float) -> type[Any]:
         ``app`` cuts them, so that each client is told why (uvicorn would cancel them with
         no answer, or a plain-text 500).
         """
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening, the topology started: now it serves
+                app.announce()
 
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
             timer = asyncio.get_running_loop().call_later(grace_s, self._grace_over)
@@ -229,24 +278,87 @@ def serve(
     ``workers`` (else ``[cluster].workers``) above 1 runs a node: this process supervises
     that many workers on one port (:mod:`rakka_inference.cluster.supervisor`).
 
-    Raises :class:`ConfigError` when the configuration is rejected, read from the file or
-    on starting its deployments (a secret that is not set, say).
+    Raises :class:`ConfigError` when the configuration is rejected, read from the file (a
+    secret that cannot be read among its issues) or on starting its deployments. A port
+    that cannot be bound is one line on standard error and the exit status 1.
     """
-    config = load_config(config_file) if config_file is not None else None
+    config = _read_config(config_file) if config_file is not None else None
     bind = config.cluster.bind if config is not None else "127.0.0.1:8080"
     bind_host, _, bind_port = bind.rpartition(":")
     host = host or bind_host.strip("[]")
     port = int(bind_port) if port is None else port
     if config is not None and config_file is not None and config.cluster.backend == "ray":
+        if config.cluster.mock_providers:
+            print(
+                f"rakka: {config_file}: [cluster].mock_providers runs the mocks in this "
+                "process, not on a Ray cluster: leave it out, or backend = 'local'",
+                file=sys.stderr,
+            )
+            return 1
         return _serve_on_ray(config_file, config, grace_s)
+    notice = _sandbox_admin_key() if config is None else None
     if workers is None:
         workers = config.cluster.workers if config is not None else 1
     if workers > 1:
         from rakka_inference.apps.node import serve_node  # noqa: PLC0415
 
-        return serve_node(config_file, host=host, port=port, grace_s=grace_s, workers=workers)
-    app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file)
-    return run_server(app, host=host, port=port, grace_s=grace_s)
+        return serve_node(
+            config_file, host=host, port=port, grace_s=grace_s, workers=workers, notice=notice
+        )
+    try:
+        listener = _listen(host, port)
+    except OSError as error:
+        print(f"rakka: cannot listen on {host}:{port}: {_bind_failure(error)}", file=sys.stderr)
+        return 1
+    with listener:
+        app = ServeApp(config, bind=f"{host}:{port}", config_file=config_file, notice=notice)
+        return run_server(app, host=host, port=port, grace_s=grace_s, sockets=[listener])
+
+
+def _read_config(config_file: str) -> Config:
+    """The configuration, with every secret it reads at start resolved once (ConfigError
+    naming the file, line and field of one that cannot be). On a Ray cluster each node
+    resolves its own: the machine that submits it need not hold them.
+
+    Its warnings (an inline secret) are printed as ``rakka validate`` prints them, once
+    each: Python's own display would quote the line, and so the secret."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            config = load_config(config_file)
+            if config.cluster.backend != "ray":
+                config = load_config(config_file, check_secrets=True)
+        finally:
+            said = dict.fromkeys(f"{w.filename}:{w.lineno}: {w.message}" for w in caught)
+            for line in said:
+                print(f"warning: {line}", file=sys.stderr)
+    return config
+
+
+def _sandbox_admin_key() -> str:
+    """The sandbox's admin key (:mod:`rakka_inference.apps.sandbox` reads it from
+    ``RAKKA_ADMIN_KEY``): the one set there, else a new one put there, so that the workers
+    of a node inherit it. Returns the line that tells the operator, printed once."""
+    if os.environ.get(ADMIN_KEY_ENV):
+        return f"rakka: the admin API takes the key in ${ADMIN_KEY_ENV} (rakka status reads it)"
+    key = secrets.token_hex(24)  # hex: safe to paste into any shell
+    os.environ[ADMIN_KEY_ENV] = key
+    return f"rakka: admin API key for this run, for rakka status: export {ADMIN_KEY_ENV}={key}"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts (OSError when it cannot be)."""
+    from rakka_inference.apps.node import bind_listener  # noqa: PLC0415
+
+    listener = bind_listener(host, port)
+    listener.set_inheritable(False)  # a child process (an engine server) gets no copy
+    return listener
+
+
+def _bind_failure(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "the port is in use"
+    return error.strerror or str(error)
 
 
 def _serve_on_ray(config_file: str, config: Config, grace_s: float) -> int:
@@ -292,6 +404,9 @@ def run_server(
         server.run(sockets=sockets)
     if isinstance(app.startup_error, ConfigError):
         raise app.startup_error
+    if isinstance(app.startup_error, SecretError):
+        print(f"rakka: cannot serve: {app.startup_error}", file=sys.stderr)
+        return 1
     if not server.started:
         print("rakka: the server did not start (see the log above)", file=sys.stderr)
         return 1

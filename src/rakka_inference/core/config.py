@@ -24,8 +24,16 @@ The pipeline, one small unit per step:
    (:func:`missing_tracing_packages`).
 
 No step stops at the first problem: every issue is collected and one ``ConfigError`` lists
-them all. Secrets are not resolved here; they are read when used, so a configuration can be
-validated on a machine that does not hold the keys.
+them all.
+
+Secrets are read when used, not kept. With ``check_secrets=True`` (``rakka validate``, and
+``rakka serve`` before it starts anything) every secret the configuration would read at
+start is resolved once and dropped: the cluster's client and admin keys and each remote
+deployment's credential. One that cannot be read (a variable not set, a file missing,
+unreadable, empty or not UTF-8) is an issue on its field's line, worded by
+:meth:`~.secrets.SecretRef.resolve`, which names the source and never what was read.
+Without it (``rakka validate --no-secrets``) a configuration can be checked on a machine
+that does not hold the keys.
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from rakka_inference.core.config_convert import (
 from rakka_inference.core.config_lines import FieldPath, LineLocator
 from rakka_inference.core.config_rules import shared_limit_conflicts, suggest
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment, TracingConfig
-from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.errors import ConfigError, ConfigIssue, SecretError
 from rakka_inference.core.policies import CapacityPolicy, Serving
 from rakka_inference.core.runtimes import (
     LocalRuntimeConfig,
@@ -86,9 +94,16 @@ class LoadedConfig:
     """Deployments whose ``api_key`` is the runtime's standard environment variable."""
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML configuration file. Raises :class:`ConfigError`."""
-    return load_config_report(path, environ).config
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_secrets: bool = False,
+) -> Config:
+    """Read and validate a TOML configuration file. Raises :class:`ConfigError`.
+
+    ``check_secrets``: also resolve every secret it would read at start (see the module)."""
+    return load_config_report(path, environ, check_secrets=check_secrets).config
 
 
 def parse_config(
@@ -97,13 +112,19 @@ def parse_config(
     environ: Mapping[str, str] | None = None,
     *,
     base_dir: str | os.PathLike[str] | None = None,
+    check_secrets: bool = False,
 ) -> Config:
     """Validate TOML text. Relative ``from_file`` paths resolve against ``base_dir`` (or cwd)."""
-    return parse_config_report(text, source, environ, base_dir=base_dir).config
+    return parse_config_report(
+        text, source, environ, base_dir=base_dir, check_secrets=check_secrets
+    ).config
 
 
 def load_config_report(
-    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    check_secrets: bool = False,
 ) -> LoadedConfig:
     """:func:`load_config`, with the facts of how the configuration was read."""
     file = Path(path)
@@ -115,7 +136,9 @@ def load_config_report(
         raise ConfigError([ConfigIssue(source, "", f"cannot read the file: {reason}")]) from None
     except UnicodeDecodeError:
         raise ConfigError([ConfigIssue(source, "", "the file is not UTF-8 text")]) from None
-    return parse_config_report(text, source, environ, base_dir=file.absolute().parent)
+    return parse_config_report(
+        text, source, environ, base_dir=file.absolute().parent, check_secrets=check_secrets
+    )
 
 
 def parse_config_report(
@@ -124,6 +147,7 @@ def parse_config_report(
     environ: Mapping[str, str] | None = None,
     *,
     base_dir: str | os.PathLike[str] | None = None,
+    check_secrets: bool = False,
 ) -> LoadedConfig:
     """:func:`parse_config`, with the facts of how the configuration was read."""
     try:
@@ -132,7 +156,12 @@ def parse_config_report(
         raise ConfigError([_syntax_issue(source, text, str(exc))]) from None
     issues = Issues(source, LineLocator(text))
     base = Path.cwd() if base_dir is None else Path(base_dir)
-    loader = _Loader(issues, Converter(issues, base), os.environ if environ is None else environ)
+    loader = _Loader(
+        issues,
+        Converter(issues, base),
+        os.environ if environ is None else environ,
+        check_secrets=check_secrets,
+    )
     config = loader.load(document)
     if issues.found or config is None:
         raise ConfigError(issues.sorted())
@@ -202,10 +231,18 @@ class _References:
 class _Loader:
     """Builds a :class:`Config` from a parsed document, recording every issue."""
 
-    def __init__(self, issues: Issues, convert: Converter, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        issues: Issues,
+        convert: Converter,
+        environ: Mapping[str, str],
+        *,
+        check_secrets: bool = False,
+    ) -> None:
         self._issues = issues
         self._convert = convert
         self._environ = environ
+        self._check_secrets = check_secrets
         self.inferred: set[str] = set()
         self.defaulted: set[str] = set()
 
@@ -216,6 +253,10 @@ class _Loader:
         cluster = self._convert.record(
             ClusterConfig, document.get("cluster", {}), ("cluster",), base=ClusterConfig()
         )
+        if isinstance(cluster, ClusterConfig):
+            self._secret(("cluster", "admin_api_key"), cluster.admin_api_key)
+            for position, ref in enumerate(cluster.client_api_keys):
+                self._secret(("cluster", "client_api_keys", position), ref)
         tables = document.get("deployment", [])
         if not isinstance(tables, list):
             self._issues.add(
@@ -280,14 +321,35 @@ class _Loader:
             (*path, "runtime_config"),
             values.get("model") if inferred else None,
         )
+        defaulted = False
+        if isinstance(runtime_config, RemoteRuntimeConfig):
+            runtime_config, defaulted = _default_api_key(runtime_config)
+            self._secret(
+                (*path, "runtime_config", runtime_config.credential_field),
+                runtime_config.credential,
+                default_of=runtime.value if defaulted else None,
+            )
         if converted is None or runtime_config is None:
             return None
         name = converted["name"]
         if inferred:
             self.inferred.add(name)
-        if isinstance(runtime_config, RemoteRuntimeConfig):
-            runtime_config = self._default_api_key(runtime_config, name)
+        if defaulted:
+            self.defaulted.add(name)
         return Deployment(**converted, runtime=runtime, runtime_config=runtime_config)
+
+    def _secret(
+        self, path: FieldPath, ref: SecretRef | None, *, default_of: str | None = None
+    ) -> None:
+        """With ``check_secrets``: an issue at ``path`` when ``ref`` cannot be read now.
+        ``default_of``: the runtime whose standard variable ``ref`` is (nothing set)."""
+        if not self._check_secrets or ref is None:
+            return
+        try:
+            ref.resolve(self._environ)  # read, then dropped: only whether it can be read
+        except SecretError as error:
+            hint = "" if default_of is None else f" (the default for runtime {default_of!r})"
+            self._issues.add(path, f"{error}{hint}")
 
     def _runtime(
         self, raw: dict[str, Any], model: str | None, runtime_config: object, path: FieldPath
@@ -326,14 +388,14 @@ class _Loader:
         record = self._convert.record(cls, raw, path, context=context)
         return None if record is INVALID else record
 
-    def _default_api_key(self, config: _Remote, name: str) -> _Remote:
-        """An unset API key becomes the runtime's conventional variable, made explicit.
-        A config whose credential is another field (a Vertex service account, an Azure
-        Entra ID token) is left as it is: its own checks report a missing one."""
-        if config.credential_field != "api_key" or config.api_key is not None:
-            return config
-        self.defaulted.add(name)
-        return dataclasses.replace(config, api_key=SecretRef.from_env(config.credential_env))
+
+def _default_api_key(config: _Remote) -> tuple[_Remote, bool]:
+    """An unset API key becomes the runtime's conventional variable, made explicit; and
+    whether it did. A config whose credential is another field (a Vertex service account,
+    an Azure Entra ID token) is left as it is: its own checks report a missing one."""
+    if config.credential_field != "api_key" or config.api_key is not None:
+        return config, False
+    return dataclasses.replace(config, api_key=SecretRef.from_env(config.credential_env)), True
 
 
 def _remote_only(key: str, runtime: RuntimeKind, inferred_from: str | None) -> str:

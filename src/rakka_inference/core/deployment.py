@@ -98,6 +98,12 @@ class ClusterConfig:
     """Processes serving ``bind`` on this node, 1 to :data:`MAX_WORKERS`. More than one
     runs a supervising parent and N workers that share the port, the rate limits (the
     CRDT over Unix datagrams; strict keys by leases from the parent) and the circuits."""
+    mock_providers: bool = False
+    """Serve the testkit's mock OpenAI, Anthropic and Gemini providers inside ``rakka
+    serve`` (on loopback, any key accepted, an echo for an answer), and send every
+    deployment of those runtimes that sets no ``endpoint`` to the mock of its format: a
+    config that runs with no keys and no network (``examples/mock-providers.toml``). Not
+    for production, and not with ``backend = "ray"``."""
 
     @property
     def host(self) -> str:

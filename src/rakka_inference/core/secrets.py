@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -134,8 +135,9 @@ class SecretRef:
             return "inline"
         return f"{self.source}:{self.location}"
 
-    def resolve(self, environ: os._Environ[str] | dict[str, str] | None = None) -> Secret:
-        """Read the secret now. Raises :class:`SecretError` naming the source on failure."""
+    def resolve(self, environ: Mapping[str, str] | None = None) -> Secret:
+        """Read the secret now. Raises :class:`SecretError` naming the source on failure
+        (never what was read: a file that is not UTF-8 text is said to be so, no more)."""
         if self.source == "inline":
             assert self._inline is not None
             return self._inline
@@ -151,12 +153,15 @@ class SecretRef:
             raise SecretError(
                 f"secret {self.describe()} cannot be read: {exc.strerror or type(exc).__name__}"
             ) from None
+        except UnicodeDecodeError:
+            # Its message quotes a byte of the file: say what is wrong, not where.
+            raise SecretError(f"secret {self.describe()} is not UTF-8 text") from None
         value = value.strip()
         if not value:
             raise SecretError(f"secret {self.describe()} is empty")
         return Secret(value)
 
-    def is_available(self, environ: os._Environ[str] | dict[str, str] | None = None) -> bool:
+    def is_available(self, environ: Mapping[str, str] | None = None) -> bool:
         """Whether :meth:`resolve` would succeed now."""
         try:
             self.resolve(environ)
