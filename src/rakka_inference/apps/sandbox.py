@@ -21,7 +21,9 @@ embeddings request whose vectors would hold more than
 :data:`~rakka_inference.testkit.mock_runner.MAX_EMBEDDING_VALUES` numbers (inputs x
 ``dimensions``) with OpenAI's 400, before building any: each factor is bounded at the
 gateway, their product is not. The chat replies are fixed text, whatever ``n`` or
-``max_tokens`` asks.
+``max_tokens`` asks — except that the mocks reply like a model
+(:mod:`~rakka_inference.testkit.model_like`): they call the tools they are offered with
+arguments valid against each tool's schema, and answer in the JSON shape asked for.
 """
 
 from __future__ import annotations
@@ -89,17 +91,23 @@ class Sandbox:
 
     openai: OpenAIMock = field(
         default_factory=lambda: SandboxOpenAI(
-            faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-gpt")
+            faults=FaultPlan(valid_keys={SANDBOX_KEY}),
+            reply=_reply("sandbox-gpt"),
+            model_like=True,
         )
     )
     anthropic: AnthropicMock = field(
         default_factory=lambda: AnthropicMock(
-            faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-claude")
+            faults=FaultPlan(valid_keys={SANDBOX_KEY}),
+            reply=_reply("sandbox-claude"),
+            model_like=True,
         )
     )
     gemini: GeminiMock = field(
         default_factory=lambda: GeminiMock(
-            faults=FaultPlan(valid_keys={SANDBOX_KEY}), reply=_reply("sandbox-gemini")
+            faults=FaultPlan(valid_keys={SANDBOX_KEY}),
+            reply=_reply("sandbox-gemini"),
+            model_like=True,
         )
     )
 
