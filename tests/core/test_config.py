@@ -1432,3 +1432,12 @@ def test_load_config_reads_a_relative_secret_file_beside_the_config(tmp_path: Pa
     assert "rk-admin" not in str(caught.value)
     (tmp_path / "conf" / "keys" / "admin").write_text("rk-admin")
     assert load_config_report(file, environ={}, check_secrets=True).config.cluster.admin_api_key
+
+
+def test_cors_origins_are_origins() -> None:
+    config = parse_config('[cluster]\ncors_origins = ["https://a.example:8443", "*"]\n', "t")
+    assert config.cluster.cors_origins == ("https://a.example:8443", "*")
+    issue = only_issue('[cluster]\ncors_origins = ["https://a.example/app"]\n')
+    assert_issue(issue, "cluster.cors_origins", 2, "no path")
+    issue = only_issue('[cluster]\ncors_origins = ["a.example"]\n')
+    assert_issue(issue, "cluster.cors_origins", 2, "must be '*' or an origin")

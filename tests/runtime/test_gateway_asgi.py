@@ -539,3 +539,40 @@ async def test_one_model_by_id(stack: Stack) -> None:
     assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
     unauthorized = await stack.http.get("/v1/models/primary")
     assert unauthorized.status_code == 401
+
+
+async def test_cors_answers_allowed_origins_only(stack: Stack) -> None:
+    page = "https://app.example.com"
+    assert (
+        "access-control-allow-origin"
+        not in (await stack.http.get("/healthz", headers={"origin": page})).headers
+    )  # off by default
+    stack.gateway.use_cors([page])
+    preflight = await stack.http.options(
+        "/v1/chat/completions",
+        headers={"origin": page, "access-control-request-method": "POST"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == page
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    answer = await stack.http.post(
+        "/v1/chat/completions",
+        content=_chat_body(),
+        headers={"origin": page, "authorization": f"Bearer {CLIENT_KEY}"},
+    )
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == page
+    assert "x-request-id" in answer.headers["access-control-expose-headers"]
+    refused = await stack.http.post(
+        "/v1/chat/completions", content=_chat_body(), headers={"origin": page}
+    )
+    assert refused.status_code == 401  # the key is still needed
+    assert refused.headers["access-control-allow-origin"] == page
+    other = await stack.http.options(
+        "/v1/chat/completions", headers={"origin": "https://evil.example"}
+    )
+    assert other.status_code == 404
+    assert "access-control-allow-origin" not in other.headers
+    stack.gateway.use_cors(["*"])
+    anyone = await stack.http.get("/healthz", headers={"origin": "https://evil.example"})
+    assert anyone.headers["access-control-allow-origin"] == "*"

@@ -113,6 +113,18 @@ def _http_url(value: str) -> str | None:
     return "must be an http:// or https:// URL with a host"
 
 
+def _origins(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if value == "*":
+            continue
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"each must be '*' or an origin such as 'https://app.example.com', got {value!r}"
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            return f"an origin is a scheme, a host and maybe a port, no path: {value!r}"
+    return None
+
+
 def _host_port(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -133,7 +145,12 @@ _POSITIVE: Final = _greater_than(0)
 _NON_NEGATIVE: Final = _at_least(0)
 
 _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
-    ClusterConfig: {"name": _non_empty, "bind": _host_port, "workers": _within(1, MAX_WORKERS)},
+    ClusterConfig: {
+        "name": _non_empty,
+        "bind": _host_port,
+        "workers": _within(1, MAX_WORKERS),
+        "cors_origins": _origins,
+    },
     Deployment: {
         "name": _non_empty,
         "model": _non_empty,

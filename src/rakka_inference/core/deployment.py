@@ -88,6 +88,9 @@ class ClusterConfig:
     """Keys clients must present. Empty means the gateway is open."""
     admin_api_key: SecretRef | None = None
     """Required for the admin API; unset means the admin API is closed."""
+    cors_origins: tuple[str, ...] = ()
+    """Web origins (``https://app.example.com``) whose pages may call the inference API
+    from a browser; ``"*"`` for any. Empty (the default): no CORS headers at all."""
     backend: Literal["local", "ray"] = "local"
     """``local``: this machine (``workers`` processes). ``ray``: a gateway on every node of
     a Ray cluster (``pip install 'rakka-inference[ray]'``), with the cluster's singletons."""

@@ -33,6 +33,11 @@ status of its class (400 naming the param, 401, 404, 413, 429 and 503 with
 answer's id (``chatcmpl-``, ``msg_``, ``resp_``) is always the gateway's
 (:func:`~rakka_inference.runtime.asgi.request_ids`).
 
+CORS (``[cluster].cors_origins``, off by default): a page from an allowed origin gets
+``Access-Control-Allow-Origin`` on every answer, and its preflight (``OPTIONS``) is
+answered for any route without a key; other origins get no CORS headers, so browsers
+refuse them.
+
 Limits: the body size (413 before it is read past the limit) and the number of requests in
 flight (429 ``backpressure`` beyond it). Client keys, when configured, are checked in
 constant time; a request without a valid ``Authorization: Bearer`` key gets 401
@@ -94,6 +99,7 @@ from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.runtime import dialects
 from rakka_inference.runtime.asgi import (
     ErrorRenderer,
+    Message,
     Receive,
     RequestIds,
     Scope,
@@ -120,6 +126,48 @@ PRIORITY_HEADER = b"x-rakka-priority"
 ``critical``; within a replica's queue a higher class is served first."""
 
 log = logging.getLogger("rakka_inference.gateway")
+
+
+_CORS_METHODS = b"GET, POST, HEAD, OPTIONS"
+_CORS_ALLOWED_HEADERS = (
+    b"authorization, content-type, content-encoding, x-api-key, anthropic-version, "
+    b"anthropic-beta, x-request-id, x-rakka-priority, openai-organization, openai-project"
+)
+_CORS_EXPOSED = b"x-request-id, retry-after, x-rakka-token-count"
+_CORS_MAX_AGE = b"600"
+
+
+async def _preflight(send: Send, origin: str, scope: Scope, request_id: str) -> None:
+    """The answer to a CORS preflight from an allowed ``origin``: which methods and
+    headers its page may use (the client's key is checked on the request itself)."""
+    headers = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-allow-methods", _CORS_METHODS),
+        (b"access-control-allow-headers", _CORS_ALLOWED_HEADERS),
+        (b"access-control-max-age", _CORS_MAX_AGE),
+        (b"vary", b"origin"),
+        (b"x-request-id", request_id.encode("latin-1")),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """``send`` adding the CORS headers an allowed ``origin``'s page needs to read the
+    answer."""
+    extra = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", _CORS_EXPOSED),
+        (b"vary", b"origin"),
+    ]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _priority(value: str) -> Priority:
@@ -176,8 +224,10 @@ class ApiGateway:
         metrics: InferenceMetrics | None = None,
         providers: Mapping[str, str] | None = None,
         admin: AdminHandler | None = None,
+        cors_origins: Iterable[str] = (),
     ) -> None:
         self.admin = admin
+        self._cors = frozenset(cors_origins)
         self.metrics = metrics
         self._providers: Mapping[str, str] = providers if providers is not None else {}
         self._on_startup = on_startup
@@ -220,6 +270,14 @@ class ApiGateway:
         if scope["type"] != "http":
             return
         ids = request_ids(scope)
+        origin = header(scope, b"origin") if self._cors else None
+        if origin is not None:
+            allowed = origin if origin in self._cors else "*" if "*" in self._cors else None
+            if allowed is not None:
+                if scope["method"] == "OPTIONS":  # a preflight: answered for any route
+                    await _preflight(send, allowed, scope, ids.header)
+                    return
+                send = _with_cors(send, allowed)
         handler = self._routes.get((scope["method"], scope["path"]))
         if handler is None and scope["method"] == "GET" and scope["path"].startswith(_MODEL_PATH):
             handler = self._model
@@ -257,6 +315,10 @@ class ApiGateway:
                     await self._on_shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def use_cors(self, origins: Iterable[str]) -> None:
+        """Answer browsers from ``origins`` (``"*"``: any) from now on; none: no CORS."""
+        self._cors = frozenset(origins)
 
     def use_client_keys(self, client_keys: Iterable[Secret]) -> None:
         """Accept ``client_keys`` from now on (a reload): the list is built whole first,

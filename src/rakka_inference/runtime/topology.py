@@ -158,6 +158,7 @@ class Topology:
             metrics=self.metrics,
             providers=self._providers,
             clock=self.services.clock,  # deadlines are on the engines' clock
+            cors_origins=config.cluster.cors_origins,
         )
         self.admin = AdminApi(self, admin_key)
         self.gateway.admin = self.admin
@@ -207,6 +208,7 @@ class Topology:
         client_keys, admin_key = _access_keys(config)
         report = await self.apply(config)
         self.gateway.use_client_keys(client_keys)  # no await between: one step for requests
+        self.gateway.use_cors(config.cluster.cors_origins)
         self.admin.use_key(admin_key)
         return report
 
