@@ -230,7 +230,7 @@ def test_many_outcomes_are_all_counted() -> None:
 def test_replica_gauges_follow_the_replicas() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(
-        BreakerKey("openai", "https://api.openai.com/v1"),
+        BreakerKey("openai", "https://api.openai.com/v1", "gpt-4o"),
         CircuitBreakerConfig(open_duration_ms=1000),
         clock=clock,
     )

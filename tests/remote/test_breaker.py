@@ -34,7 +34,7 @@ from rakka_inference.remote.breaker import (
 )
 from rakka_inference.testkit.clock import FakeClock
 
-KEY = BreakerKey("openai", "https://api.openai.com/v1")
+KEY = BreakerKey("openai", "https://api.openai.com/v1", "gpt-4o")
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
@@ -215,9 +215,48 @@ def test_open_fails_fast_with_when_to_retry() -> None:
     assert error.retry_at == 1030.0
     assert error.retry_after == pytest.approx(17.5)
     assert error.message == (
-        "circuit for openai at https://api.openai.com/v1 is open "
-        "(opened after 10 consecutive 503 responses; next probe in 17.5s)"
+        "openai model 'gpt-4o': circuit open, retry in 18s "
+        "(opened after 10 consecutive 503 responses)"
     )
+    # The caller names itself; the endpoint's URL and host are never in the text.
+    with pytest.raises(CircuitOpen) as named:
+        h.breaker.admit("deployment 'gpt4o-a' (openai)")
+    assert named.value.message == (
+        "deployment 'gpt4o-a' (openai): circuit open, retry in 18s "
+        "(opened after 10 consecutive 503 responses)"
+    )
+    assert "api.openai.com" not in named.value.message
+    assert str(KEY) == "openai model 'gpt-4o' at https://api.openai.com/v1"  # for the log
+    assert KEY.label == "openai model 'gpt-4o'"
+
+
+def test_a_refusal_is_told_without_a_transition() -> None:
+    h = Harness(CircuitBreakerConfig(failure_threshold=1, half_open_max_probes=1))
+    assert h.breaker.refusal() is None  # closed
+    h.trip()
+    h.clock.advance(0.2)
+    refusal = h.breaker.refusal("deployment 'a' (openai)")
+    assert refusal is not None
+    assert refusal.message == (
+        "deployment 'a' (openai): circuit open, retry in 30s "
+        "(opened after 1 consecutive 503 responses)"
+    )
+    assert refusal.retry_after == pytest.approx(29.8)
+    h.clock.advance(30)
+    assert h.breaker.refusal() is None  # the next admit probes...
+    assert h.breaker.state is OPEN  # ... but telling so moved nothing
+    assert len(h.transitions) == 1
+    probe = h.breaker.admit()
+    half_open = h.breaker.refusal()
+    assert half_open is not None
+    assert half_open.retry_after is None
+    h.breaker.release(probe)
+    assert h.breaker.refusal() is None  # a probe slot is free again
+    # Under a second left still says a whole second, like the Retry-After header.
+    h.breaker.force_open(0.25)
+    forced = h.breaker.refusal()
+    assert forced is not None
+    assert "retry in 1s (forced open by operator for 0.25s)" in forced.message
 
 
 def test_half_open_is_entered_lazily_at_admission() -> None:
@@ -243,7 +282,9 @@ def test_only_max_probes_run_at_once() -> None:
         h.breaker.admit()
     assert caught.value.retry_at is None
     assert caught.value.retry_after is None
-    assert "is half-open (1 probe(s) in flight after: opened after 10" in caught.value.message
+    assert caught.value.message.startswith(
+        "openai model 'gpt-4o': circuit half-open, 1 probe(s) in flight (opened after 10"
+    )
     h.breaker.record_success(probe)
     assert h.breaker.state is CLOSED
 
@@ -366,7 +407,9 @@ def test_an_admission_settles_exactly_once() -> None:
 
 def test_an_admission_settles_only_on_its_own_breaker() -> None:
     h = Harness()
-    other = CircuitBreaker(BreakerKey("anthropic", "x"), CircuitBreakerConfig(), clock=h.clock)
+    other = CircuitBreaker(
+        BreakerKey("anthropic", "x", "claude"), CircuitBreakerConfig(), clock=h.clock
+    )
     admission: Admission = other.admit()
     with pytest.raises(InternalError, match="wrong circuit breaker"):
         h.breaker.record_success(admission)
@@ -588,3 +631,57 @@ def test_no_observer_is_fine() -> None:
 def test_config_is_validated(config: CircuitBreakerConfig, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         CircuitBreaker(KEY, config, clock=FakeClock())
+
+
+# --------------------------------------------------------------------------- reconfigure
+
+
+def test_reconfigure_keeps_the_state_and_applies_from_now_on() -> None:
+    h = Harness(CircuitBreakerConfig(failure_threshold=5))
+    h.fail(times=2)
+    h.breaker.reconfigure(CircuitBreakerConfig(failure_threshold=5))  # the same: no change
+    h.breaker.reconfigure(CircuitBreakerConfig(failure_threshold=3, open_duration_ms=10_000))
+    assert h.breaker.snapshot().consecutive_failures == 2
+    assert h.breaker.snapshot().open_duration_s == 10.0
+    h.fail()  # the third counts against the new threshold
+    assert h.breaker.state is OPEN
+    assert h.breaker.snapshot().open_until == 1010.0
+
+
+def test_reconfigure_while_open_keeps_the_grown_period_within_the_new_bounds() -> None:
+    h = Harness(CircuitBreakerConfig(failure_threshold=1, open_duration_ms=10_000))
+    h.trip()
+    h.clock.advance(10)
+    h.breaker.record_failure(h.breaker.admit(), http_503())  # a failed probe: 20 s next
+    assert h.breaker.snapshot().open_duration_s == 20.0
+    h.breaker.reconfigure(
+        CircuitBreakerConfig(
+            failure_threshold=1, open_duration_ms=5_000, max_open_duration_ms=15_000
+        )
+    )
+    assert h.breaker.state is OPEN
+    assert h.breaker.snapshot().open_until == 1030.0  # the period it opened with stands
+    assert h.breaker.snapshot().open_duration_s == 15.0
+    h.breaker.reconfigure(CircuitBreakerConfig(failure_threshold=1, open_duration_ms=40_000))
+    assert h.breaker.snapshot().open_duration_s == 40.0
+
+
+def test_reconfigure_adds_and_drops_the_failure_rate_window() -> None:
+    h = Harness(CircuitBreakerConfig(failure_threshold=100))
+    h.breaker.reconfigure(RATE)
+    h.fail(times=RATE.failure_rate_min_calls - 1)
+    # Another rate over the same window keeps the calls counted so far.
+    h.breaker.reconfigure(CircuitBreakerConfig(failure_threshold=100, failure_rate_threshold=0.9))
+    h.fail()
+    assert h.breaker.state is OPEN
+    h.breaker.force_close()
+    h.breaker.reconfigure(CircuitBreakerConfig(failure_threshold=100))
+    h.fail(times=RATE.failure_rate_min_calls)
+    assert h.breaker.state is CLOSED
+
+
+def test_reconfigure_validates() -> None:
+    h = Harness()
+    with pytest.raises(ValueError, match="failure_threshold"):
+        h.breaker.reconfigure(CircuitBreakerConfig(failure_threshold=0))
+    assert h.breaker.config == CircuitBreakerConfig()

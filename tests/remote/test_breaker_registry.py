@@ -1,45 +1,104 @@
-"""The breaker registry: one circuit breaker per (provider, endpoint), shared."""
+"""The breaker registry: one circuit breaker per (provider, endpoint, upstream model),
+shared, with one config."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
-from rakka_inference.core.errors import ServerError
+from rakka_inference.core.errors import ConfigError, ServerError
 from rakka_inference.core.policies import CircuitBreakerConfig
 from rakka_inference.remote.breaker import BreakerKey, BreakerState, BreakerTransition
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.testkit.clock import FakeClock
 
-KEY = BreakerKey("openai", "https://api.openai.com/v1")
+ENDPOINT = "https://api.openai.com/v1"
+KEY = BreakerKey("openai", ENDPOINT, "gpt-4o")
+MINI = BreakerKey("openai", ENDPOINT, "gpt-4o-mini")
 CLOSED, OPEN = BreakerState.CLOSED, BreakerState.OPEN
+ONE = CircuitBreakerConfig(failure_threshold=1)
+FIVE = CircuitBreakerConfig(failure_threshold=5)
 
 
 def http_503() -> ServerError:
     return ServerError("openai returned HTTP 503", provider="openai", upstream_status=503)
 
 
-def test_the_registry_shares_one_breaker_per_endpoint(caplog: pytest.LogCaptureFixture) -> None:
+def test_one_breaker_per_upstream_model() -> None:
     clock = FakeClock()
     seen: list[BreakerTransition] = []
     registry = BreakerRegistry(clock=clock, on_transition=seen.append)
-    config = CircuitBreakerConfig(failure_threshold=1)
-    first = registry.get_or_create(KEY, config)
-    assert registry.get_or_create(BreakerKey(KEY.provider, KEY.endpoint), config) is first
-    with caplog.at_level(logging.WARNING, logger="rakka_inference.remote.breaker_registry"):
-        shared = registry.get_or_create(KEY, CircuitBreakerConfig(failure_threshold=5))
-    assert shared is first
-    assert shared.config == config
-    assert "is shared" in caplog.text
-    other_key = BreakerKey("openai", "https://eu.api.openai.com/v1")
-    other = registry.get_or_create(other_key, config)
-    assert other is not first
-    assert registry.get(other_key) is other
-    assert registry.get(BreakerKey("x", "y")) is None
-    assert len(registry) == 2
-    assert list(registry) == [first, other]
+    first = registry.get_or_create(KEY, ONE, holder="a")
+    # Another deployment on the same model at the same endpoint shares it.
+    assert (
+        registry.get_or_create(BreakerKey("openai", ENDPOINT, "gpt-4o"), ONE, holder="b") is first
+    )
+    # Another model at that endpoint, or the model at another endpoint, has its own.
+    mini = registry.get_or_create(MINI, ONE, holder="c")
+    eu = registry.get_or_create(
+        BreakerKey("openai", "https://eu.example/v1", "gpt-4o"), ONE, holder="d"
+    )
+    assert len({id(first), id(mini), id(eu)}) == 3
+    assert registry.get(MINI) is mini
+    assert registry.get(BreakerKey("x", "y", "z")) is None
+    assert len(registry) == 3
+    assert list(registry) == [first, mini, eu]
+    assert registry.at_endpoint("openai", ENDPOINT) == (first, mini)
+    assert registry.at_endpoint("anthropic", ENDPOINT) == ()
+    # One model failing opens its circuit only.
     first.record_failure(first.admit(), http_503())
     assert [t.key for t in seen] == [KEY]
-    assert [s.state for s in registry.snapshots()] == [OPEN, CLOSED]
-    assert str(KEY) == "openai at https://api.openai.com/v1"
+    assert [s.state for s in registry.snapshots()] == [OPEN, CLOSED, CLOSED]
+    assert mini.refusal() is None
+
+
+def test_two_deployments_on_one_breaker_with_other_settings_are_refused() -> None:
+    registry = BreakerRegistry(clock=FakeClock())
+    first = registry.get_or_create(KEY, ONE, holder="gpt4o-a")
+    with pytest.raises(ConfigError) as refused:
+        registry.get_or_create(KEY, FIVE, holder="gpt4o-b")
+    [issue] = refused.value.issues
+    assert issue.path == "deployment 'gpt4o-b'.runtime_config.circuit_breaker"
+    assert "differs from deployment 'gpt4o-a'" in issue.message
+    assert "openai model 'gpt-4o'" in issue.message
+    assert ENDPOINT not in str(refused.value)
+    assert first.config == ONE  # nothing changed
+    # The defaults (an unset table) differ from a set one too.
+    with pytest.raises(ConfigError):
+        registry.get_or_create(KEY, CircuitBreakerConfig(), holder="gpt4o-c")
+    # Other models at the endpoint are free to differ.
+    assert registry.get_or_create(MINI, FIVE, holder="gpt4o-b").config == FIVE
+
+
+def test_a_deployment_rebuilt_with_new_settings_reconfigures_its_breaker() -> None:
+    registry = BreakerRegistry(clock=FakeClock())
+    breaker = registry.get_or_create(KEY, FIVE, holder="a")
+    breaker.record_failure(breaker.admit(), http_503())
+    again = registry.get_or_create(KEY, ONE, holder="a")  # a reload of "a" alone
+    assert again is breaker
+    assert breaker.config == ONE
+    assert breaker.snapshot().consecutive_failures == 1  # the state is kept
+
+
+def test_expect_sets_the_claims_of_the_config_about_to_be_applied() -> None:
+    registry = BreakerRegistry(clock=FakeClock())
+    breaker = registry.get_or_create(KEY, ONE, holder="a")
+    registry.get_or_create(KEY, ONE, holder="b")
+    # "a" and "b" change their settings together: the breaker takes them, and neither
+    # is refused for differing from the other's old ones.
+    registry.expect({"a": FIVE, "b": FIVE})
+    assert breaker.config == FIVE
+    assert registry.get_or_create(KEY, FIVE, holder="a") is breaker
+    # Only "a" changes: the holders disagree, the breaker keeps its settings, and "a"
+    # is refused when it is built.
+    registry.expect({"a": ONE, "b": FIVE})
+    assert breaker.config == FIVE
+    with pytest.raises(ConfigError):
+        registry.get_or_create(KEY, ONE, holder="a")
+    # The apply is refused: the running config binds again.
+    registry.expect({"a": FIVE, "b": FIVE})
+    # "b" leaves: "a" alone may change it.
+    registry.expect({"a": ONE})
+    assert breaker.config == ONE
+    # Nobody holds it any more: a newcomer sets it.
+    registry.expect({})
+    assert registry.get_or_create(KEY, FIVE, holder="c").config == FIVE

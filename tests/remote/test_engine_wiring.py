@@ -29,6 +29,7 @@ from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingPara
 from rakka_inference.core.policies import (
     Budget,
     CapacityPolicy,
+    CircuitBreakerConfig,
     Jitter,
     ModelPrice,
     RateLimits,
@@ -419,4 +420,40 @@ async def test_reloads_change_shared_limits_through_the_expected_config(
     newcomer = await build_remote_engine(limited(server, "c", RateLimits()), services)
     assert newcomer.limiter.limits == RateLimits()
     for engine in (*engines, solo, again, *rebuilt, newcomer):
+        await engine.runner.session.aclose()
+
+
+def breaking(
+    server: ScriptedHttpServer, name: str, model: str, breaker: CircuitBreakerConfig
+) -> Deployment:
+    deployment = openai_deployment(server)
+    config = deployment.runtime_config
+    assert isinstance(config, OpenAIConfig)
+    config = replace(config, circuit_breaker=breaker)
+    return replace(deployment, name=name, model=model, runtime_config=config)
+
+
+async def test_breakers_are_keyed_by_upstream_model_with_one_config(
+    server: ScriptedHttpServer,
+) -> None:
+    services = RemoteServices()
+    three, five = CircuitBreakerConfig(failure_threshold=3), CircuitBreakerConfig()
+    first = await build_remote_engine(breaking(server, "a", "gpt-4o", three), services)
+    assert first.breaker.key.model == "gpt-4o"
+    assert first.deployment == "a"
+    same = await build_remote_engine(breaking(server, "b", "openai/gpt-4o", three), services)
+    assert same.breaker is first.breaker  # the model sent upstream is the same
+    other = await build_remote_engine(breaking(server, "c", "gpt-4o-mini", five), services)
+    assert other.breaker is not first.breaker
+    with pytest.raises(ConfigError) as info:
+        await build_remote_engine(breaking(server, "d", "gpt-4o", five), services)
+    (issue,) = info.value.issues
+    assert issue.path == "deployment 'd'.runtime_config.circuit_breaker"
+    assert "differs from deployment 'a'" in issue.message
+    assert server.url not in str(info.value)
+    assert first.breaker.config == three
+    # A reload where they change together is expected first.
+    services.expect([breaking(server, name, "gpt-4o", five) for name in "ab"])
+    assert first.breaker.config == five
+    for engine in (first, same, other):
         await engine.runner.session.aclose()

@@ -64,10 +64,17 @@ key_syncs = st.builds(
 )
 finite = st.floats(allow_nan=False, allow_infinity=False)
 sync_messages = st.builds(SyncMessage, names, finite, st.lists(key_syncs, max_size=4).map(tuple))
+models = st.none() | names
 circuit_signals = st.one_of(
-    st.builds(CircuitSignal, names, names, names, st.just("closed")),
+    st.builds(CircuitSignal, names, names, names, st.just("closed"), model=models),
     st.builds(
-        CircuitSignal, names, names, names, st.just("open"), st.floats(0, 1e9, allow_nan=False)
+        CircuitSignal,
+        names,
+        names,
+        names,
+        st.just("open"),
+        st.floats(0, 1e9, allow_nan=False),
+        model=models,
     ),
 )
 json_values = st.recursive(
@@ -182,6 +189,7 @@ def circuit_body(**changes: object) -> dict[str, object]:
         "origin": "w1",
         "provider": "openai",
         "endpoint": "https://api.openai.com/v1",
+        "model": "gpt-4o",
         "state": "open",
         "open_for_s": 30.0,
     }
@@ -204,7 +212,7 @@ def test_the_documented_bodies_decode() -> None:
         ),
     )
     assert decode(orjson.dumps(circuit_body())) == CircuitSignal(
-        "w1", "openai", "https://api.openai.com/v1", "open", 30.0
+        "w1", "openai", "https://api.openai.com/v1", "open", 30.0, "gpt-4o"
     )
     assert decode(orjson.dumps(sync_body(sent_at=2))) == SyncMessage("w1", 2.0, message.keys)
 
@@ -240,6 +248,8 @@ def test_the_documented_bodies_decode() -> None:
         circuit_body(open_for_s=False),
         circuit_body(endpoint=None),
         circuit_body(origin="w1", provider="openai", extra=True),
+        circuit_body(model=None),
+        circuit_body(model=4),
         [1, "kind"],
     ],
 )
@@ -281,19 +291,38 @@ def test_a_circuit_signal_is_consistent() -> None:
         CircuitSignal("w1", "openai", "e", "open", math.inf)
     with pytest.raises(ValueError, match="closed"):
         CircuitSignal("w1", "openai", "e", "closed", 1.0)
-    assert CircuitSignal("w1", "openai", "e", "closed").key == BreakerKey("openai", "e")
+    closed = CircuitSignal("w1", "openai", "e", "closed", model="m")
+    assert closed.key == BreakerKey("openai", "e", "m")
+    assert CircuitSignal("w1", "openai", "e", "closed").key is None  # every model there
+
+
+def test_a_signal_of_the_release_before_models_still_decodes() -> None:
+    # Sent by a worker whose breakers guarded a whole endpoint: no "model".
+    old = {k: v for k, v in circuit_body().items() if k != "model"}
+    signal = decode(orjson.dumps(old))
+    assert signal == CircuitSignal("w1", "openai", "https://api.openai.com/v1", "open", 30.0)
+    assert isinstance(signal, CircuitSignal)
+    assert signal.model is None
+    # ... and one without a model is written as that release wrote it.
+    assert orjson.loads(encode_circuit(signal)) == old
+
+
+def test_a_circuit_signal_round_trips_with_its_model() -> None:
+    signal = CircuitSignal("w1", "openai", "e", "open", 2.5, model="gpt-4o-mini")
+    assert decode(encode_circuit(signal)) == signal
+    assert orjson.loads(encode_circuit(signal))["model"] == "gpt-4o-mini"
 
 
 def transition(to_state: BreakerState, open_until: float | None) -> BreakerTransition:
     return BreakerTransition(
-        BreakerKey("openai", "e"), BreakerState.CLOSED, to_state, BreakerEvent.TRIP, "", 100.0,
-        open_until,
+        BreakerKey("openai", "e", "m"), BreakerState.CLOSED, to_state, BreakerEvent.TRIP, "",
+        100.0, open_until,
     )  # fmt: skip
 
 
 def test_a_signal_from_a_breaker_transition() -> None:
     opened = CircuitSignal.from_transition("w1", transition(BreakerState.OPEN, 130.0))
-    assert opened == CircuitSignal("w1", "openai", "e", "open", 30.0)
+    assert opened == CircuitSignal("w1", "openai", "e", "open", 30.0, model="m")
     closed = CircuitSignal.from_transition("w1", transition(BreakerState.CLOSED, None))
-    assert closed == CircuitSignal("w1", "openai", "e", "closed")
+    assert closed == CircuitSignal("w1", "openai", "e", "closed", model="m")
     assert CircuitSignal.from_transition("w1", transition(BreakerState.HALF_OPEN, None)) is None

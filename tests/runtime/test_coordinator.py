@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import pytest
 
 from rakka_inference.core.errors import CircuitOpen, ModelNotFound
+from rakka_inference.core.policies import CircuitBreakerConfig
+from rakka_inference.remote.breaker import BreakerKey, CircuitBreaker
 from rakka_inference.runtime.coordinator import DpCoordinator
+from rakka_inference.testkit.clock import FakeClock
 
 
 @dataclass
@@ -99,3 +102,45 @@ def test_a_routing_read_sees_one_table_version() -> None:
     coordinator.register("d", FakeReplica("r1"))
     assert len(before.replicas["d"]) == 1  # old versions never change
     assert len(coordinator.table.replicas["d"]) == 2
+
+
+@dataclass
+class BreakerReplica:
+    """A replica behind a circuit breaker, as a remote engine is one."""
+
+    name: str
+    breaker: CircuitBreaker
+    load_score: float = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.refusal() is None
+
+    @property
+    def open_for_s(self) -> float | None:
+        refusal = self.breaker.refusal()
+        return None if refusal is None else refusal.retry_after
+
+    def circuit_refusal(self) -> CircuitOpen | None:
+        return self.breaker.refusal(f"deployment 'gpt4o-a' ({self.breaker.key.provider})")
+
+
+def test_every_circuit_open_is_told_by_deployment_and_provider() -> None:
+    clock = FakeClock()
+    coordinator = DpCoordinator(rng=random.Random(5))
+    key = BreakerKey("openai", "http://10.0.0.7:8443/v1", "gpt-4o")
+    breakers = [CircuitBreaker(key, CircuitBreakerConfig(), clock=clock) for _ in range(2)]
+    for index, breaker in enumerate(breakers):
+        coordinator.register("gpt4o-a", BreakerReplica(f"r{index}", breaker))
+    breakers[0].force_open(30)
+    clock.advance(1)
+    breakers[1].force_open(12)
+    with pytest.raises(CircuitOpen) as caught:
+        coordinator.route("gpt4o-a")
+    # The replica that reopens first says when.
+    assert caught.value.message == (
+        "deployment 'gpt4o-a' (openai): circuit open, retry in 12s "
+        "(forced open by operator for 12s)"
+    )
+    assert caught.value.retry_after == 12.0
+    assert "10.0.0.7" not in caught.value.message

@@ -177,7 +177,7 @@ async def test_every_error_status_reaches_the_sdk_typed(live: Live) -> None:
         await chat.create(model="fragile", messages=messages)  # type: ignore[arg-type]
     assert slow.value.status_code == 504
     # 502: 5xx after retries; with the two timeouts, four failures in a row open the
-    # circuit (deployments on one endpoint share its breaker)...
+    # circuit (deployments on one model at one endpoint share its breaker)...
     live.mock.faults.next(Fault.server_error(500), Fault.server_error(500))
     with pytest.raises(openai.APIStatusError) as upstream:
         await chat.create(model="fragile", messages=messages)  # type: ignore[arg-type]

@@ -1,9 +1,9 @@
 """Circuits shared by a node's workers: a breaker that opens on one opens on all.
 
 Each worker keeps its own :class:`~rakka_inference.remote.breaker.CircuitBreaker` per
-(provider, endpoint), fed by its own calls. :class:`CircuitGossip` tells the others of the
-transitions that carry news, as :class:`~rakka_inference.remote.replicator_codec.
-CircuitSignal` datagrams:
+(provider, endpoint, upstream model), fed by its own calls. :class:`CircuitGossip` tells
+the others of the transitions that carry news, as :class:`~rakka_inference.remote.
+replicator_codec.CircuitSignal` datagrams:
 
 - a breaker that opens (it tripped, a probe failed, an operator forced it) sends ``open``
   with the time left open; a worker that hears it forces its own breaker open for that
@@ -13,8 +13,11 @@ CircuitSignal` datagrams:
 - a breaker that closes (a probe succeeded, an operator forced it) sends ``closed``, and a
   worker that hears it closes its own.
 
-Transitions a signal caused are not sent on (no echo), and a signal for an endpoint this
-worker has no breaker for is ignored: that worker makes no calls there.
+Transitions a signal caused are not sent on (no echo), and a signal for a breaker this
+worker does not have is ignored: that worker makes no calls there. A signal names the
+breaker by its whole key, so one model's circuit opening never opens another's; a signal
+from a worker of the release before, which names no model, speaks for every model at its
+endpoint, as that worker's one breaker did.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from typing import Protocol
 
 from rakka_inference.remote.breaker import (
     BreakerEvent,
-    BreakerKey,
     BreakerState,
     BreakerTransition,
+    CircuitBreaker,
 )
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.replicator_codec import CircuitSignal
@@ -72,17 +75,16 @@ class CircuitGossip:
         if self._applying:
             return
         key = transition.key
+        origin = self._replicator.node_id
         if transition.to_state is BreakerState.OPEN and transition.event in _NEWS_OPEN:
             open_for = (
                 0.0 if transition.open_until is None else transition.open_until - transition.at
             )
             signal = CircuitSignal(
-                self._replicator.node_id, key.provider, key.endpoint, "open", max(0.0, open_for)
+                origin, key.provider, key.endpoint, "open", max(0.0, open_for), model=key.model
             )
         elif transition.to_state is BreakerState.CLOSED and transition.event in _NEWS_CLOSED:
-            signal = CircuitSignal(
-                self._replicator.node_id, key.provider, key.endpoint, "closed", 0.0
-            )
+            signal = CircuitSignal(origin, key.provider, key.endpoint, "closed", model=key.model)
         else:
             return
         self._replicator.publish_circuit(signal)
@@ -92,9 +94,17 @@ class CircuitGossip:
         """Another worker's news: open or close this worker's breaker to match."""
         if self.breakers is None:
             return
-        breaker = self.breakers.get(BreakerKey(signal.provider, signal.endpoint))
-        if breaker is None:
-            return
+        key = signal.key
+        breakers: tuple[CircuitBreaker, ...]
+        if key is None:
+            breakers = self.breakers.at_endpoint(signal.provider, signal.endpoint)
+        else:
+            breaker = self.breakers.get(key)
+            breakers = () if breaker is None else (breaker,)
+        for breaker in breakers:
+            self._apply(breaker, signal)
+
+    def _apply(self, breaker: CircuitBreaker, signal: CircuitSignal) -> None:
         by = f"worker {signal.origin}"
         self._applying = True
         try:

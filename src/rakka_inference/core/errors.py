@@ -477,7 +477,7 @@ class RateLimitExceeded(Refused):
 
 
 class CircuitOpen(Refused):
-    """The circuit for this (provider, endpoint) is open: fail fast."""
+    """The circuit for this upstream (provider, endpoint, model) is open: fail fast."""
 
     http_status = 503
     openai_type = "service_unavailable"

@@ -1,8 +1,10 @@
-"""The circuit breaker of one (provider, endpoint): stop calling an upstream that keeps failing.
+"""The circuit breaker of one upstream: stop calling a (provider, endpoint, model) that keeps
+failing.
 
 A plain synchronous object, not an actor: the engine's workers call it inline, and the
-operator's force-open and force-close (admin API) call it directly. One per endpoint,
-shared by every deployment calling it, kept by
+operator's force-open and force-close (admin API) call it directly. One per upstream model
+at an endpoint — what actually fails: one model of a provider may be down while another
+on the same endpoint serves — shared by every deployment calling it, kept by
 :class:`~rakka_inference.remote.breaker_registry.BreakerRegistry`.
 
 The states and what moves between them, all in :data:`TRANSITIONS`::
@@ -18,7 +20,7 @@ the breaker's own bookkeeping went wrong, which is a bug, never a runtime condit
 
 The protocol for a caller, on the hot path, with no await and no actor hop::
 
-    admission = breaker.admit()            # raises CircuitOpen to fail fast
+    admission = breaker.admit(subject)     # raises CircuitOpen to fail fast
     try:
         response = await call_upstream()
     except InferenceError as error:
@@ -57,6 +59,14 @@ caller.
 Times come from the injected monotonic ``clock``, in seconds; ``opened_at`` and
 ``retry_at`` are on that clock. Every transition is reported to ``on_transition`` with a
 cause in words, for logs, metrics and the admin API.
+
+A refusal is for a client to read: :class:`CircuitOpen` names the failing upstream by the
+caller's ``subject`` ("deployment 'gpt4o-a' (openai)"; by default the key's
+:attr:`BreakerKey.label`), says when to come back and why the circuit opened — never the
+endpoint's URL or host, which only the operator's log and admin API show::
+
+    deployment 'gpt4o-a' (openai): circuit open, retry in 12s (opened after 10 consecutive
+    503 responses)
 """
 
 from __future__ import annotations
@@ -144,13 +154,22 @@ def next_state(state: BreakerState, event: BreakerEvent) -> BreakerState:
 
 @dataclass(frozen=True, slots=True)
 class BreakerKey:
-    """What one breaker guards. Deployments calling the same endpoint share its breaker."""
+    """What one breaker guards: one upstream model at one endpoint of a provider.
+    Deployments calling the same model at the same endpoint share its breaker."""
 
     provider: str
     endpoint: str
+    model: str
+    """The model name sent upstream."""
+
+    @property
+    def label(self) -> str:
+        """The upstream in words a client may read: no URL, no host."""
+        return f"{self.provider} model {self.model!r}"
 
     def __str__(self) -> str:
-        return f"{self.provider} at {self.endpoint}"
+        """For the operator's log: with the endpoint."""
+        return f"{self.label} at {self.endpoint}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +224,7 @@ class Admission:
 
 
 class CircuitBreaker:
-    """The breaker for one (provider, endpoint). Synchronous; see the module docstring."""
+    """The breaker for one (provider, endpoint, model). Synchronous; see the module docstring."""
 
     def __init__(
         self,
@@ -231,11 +250,8 @@ class CircuitBreaker:
         self._open_cause = ""
         self._last_cause = ""
         self._probes = 0
-        self._window = (
-            None
-            if config.failure_rate_threshold is None
-            else FailureWindow(config.failure_rate_window_ms / 1000.0)
-        )
+        self._window: FailureWindow | None = None
+        self._set_window(config)
 
     @property
     def state(self) -> BreakerState:
@@ -243,8 +259,9 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ hot path
 
-    def admit(self) -> Admission:
-        """Leave to call the upstream now, or raise :class:`CircuitOpen`."""
+    def admit(self, subject: str | None = None) -> Admission:
+        """Leave to call the upstream now, or raise :class:`CircuitOpen`, which names the
+        upstream by ``subject`` (the key's label when None)."""
         if self._state is BreakerState.CLOSED:
             return Admission(self, self._epoch, probe=False)
         now = self._clock()
@@ -252,13 +269,26 @@ class CircuitBreaker:
             assert self._open_until is not None
             assert self._opened_at is not None
             if now < self._open_until:
-                raise self._refusal(now)
+                raise self._refusal(now, subject)
             period = format_seconds(self._open_until - self._opened_at)
             self._fire(BreakerEvent.OPEN_ELAPSED, now, f"open for {period}; probing")
         if self._probes >= self.config.half_open_max_probes:
-            raise self._refusal(now)
+            raise self._refusal(now, subject)
         self._probes += 1
         return Admission(self, self._epoch, probe=True)
+
+    def refusal(self, subject: str | None = None) -> CircuitOpen | None:
+        """The :class:`CircuitOpen` :meth:`admit` would raise now, or None when it would
+        admit. Changes nothing: no transition, no probe taken."""
+        if self._state is BreakerState.CLOSED:
+            return None
+        now = self._clock()
+        if self._state is BreakerState.OPEN:
+            assert self._open_until is not None
+            return self._refusal(now, subject) if now < self._open_until else None
+        if self._probes >= self.config.half_open_max_probes:
+            return self._refusal(now, subject)
+        return None
 
     def record_success(self, admission: Admission) -> None:
         self._settle(admission)
@@ -315,6 +345,23 @@ class CircuitBreaker:
         """Close now and forget every failure counted so far."""
         self._fire(BreakerEvent.FORCE_CLOSE, self._clock(), f"forced closed by {by}")
 
+    def reconfigure(self, config: CircuitBreakerConfig) -> None:
+        """Take ``config`` from now on (its deployments' settings changed together, say on
+        a reload), keeping the state: an open circuit stays open for the period it
+        opened with, and the streak counted so far stands against the new threshold."""
+        validate_config(config)
+        if config == self.config:
+            return
+        self.config = config
+        self._base_open_s = config.open_duration_ms / 1000.0
+        self._max_open_s = config.max_open_duration_ms / 1000.0
+        if self._state is BreakerState.CLOSED:
+            self._open_duration_s = self._base_open_s
+        else:
+            grown = max(self._base_open_s, self._open_duration_s)
+            self._open_duration_s = min(self._max_open_s, grown)
+        self._set_window(config)
+
     def snapshot(self) -> BreakerSnapshot:
         return BreakerSnapshot(
             key=self.key,
@@ -329,11 +376,21 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ internals
 
+    def _set_window(self, config: CircuitBreakerConfig) -> None:
+        if config.failure_rate_threshold is None:
+            self._window = None
+            return
+        length_s = config.failure_rate_window_ms / 1000.0
+        if self._window is None or self._window.length_s != length_s:
+            self._window = FailureWindow(length_s)
+
     def _settle(self, admission: Admission) -> None:
         if admission._breaker is not self:
-            raise InternalError(f"admission settled on the wrong circuit breaker ({self.key})")
+            raise InternalError(
+                f"admission settled on the wrong circuit breaker ({self.key.label})"
+            )
         if admission._settled:
-            raise InternalError(f"admission for {self.key} settled twice")
+            raise InternalError(f"admission for {self.key.label} settled twice")
         admission._settled = True
 
     def _is_live_probe(self, admission: Admission) -> bool:
@@ -378,7 +435,7 @@ class CircuitBreaker:
             # An observer's bug must not break the hot path that fired the transition.
             log.exception("on_transition failed for the circuit breaker of %s", self.key)
 
-    def _refusal(self, now: float) -> CircuitOpen:
+    def _refusal(self, now: float, subject: str | None) -> CircuitOpen:
         retry_at: float | None = None
         retry_after: float | None = None
         if self._state is BreakerState.OPEN:
@@ -386,12 +443,12 @@ class CircuitBreaker:
             retry_at = self._open_until
             wait = max(0.0, retry_at - now)
             retry_after = wait
-            detail = f"{self._open_cause}; next probe in {format_seconds(wait)}"
+            # Whole seconds, rounded up as the Retry-After header says them.
+            status = f"circuit open, retry in {max(1, math.ceil(wait))}s"
         else:
-            detail = f"{self._probes} probe(s) in flight after: {self._open_cause}"
-        state = self._state.value.replace("_", "-")
+            status = f"circuit half-open, {self._probes} probe(s) in flight"
         return CircuitOpen(
-            f"circuit for {self.key} is {state} ({detail})",
+            f"{subject or self.key.label}: {status} ({self._open_cause})",
             provider=self.key.provider,
             opened_at=self._opened_at,
             retry_at=retry_at,

@@ -1,17 +1,35 @@
-"""The circuit breakers of a process: one per (provider, endpoint), shared.
+"""The circuit breakers of a process: one per (provider, endpoint, upstream model), shared.
 
-Deployments that call the same upstream endpoint share its :class:`CircuitBreaker`, so a
-failing endpoint is noticed once, not once per deployment. The registry is a plain
-dictionary held by the process's ``RemoteServices``; the admin API lists every breaker's
-snapshot through it, while the engines, the metrics and an operator's force-open or
-force-close reach a breaker directly.
+A breaker guards what actually fails: one model at one endpoint. Deployments that call the
+same model at the same endpoint share its :class:`CircuitBreaker`, so a failing upstream is
+noticed once, not once per deployment; a deployment calling another model at that endpoint
+has a breaker of its own, so one model's 5xx never opens the circuit of another. The
+registry is a plain dictionary held by the process's ``RemoteServices``; the admin API lists
+every breaker's snapshot through it, the gossip between workers finds a breaker by its key,
+while the engines, the metrics and an operator's force-open or force-close reach a breaker
+directly.
+
+**One upstream, one config.** A shared breaker has one set of settings, so every deployment
+on one key must set the same ``circuit_breaker`` (an unset table, the defaults, differs
+from a set one). A deployment asking for a breaker that another deployment holds with other
+settings is refused with a :class:`ConfigError` naming the field and both deployments —
+never silently given the first one's settings, and never given a second breaker of its
+own: two circuits judging one upstream by different rules would disagree about whether it
+is up, and the admin API, the metrics and the gossip would each show one of them. The
+same rule, and the same reasoning, as deployments sharing a rate limiter
+(:class:`~rakka_inference.remote.factory.RemoteServices`).
+
+A deployment rebuilt with new settings (a reload) re-sets its own claim, and the breaker
+takes the settings in place, keeping its state. :meth:`BreakerRegistry.expect` sets the
+claims of a whole config about to be applied, so deployments leaving it, or changing
+their shared settings together, are not held to the old ones.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
+from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.policies import CircuitBreakerConfig
 from rakka_inference.remote.breaker import (
     BreakerKey,
@@ -22,15 +40,10 @@ from rakka_inference.remote.breaker import (
 
 __all__ = ["BreakerRegistry"]
 
-log = logging.getLogger("rakka_inference.remote.breaker_registry")
-
 
 class BreakerRegistry:
-    """One breaker per (provider, endpoint), shared by every deployment that calls it.
-
-    The first deployment to ask for a key sets its breaker's config; a later one asking
-    with a different config shares the existing breaker, and the difference is logged.
-    """
+    """One breaker per (provider, endpoint, upstream model), shared by every deployment
+    that calls it, all of them with the same settings."""
 
     def __init__(
         self,
@@ -41,27 +54,58 @@ class BreakerRegistry:
         self._clock = clock
         self._on_transition = on_transition
         self._breakers: dict[BreakerKey, CircuitBreaker] = {}
+        self._claims: dict[BreakerKey, dict[str, CircuitBreakerConfig]] = {}
+        """Which deployments hold each breaker, and with which settings."""
 
-    def get_or_create(self, key: BreakerKey, config: CircuitBreakerConfig) -> CircuitBreaker:
-        """The breaker for ``key``, made with ``config`` when it is the first asked for."""
+    def get_or_create(
+        self, key: BreakerKey, config: CircuitBreakerConfig, *, holder: str
+    ) -> CircuitBreaker:
+        """The breaker for ``key``, for deployment ``holder`` with its ``config``.
+
+        Raises :class:`ConfigError` (and changes nothing) when another deployment holds the
+        breaker with other settings.
+        """
+        holders = self._claims.get(key, {})
+        for name, held in holders.items():
+            if name != holder and held != config:
+                raise ConfigError([_conflict(key, holder, name)])
+        self._claims.setdefault(key, {})[holder] = config
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(
                 key, config, clock=self._clock, on_transition=self._on_transition
             )
             self._breakers[key] = breaker
-        elif breaker.config != config:
-            log.warning(
-                "circuit breaker for %s is shared; keeping its first config %r, not %r",
-                key,
-                breaker.config,
-                config,
-            )
+        else:
+            breaker.reconfigure(config)
         return breaker
+
+    def expect(self, configs: Mapping[str, CircuitBreakerConfig]) -> None:
+        """The config about to be applied, as each remote deployment's ``circuit_breaker``
+        by name: only those bind from now on. Claims of deployments not in it are dropped,
+        those in it take their new settings, and each held breaker its holders'."""
+        for key, holders in self._claims.items():
+            for name in list(holders):
+                config = configs.get(name)
+                if config is None:
+                    del holders[name]
+                else:
+                    holders[name] = config
+            settings = set(holders.values())
+            if len(settings) == 1:  # holders that disagree: the first one built is refused
+                self._breakers[key].reconfigure(settings.pop())
 
     def get(self, key: BreakerKey) -> CircuitBreaker | None:
         """The breaker for ``key``, if one was made."""
         return self._breakers.get(key)
+
+    def at_endpoint(self, provider: str, endpoint: str) -> tuple[CircuitBreaker, ...]:
+        """The breakers of every model at ``endpoint`` of ``provider``."""
+        return tuple(
+            breaker
+            for key, breaker in self._breakers.items()
+            if key.provider == provider and key.endpoint == endpoint
+        )
 
     def snapshots(self) -> tuple[BreakerSnapshot, ...]:
         """Every breaker's snapshot, in the order they were made."""
@@ -72,3 +116,15 @@ class BreakerRegistry:
 
     def __len__(self) -> int:
         return len(self._breakers)
+
+
+def _conflict(key: BreakerKey, deployment: str, holder: str) -> ConfigIssue:
+    # The endpoint is left out: the message may reach an operator's client (an apply
+    # through the admin API), and the key's provider and model say enough.
+    return ConfigIssue(
+        "<deployment>",
+        f"deployment {deployment!r}.runtime_config.circuit_breaker",
+        f"differs from deployment {holder!r}, which calls the same upstream "
+        f"({key.provider} model {key.model!r} at the same endpoint): deployments that "
+        "share a circuit breaker must set the same circuit_breaker (unset is the defaults)",
+    )

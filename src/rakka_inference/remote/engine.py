@@ -49,6 +49,7 @@ from rakka_inference.actors.supervision import Directive, OneForOneStrategy
 from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core import tracing
 from rakka_inference.core.errors import (
+    CircuitOpen,
     InferenceError,
     InternalError,
     RateLimited,
@@ -95,6 +96,7 @@ class RemoteEngineCore(EngineCore):
         breaker: CircuitBreaker,
         serving: Serving,
         retry: RetryPolicy,
+        deployment: str | None = None,
         idempotent: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -116,6 +118,9 @@ class RemoteEngineCore(EngineCore):
         self.breaker = breaker
         self.retry = retry
         self.idempotent = idempotent
+        self.deployment = deployment or name
+        """The deployment this replica serves, as its errors name it."""
+        self._circuit_subject = f"deployment {self.deployment!r} ({breaker.key.provider})"
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._actor: ActorRef[Any] | None = None
@@ -140,6 +145,11 @@ class RemoteEngineCore(EngineCore):
             return None
         open_until = self.breaker.snapshot().open_until
         return None if open_until is None else max(0.0, open_until - self.clock())
+
+    def circuit_refusal(self) -> CircuitOpen | None:
+        """Why this replica's circuit refuses a request now, in words for the client (the
+        deployment and provider, never the endpoint); None when it would admit one."""
+        return self.breaker.refusal(self._circuit_subject)
 
     @property
     def serves_embeddings(self) -> bool:
@@ -255,7 +265,7 @@ class RemoteEngineCore(EngineCore):
         )
         session = self.runner.session
         while True:
-            admission = self.breaker.admit()
+            admission = self.breaker.admit(self._circuit_subject)
             snapshot = session.current
             job.attempts += 1
             upstream = job.trace.child(tracing.UPSTREAM)

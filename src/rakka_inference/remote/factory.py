@@ -3,10 +3,11 @@
 ``build_remote_engine`` picks the adapter from the registry, the credential provider the
 runtime config and the registry answer for (an API key reference, an Azure Entra ID token,
 or a Vertex service account), a session over pooled transports, the rate limiter for the
-(provider, key fingerprint, model) key and the circuit breaker for the (provider, endpoint)
-key — shared with every other replica and deployment that uses the same key or endpoint —
-and returns an engine ready to ``start``, its limiter estimating with the runtime config's
-default output-token cap (the one its budget ledger reserves with and the adapter sends).
+(provider, key fingerprint, model) key and the circuit breaker for the (provider, endpoint,
+upstream model) key — shared with every other replica and deployment that uses the same
+key, or calls the same model at the same endpoint — and returns an engine ready to
+``start``, its limiter estimating with the runtime config's default output-token cap (the
+one its budget ledger reserves with and the adapter sends).
 
 A shared limiter has one set of limits, so every deployment on one limiter key must set
 the same ``rate_limits`` (an unset table, unlimited, differs from a set one). The config
@@ -18,6 +19,11 @@ never silently reconfigured. A deployment rebuilt with new limits (a reload) re-
 own claim; :meth:`RemoteServices.expect` sets the claims of a whole config about to be
 applied, so that deployments leaving it, or changing their shared limits together, are
 not held to the old ones.
+
+Breakers follow the same rule: deployments sharing one set the same ``circuit_breaker``,
+or the later one is refused with a :class:`ConfigError` naming the field
+(:class:`~rakka_inference.remote.breaker_registry.BreakerRegistry`), and
+:meth:`RemoteServices.expect` sets their claims too.
 """
 
 from __future__ import annotations
@@ -75,6 +81,13 @@ class RemoteServices:
         refused apply leaves the limits as they were.
         """
         wanted = {d.name: d for d in deployments}
+        self.breakers.expect(
+            {
+                name: d.runtime_config.circuit_breaker
+                for name, d in wanted.items()
+                if isinstance(d.runtime_config, RemoteRuntimeConfig)
+            }
+        )
         for key, holders in self.limit_claims.items():
             for name in list(holders):
                 deployment = wanted.get(name)
@@ -150,20 +163,22 @@ async def build_remote_engine(
     key = LimiterKey.for_credential(
         adapter.provider, await snapshot.credential(), deployment.upstream_model
     )
+    breaker_key = BreakerKey(adapter.provider, adapter.endpoint, deployment.upstream_model)
     try:
         limiter = services.claim_limiter(key, deployment)
+        breaker = services.breakers.get_or_create(
+            breaker_key, config.circuit_breaker, holder=deployment.name
+        )
     except ConfigError:
         await session.aclose()
         raise
-    breaker = services.breakers.get_or_create(
-        BreakerKey(adapter.provider, adapter.endpoint), config.circuit_breaker
-    )
     runner = RemoteRunner(adapter, session, config, deployment.runtime)
     return RemoteEngineCore(
         name or f"{deployment.name}-{replica}",
         runner,
         limiter=limiter,
         breaker=breaker,
+        deployment=deployment.name,
         serving=deployment.serving,
         retry=config.retry,
         idempotent=deployment.idempotent,

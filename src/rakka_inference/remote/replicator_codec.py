@@ -21,12 +21,19 @@ kind::
            "blocked_until":1006.5|"-inf"|"inf"}
 
     {"v":1,"kind":"circuit","origin":"w1","provider":"openai",
-     "endpoint":"https://api.openai.com/v1","state":"open","open_for_s":30.0}
+     "endpoint":"https://api.openai.com/v1","model":"gpt-4o","state":"open","open_for_s":30.0}
 
 JSON has no infinity: ``blocked_until`` (``-inf`` for a key never blocked) writes the
 infinities as strings. A circuit signal's ``open_for_s`` is relative, so the processes'
 clocks need not agree; ``blocked_until`` is on the limiters' monotonic clock, which the
 processes of one host share.
+
+A circuit signal names its breaker by (provider, endpoint, model). ``model`` came with the
+breakers keyed by upstream model, within version 1: a signal without it — from a worker of
+the release before, when a breaker guarded a whole endpoint — is still accepted and speaks
+for every model at that endpoint; a worker of that release refuses one with it as
+malformed (counted, dropped), so during a rolling upgrade its circuits only stop following
+the new workers' until it is upgraded too.
 
 Guarantees
 ----------
@@ -80,7 +87,7 @@ CircuitState = Literal["open", "closed"]
 
 @dataclass(frozen=True, slots=True)
 class CircuitSignal:
-    """One process's breaker of ``(provider, endpoint)`` opened or closed."""
+    """One process's breaker of ``(provider, endpoint, model)`` opened or closed."""
 
     origin: str
     provider: str
@@ -88,6 +95,8 @@ class CircuitSignal:
     state: CircuitState
     open_for_s: float = 0.0
     """Seconds left open when ``state == "open"``; 0 when closed."""
+    model: str | None = None
+    """The upstream model; None (an older sender) for every model at the endpoint."""
 
     def __post_init__(self) -> None:
         if self.state not in ("open", "closed"):
@@ -98,18 +107,21 @@ class CircuitSignal:
             raise ValueError("a closed circuit has open_for_s == 0")
 
     @property
-    def key(self) -> BreakerKey:
-        return BreakerKey(self.provider, self.endpoint)
+    def key(self) -> BreakerKey | None:
+        """The breaker it speaks for; None when it speaks for every model at the endpoint."""
+        if self.model is None:
+            return None
+        return BreakerKey(self.provider, self.endpoint, self.model)
 
     @classmethod
     def from_transition(cls, origin: str, transition: BreakerTransition) -> CircuitSignal | None:
         """The fleet news of a local transition: opened or closed (half-open is none)."""
         key = transition.key
         if transition.to_state is BreakerState.CLOSED:
-            return cls(origin, key.provider, key.endpoint, "closed")
+            return cls(origin, key.provider, key.endpoint, "closed", model=key.model)
         if transition.to_state is BreakerState.OPEN and transition.open_until is not None:
             open_for = max(0.0, transition.open_until - transition.at)
-            return cls(origin, key.provider, key.endpoint, "open", open_for)
+            return cls(origin, key.provider, key.endpoint, "open", open_for, model=key.model)
         return None
 
 
@@ -188,17 +200,17 @@ def encode_sync(
 
 
 def encode_circuit(signal: CircuitSignal) -> bytes:
-    return orjson.dumps(
-        {
-            "v": VERSION,
-            "kind": "circuit",
-            "origin": signal.origin,
-            "provider": signal.provider,
-            "endpoint": signal.endpoint,
-            "state": signal.state,
-            "open_for_s": signal.open_for_s,
-        }
-    )
+    body: dict[str, object] = {
+        "v": VERSION,
+        "kind": "circuit",
+        "origin": signal.origin,
+        "provider": signal.provider,
+        "endpoint": signal.endpoint,
+    }
+    if signal.model is not None:
+        body["model"] = signal.model
+    body.update(state=signal.state, open_for_s=signal.open_for_s)
+    return orjson.dumps(body)
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -251,7 +263,10 @@ def _float(value: object, *, infinite: bool = False) -> float:
 
 
 _SYNC = frozenset({"v", "kind", "origin", "sent_at", "keys"})
-_CIRCUIT = frozenset({"v", "kind", "origin", "provider", "endpoint", "state", "open_for_s"})
+_CIRCUIT_BEFORE_MODELS = frozenset(
+    {"v", "kind", "origin", "provider", "endpoint", "state", "open_for_s"}
+)
+_CIRCUIT = _CIRCUIT_BEFORE_MODELS | {"model"}
 _KEY = frozenset({"key", "limits", "epoch", "horizon", "buckets", "blocked_until"})
 
 
@@ -312,10 +327,11 @@ def decode(datagram: bytes) -> SyncMessage | CircuitSignal:
         keys = tuple(_decode_key(item, budget) for item in _list(fields["keys"]))
         return SyncMessage(_str(fields["origin"]), _float(fields["sent_at"]), keys)
     if kind == "circuit":
-        fields = _fields(value, _CIRCUIT)
+        fields = _fields(value, _CIRCUIT if "model" in value else _CIRCUIT_BEFORE_MODELS)
         state = fields["state"]
         if state != "open" and state != "closed":  # noqa: PLR1714 (narrows for mypy)
             raise MalformedDatagram("unknown circuit state")
+        model = _str(fields["model"]) if "model" in fields else None
         try:
             return CircuitSignal(
                 _str(fields["origin"]),
@@ -323,6 +339,7 @@ def decode(datagram: bytes) -> SyncMessage | CircuitSignal:
                 _str(fields["endpoint"]),
                 state,
                 _float(fields["open_for_s"]),
+                model,
             )
         except ValueError as error:
             raise MalformedDatagram("inconsistent circuit signal") from error

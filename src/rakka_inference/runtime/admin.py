@@ -199,6 +199,7 @@ class AdminApi:
             {
                 "provider": snapshot.key.provider,
                 "endpoint": snapshot.key.endpoint,
+                "model": snapshot.key.model,
                 "state": snapshot.state.value,
                 "consecutive_failures": snapshot.consecutive_failures,
                 "open_until": snapshot.open_until,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from rakka_inference.core.errors import CircuitOpen
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.local.engine_metrics import EngineLoad
 from rakka_inference.remote.breaker import CircuitBreaker
@@ -28,6 +29,11 @@ class HasCircuit(Protocol):
     @property
     def open_for_s(self) -> float | None:
         """Seconds until the open circuit lets a probe through (None: closed)."""
+        ...
+
+    def circuit_refusal(self) -> CircuitOpen | None:
+        """The error a request gets while the circuit refuses it, naming the deployment
+        and provider (never the endpoint); None when it would be admitted."""
         ...
 
 

@@ -119,12 +119,16 @@ class DpCoordinator:
         if not healthy:
             if not replicas:
                 raise CircuitOpen(f"deployment {name!r} has no replica serving", retry_after=1.0)
-            waits = [
-                w for r in replicas if isinstance(r, HasCircuit) and (w := r.open_for_s) is not None
+            # The replica whose circuit lets a request through first says why, and when.
+            refusals = [
+                refusal
+                for r in replicas
+                if isinstance(r, HasCircuit) and (refusal := r.circuit_refusal()) is not None
             ]
+            if refusals:
+                raise min(refusals, key=lambda e: e.retry_after or 0.0)
             raise CircuitOpen(
-                f"every replica of deployment {name!r} has its circuit open",
-                retry_after=max(1.0, min(waits)) if waits else 1.0,
+                f"every replica of deployment {name!r} has its circuit open", retry_after=1.0
             )
         if len(healthy) == 1:
             return healthy[0]
