@@ -901,3 +901,19 @@ def test_tool_choice_mode_enum_is_what_core_expects() -> None:
     choice = parse(chat(tools=[WEATHER_TOOL], tool_choice="none")).tool_choice
     assert choice is not None
     assert choice.mode is ToolChoiceMode.NONE
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "fragment"),
+    [
+        ({"prediction": {"type": "text"}}, "prediction.type", "must be 'content'"),
+        ({"prediction": {"type": "content", "content": 3}}, "prediction.content", "expected"),
+        ({"store": "yes"}, "store", "expected a boolean"),
+    ],
+)
+def test_openai_only_options_are_checked(extra: dict[str, Any], param: str, fragment: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(BadRequest) as caught:
+        parse_chat_request(orjson.dumps(body), request_id=RID)
+    assert caught.value.param == param
+    assert fragment in caught.value.message

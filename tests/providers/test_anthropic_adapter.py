@@ -1057,3 +1057,10 @@ def test_one_tool_at_a_time(choice: ToolChoice | None, expected: dict[str, objec
     assert adapter().request_body(request)["tool_choice"] == expected
     allowed = chat(ChatMessage.user("hi"), tools=(WEATHER,), parallel_tool_calls=True)
     assert "tool_choice" not in adapter().request_body(allowed)
+
+
+def test_openai_only_options_are_refused_naming_them() -> None:
+    request = chat(ChatMessage.user("hi"), openai_options={"store": True})
+    with pytest.raises(BadRequest, match="only by OpenAI-format") as refused:
+        adapter().request_body(request)
+    assert refused.value.param == "store"

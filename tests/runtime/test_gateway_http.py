@@ -213,3 +213,32 @@ async def test_429_with_retry_after_and_the_key_blocked(live: Live) -> None:
             await live.client.chat.completions.create(model="main", messages=messages)  # type: ignore[arg-type]
         assert int(limited.value.response.headers["retry-after"]) > 500
     assert len(live.mock.requests) == 1
+
+
+async def test_openai_only_options_reach_an_openai_upstream(live: Live) -> None:
+    await live.client.chat.completions.create(
+        model="main",
+        messages=[{"role": "user", "content": "hi"}],
+        store=True,
+        service_tier="flex",
+        metadata={"team": "search"},
+        prediction={"type": "content", "content": "hello"},
+    )
+    sent = live.mock.requests[-1].json()
+    assert (sent["store"], sent["service_tier"], sent["metadata"]) == (
+        True,
+        "flex",
+        {"team": "search"},
+    )
+    assert sent["prediction"] == {"type": "content", "content": "hello"}
+    await live.client.chat.completions.create(
+        model="main", messages=[{"role": "user", "content": "hi"}], store=False
+    )
+    assert "store" not in live.mock.requests[-1].json()
+    with pytest.raises(openai.BadRequestError) as refused:
+        await live.client.chat.completions.create(
+            model="main",
+            messages=[{"role": "user", "content": "hi"}],
+            service_tier="cheapest",  # type: ignore[arg-type]
+        )
+    assert refused.value.body["param"] == "service_tier"  # type: ignore[index]

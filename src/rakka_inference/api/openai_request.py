@@ -20,8 +20,10 @@ Decisions:
   ``functions``...) get "'X' is not supported by this gateway".
   A few are accepted when they hold their default, which changes nothing
   (:data:`INERT_PARAMS`: ``logprobs`` false, ``top_logprobs``/``logit_bias`` absent,
-  ``store`` false, ``modalities`` ``["text"]``, ``service_tier`` auto/default); any other
-  value is rejected. ``parallel_tool_calls`` (a boolean) goes to the core request.
+  ``modalities`` ``["text"]``); any other value is rejected. ``store``, ``service_tier``
+  and ``prediction`` are checked and forwarded to OpenAI-format upstreams only
+  (``ChatRequest.openai_options``); another provider refuses them, naming the field.
+  ``parallel_tool_calls`` (a boolean) goes to the core request.
 - **Unknown keys inside nested objects** (messages, parts, tools) are ignored: SDKs echo
   assistant messages back with extra fields (``refusal``, ``annotations``, ``audio``,
   ``reasoning_content``), and rejecting them would break ordinary agent loops.
@@ -57,7 +59,7 @@ _CHAT_PARAMS = frozenset(
         "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens",
         "stop", "seed", "presence_penalty", "frequency_penalty", "n", "user", "metadata",
         "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream",
-        "stream_options", "reasoning_effort",
+        "stream_options", "reasoning_effort", "store", "service_tier", "prediction",
     }
 )  # fmt: skip
 
@@ -65,15 +67,13 @@ INERT_PARAMS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
     "logprobs": (lambda v: v is None or v is False, "false"),
     "top_logprobs": (lambda v: v is None, "null"),
     "logit_bias": (lambda v: v is None or v == {}, "{}"),
-    "store": (lambda v: v is None or v is False, "false"),
     "modalities": (lambda v: v is None or v == ["text"], '["text"]'),
-    "service_tier": (lambda v: v in (None, "auto", "default"), '"auto"'),
 }
 """OpenAI parameters accepted only with a value that changes nothing (and that default)."""
 
 UNSUPPORTED_PARAMS = frozenset(
     {
-        "audio", "prediction", "web_search_options", "functions", "function_call",
+        "audio", "web_search_options", "functions", "function_call",
         "verbosity", "prompt_cache_key", "safety_identifier",
     }
 )  # fmt: skip
@@ -130,6 +130,7 @@ def parse_chat_request(
         include_usage=include_usage,
         user=read.string(document.get("user"), "user"),
         metadata=parse_metadata(document.get("metadata")),
+        openai_options=_openai_options(document),
         request_id=request_id,
     )
 
@@ -156,6 +157,33 @@ def _sampling(document: Mapping[str, Any]) -> SamplingParams:
         n=1 if n is None else n,
         reasoning_effort=read.string(document.get("reasoning_effort"), "reasoning_effort"),
     )
+
+
+_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+
+
+def _openai_options(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``store``, ``service_tier`` and ``prediction``, checked, for OpenAI-format upstreams
+    (left out when absent, null, or at their defaults)."""
+    options: dict[str, Any] = {}
+    if read.boolean(document.get("store"), "store"):
+        options["store"] = True
+    tier = read.string(document.get("service_tier"), "service_tier")
+    if tier is not None and tier not in _SERVICE_TIERS:
+        raise BadRequest(
+            f"service_tier must be one of {', '.join(_SERVICE_TIERS)}", param="service_tier"
+        )
+    if tier not in (None, "auto"):
+        options["service_tier"] = tier
+    prediction = document.get("prediction")
+    if prediction is not None:
+        content = read.mapping(prediction, "prediction")
+        if content.get("type") != "content":
+            raise BadRequest("prediction.type must be 'content'", param="prediction.type")
+        if not isinstance(content.get("content"), str | list):
+            invalid_type("prediction.content", "a string or an array of text parts", content)
+        options["prediction"] = {"type": "content", "content": content["content"]}
+    return options
 
 
 def _stop(value: object) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ __all__ = [
     "EmbeddingRequest",
     "EmbeddingResult",
     "new_request_id",
+    "refuse_openai_options",
     "MAX_STOP_SEQUENCES",
     "MAX_EMBEDDING_DIMENSIONS",
 ]
@@ -335,6 +336,15 @@ class SamplingParams:
             raise BadRequest("n must be at least 1", param="n")
 
 
+def refuse_openai_options(request: ChatRequest, who: str) -> None:
+    """A 400 naming the first OpenAI-only option ``request`` sets, which ``who`` (a
+    provider, a runtime) cannot take."""
+    for name in request.openai_options:
+        raise BadRequest(
+            f"'{name}' is taken only by OpenAI-format deployments, not {who}", param=name
+        )
+
+
 class Priority(enum.IntEnum):
     """Queue priority of a request. A higher value is served first."""
 
@@ -417,6 +427,11 @@ class ChatRequest:
     include_usage: bool = False
     user: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    openai_options: Mapping[str, Any] = field(default_factory=dict)
+    """OpenAI parameters the gateway does not interpret (``store``, ``service_tier``,
+    ``prediction``), validated at the edge and forwarded as they are to OpenAI-format
+    upstreams; a deployment of another format refuses a request that sets one, naming it
+    (:func:`refuse_openai_options`)."""
     priority: Priority = Priority.NORMAL
     request_id: str = field(default_factory=new_request_id)
 

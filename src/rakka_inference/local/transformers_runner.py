@@ -78,7 +78,7 @@ from rakka_inference.core.errors import (
     RakkaError,
     Unrecoverable,
 )
-from rakka_inference.core.messages import ChatRequest, ImagePart, Role
+from rakka_inference.core.messages import ChatRequest, ImagePart, Role, refuse_openai_options
 from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import cost_usd, resolve_price
 from rakka_inference.core.runner import SessionRebuildCause, Transport
@@ -380,6 +380,7 @@ def _refuse_unsupported(request: ChatRequest) -> None:
         raise BadRequest(
             "the transformers runtime answers in free text only", param="response_format"
         )
+    refuse_openai_options(request, "the transformers runtime")
     for name in ("presence_penalty", "frequency_penalty", "reasoning_effort", "top_k"):
         if getattr(sampling, name):
             raise BadRequest(f"the transformers runtime does not apply {name}", param=name)

@@ -9,7 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ChatMessage, ChatRequest, ImagePart, Role, TextPart
+from rakka_inference.core.messages import (
+    ChatMessage,
+    ChatRequest,
+    ImagePart,
+    Role,
+    TextPart,
+    refuse_openai_options,
+)
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.providers.base import alternating_turns
 
@@ -32,6 +39,7 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
     sampling = request.sampling
     if sampling.n != 1:
         raise BadRequest("only n = 1 is supported", param="n")
+    refuse_openai_options(request, "Anthropic")
     if sampling.reasoning_effort is not None:
         raise BadRequest(
             "reasoning_effort is not translated to Anthropic's thinking budget yet",

@@ -103,7 +103,12 @@ from rakka_inference.core.errors import (
     InferenceError,
     ProtocolError,
 )
-from rakka_inference.core.messages import ChatRequest, EmbeddingRequest, EmbeddingResult
+from rakka_inference.core.messages import (
+    ChatRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
+    refuse_openai_options,
+)
 from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.runtimes import GeminiConfig
@@ -237,6 +242,7 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         sampling = request.sampling
         if sampling.n != 1:
             raise BadRequest("only n = 1 is supported", param="n")
+        refuse_openai_options(request, "Gemini")
         if request.tools and request.parallel_tool_calls is False:
             raise BadRequest(
                 "Gemini cannot be told to call one tool at a time: leave parallel_tool_calls "

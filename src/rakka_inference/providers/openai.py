@@ -192,6 +192,9 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
                 body["response_format"] = {"type": "json_schema", "json_schema": schema}
         if request.user is not None:
             body["user"] = request.user
+        if request.metadata:
+            body["metadata"] = dict(request.metadata)
+        body.update(request.openai_options)
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
