@@ -157,6 +157,7 @@ async def test_rotate_credentials_under_load_drops_nothing(
 def test_status_of_a_node_and_of_a_cluster_names_each_member() -> None:
     row = {
         "provider": "openai",
+        "model": "gpt-4o",
         "endpoint": "https://api.openai.com/v1",
         "state": "open",
         "consecutive_failures": 3,
@@ -172,7 +173,7 @@ def test_status_of_a_node_and_of_a_cluster_names_each_member() -> None:
     )
     assert "WORKER  PID       STATE      RESTARTS" in node
     assert "w0      11        ready             1" in node
-    assert "w0: openai https://api.openai.com/v1" in node
+    assert "w0: openai gpt-4o https://api.openai.com/v1" in node
     cluster = format_status(
         {
             "singletons": {"deployment_manager": "a" * 56, "limit_authority": "b" * 56},

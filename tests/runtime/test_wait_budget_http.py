@@ -117,3 +117,25 @@ async def test_a_spent_wait_budget_still_falls_back(live: Live) -> None:
     assert live.sleeps == []
     [record] = live.records
     assert (record.tried, record.outcome) == (["primary", "backup"], "ok")
+
+
+async def test_a_client_shortens_its_wait_budget_with_a_header(live: Live) -> None:
+    # Retry-After 1 s fits the deployment's 10 s budget: the gateway would wait and retry.
+    # A client that will not wait sends x-rakka-max-wait-ms: 0 and gets the 429 at once.
+    live.mock.faults.for_key(PRIMARY_KEY, Fault.rate_limit(1))
+    call = live.client.chat.completions.create(
+        model="alone",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-rakka-max-wait-ms": "0"},
+    )
+    with pytest.raises(openai.RateLimitError) as limited:
+        await asyncio.wait_for(call, GUARD_S)
+    assert limited.value.response.headers["retry-after"] == "1"
+    assert live.sleeps == []
+    with pytest.raises(openai.BadRequestError) as refused:
+        await live.client.chat.completions.create(
+            model="alone",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-rakka-max-wait-ms": "soon"},
+        )
+    assert refused.value.body["param"] == "x-rakka-max-wait-ms"  # type: ignore[index]

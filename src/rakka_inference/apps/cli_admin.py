@@ -213,8 +213,7 @@ def format_status(status: dict[str, Any]) -> str:
         )
     lines += ["", "CIRCUIT" + " " * 44 + "STATE      FAILURES"]
     lines += [
-        f"{(_worker(c) + c['provider'] + ' ' + c['endpoint'])[:50]:<50} {c['state']:<10} "
-        f"{c['consecutive_failures']:>8}"
+        f"{_circuit(c)[:50]:<50} {c['state']:<10} {c['consecutive_failures']:>8}"
         for c in status["circuits"]
     ]
     lines += ["", "RATE LIMIT                      REQUESTS/MIN     TOKENS/MIN"]
@@ -256,6 +255,12 @@ def _worker(row: dict[str, Any]) -> str:
     else nothing."""
     member = row.get("worker") or (row.get("node") or "")[:12]
     return f"{member}: " if member else ""
+
+
+def _circuit(row: dict[str, Any]) -> str:
+    """A circuit's row name: its worker, provider, upstream model (where known), endpoint."""
+    parts = (row["provider"], row.get("model") or "", row["endpoint"])
+    return _worker(row) + " ".join(part for part in parts if part)
 
 
 def _use(used: int, limit: int | None) -> str:

@@ -21,7 +21,9 @@ Routes:
 - ``GET /healthz`` — the process is up; ``GET /readyz`` — 200 only while every deployment
   has a replica serving (both answer ``HEAD`` too).
 
-A chat request's ``x-rakka-priority`` header (``background``, ``normal``, ``high``,
+A request's ``x-rakka-max-wait-ms`` header shortens the time it may spend waiting between
+retries (``retry.max_wait_ms``; never lengthens it). A chat request's ``x-rakka-priority``
+header (``background``, ``normal``, ``high``,
 ``critical``) is its class in the replica's queue. A body sent with ``content-encoding:
 gzip`` or ``deflate`` is decompressed within the body limit
 (:func:`~rakka_inference.runtime.asgi.receive_body`).
@@ -116,7 +118,12 @@ from rakka_inference.runtime.asgi import (
     trace_headers,
 )
 from rakka_inference.runtime.coordinator import DpCoordinator
-from rakka_inference.runtime.request import FallbackPolicy, RequestActor
+from rakka_inference.runtime.request import (
+    MAX_WAIT_HEADER,
+    FallbackPolicy,
+    RequestActor,
+    client_max_wait_s,
+)
 from rakka_inference.runtime.streaming import StreamRenderer, send_stream
 
 __all__ = ["PRIORITY_HEADER", "AdminHandler", "ApiGateway", "ShuttingDown"]
@@ -361,6 +368,7 @@ class ApiGateway:
             clock=self._clock,
             on_done=self._on_record,
             trace_parent=trace_headers(scope) if tracing.enabled() else None,
+            max_wait_s=client_max_wait_s(header(scope, MAX_WAIT_HEADER)),
         )
 
     async def serve(
