@@ -102,3 +102,22 @@ def test_expect_sets_the_claims_of_the_config_about_to_be_applied() -> None:
     # Nobody holds it any more: a newcomer sets it.
     registry.expect({})
     assert registry.get_or_create(KEY, FIVE, holder="c").config == FIVE
+
+
+def test_every_observer_is_told_even_after_one_fails(caplog: pytest.LogCaptureFixture) -> None:
+    registry = BreakerRegistry(clock=FakeClock())
+    seen: list[BreakerState] = []
+
+    def broken(transition: BreakerTransition) -> None:
+        raise RuntimeError("observer bug")
+
+    registry.observe(broken)
+    registry.observe(lambda transition: seen.append(transition.to_state))
+    breaker = registry.get_or_create(KEY, ONE, holder="a")
+    with caplog.at_level("INFO"):
+        breaker.record_failure(breaker.admit(), http_503())
+    assert seen == [OPEN]
+    assert "a circuit observer failed" in caplog.text
+    opened = [r for r in caplog.records if "closed -> open" in r.getMessage()]
+    assert opened
+    assert opened[0].levelname == "WARNING"

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import openai
 import pytest
 
@@ -188,6 +189,10 @@ async def test_every_error_status_reaches_the_sdk_typed(live: Live) -> None:
         await chat.create(model="fragile", messages=messages)  # type: ignore[arg-type]
     assert open_circuit.value.status_code == 503
     assert len(live.mock.requests) == calls
+    async with httpx.AsyncClient(base_url=live.base) as scrape:
+        metrics = (await scrape.get("/metrics")).text
+    opened = 'inference_circuit_transitions_total{provider="openai",model="gpt-4o",state="open"} 1'
+    assert opened in metrics
 
 
 async def test_a_client_disconnect_reaches_the_provider_within_a_second(live: Live) -> None:

@@ -12,6 +12,11 @@ Counted as requests end (:meth:`InferenceMetrics.record`, from the RequestActor'
     inference_cost_usd_total{deployment,provider}
     inference_gateway_overhead_seconds                             histogram
 
+Counted as they happen::
+
+    inference_circuit_transitions_total{provider,model,state}      a breaker entered state
+    inference_budget_exceeded_total{deployment,window,action}      spend went over a limit
+
 Read when ``/metrics`` is scraped, from every replica given to :meth:`watch_replica`::
 
     inference_circuit_state{deployment,replica}        0 closed, 1 half-open, 2 open
@@ -41,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from rakka_inference.engine.budget import BudgetEvent
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.local.engine_metrics import EngineLoad
 from rakka_inference.observe.prometheus import (
@@ -50,7 +56,7 @@ from rakka_inference.observe.prometheus import (
     LabelValues,
     Registry,
 )
-from rakka_inference.remote.breaker import BreakerState
+from rakka_inference.remote.breaker import BreakerState, BreakerTransition
 
 __all__ = [
     "CIRCUIT_STATE_VALUES",
@@ -227,6 +233,20 @@ class InferenceMetrics:
             pair,
             max_series=max_series,
         )
+        self.circuit_transitions = registry.counter(
+            "inference_circuit_transitions_total",
+            "Circuit breaker transitions, by the upstream's provider and model and the state "
+            "entered (open, half_open, closed).",
+            ("provider", "model", "state"),
+            max_series=max_series,
+        )
+        self.budget_exceeded = registry.counter(
+            "inference_budget_exceeded_total",
+            "Times a deployment's spend went over a budget limit, by window (hour, day) and "
+            "the action its budget takes (reject, warn, throttle).",
+            ("deployment", "window", "action"),
+            max_series=max_series,
+        )
         self.gateway_overhead = registry.histogram(
             "inference_gateway_overhead_seconds",
             "Time the gateway itself adds to a request (parsing, routing, encoding).",
@@ -314,6 +334,19 @@ class InferenceMetrics:
     def observe_inter_token(self, deployment: str, provider: str, seconds: float) -> None:
         """The gap between two visible chunks of one streamed answer."""
         self._series_for(deployment, provider).inter_token.observe(seconds)
+
+    def circuit_transition(self, transition: BreakerTransition) -> None:
+        """Count one circuit breaker transition (a breaker registry's observer)."""
+        key = transition.key
+        self.circuit_transitions.labels(key.provider, key.model, transition.to_state.value).inc()
+
+    def budget_event(self, event: BudgetEvent) -> None:
+        """Count a budget limit crossed (a ledger's ``on_event``); a return under it is not
+        counted."""
+        if event.exceeded:
+            self.budget_exceeded.labels(
+                event.deployment, event.window.value, event.action.value
+            ).inc()
 
     def observe_gateway_overhead(self, seconds: float) -> None:
         self.gateway_overhead.observe(seconds)

@@ -425,6 +425,14 @@ class CircuitBreaker:
             self._open_duration_s = self._base_open_s
             self._opened_at = self._open_until = None
             self._open_cause = ""
+        log.log(
+            logging.WARNING if state is BreakerState.OPEN else logging.INFO,
+            "circuit %s %s -> %s: %s",
+            self.key,
+            previous.value,
+            state.value,
+            cause,
+        )
         if self._on_transition is None:
             return
         open_until = self._open_until if state is BreakerState.OPEN else None

@@ -27,6 +27,7 @@ their shared settings together, are not held to the old ones.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 
 from rakka_inference.core.errors import ConfigError, ConfigIssue
@@ -40,6 +41,8 @@ from rakka_inference.remote.breaker import (
 
 __all__ = ["BreakerRegistry"]
 
+log = logging.getLogger("rakka_inference.remote.breaker_registry")
+
 
 class BreakerRegistry:
     """One breaker per (provider, endpoint, upstream model), shared by every deployment
@@ -52,7 +55,9 @@ class BreakerRegistry:
         on_transition: Callable[[BreakerTransition], None] | None = None,
     ) -> None:
         self._clock = clock
-        self._on_transition = on_transition
+        self._observers: list[Callable[[BreakerTransition], None]] = []
+        if on_transition is not None:
+            self._observers.append(on_transition)
         self._breakers: dict[BreakerKey, CircuitBreaker] = {}
         self._claims: dict[BreakerKey, dict[str, CircuitBreakerConfig]] = {}
         """Which deployments hold each breaker, and with which settings."""
@@ -72,13 +77,23 @@ class BreakerRegistry:
         self._claims.setdefault(key, {})[holder] = config
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = CircuitBreaker(
-                key, config, clock=self._clock, on_transition=self._on_transition
-            )
+            breaker = CircuitBreaker(key, config, clock=self._clock, on_transition=self._notify)
             self._breakers[key] = breaker
         else:
             breaker.reconfigure(config)
         return breaker
+
+    def observe(self, observer: Callable[[BreakerTransition], None]) -> None:
+        """Tell ``observer`` of every transition of every breaker from now on (metrics,
+        gossip); an observer that raises is logged and the others are still told."""
+        self._observers.append(observer)
+
+    def _notify(self, transition: BreakerTransition) -> None:
+        for observer in self._observers:
+            try:
+                observer(transition)
+            except Exception:
+                log.exception("a circuit observer failed on %s", transition.key)
 
     def expect(self, configs: Mapping[str, CircuitBreakerConfig]) -> None:
         """The config about to be applied, as each remote deployment's ``circuit_breaker``

@@ -33,7 +33,7 @@ from rakka_inference.core.policies import Budget
 from rakka_inference.core.pricing import resolve_price
 from rakka_inference.core.runner import ModelRunner
 from rakka_inference.core.runtimes import RuntimeKind
-from rakka_inference.engine.budget import BudgetLedger
+from rakka_inference.engine.budget import BudgetEvent, BudgetLedger
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.local.engine import LocalEngineCore
 from rakka_inference.local.engine_command import launch_problem
@@ -129,6 +129,8 @@ class EngineBuilder:
             }
         )
         self._clock = clock
+        self.on_budget_event: Callable[[BudgetEvent], None] | None = None
+        """Told of every budget limit crossed and recovered (the metrics), after the log."""
         self._ledgers: dict[str, BudgetLedger] = {}
         self._throttle_targets: dict[str, list[Engine]] = {}
 
@@ -211,6 +213,7 @@ class EngineBuilder:
                 price,
                 clock=self._clock,
                 on_throttle=lambda on: self._throttle(deployment.name, on),
+                on_event=self._budget_event,
                 model=deployment.model,
             )
             self._ledgers[deployment.name] = ledger
@@ -218,6 +221,28 @@ class EngineBuilder:
         # may change it while keeping the spend).
         ledger.default_max_output_tokens = deployment.runtime_config.default_max_output_tokens
         return ledger
+
+    def _budget_event(self, event: BudgetEvent) -> None:
+        if event.exceeded:
+            log.warning(
+                "deployment %s: spend in the last %s, $%.4f, is over its limit of $%.4f "
+                "(on_exceeded = %s)",
+                event.deployment,
+                event.window.value,
+                event.spent_usd,
+                event.limit_usd,
+                event.action.value,
+            )
+        else:
+            log.info(
+                "deployment %s: spend in the last %s is back under its limit ($%.4f of $%.4f)",
+                event.deployment,
+                event.window.value,
+                event.spent_usd,
+                event.limit_usd,
+            )
+        if self.on_budget_event is not None:
+            self.on_budget_event(event)
 
     def forget(self, name: str) -> None:
         """The deployment is gone: drop its ledger."""

@@ -162,6 +162,8 @@ class Topology:
         )
         self.admin = AdminApi(self, admin_key)
         self.gateway.admin = self.admin
+        self.services.breakers.observe(self.metrics.circuit_transition)
+        self.builder.on_budget_event = self.metrics.budget_event
 
     @property
     def budgets(self) -> BudgetBook:
