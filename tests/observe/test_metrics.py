@@ -100,8 +100,9 @@ def test_a_scripted_mix_gives_exact_figures() -> None:
         (rec("claude", latency=1.0, ttft=0.5, tokens=(1, 2), cost=0.125), "anthropic"),
         (rec(None, "model_not_found", latency=0.0), ""),
     ]
+    models = {"gpt": "gpt-4o", "claude": "claude-sonnet-4"}
     for record, provider in mix:
-        metrics.record(record, provider)
+        metrics.record(record, provider, models.get(record.deployment or "", ""))
     f = parse(metrics.render())
 
     requests = {
@@ -122,12 +123,15 @@ def test_a_scripted_mix_gives_exact_figures() -> None:
     }
     gpt = {"deployment": "gpt", "provider": "openai"}
     claude = {"deployment": "claude", "provider": "anthropic"}
-    assert value(f, "inference_tokens_in_total", **gpt) == 117
-    assert value(f, "inference_tokens_out_total", **gpt) == 55
-    assert value(f, "inference_tokens_in_total", **claude) == 201
-    assert value(f, "inference_tokens_out_total", **claude) == 302
-    assert value(f, "inference_cost_usd_total", **gpt) == 0.75
-    assert value(f, "inference_cost_usd_total", **claude) == 1.25
+    # Tokens and cost are by model as well (the deployment's upstream model).
+    gpt_model = {**gpt, "model": "gpt-4o"}
+    claude_model = {**claude, "model": "claude-sonnet-4"}
+    assert value(f, "inference_tokens_in_total", **gpt_model) == 117
+    assert value(f, "inference_tokens_out_total", **gpt_model) == 55
+    assert value(f, "inference_tokens_in_total", **claude_model) == 201
+    assert value(f, "inference_tokens_out_total", **claude_model) == 302
+    assert value(f, "inference_cost_usd_total", **gpt_model) == 0.75
+    assert value(f, "inference_cost_usd_total", **claude_model) == 1.25
     assert value(f, "inference_request_duration_seconds_count", **gpt) == 5
     assert value(f, "inference_request_duration_seconds_sum", **gpt) == pytest.approx(31.651)
     assert value(f, "inference_request_duration_seconds_count", **claude) == 6
@@ -140,7 +144,7 @@ def test_a_scripted_mix_gives_exact_figures() -> None:
         assert value(f, "inference_request_duration_seconds_bucket", **gpt, le=bound) == count
     # A request that never reached a deployment has no cost series worth a value, but its
     # duration is still counted under deployment="".
-    assert value(f, "inference_cost_usd_total", deployment="", provider="") == 0
+    assert value(f, "inference_cost_usd_total", deployment="", provider="", model="") == 0
     assert value(f, "inference_request_duration_seconds_count", deployment="", provider="") == 1
 
 
@@ -207,7 +211,7 @@ def test_labels_stay_bounded_whatever_is_recorded() -> None:
     f = parse(metrics.render())
     assert len(f["inference_tokens_in_total"].samples) == 4  # three, then the overflow
     folded = {"deployment": OVERFLOW, "provider": OVERFLOW}
-    assert value(f, "inference_tokens_in_total", **folded) == 7
+    assert value(f, "inference_tokens_in_total", **folded, model=OVERFLOW) == 7
     assert value(f, "inference_inter_token_latency_seconds_count", **folded) == 7
     assert len(f["inference_requests_total"].samples) == 4
     overflow = {"deployment": OVERFLOW, "provider": OVERFLOW, "outcome": OVERFLOW}
@@ -373,7 +377,7 @@ async def test_no_secret_or_client_string_reaches_the_exposition(tmp_path: Path)
         )
         leaky.replica = client_key
         leaky.tried = [client_key]
-        metrics.record(leaky, "openai")
+        metrics.record(leaky, "openai", "gpt-4o")
         metrics.observe_inter_token("gpt", "openai", 0.01)
         payload = metrics.render()
     finally:
@@ -388,4 +392,4 @@ async def test_no_secret_or_client_string_reaches_the_exposition(tmp_path: Path)
         for k, v in ls.items()
         if k not in {"le", "dimension", "outcome"}
     }
-    assert labels == {"gpt", "gpt-0", "openai"}
+    assert labels == {"gpt", "gpt-0", "openai", "gpt-4o"}

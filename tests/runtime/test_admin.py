@@ -225,9 +225,10 @@ async def test_metrics_count_a_scripted_mix_exactly(
     assert _sample(text, "inference_requests_total", **labels, outcome="ok") == 3
     assert _sample(text, "inference_requests_total", **labels, outcome="content_filtered") == 1
     assert _sample(text, "inference_requests_total", **labels, outcome="server_error") == 1
-    assert _sample(text, "inference_tokens_in_total", **labels) == tokens_in
-    assert _sample(text, "inference_tokens_out_total", **labels) == tokens_out
-    cost = _sample(text, "inference_cost_usd_total", **labels)
+    priced = {**labels, "model": "gpt-4o-mini"}
+    assert _sample(text, "inference_tokens_in_total", **priced) == tokens_in
+    assert _sample(text, "inference_tokens_out_total", **priced) == tokens_out
+    cost = _sample(text, "inference_cost_usd_total", **priced)
     costs = (await client.get("/admin/costs", headers=admin())).json()["data"]
     assert cost == pytest.approx(costs[0]["spent_usd"])
     assert _sample(text, "inference_workers_busy", deployment="chat", replica="chat-0") == 0

@@ -7,9 +7,9 @@ Counted as requests end (:meth:`InferenceMetrics.record`, from the RequestActor'
     inference_request_duration_seconds{deployment,provider}        histogram
     inference_time_to_first_token_seconds{deployment,provider}     histogram
     inference_inter_token_latency_seconds{deployment,provider}     histogram
-    inference_tokens_in_total{deployment,provider}
-    inference_tokens_out_total{deployment,provider}
-    inference_cost_usd_total{deployment,provider}
+    inference_tokens_in_total{deployment,provider,model}
+    inference_tokens_out_total{deployment,provider,model}
+    inference_cost_usd_total{deployment,provider,model}
     inference_gateway_overhead_seconds                             histogram
 
 Counted as they happen::
@@ -53,6 +53,7 @@ from rakka_inference.observe.prometheus import (
     CONTENT_TYPE,
     DEFAULT_MAX_SERIES,
     CounterChild,
+    HistogramChild,
     LabelValues,
     Registry,
 )
@@ -147,12 +148,11 @@ class ReplicaGauges(Protocol):
 
 
 class _Series:
-    """The children of one (deployment, provider): one dict lookup per record()."""
+    """The children of one (deployment, provider, model): one dict lookup per record()."""
 
     __slots__ = (
         "cost",
         "duration",
-        "inter_token",
         "key",
         "outcomes",
         "tokens_in",
@@ -160,15 +160,14 @@ class _Series:
         "ttft",
     )
 
-    def __init__(self, metrics: InferenceMetrics, key: LabelValues) -> None:
+    def __init__(self, metrics: InferenceMetrics, key: LabelValues, model: str) -> None:
         self.key = key
         self.outcomes: dict[str, CounterChild] = {}
         self.duration = metrics.request_duration.labels(*key)
         self.ttft = metrics.time_to_first_token.labels(*key)
-        self.inter_token = metrics.inter_token_latency.labels(*key)
-        self.tokens_in = metrics.tokens_in.labels(*key)
-        self.tokens_out = metrics.tokens_out.labels(*key)
-        self.cost = metrics.cost_usd.labels(*key)
+        self.tokens_in = metrics.tokens_in.labels(*key, model)
+        self.tokens_out = metrics.tokens_out.labels(*key, model)
+        self.cost = metrics.cost_usd.labels(*key, model)
 
 
 class InferenceMetrics:
@@ -215,22 +214,23 @@ class InferenceMetrics:
             buckets=INTER_TOKEN_BUCKETS,
             max_series=max_series,
         )
+        priced = (*pair, "model")
         self.tokens_in = registry.counter(
             "inference_tokens_in_total",
-            "Prompt tokens, cached ones included.",
-            pair,
+            "Prompt tokens, cached ones included (model: the deployment's upstream model).",
+            priced,
             max_series=max_series,
         )
         self.tokens_out = registry.counter(
             "inference_tokens_out_total",
             "Generated tokens, reasoning included.",
-            pair,
+            priced,
             max_series=max_series,
         )
         self.cost_usd = registry.counter(
             "inference_cost_usd_total",
             "Estimated cost in US dollars, by the price table.",
-            pair,
+            priced,
             max_series=max_series,
         )
         self.circuit_transitions = registry.counter(
@@ -298,23 +298,25 @@ class InferenceMetrics:
             max_series=max_series,
         )
         self._series: dict[LabelValues, _Series] = {}
+        self._inter_token: dict[LabelValues, HistogramChild] = {}
         self._replicas: dict[LabelValues, ReplicaGauges] = {}
 
     # ------------------------------------------------------------------ counted
 
-    def _series_for(self, deployment: str, provider: str) -> _Series:
+    def _series_for(self, deployment: str, provider: str, model: str = "") -> _Series:
         key = (deployment, provider)
-        series = self._series.get(key)
+        series = self._series.get((deployment, provider, model))
         if series is None:
-            series = _Series(self, key)
+            series = _Series(self, key, model)
             # The metrics fold past max_series by themselves; the cache only stops growing.
             if len(self._series) < self._max_series:
-                self._series[key] = series
+                self._series[deployment, provider, model] = series
         return series
 
-    def record(self, record: RequestRecord, provider: str) -> None:
-        """Count one finished request: outcome, latency, TTFT, tokens, cost."""
-        series = self._series_for(record.deployment or "", provider)
+    def record(self, record: RequestRecord, provider: str, model: str = "") -> None:
+        """Count one finished request: outcome, latency, TTFT, tokens and cost (these by
+        ``model`` too: the deployment's upstream model, from the config)."""
+        series = self._series_for(record.deployment or "", provider, model)
         outcome = record.outcome
         counter = series.outcomes.get(outcome)
         if counter is None:
@@ -333,7 +335,12 @@ class InferenceMetrics:
 
     def observe_inter_token(self, deployment: str, provider: str, seconds: float) -> None:
         """The gap between two visible chunks of one streamed answer."""
-        self._series_for(deployment, provider).inter_token.observe(seconds)
+        child = self._inter_token.get((deployment, provider))
+        if child is None:
+            child = self.inter_token_latency.labels(deployment, provider)
+            if len(self._inter_token) < self._max_series:
+                self._inter_token[deployment, provider] = child
+        child.observe(seconds)
 
     def circuit_transition(self, transition: BreakerTransition) -> None:
         """Count one circuit breaker transition (a breaker registry's observer)."""

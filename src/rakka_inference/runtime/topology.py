@@ -146,6 +146,8 @@ class Topology:
             ),
         )
         self._providers: dict[str, str] = {}
+        self._models: dict[str, str] = {}
+        """Each deployment's upstream model, for the metrics' ``model`` label."""
         self._tracing: Tracing | None = None
         client_keys, admin_key = _access_keys(config)
         self.gateway = ApiGateway(
@@ -188,6 +190,8 @@ class Topology:
         self.config = config
         self._providers.clear()
         self._providers.update({d.name: provider_label(d) for d in config.deployments})
+        self._models.clear()
+        self._models.update({d.name: d.upstream_model for d in config.deployments})
         for name in self.manager.deployments:
             self.builder.watch_throttle(name, self.manager.engines(name))
         for name in report.removed:
@@ -227,7 +231,9 @@ class Topology:
                 self._tracing = None
 
     def _record(self, record: RequestRecord) -> None:
-        provider = self._providers.get(record.deployment or "", "")
-        self.metrics.record(record, provider)
+        deployment = record.deployment or ""
+        self.metrics.record(
+            record, self._providers.get(deployment, ""), self._models.get(deployment, "")
+        )
         if self._on_record is not None:
             self._on_record(record)
