@@ -176,6 +176,7 @@ def test_every_family_is_declared_with_its_design_name() -> None:
         "inference_tokens_out_total": "counter",
         "inference_cost_usd_total": "counter",
         "inference_gateway_overhead_seconds": "histogram",
+        "inference_retries_total": "counter",
         "inference_circuit_transitions_total": "counter",
         "inference_budget_exceeded_total": "counter",
         "inference_circuit_state": "gauge",

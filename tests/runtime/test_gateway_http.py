@@ -193,6 +193,9 @@ async def test_every_error_status_reaches_the_sdk_typed(live: Live) -> None:
         metrics = (await scrape.get("/metrics")).text
     opened = 'inference_circuit_transitions_total{provider="openai",model="gpt-4o",state="open"} 1'
     assert opened in metrics
+    # Each of the two requests was tried twice: the first failure of each was retried.
+    assert 'inference_retries_total{deployment="fragile",outcome="timed_out"} 1' in metrics
+    assert 'inference_retries_total{deployment="fragile",outcome="server_error"} 1' in metrics
 
 
 async def test_a_client_disconnect_reaches_the_provider_within_a_second(live: Live) -> None:

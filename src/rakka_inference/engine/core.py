@@ -357,6 +357,7 @@ class EngineCore(abc.ABC):
             queued_s=started - job.submitted_at,
             latency_s=now - job.submitted_at,
             ttft_s=None if job.first_chunk_at is None else job.first_chunk_at - job.submitted_at,
+            retried=tuple(job.retried),
         )
         if job.hold is not None:
             job.hold.settle(cost)

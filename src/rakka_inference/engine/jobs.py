@@ -84,6 +84,8 @@ class Job:
     started_at: float = 0.0
     first_chunk_at: float | None = None
     attempts: int = 0
+    retried: list[str] = field(default_factory=list)
+    """The outcome of each failed attempt that was tried again (``rate_limited`` ...)."""
     usage: Usage = field(default_factory=Usage)
     trace: Span = NO_SPAN
     """The caller's span at submit: the parent of this request's spans in the engine."""

@@ -31,6 +31,8 @@ class RequestReport:
     queued_s: float
     latency_s: float
     ttft_s: float | None
+    retried: tuple[str, ...] = ()
+    """The outcome of each failed attempt the engine tried again."""
 
 
 @dataclass(slots=True)
@@ -50,10 +52,14 @@ class RequestRecord:
     cost_usd: float | None = None
     engine_s: float = 0.0
     """Time spent inside engines (queued, permits, upstream): the rest is the gateway's."""
+    retries: list[tuple[str, str]] = field(default_factory=list)
+    """(deployment, outcome) of each failed attempt that was tried again, in order."""
 
     def add(self, report: RequestReport) -> None:
-        """Fold one engine's report into the record."""
+        """Fold one engine's report into the record (its retries under the deployment being
+        tried)."""
         self.attempts += report.attempts
+        self.retries.extend((self.deployment or "", outcome) for outcome in report.retried)
         self.engine_s += report.latency_s
         if report.cost_usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + report.cost_usd

@@ -10,6 +10,7 @@ Counted as requests end (:meth:`InferenceMetrics.record`, from the RequestActor'
     inference_tokens_in_total{deployment,provider,model}
     inference_tokens_out_total{deployment,provider,model}
     inference_cost_usd_total{deployment,provider,model}
+    inference_retries_total{deployment,outcome}                    attempts tried again
     inference_gateway_overhead_seconds                             histogram
 
 Counted as they happen::
@@ -233,6 +234,13 @@ class InferenceMetrics:
             priced,
             max_series=max_series,
         )
+        self.retries = registry.counter(
+            "inference_retries_total",
+            "Failed attempts an engine tried again, by the deployment and the failure "
+            "(rate_limited, server_error, timed_out ...).",
+            ("deployment", "outcome"),
+            max_series=max_series,
+        )
         self.circuit_transitions = registry.counter(
             "inference_circuit_transitions_total",
             "Circuit breaker transitions, by the upstream's provider and model and the state "
@@ -327,6 +335,8 @@ class InferenceMetrics:
         series.duration.observe(record.latency_s)
         if record.ttft_s is not None:
             series.ttft.observe(record.ttft_s)
+        for deployment, retried in record.retries:
+            self.retries.labels(deployment, retried).inc()
         usage = record.usage
         series.tokens_in.inc(usage.input_tokens)
         series.tokens_out.inc(usage.output_tokens)

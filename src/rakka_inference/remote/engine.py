@@ -294,6 +294,7 @@ class RemoteEngineCore(EngineCore):
                 )
                 if decision.action is RetryAction.GIVE_UP:
                     raise (decision.error or error) from None
+                job.retried.append(error.outcome)
                 if decision.action is RetryAction.REBUILD_SESSION:
                     await session.rebuild(
                         SessionRebuildCause.UNAUTHORIZED, seen_generation=snapshot.generation
