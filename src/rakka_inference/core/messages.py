@@ -337,8 +337,12 @@ class SamplingParams:
 
 
 def refuse_openai_options(request: ChatRequest, who: str) -> None:
-    """A 400 naming the first OpenAI-only option ``request`` sets, which ``who`` (a
-    provider, a runtime) cannot take."""
+    """A 400 naming the first OpenAI-only option ``request`` sets (``metadata`` among
+    them), which ``who`` (a provider, a runtime) cannot take."""
+    if request.metadata:
+        raise BadRequest(
+            f"'metadata' is taken only by OpenAI-format deployments, not {who}", param="metadata"
+        )
     for name in request.openai_options:
         raise BadRequest(
             f"'{name}' is taken only by OpenAI-format deployments, not {who}", param=name

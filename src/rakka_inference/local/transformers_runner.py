@@ -87,7 +87,7 @@ from rakka_inference.core.stream import TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.local.batcher import BatchStats, ContinuousBatcher, Prompt
 
-__all__ = ["EXTRA_INSTALL_HINT", "TransformersRunner", "model_source_problem"]
+__all__ = ["EXTRA_INSTALL_HINT", "TransformersRunner", "model_source_problem", "refuse_unsupported"]
 
 log = logging.getLogger("rakka_inference.local.transformers_runner")
 
@@ -311,7 +311,7 @@ class TransformersRunner:
         loaded = self._loaded
         if loaded is None:
             raise RuntimeError("TransformersRunner.execute() before load_weights()")
-        _refuse_unsupported(request)
+        refuse_unsupported(request)
         batcher = loaded.batcher
         ticket = batcher.submit(request)
         try:
@@ -370,7 +370,7 @@ class TransformersRunner:
         loaded.batcher.inject_fault(error)
 
 
-def _refuse_unsupported(request: ChatRequest) -> None:
+def refuse_unsupported(request: ChatRequest) -> None:
     sampling = request.sampling
     if sampling.n != 1:
         raise BadRequest("the transformers runtime generates one choice (n=1)", param="n")
