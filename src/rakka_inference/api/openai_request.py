@@ -52,7 +52,13 @@ from rakka_inference.api.openai_tools import (
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ChatRequest, SamplingParams
 
-__all__ = ["INERT_PARAMS", "UNSUPPORTED_PARAMS", "parse_chat_request", "parse_metadata"]
+__all__ = [
+    "INERT_PARAMS",
+    "UNSUPPORTED_PARAMS",
+    "parse_chat_request",
+    "parse_metadata",
+    "parse_stream_options",
+]
 
 _CHAT_PARAMS = frozenset(
     {
@@ -117,7 +123,7 @@ def parse_chat_request(
     tools = parse_tools(document.get("tools"))
     parallel_tool_calls = read.boolean(document.get("parallel_tool_calls"), "parallel_tool_calls")
     stream = bool(read.boolean(document.get("stream"), "stream"))
-    include_usage = _stream_options(document.get("stream_options"), stream)
+    include_usage = parse_stream_options(document.get("stream_options"), stream)
     return ChatRequest(
         model=model,
         messages=messages,
@@ -198,7 +204,11 @@ def _stop(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _stream_options(value: object, stream: bool) -> bool:
+def parse_stream_options(
+    value: object, stream: bool, allowed: frozenset[str] = _STREAM_OPTIONS
+) -> bool:
+    """``stream_options`` (only with ``stream``; keys among ``allowed``): whether the
+    stream's usage is asked for."""
     if value is None:
         return False
     if not stream:
@@ -208,7 +218,7 @@ def _stream_options(value: object, stream: bool) -> bool:
         )
     options = read.mapping(value, "stream_options")
     for key in options:
-        if key not in _STREAM_OPTIONS:
+        if key not in allowed:
             raise BadRequest(
                 f"Unrecognized request argument supplied: stream_options.{key}",
                 param=f"stream_options.{key}",

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rakka_inference.api.openai_fields import invalid_value, read
-from rakka_inference.api.openai_request import parse_metadata
+from rakka_inference.api.openai_request import parse_metadata, parse_stream_options
 from rakka_inference.api.openai_responses_input import parse_input
+from rakka_inference.api.openai_tools import function_definition
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
     REASONING_EFFORTS,
@@ -143,7 +144,7 @@ def parse_responses_request(
     tools = _tools(document.get("tools"))
     parallel = read.boolean(document.get("parallel_tool_calls"), "parallel_tool_calls")
     stream = bool(read.boolean(document.get("stream"), "stream"))
-    _stream_options(document.get("stream_options"), stream)
+    parse_stream_options(document.get("stream_options"), stream, _STREAM_OPTIONS)
     request = ChatRequest(
         model=model,
         messages=tuple(messages),
@@ -219,24 +220,6 @@ def _reasoning(value: object) -> str | None:
     return effort
 
 
-def _stream_options(value: object, stream: bool) -> None:
-    if value is None:
-        return
-    if not stream:
-        raise BadRequest(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            param="stream_options",
-        )
-    options = read.mapping(value, "stream_options")
-    for key in options:
-        if key not in _STREAM_OPTIONS:
-            raise BadRequest(
-                f"Unrecognized request argument supplied: stream_options.{key}",
-                param=f"stream_options.{key}",
-            )
-    read.boolean(options.get("include_obfuscation"), "stream_options.include_obfuscation")
-
-
 # --------------------------------------------------------------------------- tools
 
 
@@ -269,23 +252,7 @@ def _tool(value: object, param: str) -> ToolDefinition:
             f"tools of type {kind!r} are not supported by this gateway: only 'function' tools",
             param=f"{param}.type",
         )
-    name = read.required_string(tool.get("name"), f"{param}.name")
-    parameters = tool.get("parameters")
-    try:
-        return ToolDefinition(
-            name=name,
-            description=read.string(tool.get("description"), f"{param}.description"),
-            parameters=(
-                {"type": "object", "properties": {}}
-                if parameters is None
-                else read.mapping(parameters, f"{param}.parameters")
-            ),
-            strict=read.boolean(tool.get("strict"), f"{param}.strict"),
-        )
-    except BadRequest as error:
-        if error.param == "tools":  # the core's name rule
-            error.param = f"{param}.name"
-        raise
+    return function_definition(tool, param)
 
 
 def _tool_choice(value: object) -> ToolChoice | None:

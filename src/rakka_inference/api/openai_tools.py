@@ -8,13 +8,15 @@ response format needs a ``name`` (1-64 letters, digits, ``_`` or ``-``) and a ``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from rakka_inference.api.openai_fields import invalid_value, read
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import ResponseFormat
 from rakka_inference.core.tools import ToolChoice, ToolDefinition
 
-__all__ = ["parse_response_format", "parse_tool_choice", "parse_tools"]
+__all__ = ["function_definition", "parse_response_format", "parse_tool_choice", "parse_tools"]
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -39,20 +41,26 @@ def _tool(value: object, param: str) -> ToolDefinition:
     function_param = f"{param}.function"
     if tool.get("function") is None:
         read.missing(function_param)
-    function = read.mapping(tool["function"], function_param)
-    name_param = f"{function_param}.name"
+    return function_definition(read.mapping(tool["function"], function_param), function_param)
+
+
+def function_definition(function: Mapping[str, Any], param: str) -> ToolDefinition:
+    """A function's ``name``, ``description``, ``parameters`` and ``strict`` (chat's
+    ``tools[i].function``, or a Responses function tool) as a core tool; ``param`` is its
+    path."""
+    name_param = f"{param}.name"
     name = read.required_string(function.get("name"), name_param)
     parameters = function.get("parameters")
     try:
         return ToolDefinition(
             name=name,
-            description=read.string(function.get("description"), f"{function_param}.description"),
+            description=read.string(function.get("description"), f"{param}.description"),
             parameters=(
                 {"type": "object", "properties": {}}
                 if parameters is None
-                else read.mapping(parameters, f"{function_param}.parameters")
+                else read.mapping(parameters, f"{param}.parameters")
             ),
-            strict=read.boolean(function.get("strict"), f"{function_param}.strict"),
+            strict=read.boolean(function.get("strict"), f"{param}.strict"),
         )
     except BadRequest as error:
         if error.param == "tools":  # the core's name rule
