@@ -52,7 +52,7 @@ def _chat(**fields: Any) -> ChatRequest:
 
 
 REQUESTS: dict[str, ChatRequest] = {
-    "reasoning_effort": _chat(sampling=SamplingParams(reasoning_effort="low")),
+    "reasoning_effort": _chat(sampling=SamplingParams(reasoning_effort="low", max_tokens=4096)),
     "parallel_tool_calls = false": _chat(tools=(TOOL,), parallel_tool_calls=False),
     "top_k (Anthropic's)": _chat(sampling=SamplingParams(top_k=5)),
     "store": _chat(openai_options={"store": True}),
@@ -72,6 +72,10 @@ SENT: dict[str, Callable[[dict[str, Any]], object]] = {
     "metadata": lambda body: body["metadata"]["team"] == "search",
 }
 TRANSLATED: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
+    ("reasoning_effort", "Anthropic"): lambda body: body["thinking"]["budget_tokens"] == 2048,
+    ("reasoning_effort", "Gemini"): (
+        lambda body: body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 2048
+    ),
     ("parallel_tool_calls = false", "Anthropic"): (
         lambda body: body["tool_choice"]["disable_parallel_tool_use"] is True
     ),

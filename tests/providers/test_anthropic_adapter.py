@@ -1011,15 +1011,30 @@ def test_price_resolution() -> None:
     assert custom.provider == "anthropic-eu"
 
 
-def test_a_reasoning_effort_is_refused_until_it_maps_to_thinking() -> None:
-    request = ChatRequest(
-        model="claude",
-        messages=(ChatMessage.user("think"),),
-        sampling=SamplingParams(reasoning_effort="high"),
-    )
-    with pytest.raises(BadRequest, match="thinking budget") as refused:
-        adapter().build_request(request, KEY)
-    assert refused.value.param == "reasoning_effort"
+def test_a_reasoning_effort_is_a_thinking_budget_under_max_tokens() -> None:
+    def body(**sampling: object) -> dict[str, object]:
+        request = ChatRequest(
+            model="claude",
+            messages=(ChatMessage.user("think"),),
+            sampling=SamplingParams(**sampling),  # type: ignore[arg-type]
+        )
+        return adapter().request_body(request)
+
+    assert body(reasoning_effort="high", max_tokens=32000)["thinking"] == {
+        "type": "enabled",
+        "budget_tokens": 24576,
+    }
+    # The budget stays under max_tokens, which counts the thinking.
+    assert body(reasoning_effort="high", max_tokens=3000)["thinking"]["budget_tokens"] == 2999  # type: ignore[index]
+    assert "thinking" not in body(reasoning_effort="none", max_tokens=3000)
+    for sampling, param in (
+        ({"max_tokens": 1024}, "max_tokens"),
+        ({"max_tokens": 4096, "temperature": 0.2}, "temperature"),
+        ({"max_tokens": 4096, "top_k": 5}, "top_k"),
+    ):
+        with pytest.raises(BadRequest) as refused:
+            body(reasoning_effort="low", **sampling)
+        assert refused.value.param == param
 
 
 def test_count_tokens_request_and_answer() -> None:

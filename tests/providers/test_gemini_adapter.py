@@ -1164,11 +1164,13 @@ def test_price_resolution_and_runtime_config() -> None:
     assert GeminiAdapter(GeminiConfig(), MODEL, provider="vertex-eu").provider == "vertex-eu"
 
 
-def test_a_reasoning_effort_is_refused_until_it_maps_to_thinking() -> None:
-    request = chat(ChatMessage.user("think"), sampling=SamplingParams(reasoning_effort="low"))
-    with pytest.raises(BadRequest, match="thinking budget") as refused:
-        adapter().request_body(request)
-    assert refused.value.param == "reasoning_effort"
+def test_a_reasoning_effort_is_a_thinking_budget() -> None:
+    def config(effort: str) -> object:
+        request = chat(ChatMessage.user("think"), sampling=SamplingParams(reasoning_effort=effort))
+        return adapter().request_body(request)["generationConfig"]["thinkingConfig"]
+
+    assert config("medium") == {"thinkingBudget": 8192, "includeThoughts": True}
+    assert config("none") == {"thinkingBudget": 0, "includeThoughts": False}
 
 
 def test_count_tokens_request_on_ai_studio_and_vertex() -> None:

@@ -48,7 +48,7 @@ _OPENAI_ONLY = ((F, ""), (F, ""), (R, ""), (R, ""), (F, ""), (F, ""), (R, ""))
 ROWS: tuple[Row, ...] = (
     Row(
         "reasoning_effort",
-        ((F, ""), (F, ""), (R, "not mapped to thinking yet"), (R, "not mapped to thinking yet"),
+        ((F, ""), (F, ""), (T, "thinking.budget_tokens"), (T, "thinkingConfig.thinkingBudget"),
          (F, ""), (F, ""), (R, "")),
     ),
     Row(

@@ -27,6 +27,8 @@ from rakka_inference.core.usage import Usage
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_TOKENS",
+    "REASONING_EFFORTS",
+    "THINKING_BUDGETS",
     "Role",
     "TextPart",
     "ImagePart",
@@ -52,6 +54,16 @@ none of its own: what the limiter estimates and the budget reserves until usage 
 MAX_STOP_SEQUENCES = 4
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
 """The reasoning efforts OpenAI's reasoning models take, least first."""
+THINKING_BUDGETS: Mapping[str, int] = {
+    "none": 0,
+    "minimal": 1024,
+    "low": 2048,
+    "medium": 8192,
+    "high": 24576,
+}
+"""The thinking budget (tokens) an effort becomes for a model that takes a budget rather
+than an effort (Anthropic's extended thinking, Gemini's ``thinkingBudget``). 1024 is the
+least Anthropic takes; 24576 the most Gemini Flash takes."""
 """OpenAI accepts at most four stop sequences; so do we, whatever the provider."""
 
 MAX_EMBEDDING_DIMENSIONS = 65536

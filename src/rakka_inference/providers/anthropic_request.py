@@ -10,6 +10,7 @@ from typing import Any
 
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
+    THINKING_BUDGETS,
     ChatMessage,
     ChatRequest,
     ImagePart,
@@ -33,6 +34,10 @@ _TOOL_CHOICES: Mapping[ToolChoiceMode, str] = {
 }
 
 
+_MIN_THINKING = 1024
+"""The least thinking budget Anthropic takes."""
+
+
 def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> dict[str, Any]:
     """The Messages API body for ``request``; ``max_tokens_default`` fills ``max_tokens``
     when the request sets none (the API requires it)."""
@@ -40,11 +45,6 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
     if sampling.n != 1:
         raise BadRequest("only n = 1 is supported", param="n")
     refuse_openai_options(request, "Anthropic")
-    if sampling.reasoning_effort is not None:
-        raise BadRequest(
-            "reasoning_effort is not translated to Anthropic's thinking budget yet",
-            param="reasoning_effort",
-        )
     if sampling.temperature is not None and sampling.temperature > MAX_TEMPERATURE:
         raise BadRequest(
             f"temperature must be between 0 and {MAX_TEMPERATURE:g} for Anthropic models",
@@ -93,11 +93,40 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
         body["output_config"] = {
             "format": {"type": "json_schema", "schema": dict(response_format.json_schema or {})}
         }
+    thinking = _thinking(request, body["max_tokens"])
+    if thinking is not None:
+        body["thinking"] = thinking
     if request.user is not None:
         body["metadata"] = {"user_id": request.user}
     if request.stream:
         body["stream"] = True
     return body
+
+
+def _thinking(request: ChatRequest, max_tokens: int) -> dict[str, Any] | None:
+    """``reasoning_effort`` as extended thinking: a budget (:data:`THINKING_BUDGETS`) kept
+    under ``max_tokens``, which counts the thinking too (as OpenAI's cap counts reasoning).
+    Thinking takes no ``temperature`` but 1 and no ``top_k``: those are refused with it."""
+    effort = request.sampling.reasoning_effort
+    if effort is None or effort == "none":
+        return None
+    if max_tokens <= _MIN_THINKING:
+        raise BadRequest(
+            f"with reasoning_effort, max_tokens must be above {_MIN_THINKING} for Anthropic "
+            "models (the thinking is part of it)",
+            param="max_tokens",
+        )
+    sampling = request.sampling
+    if sampling.temperature not in (None, 1.0):
+        raise BadRequest(
+            "Anthropic models think only at temperature 1: leave temperature out with "
+            "reasoning_effort",
+            param="temperature",
+        )
+    if sampling.top_k is not None:
+        raise BadRequest("Anthropic models take no top_k while thinking", param="top_k")
+    budget = min(THINKING_BUDGETS[effort], max_tokens - 1)
+    return {"type": "enabled", "budget_tokens": max(_MIN_THINKING, budget)}
 
 
 def _tool_choice(choice: ToolChoice) -> dict[str, Any]:

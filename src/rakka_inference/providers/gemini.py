@@ -42,6 +42,8 @@ Translation from the OpenAI-shaped :class:`~rakka_inference.core.messages.ChatRe
   ``type`` list of one type (plus ``"null"``) becomes that type (with ``nullable: true``).
   Anything else is passed as is, and the upstream's 400 names what it refused.
 - ``parallel_tool_calls = false`` is refused (400): Gemini has no such switch.
+- ``reasoning_effort`` becomes ``generationConfig.thinkingConfig``: its
+  :data:`~rakka_inference.core.messages.THINKING_BUDGETS` budget, thoughts included.
 - ``tool_choice`` becomes ``toolConfig.functionCallingConfig.mode`` AUTO / NONE / ANY
   (named: ANY with ``allowedFunctionNames``), sent only with tools.
 - ``generationConfig``: ``temperature``, ``topP``, ``maxOutputTokens``,
@@ -104,6 +106,7 @@ from rakka_inference.core.errors import (
     ProtocolError,
 )
 from rakka_inference.core.messages import (
+    THINKING_BUDGETS,
     ChatRequest,
     EmbeddingRequest,
     EmbeddingResult,
@@ -249,11 +252,6 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
                 "out (or true) for a Gemini deployment",
                 param="parallel_tool_calls",
             )
-        if sampling.reasoning_effort is not None:
-            raise BadRequest(
-                "reasoning_effort is not translated to Gemini's thinking budget yet",
-                param="reasoning_effort",
-            )
         system, contents = _conversation(request.messages, vertex=self._vertex)
         if not contents:
             raise BadRequest(
@@ -294,6 +292,9 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         )
         if sampling.stop:
             generation["stopSequences"] = list(sampling.stop)
+        if sampling.reasoning_effort is not None:
+            budget = THINKING_BUDGETS[sampling.reasoning_effort]
+            generation["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": budget > 0}
         response_format = request.response_format
         if response_format is not None and response_format.type != "text":
             generation["responseMimeType"] = "application/json"

@@ -72,17 +72,26 @@ async def chat(
     """``POST /v1/chat/completions``: OpenAI's chat format in and out."""
     request = parse_chat_request(await gateway.read_body(scope, receive), request_id=ids.own)
 
+    # A client that asked for reasoning sees it, as reasoning_content (vLLM's and
+    # DeepSeek's field): Claude's thinking blocks, Gemini's thoughts, an engine's reasoning.
+    reasoning = request.sampling.reasoning_effort not in (None, "none")
+
     def renderer() -> StreamRenderer:
         return ChunkRenderer(
             request_id=ids.own,
             model=request.model,
             created=int(time.time()),
             include_usage=request.include_usage,
+            include_reasoning=reasoning,
         )
 
     def body(result: ChatCompletion) -> bytes:
         return completion_json(
-            result, request_id=ids.own, model=request.model, created=int(time.time())
+            result,
+            request_id=ids.own,
+            model=request.model,
+            created=int(time.time()),
+            include_reasoning=reasoning,
         )
 
     await _answer_chat(
