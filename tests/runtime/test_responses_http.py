@@ -355,11 +355,17 @@ async def test_what_cannot_be_honoured_is_a_400_naming_it(live: Live) -> None:
 
 
 async def test_a_provider_refusal_names_the_responses_field(live: Live) -> None:
+    # Claude thinks within max_tokens: a cap too small for any thinking is refused, and the
+    # error names the Responses field (max_output_tokens), not the chat one.
     with pytest.raises(openai.BadRequestError) as caught:
-        await live.client.responses.create(model="claude", input="hi", reasoning={"effort": "low"})
+        await live.client.responses.create(
+            model="claude", input="hi", reasoning={"effort": "low"}, max_output_tokens=1000
+        )
     error = caught.value.body
     assert isinstance(error, dict)
-    assert error["param"] == "reasoning.effort"
+    assert error["param"] == "max_output_tokens"
+    await live.client.responses.create(model="claude", input="hi", reasoning={"effort": "low"})
+    assert live.sent("claude")["thinking"] == {"type": "enabled", "budget_tokens": 2048}
     await live.client.responses.create(model="gpt", input="hi", reasoning={"effort": "low"})
     assert live.sent("gpt")["reasoning_effort"] == "low"
 
