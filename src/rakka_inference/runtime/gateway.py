@@ -101,7 +101,6 @@ from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.runtime import dialects
 from rakka_inference.runtime.asgi import (
     ErrorRenderer,
-    Message,
     Receive,
     RequestIds,
     Scope,
@@ -118,6 +117,7 @@ from rakka_inference.runtime.asgi import (
     trace_headers,
 )
 from rakka_inference.runtime.coordinator import DpCoordinator
+from rakka_inference.runtime.cors import allowed_origin, preflight, with_cors
 from rakka_inference.runtime.request import (
     MAX_WAIT_HEADER,
     FallbackPolicy,
@@ -133,48 +133,6 @@ PRIORITY_HEADER = b"x-rakka-priority"
 ``critical``; within a replica's queue a higher class is served first."""
 
 log = logging.getLogger("rakka_inference.gateway")
-
-
-_CORS_METHODS = b"GET, POST, HEAD, OPTIONS"
-_CORS_ALLOWED_HEADERS = (
-    b"authorization, content-type, content-encoding, x-api-key, anthropic-version, "
-    b"anthropic-beta, x-request-id, x-rakka-priority, openai-organization, openai-project"
-)
-_CORS_EXPOSED = b"x-request-id, retry-after, x-rakka-token-count"
-_CORS_MAX_AGE = b"600"
-
-
-async def _preflight(send: Send, origin: str, scope: Scope, request_id: str) -> None:
-    """The answer to a CORS preflight from an allowed ``origin``: which methods and
-    headers its page may use (the client's key is checked on the request itself)."""
-    headers = [
-        (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-allow-methods", _CORS_METHODS),
-        (b"access-control-allow-headers", _CORS_ALLOWED_HEADERS),
-        (b"access-control-max-age", _CORS_MAX_AGE),
-        (b"vary", b"origin"),
-        (b"x-request-id", request_id.encode("latin-1")),
-        (b"content-length", b"0"),
-    ]
-    await send({"type": "http.response.start", "status": 204, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
-
-
-def _with_cors(send: Send, origin: str) -> Send:
-    """``send`` adding the CORS headers an allowed ``origin``'s page needs to read the
-    answer."""
-    extra = [
-        (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-expose-headers", _CORS_EXPOSED),
-        (b"vary", b"origin"),
-    ]
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
-        await send(message)
-
-    return sending
 
 
 def _priority(value: str) -> Priority:
@@ -277,14 +235,12 @@ class ApiGateway:
         if scope["type"] != "http":
             return
         ids = request_ids(scope)
-        origin = header(scope, b"origin") if self._cors else None
-        if origin is not None:
-            allowed = origin if origin in self._cors else "*" if "*" in self._cors else None
-            if allowed is not None:
-                if scope["method"] == "OPTIONS":  # a preflight: answered for any route
-                    await _preflight(send, allowed, scope, ids.header)
-                    return
-                send = _with_cors(send, allowed)
+        allowed = allowed_origin(scope, self._cors) if self._cors else None
+        if allowed is not None:
+            if scope["method"] == "OPTIONS":  # a preflight: answered for any route
+                await preflight(send, allowed, ids.header)
+                return
+            send = with_cors(send, allowed)
         handler = self._routes.get((scope["method"], scope["path"]))
         if handler is None and scope["method"] == "GET" and scope["path"].startswith(_MODEL_PATH):
             handler = self._model
