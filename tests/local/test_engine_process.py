@@ -174,3 +174,31 @@ def test_only_engine_servers_are_run() -> None:
     )
     with pytest.raises(TypeError, match="not configured for an engine"):
         EngineServerRunner(other, open_transport)
+
+
+async def test_a_watch_ends_when_its_cancellation_was_swallowed(stand_in: StandIn) -> None:
+    """Python 3.11's wait_for, among others, can swallow a cancellation that lands as the
+    awaited work completes; a watch being stopped must end all the same."""
+    runner = EngineServerRunner(deployment_for(stand_in), open_transport)
+    await runner.load_weights()
+    swallowed = asyncio.Event()
+
+    async def swallowing(process: object, probe: object) -> None:
+        if swallowed.is_set():
+            return
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            swallowed.set()  # once
+
+    runner._read_load = swallowing  # type: ignore[method-assign, assignment]
+    watch = asyncio.create_task(runner.watch())
+    try:
+        await asyncio.sleep(0.3)  # the watch is reading the engine's load
+        watch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await watch
+        assert swallowed.is_set()
+    finally:
+        await runner.close()

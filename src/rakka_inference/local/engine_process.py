@@ -147,7 +147,8 @@ class EngineProcess:
             log.info("engine %s: stopping (SIGTERM, then SIGKILL after %gs)", self.name, grace_s)
             self._signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), grace_s)
+                async with asyncio.timeout(grace_s):
+                    await process.wait()
             except TimeoutError:
                 log.warning(
                     "engine %s: still running %gs after SIGTERM; killing", self.name, grace_s
@@ -158,7 +159,8 @@ class EngineProcess:
         if self._pump is not None:
             # The pipe closes when the last holder of it exits; do not wait on a stray one.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._pump), 1.0)
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(self._pump)
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
 
@@ -194,7 +196,10 @@ class EngineProcess:
             finally:
                 await response.aclose()
 
-        return await asyncio.wait_for(fetch(), timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that lands as the fetch completes, and a watcher being stopped would run on.
+        async with asyncio.timeout(timeout_s):
+            return await fetch()
 
     async def healthy(self, transport: HttpTransport, timeout_s: float) -> bool:
         """Whether ``/health`` answers 200 within ``timeout_s``."""

@@ -257,8 +257,11 @@ class EngineServerRunner:
         exited = asyncio.ensure_future(process.wait())
         failures = 0
         next_health = self._clock() + health_every
+        me = asyncio.current_task()
         try:
             while not self._closed:
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError  # a cancellation a library swallowed
                 step = health_every if metrics_every is None else min(health_every, metrics_every)
                 await asyncio.wait({exited}, timeout=step)
                 if exited.done():
