@@ -292,8 +292,8 @@ class StandInEngine:
         if sig is signal.SIGTERM and self.faults().ignore_sigterm:
             self.log("WARNING", "SIGTERM ignored (fault ignore_sigterm)")
             return
-        self.log("INFO", f"{sig.name} received")
         stop.set()
+        self.log("INFO", f"{sig.name} received")
 
     def faults(self) -> StandInFaults:
         """The faults file as it is now."""
@@ -301,7 +301,10 @@ class StandInEngine:
 
     def log(self, level: str, message: str) -> None:
         stream = sys.stdout if level == "INFO" else sys.stderr
-        print(f"{level} stand-in {self.args.flavor.value}: {message}", file=stream, flush=True)
+        # The gateway that reads these lines may be gone (killed, so this one was told to
+        # stop): a closed pipe must not keep the engine from stopping.
+        with contextlib.suppress(OSError, ValueError):
+            print(f"{level} stand-in {self.args.flavor.value}: {message}", file=stream, flush=True)
 
     # ------------------------------------------------------------------ routes
 
