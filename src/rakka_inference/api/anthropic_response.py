@@ -56,6 +56,7 @@ from rakka_inference.core.stream import (
     PartialToolCall,
     TokenChunk,
     ToolCallDelta,
+    until_named,
 )
 from rakka_inference.core.usage import Usage
 
@@ -312,20 +313,14 @@ class MessageStreamRenderer:
             if delta.arguments:
                 out.append(self._delta(_json_delta(delta.arguments), index))
             return
-        pending = self._pending.get(delta.index)
-        if pending is None:
-            pending = self._pending[delta.index] = PartialToolCall()
-        pending.id = pending.id or delta.id
-        pending.name = pending.name or delta.name
-        if delta.arguments:
-            pending.arguments.append(delta.arguments)
-        if pending.id is None or pending.name is None:
+        named = until_named(self._pending, delta)
+        if named is None:
             return
-        del self._pending[delta.index]
-        block = {"type": "tool_use", "id": pending.id, "name": pending.name, "input": {}}
+        call_id, name, arguments = named
+        block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
         index = self._tool_blocks[delta.index] = self._start("tool", block, out)
-        if pending.arguments:
-            out.append(self._delta(_json_delta("".join(pending.arguments)), index))
+        if arguments:
+            out.append(self._delta(_json_delta(arguments), index))
 
 
 def _json_delta(partial: str) -> dict[str, str]:

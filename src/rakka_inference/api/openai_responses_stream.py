@@ -50,7 +50,13 @@ from rakka_inference.api.openai_responses_response import (
     responses_usage_json,
 )
 from rakka_inference.core.errors import InferenceError, ProtocolError
-from rakka_inference.core.stream import FinishReason, PartialToolCall, TokenChunk, ToolCallDelta
+from rakka_inference.core.stream import (
+    FinishReason,
+    PartialToolCall,
+    TokenChunk,
+    ToolCallDelta,
+    until_named,
+)
 from rakka_inference.core.usage import Usage
 
 __all__ = ["ResponseStreamRenderer"]
@@ -260,23 +266,17 @@ class ResponseStreamRenderer:
             if delta.arguments:
                 self._arguments(item, delta.arguments, out)
             return
-        pending = self._pending.get(delta.index)
-        if pending is None:
-            pending = self._pending[delta.index] = PartialToolCall()
-        pending.id = pending.id or delta.id
-        pending.name = pending.name or delta.name
-        if delta.arguments:
-            pending.arguments.append(delta.arguments)
-        if pending.id is None or pending.name is None:
+        named = until_named(self._pending, delta)
+        if named is None:
             return
-        del self._pending[delta.index]
+        call_id, name, arguments = named
         index = len(self._items)
         identifier = item_id("fc", self._request_id, index)
-        item = _Item("function_call", identifier, index, call_id=pending.id, name=pending.name)
+        item = _Item("function_call", identifier, index, call_id=call_id, name=name)
         self._calls[delta.index] = item
         self._begin(item, out)
-        if pending.arguments:
-            self._arguments(item, "".join(pending.arguments), out)
+        if arguments:
+            self._arguments(item, arguments, out)
 
     def _arguments(self, item: _Item, fragment: str, out: list[bytes]) -> None:
         item.parts.append(fragment)

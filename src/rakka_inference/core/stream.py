@@ -37,6 +37,7 @@ __all__ = [
     "ToolCallDelta",
     "aggregate",
     "collect",
+    "until_named",
 ]
 
 
@@ -127,6 +128,26 @@ class PartialToolCall:
         self.id: str | None = None
         self.name: str | None = None
         self.arguments: list[str] = []
+
+
+def until_named(
+    pending: dict[int, PartialToolCall], delta: ToolCallDelta
+) -> tuple[str, str, str] | None:
+    """Fold ``delta`` into the call of its index in ``pending``, a renderer's calls not yet
+    started. Once the call's id and name are both known (a stream renderer starts a call's
+    block only then), take it out and return its id, name and arguments so far; None
+    before."""
+    call = pending.get(delta.index)
+    if call is None:
+        call = pending[delta.index] = PartialToolCall()
+    call.id = call.id or delta.id
+    call.name = call.name or delta.name
+    if delta.arguments:
+        call.arguments.append(delta.arguments)
+    if call.id is None or call.name is None:
+        return None
+    del pending[delta.index]
+    return call.id, call.name, "".join(call.arguments)
 
 
 class ChunkAggregator:
