@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from rakka_inference.core.errors import ProtocolError
+from rakka_inference.core.messages import ReasoningBlock
 from rakka_inference.core.stream import (
     ChatCompletion,
     ChunkAggregator,
@@ -74,7 +75,40 @@ class TestChunkAggregator:
             reasoning="Let me think.",
             finish_reason=FinishReason.STOP,
             usage=Usage(input_tokens=12, output_tokens=5, reasoning_tokens=3),
+            reasoning_blocks=(ReasoningBlock(text="Let me think."),),
         )
+
+    def test_signed_and_redacted_thinking_blocks(self) -> None:
+        completion = aggregate(
+            [
+                TokenChunk(reasoning="First "),
+                TokenChunk(reasoning="thought."),
+                TokenChunk(reasoning_signature="sig-"),
+                TokenChunk(reasoning_signature="one"),
+                TokenChunk(reasoning_redacted="opaque"),
+                TokenChunk(reasoning="Second.", reasoning_signature="sig-two"),
+                TokenChunk(reasoning="Third, unsigned."),
+                TokenChunk(text="Answer"),
+            ]
+        )
+        assert completion.reasoning == "First thought.Second.Third, unsigned."
+        assert completion.reasoning_blocks == (
+            ReasoningBlock(text="First thought.", signature="sig-one"),
+            ReasoningBlock(redacted="opaque"),
+            ReasoningBlock(text="Second.", signature="sig-two"),
+            ReasoningBlock(text="Third, unsigned."),
+        )
+        assert [block.signed for block in completion.reasoning_blocks] == [
+            True,
+            True,
+            True,
+            False,
+        ]
+
+    def test_signature_or_redaction_alone_is_visible(self) -> None:
+        assert TokenChunk(reasoning_signature="s").visible
+        assert TokenChunk(reasoning_redacted="r").visible
+        assert not TokenChunk(reasoning_signature="s").is_empty
 
     def test_last_finish_reason_wins(self) -> None:
         completion = aggregate(

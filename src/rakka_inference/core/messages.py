@@ -32,6 +32,7 @@ __all__ = [
     "Role",
     "TextPart",
     "ImagePart",
+    "ReasoningBlock",
     "ImageDetail",
     "ContentPart",
     "ChatMessage",
@@ -158,6 +159,33 @@ class ImagePart:
 ContentPart: TypeAlias = TextPart | ImagePart
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningBlock:
+    """One block of a model's thinking, as the model's provider signed it.
+
+    Anthropic's extended thinking answers with ``thinking`` blocks (the text and a
+    ``signature`` over it) and ``redacted_thinking`` blocks (``redacted``: opaque data, no
+    text). In a tool loop the assistant turn that called the tools must be sent back with
+    its thinking blocks, unchanged, before its tool calls: the signature is how the provider
+    knows they are its own. A block with no signature (a provider that signs nothing) is
+    text only, and a provider that takes no prior thinking leaves it out of the prompt.
+    """
+
+    text: str = ""
+    signature: str = ""
+    redacted: str = ""
+    """The opaque data of a redacted block; then ``text`` and ``signature`` are empty."""
+
+    def __post_init__(self) -> None:
+        if self.redacted and (self.text or self.signature):
+            raise BadRequest("a redacted thinking block carries its data only", param="messages")
+
+    @property
+    def signed(self) -> bool:
+        """Whether a provider can verify the block: it has a signature or is redacted."""
+        return bool(self.signature or self.redacted)
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -175,9 +203,17 @@ class ChatMessage:
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    reasoning: tuple[ReasoningBlock, ...] = ()
+    """The thinking an assistant turn began with, as its provider returned it (see
+    :class:`ReasoningBlock`); only on assistant messages."""
 
     def __post_init__(self) -> None:
         role = self.role
+        if self.reasoning and role is not Role.ASSISTANT:
+            raise BadRequest(
+                f"only assistant messages may carry thinking, not {role.value}",
+                param="messages",
+            )
         if self.tool_calls and role is not Role.ASSISTANT:
             raise BadRequest(
                 f"only assistant messages may carry tool_calls, not {role.value}",
@@ -191,7 +227,7 @@ class ChatMessage:
                 f"tool_call_id belongs on tool messages, not {role.value}", param="messages"
             )
         if self.content is None or self.content == ():
-            if not (role is Role.ASSISTANT and self.tool_calls):
+            if not (role is Role.ASSISTANT and (self.tool_calls or self.reasoning)):
                 raise BadRequest(f"a {role.value} message needs content", param="messages")
         elif (
             role is not Role.USER
@@ -219,9 +255,13 @@ class ChatMessage:
 
     @classmethod
     def assistant(
-        cls, text: str | None = None, *, tool_calls: tuple[ToolCall, ...] = ()
+        cls,
+        text: str | None = None,
+        *,
+        tool_calls: tuple[ToolCall, ...] = (),
+        reasoning: tuple[ReasoningBlock, ...] = (),
     ) -> ChatMessage:
-        return cls(role=Role.ASSISTANT, content=text, tool_calls=tool_calls)
+        return cls(role=Role.ASSISTANT, content=text, tool_calls=tool_calls, reasoning=reasoning)
 
     @classmethod
     def tool(cls, tool_call_id: str, content: str) -> ChatMessage:
@@ -416,6 +456,8 @@ def _message_tokens(message: ChatMessage) -> int:
             tokens += _TOKENS_PER_IMAGE
     for call in message.tool_calls:
         tokens += _text_tokens(call.id) + _text_tokens(call.name) + _text_tokens(call.arguments)
+    for block in message.reasoning:
+        tokens += _text_tokens(block.text)
     return tokens
 
 

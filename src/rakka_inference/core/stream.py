@@ -16,6 +16,11 @@ Two conventions make chunks from every provider mean the same thing:
   same ``index`` belong to one call; parallel calls may interleave. The first fragment of
   a call that has an ``id`` (or ``name``) fixes it; ``arguments`` fragments concatenate.
   Adapters for providers that assign no call ids (Gemini) mint them.
+- Thinking arrives as ``reasoning`` text. A provider that signs its thinking (Anthropic)
+  ends each block with a ``reasoning_signature`` chunk, and sends a redacted block whole as
+  ``reasoning_redacted``; reasoning text after a signed block starts the next block. The
+  aggregator keeps the blocks (:class:`~rakka_inference.core.messages.ReasoningBlock`), so
+  an answer can be sent back, signatures and all, in the next turn of a tool loop.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 
 from rakka_inference.core.errors import ProtocolError
+from rakka_inference.core.messages import ReasoningBlock
 from rakka_inference.core.tools import ToolCall
 from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
 
@@ -78,6 +84,10 @@ class TokenChunk:
 
     text: str = ""
     reasoning: str = ""
+    reasoning_signature: str = ""
+    """The signature that ends the current thinking block (see the module docstring)."""
+    reasoning_redacted: str = ""
+    """A redacted thinking block's opaque data, whole."""
     tool_calls: tuple[ToolCallDelta, ...] = ()
     usage: Usage | None = None
     finish_reason: FinishReason | None = None
@@ -88,18 +98,19 @@ class TokenChunk:
         the finish. The first visible chunk commits the request: from then on nothing is
         retried, re-routed or failed over, so no content is ever duplicated. A usage-only
         chunk (Anthropic's ``message_start``) is not visible."""
-        return bool(self.text or self.reasoning or self.tool_calls or self.finish_reason)
+        return bool(
+            self.text
+            or self.reasoning
+            or self.tool_calls
+            or self.finish_reason
+            or self.reasoning_signature
+            or self.reasoning_redacted
+        )
 
     @property
     def is_empty(self) -> bool:
         """Whether the chunk carries nothing (a keep-alive, or an event we do not map)."""
-        return (
-            not self.text
-            and not self.reasoning
-            and not self.tool_calls
-            and self.usage is None
-            and self.finish_reason is None
-        )
+        return not self.visible and self.usage is None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +127,44 @@ class ChatCompletion:
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
+    """The thinking as its blocks, signatures included; ``reasoning`` is their text."""
+
+
+class _ReasoningBlocks:
+    """Thinking blocks being assembled from chunks (see the module docstring)."""
+
+    __slots__ = ("_blocks", "_signature", "_text")
+
+    def __init__(self) -> None:
+        self._blocks: list[ReasoningBlock] = []
+        self._text: list[str] = []
+        self._signature: list[str] = []
+
+    def add(self, chunk: TokenChunk) -> None:
+        if chunk.reasoning:
+            if self._signature:
+                self._close()
+            self._text.append(chunk.reasoning)
+        if chunk.reasoning_signature:
+            self._signature.append(chunk.reasoning_signature)
+        if chunk.reasoning_redacted:
+            self._close()
+            self._blocks.append(ReasoningBlock(redacted=chunk.reasoning_redacted))
+
+    def _close(self) -> None:
+        if self._text or self._signature:
+            self._blocks.append(
+                ReasoningBlock(text="".join(self._text), signature="".join(self._signature))
+            )
+            self._text.clear()
+            self._signature.clear()
+
+    def result(self) -> tuple[ReasoningBlock, ...]:
+        if not (self._text or self._signature):
+            return tuple(self._blocks)
+        last = ReasoningBlock(text="".join(self._text), signature="".join(self._signature))
+        return (*self._blocks, last)
 
 
 class PartialToolCall:
@@ -157,11 +206,12 @@ class ChunkAggregator:
     reason wins, and usage increments are summed. Belongs to one stream; not thread-safe.
     """
 
-    __slots__ = ("_finish_reason", "_reasoning", "_text", "_tool_calls", "_usage")
+    __slots__ = ("_blocks", "_finish_reason", "_reasoning", "_text", "_tool_calls", "_usage")
 
     def __init__(self) -> None:
         self._text: list[str] = []
         self._reasoning: list[str] = []
+        self._blocks = _ReasoningBlocks()
         self._tool_calls: dict[int, PartialToolCall] = {}
         self._finish_reason: FinishReason | None = None
         self._usage = UsageAccumulator(UsageMode.DELTA)
@@ -172,6 +222,8 @@ class ChunkAggregator:
             self._text.append(chunk.text)
         if chunk.reasoning:
             self._reasoning.append(chunk.reasoning)
+        if chunk.reasoning or chunk.reasoning_signature or chunk.reasoning_redacted:
+            self._blocks.add(chunk)
         for delta in chunk.tool_calls:
             call = self._tool_calls.get(delta.index)
             if call is None:
@@ -208,6 +260,7 @@ class ChunkAggregator:
             tool_calls=tuple(calls),
             finish_reason=self._finish_reason,
             usage=self._usage.total if self._usage.reported else None,
+            reasoning_blocks=self._blocks.result(),
         )
 
 
