@@ -34,6 +34,7 @@ from rakka_inference.core.config import LoadedConfig, load_config_report
 from rakka_inference.core.deployment import MAX_WORKERS, ClusterConfig, Deployment
 from rakka_inference.core.errors import ConfigError
 from rakka_inference.core.runtimes import RemoteRuntimeConfig
+from rakka_inference.remote.breaker_registry import breaker_conflicts
 
 __all__ = ["format_summary", "main"]
 
@@ -187,7 +188,10 @@ def _validate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            loaded = load_config_report(args.file, check_secrets=args.secrets)
+            # The conflicts an apply would refuse that the config layer cannot see alone.
+            loaded = load_config_report(
+                args.file, check_secrets=args.secrets, checks=(breaker_conflicts,)
+            )
         except ConfigError as exc:
             loaded = None
             issues = exc.issues

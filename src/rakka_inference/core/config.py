@@ -19,7 +19,8 @@ The pipeline, one small unit per step:
    LiteLLM needs, budgets, backoff order), checks across deployments
    (:func:`_check_references`: unique names and aliases, fallbacks that exist;
    :func:`.config_rules.shared_limit_conflicts`: deployments sharing a rate limiter set
-   the same ``rate_limits``), and that
+   the same ``rate_limits``; and the :data:`~.config_rules.DeploymentCheck` functions
+   the caller hands in, such as ``rakka validate``'s circuit breaker conflicts), and that
    enabled tracing has the OpenTelemetry packages it needs installed
    (:func:`missing_tracing_packages`).
 
@@ -43,7 +44,7 @@ import importlib.util
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -56,7 +57,7 @@ from rakka_inference.core.config_convert import (
     init_fields,
 )
 from rakka_inference.core.config_lines import FieldPath, LineLocator
-from rakka_inference.core.config_rules import shared_limit_conflicts, suggest
+from rakka_inference.core.config_rules import DeploymentCheck, shared_limit_conflicts, suggest
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment, TracingConfig
 from rakka_inference.core.errors import ConfigError, ConfigIssue, SecretError
 from rakka_inference.core.policies import CapacityPolicy, Serving
@@ -125,8 +126,12 @@ def load_config_report(
     environ: Mapping[str, str] | None = None,
     *,
     check_secrets: bool = False,
+    checks: Sequence[DeploymentCheck] = (),
 ) -> LoadedConfig:
-    """:func:`load_config`, with the facts of how the configuration was read."""
+    """:func:`load_config`, with the facts of how the configuration was read.
+
+    ``checks``: rules across deployments from a layer above (see :func:`parse_config_report`).
+    """
     file = Path(path)
     source = os.fspath(path)
     try:
@@ -137,7 +142,12 @@ def load_config_report(
     except UnicodeDecodeError:
         raise ConfigError([ConfigIssue(source, "", "the file is not UTF-8 text")]) from None
     return parse_config_report(
-        text, source, environ, base_dir=file.absolute().parent, check_secrets=check_secrets
+        text,
+        source,
+        environ,
+        base_dir=file.absolute().parent,
+        check_secrets=check_secrets,
+        checks=checks,
     )
 
 
@@ -148,8 +158,14 @@ def parse_config_report(
     *,
     base_dir: str | os.PathLike[str] | None = None,
     check_secrets: bool = False,
+    checks: Sequence[DeploymentCheck] = (),
 ) -> LoadedConfig:
-    """:func:`parse_config`, with the facts of how the configuration was read."""
+    """:func:`parse_config`, with the facts of how the configuration was read.
+
+    ``checks``: rules across deployments that need a layer above this one (the circuit
+    breakers' keys need the provider adapters'), run over the deployments that were built,
+    their issues placed on the file's lines like the loader's own.
+    """
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -161,6 +177,7 @@ def parse_config_report(
         Converter(issues, base),
         os.environ if environ is None else environ,
         check_secrets=check_secrets,
+        checks=checks,
     )
     config = loader.load(document)
     if issues.found or config is None:
@@ -238,11 +255,13 @@ class _Loader:
         environ: Mapping[str, str],
         *,
         check_secrets: bool = False,
+        checks: Sequence[DeploymentCheck] = (),
     ) -> None:
         self._issues = issues
         self._convert = convert
         self._environ = environ
         self._check_secrets = check_secrets
+        self._checks = checks
         self.inferred: set[str] = set()
         self.defaulted: set[str] = set()
 
@@ -268,6 +287,7 @@ class _Loader:
         deployments = [self._deployment(raw, i, references) for i, raw in enumerate(tables)]
         _check_references(references, self._issues)
         _check_shared_limits(deployments, self._issues)
+        _check_across(deployments, self._checks, self._issues)
         if isinstance(cluster, ClusterConfig) and cluster.backend == "ray":
             _check_no_inline_secrets(cluster, deployments, self._issues)
         if isinstance(cluster, ClusterConfig) and cluster.backend == "local":
@@ -497,6 +517,17 @@ def _check_gpus_with_workers(
                 "replica on the same GPUs: serve GPU models with workers = 1, or on a Ray "
                 "cluster (backend = 'ray')",
             )
+
+
+def _check_across(
+    deployments: list[Deployment | None], checks: Sequence[DeploymentCheck], issues: Issues
+) -> None:
+    """The caller's rules across deployments, over those that were built."""
+    indexed = [(i, d) for i, d in enumerate(deployments) if d is not None]
+    built = [d for _, d in indexed]
+    for check in checks:
+        for issue in check(built):
+            issues.add(("deployment", indexed[issue.position][0], *issue.field), issue.message)
 
 
 def _check_shared_limits(deployments: list[Deployment | None], issues: Issues) -> None:

@@ -21,13 +21,19 @@ last would silently decide the limits of all of them. The credential is compared
 value, so a configuration can be checked where the keys are not held; two references that
 hold the same key are caught when the limiter is built
 (:class:`~rakka_inference.remote.factory.RemoteServices`).
+
+Other rules across deployments need what only a later layer knows — the circuit
+breakers' key holds the endpoint as the provider adapter builds it — so the loader takes
+them as :data:`DeploymentCheck` functions from the layer that does (``rakka validate``
+hands it :func:`~rakka_inference.remote.breaker_registry.breaker_conflicts`), and places
+each :class:`DeploymentIssue` on its file's line like its own.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
@@ -58,6 +64,8 @@ from rakka_inference.core.runtimes import (
 from rakka_inference.core.secrets import SecretRef
 
 __all__ = [
+    "DeploymentCheck",
+    "DeploymentIssue",
     "FieldRule",
     "LimitConflict",
     "record_issues",
@@ -296,6 +304,21 @@ class LimitConflict(NamedTuple):
             f"(provider {provider!r}, key {credential}, model {model!r}): deployments that "
             "share a rate limiter must set the same rate_limits (unset is unlimited)"
         )
+
+
+class DeploymentIssue(NamedTuple):
+    """An issue that a check across deployments (:data:`DeploymentCheck`) found in one."""
+
+    position: int
+    """Where the deployment stands in the deployments checked."""
+    field: tuple[str, ...]
+    """Its field, below the deployment: ``("runtime_config", "circuit_breaker")``."""
+    message: str
+
+
+DeploymentCheck: TypeAlias = Callable[[Sequence[Deployment]], Iterable[DeploymentIssue]]
+"""A rule across a config's deployments (in file order) that the loader is handed by a
+layer above it, for what the config layer cannot know (see the module)."""
 
 
 def _credential_identity(ref: SecretRef | None) -> str:

@@ -19,6 +19,12 @@ is up, and the admin API, the metrics and the gossip would each show one of them
 same rule, and the same reasoning, as deployments sharing a rate limiter
 (:class:`~rakka_inference.remote.factory.RemoteServices`).
 
+The key comes from a deployment's config alone, through its provider adapter (which knows
+the endpoint it calls): :func:`breaker_key`, the one place that forms it, for the engines
+and for :func:`breaker_conflicts`, which finds the same conflicts in a config before any of
+it runs — ``rakka validate`` reports them on the file's lines, with the message an apply
+gives, and opens no connection and reads no secret to do so.
+
 A deployment rebuilt with new settings (a reload) re-sets its own claim, and the breaker
 takes the settings in place, keeping its state. :meth:`BreakerRegistry.expect` sets the
 claims of a whole config about to be applied, so deployments leaving it, or changing
@@ -28,10 +34,15 @@ their shared settings together, are not held to the old ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Final
 
+from rakka_inference.core.config_rules import DeploymentIssue
+from rakka_inference.core.deployment import Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue
 from rakka_inference.core.policies import CircuitBreakerConfig
+from rakka_inference.core.runtimes import RemoteRuntimeConfig
+from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.breaker import (
     BreakerKey,
     BreakerSnapshot,
@@ -39,9 +50,35 @@ from rakka_inference.remote.breaker import (
     CircuitBreaker,
 )
 
-__all__ = ["BreakerRegistry"]
+__all__ = ["BreakerRegistry", "breaker_conflicts", "breaker_key"]
 
 log = logging.getLogger("rakka_inference.remote.breaker_registry")
+
+_FIELD: Final = ("runtime_config", "circuit_breaker")
+
+
+def breaker_key(deployment: Deployment) -> BreakerKey:
+    """The breaker a remote ``deployment`` calls through: its provider, the endpoint its
+    adapter calls, and the model it sends upstream. From the config alone: no connection is
+    opened and no secret read. A :class:`ConfigError` for a local runtime."""
+    adapter = adapter_for(deployment)
+    return BreakerKey(adapter.provider, adapter.endpoint, deployment.upstream_model)
+
+
+def breaker_conflicts(deployments: Sequence[Deployment]) -> Iterator[DeploymentIssue]:
+    """Each remote deployment whose ``circuit_breaker`` differs from that of the first
+    deployment (in order) on the same breaker: what :meth:`BreakerRegistry.get_or_create`
+    refuses when the config is applied, found before (a
+    :data:`~rakka_inference.core.config_rules.DeploymentCheck`)."""
+    first: dict[BreakerKey, tuple[str, CircuitBreakerConfig]] = {}
+    for position, deployment in enumerate(deployments):
+        config = deployment.runtime_config
+        if not isinstance(config, RemoteRuntimeConfig):
+            continue
+        key = breaker_key(deployment)
+        holder, held = first.setdefault(key, (deployment.name, config.circuit_breaker))
+        if held != config.circuit_breaker:
+            yield DeploymentIssue(position, _FIELD, _conflict_message(key, deployment.name, holder))
 
 
 class BreakerRegistry:
@@ -134,12 +171,19 @@ class BreakerRegistry:
 
 
 def _conflict(key: BreakerKey, deployment: str, holder: str) -> ConfigIssue:
-    # The endpoint is left out: the message may reach an operator's client (an apply
-    # through the admin API), and the key's provider and model say enough.
     return ConfigIssue(
         "<deployment>",
-        f"deployment {deployment!r}.runtime_config.circuit_breaker",
-        f"differs from deployment {holder!r}, which calls the same upstream "
-        f"({key.provider} model {key.model!r} at the same endpoint): deployments that "
-        "share a circuit breaker must set the same circuit_breaker (unset is the defaults)",
+        f"deployment {deployment!r}.{'.'.join(_FIELD)}",
+        _conflict_message(key, deployment, holder),
+    )
+
+
+def _conflict_message(key: BreakerKey, deployment: str, holder: str) -> str:
+    # The endpoint is left out: the message may reach an operator's client (an apply
+    # through the admin API), and the key's provider and model say enough.
+    return (
+        f"deployment {deployment!r}.{'.'.join(_FIELD)} differs from deployment {holder!r}, "
+        f"which calls the same upstream ({key.provider} model {key.model!r} at the same "
+        "endpoint): deployments that share a circuit breaker must set the same "
+        "circuit_breaker (unset is the defaults)"
     )

@@ -42,8 +42,7 @@ from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.runtimes import RemoteRuntimeConfig
 from rakka_inference.engine.budget import BudgetGate
 from rakka_inference.providers.registry import adapter_for
-from rakka_inference.remote.breaker import BreakerKey
-from rakka_inference.remote.breaker_registry import BreakerRegistry
+from rakka_inference.remote.breaker_registry import BreakerRegistry, breaker_key
 from rakka_inference.remote.credentials import deployment_credential
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.ratelimit import LimiterKey, LimiterRegistry, PermitSource, RateLimiter
@@ -163,11 +162,10 @@ async def build_remote_engine(
     key = LimiterKey.for_credential(
         adapter.provider, await snapshot.credential(), deployment.upstream_model
     )
-    breaker_key = BreakerKey(adapter.provider, adapter.endpoint, deployment.upstream_model)
     try:
         limiter = services.claim_limiter(key, deployment)
         breaker = services.breakers.get_or_create(
-            breaker_key, config.circuit_breaker, holder=deployment.name
+            breaker_key(deployment), config.circuit_breaker, holder=deployment.name
         )
     except ConfigError:
         await session.aclose()
