@@ -41,7 +41,7 @@ from rakka_inference.core.errors import (
     Timeout,
     TimeoutPhase,
 )
-from rakka_inference.core.messages import ImagePart, Role, TextPart
+from rakka_inference.core.messages import ImagePart, ReasoningBlock, Role, TextPart
 from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, ToolCallDelta
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage
@@ -143,6 +143,7 @@ def test_a_full_request_maps_to_the_core() -> None:
         ImagePart(url="https://x.test/a.png"),
     )
     assert assistant.content == (TextPart(text="Checking."),)
+    assert assistant.reasoning == (ReasoningBlock(text="hmm", signature="s"),)
     assert assistant.tool_calls == (
         ToolCall(id="toolu_1", name="get_weather", arguments='{"a":1}'),
         ToolCall(id="toolu_2", name="get_weather", arguments="{}"),
@@ -172,7 +173,13 @@ def test_defaults_and_optional_shapes() -> None:
             system=[{"type": "text", "text": "A"}, {"type": "text", "text": "B"}],
             messages=[
                 {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": [{"type": "thinking", "thinking": "x"}]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "x", "signature": "sig"},
+                        {"type": "redacted_thinking", "data": "opaque"},
+                    ],
+                },
                 {"role": "user", "content": "again"},
                 {"role": "assistant", "content": "Sure"},
             ],
@@ -187,8 +194,16 @@ def test_defaults_and_optional_shapes() -> None:
     assert parsed.tools == ()
     assert parsed.tool_choice is None
     assert parsed.messages[0].content == (TextPart(text="A"), TextPart(text="B"))
-    # The thinking-only turn is dropped; the trailing assistant turn (a prefill) stays.
-    assert [m.text for m in parsed.messages[1:]] == ["hi", "again", "Sure"]
+    # The thinking-only turn is kept, its blocks whole; the trailing assistant turn (a
+    # prefill) stays.
+    assert [m.text for m in parsed.messages[1:]] == ["hi", "", "again", "Sure"]
+    thought = parsed.messages[2]
+    assert thought.thought_only
+    assert thought.reasoning == (
+        ReasoningBlock(text="x", signature="sig"),
+        ReasoningBlock(redacted="opaque"),
+    )
+    assert parsed.sampling.thinking_budget is None
     assert parse(**request(system="")).messages[0].role is Role.USER
     assert parse(**request(system=[])).messages[0].role is Role.USER
 
@@ -276,7 +291,28 @@ def _image(source: Any) -> list[dict[str, Any]]:
         (request(container="c"), "container", "not supported by this gateway"),
         (request(top_k=0), "top_k", "greater than or equal to 1"),
         (request(top_k="5"), "top_k", "valid integer"),
-        (request(thinking={"type": "enabled", "budget_tokens": 1024}), "thinking", "thinking"),
+        (request(thinking={"type": "adaptive"}), "thinking.type", "not supported"),
+        (request(thinking={"type": "between_tools"}), "thinking.type", "not supported"),
+        (request(thinking={"type": "on"}), "thinking.type", "'enabled', 'disabled'"),
+        (request(thinking={"type": "enabled"}), "thinking.budget_tokens", "Field required"),
+        (
+            request(max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 1023}),
+            "thinking.budget_tokens",
+            "greater than or equal to 1024",
+        ),
+        (
+            request(thinking={"type": "enabled", "budget_tokens": 1024}),
+            "max_tokens",
+            "must be greater than `thinking.budget_tokens`",
+        ),
+        (
+            request(
+                max_tokens=4096,
+                thinking={"type": "enabled", "budget_tokens": 1024, "display": "omitted"},
+            ),
+            "thinking.display",
+            "not supported",
+        ),
         (request(thinking="on"), "thinking", "valid dictionary"),
         (request(thinking={}), "thinking.type", "Field required"),
         (request(service_tier="priority"), "service_tier", "'auto' or 'standard_only'"),

@@ -29,6 +29,7 @@ from rakka_inference.core.messages import (
     ChatMessage,
     ChatRequest,
     ImagePart,
+    ReasoningBlock,
     ResponseFormat,
     Role,
     SamplingParams,
@@ -412,15 +413,26 @@ UNARY = {
 
 def test_unary_response_with_thinking_text_tool_use_and_cache_usage() -> None:
     chunks = adapter().parse_response(orjson.dumps(UNARY))
-    assert len(chunks) == 1
+    # One chunk per thinking block, then the rest.
+    assert chunks[:3] == [
+        TokenChunk(reasoning="Two cities, ", reasoning_signature="EqQBCgIYAhIM1gbcDa9"),
+        TokenChunk(reasoning_redacted="EmwKAhgBEgy3va3pzix"),
+        TokenChunk(reasoning="two calls."),
+    ]
+    assert len(chunks) == 4
     completion = aggregate(chunks)
     assert completion.text == "Checking both."
     assert completion.reasoning == "Two cities, two calls."
+    assert completion.reasoning_blocks == (
+        ReasoningBlock(text="Two cities, ", signature="EqQBCgIYAhIM1gbcDa9"),
+        ReasoningBlock(redacted="EmwKAhgBEgy3va3pzix"),
+        ReasoningBlock(text="two calls."),
+    )
     assert [(c.id, c.name, c.arguments) for c in completion.tool_calls] == [
         ("toolu_01A09q90qw90lq917835lq9", "get_weather", '{"city":"Paris"}'),
         ("toolu_01B", "get_time", "{}"),
     ]
-    assert [call.index for call in chunks[0].tool_calls] == [0, 1]
+    assert [call.index for call in chunks[3].tool_calls] == [0, 1]
     assert completion.finish_reason is FinishReason.TOOL_CALLS
     assert completion.usage == Usage(input_tokens=1070, output_tokens=120, cached_input_tokens=1000)
 
@@ -650,22 +662,28 @@ def parse_stream(stream: bytes, *, chunk_size: int | None = None) -> tuple[list[
 def test_full_stream_transcript() -> None:
     chunks, done = parse_stream(STREAM)
     assert done
-    assert chunks[:3] == [
+    assert chunks[:5] == [
         TokenChunk(usage=Usage(input_tokens=2502, output_tokens=2, cached_input_tokens=2000)),
         TokenChunk(reasoning="Two cities, "),
         TokenChunk(reasoning="two calls."),
+        TokenChunk(reasoning_signature="EqQBCgIYAhIM1gbcDa9"),
+        TokenChunk(reasoning_redacted="EmwKAhgBEgy3va3pzix"),
     ]
     # Parallel calls are numbered by position among the tool blocks, not by block index.
-    assert chunks[5].tool_calls == (
+    assert chunks[7].tool_calls == (
         ToolCallDelta(index=0, id="toolu_01T1x1fJ34qAmk2tNTrN7Up6", name="get_weather"),
     )
-    assert chunks[6].tool_calls == (ToolCallDelta(index=1, id="toolu_01T2", name="get_weather"),)
+    assert chunks[8].tool_calls == (ToolCallDelta(index=1, id="toolu_01T2", name="get_weather"),)
     assert chunks[-1] == TokenChunk(
         usage=Usage(output_tokens=87), finish_reason=FinishReason.TOOL_CALLS
     )
     completion = aggregate(chunks)
     assert completion.text == "Checking both."
     assert completion.reasoning == "Two cities, two calls."
+    assert completion.reasoning_blocks == (
+        ReasoningBlock(text="Two cities, two calls.", signature="EqQBCgIYAhIM1gbcDa9"),
+        ReasoningBlock(redacted="EmwKAhgBEgy3va3pzix"),
+    )
     assert [(c.id, c.name, c.arguments) for c in completion.tool_calls] == [
         ("toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", '{"city": "Paris"}'),
         ("toolu_01T2", "get_weather", '{"city": "Oslo"}'),

@@ -14,13 +14,20 @@ import orjson
 from rakka_inference.api.anthropic_fields import block_type, invalid, read, unsupported
 from rakka_inference.api.fields import is_http_url
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ChatMessage, ContentPart, ImagePart, Role, TextPart
+from rakka_inference.core.messages import (
+    ChatMessage,
+    ContentPart,
+    ImagePart,
+    ReasoningBlock,
+    Role,
+    TextPart,
+)
 from rakka_inference.core.tools import ToolCall
 
 __all__ = ["parse_messages", "parse_system"]
 
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+_THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
 def parse_system(value: object, param: str = "system") -> tuple[ChatMessage, ...]:
@@ -86,7 +93,7 @@ def _user_turn(content: str | list[Any], param: str, called: set[str]) -> list[C
             parts.append(_image(block, block_param))
         elif kind == "tool_result":
             results.append(_tool_result(block, block_param, called))
-        elif kind in ("tool_use", *_DROPPED_BLOCKS):
+        elif kind in ("tool_use", *_THINKING_BLOCKS):
             invalid(f"{block_param}.type", f"'{kind}' blocks belong in assistant messages")
         else:
             unsupported(f"{block_param}.type", f"content blocks of type {kind!r} are")
@@ -101,6 +108,7 @@ def _assistant(content: str | list[Any], param: str, called: set[str]) -> ChatMe
         return ChatMessage.assistant(content)
     parts: list[ContentPart] = []
     calls: list[ToolCall] = []
+    thinking: list[ReasoningBlock] = []
     for block_param, block, kind in _blocks(content, param):
         if kind == "text":
             parts.append(_text(block, block_param))
@@ -108,15 +116,32 @@ def _assistant(content: str | list[Any], param: str, called: set[str]) -> ChatMe
             call = _tool_use(block, block_param)
             called.add(call.id)
             calls.append(call)
-        elif kind in _DROPPED_BLOCKS:
-            continue
+        elif kind in _THINKING_BLOCKS:
+            thinking.append(_thinking(block, block_param, kind))
         elif kind in ("image", "tool_result"):
             invalid(f"{block_param}.type", f"'{kind}' blocks belong in user messages")
         else:
             unsupported(f"{block_param}.type", f"content blocks of type {kind!r} are")
-    if not parts and not calls:
-        return None  # only thinking blocks: nothing the core can carry
-    return ChatMessage(role=Role.ASSISTANT, content=tuple(parts) or None, tool_calls=tuple(calls))
+    return ChatMessage(
+        role=Role.ASSISTANT,
+        content=tuple(parts) or None,
+        tool_calls=tuple(calls),
+        reasoning=tuple(thinking),
+    )
+
+
+def _thinking(block: Mapping[str, Any], param: str, kind: str) -> ReasoningBlock:
+    """A thinking block sent back as the API returned it: its text and signature, or a
+    redacted block's data. Kept whole, for a provider that checks the signature."""
+    if kind == "redacted_thinking":
+        return ReasoningBlock(redacted=read.required_string(block.get("data"), f"{param}.data"))
+    text = read.string(block.get("thinking"), f"{param}.thinking")
+    if text is None:
+        read.missing(f"{param}.thinking")
+    signature = read.string(block.get("signature"), f"{param}.signature")
+    if signature is None:
+        read.missing(f"{param}.signature")
+    return ReasoningBlock(text=text, signature=signature)
 
 
 def _blocks(value: object, param: str) -> Iterator[tuple[str, dict[str, Any], str]]:

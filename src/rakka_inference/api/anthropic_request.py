@@ -19,9 +19,17 @@ The mapping:
   blocks; ``is_error`` has no core equivalent and is dropped (the content stays).
 - Images: ``base64`` sources of the types the API takes (JPEG, PNG, GIF, WebP) and
   ``url`` sources (http or https), in user turns only.
-- ``thinking`` and ``redacted_thinking`` blocks echoed back in assistant turns are dropped:
-  core messages carry no reasoning. ``cache_control`` and ``citations`` are ignored
-  wherever they stand; so are unknown keys inside blocks, tools and ``metadata``.
+- ``thinking: {type: enabled, budget_tokens}`` (at least 1024, below ``max_tokens``)
+  becomes the core's thinking budget: an Anthropic deployment thinks with it, a Gemini one
+  takes it as ``thinkingBudget``, an OpenAI-format one as the ``reasoning_effort`` it
+  reaches (see :attr:`~rakka_inference.core.messages.SamplingParams.effort`). The answer
+  then shows the thinking as ``thinking`` blocks, with their signatures where the provider
+  signs them (Anthropic; others' blocks have an empty signature).
+- ``thinking`` and ``redacted_thinking`` blocks sent back in assistant turns are kept, with
+  their signatures, as the turn's reasoning: an Anthropic deployment gets them back
+  unchanged (a tool loop with thinking needs them), other providers leave them out.
+  ``cache_control`` and ``citations`` are ignored wherever they stand; so are unknown keys
+  inside blocks, tools and ``metadata``.
 - A trailing assistant turn is passed on as the conversation's last message: an
   Anthropic-backed deployment continues it (prefill), others read it as an earlier turn.
   It alone may have empty content, and is then left out.
@@ -37,8 +45,9 @@ The mapping:
   ``cache_control``, ``thinking`` of type ``disabled``.
 - ``top_k`` goes to the core request (Anthropic and Gemini take it; an OpenAI deployment
   refuses it with a 400 naming it).
-- Refused with "not supported by this gateway": ``thinking`` enabled or adaptive (the core
-  request carries no reasoning budget), server tools,
+- Refused with "not supported by this gateway": ``thinking`` of type ``adaptive`` or
+  ``between_tools`` and ``thinking.display`` (the core asks for reasoning by budget or
+  effort only), server tools,
   ``document``/``search_result``/server-tool content blocks, ``file`` image sources, images
   inside ``tool_result``, and the top-level fields in :data:`UNSUPPORTED_MESSAGES_PARAMS`.
   Any other unknown top-level field: "Extra inputs are not permitted".
@@ -87,6 +96,8 @@ UNSUPPORTED_MESSAGES_PARAMS = frozenset(
 """Anthropic parameters this gateway knows but cannot honour."""
 
 _SERVICE_TIERS = frozenset({"auto", "standard_only"})
+_MIN_THINKING_BUDGET = 1024
+_COUNT_MAX_TOKENS = 2**31 - 1
 _COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 """What ``POST /v1/messages/count_tokens`` takes: the prompt, without sampling."""
 
@@ -110,6 +121,7 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
     if max_tokens < 1:
         invalid("max_tokens", "Input should be greater than or equal to 1")
     _inert(document)
+    thinking_budget = _thinking(document.get("thinking"), max_tokens)
     raw_messages = document.get("messages")
     if raw_messages is None:
         read.missing("messages")
@@ -124,6 +136,7 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
         max_tokens=max_tokens,
         stop=_stop_sequences(document.get("stop_sequences")),
         top_k=_top_k(document.get("top_k")),
+        thinking_budget=thinking_budget,
     )
     return ChatRequest(
         model=model,
@@ -149,9 +162,10 @@ def parse_count_tokens_request(body: bytes, *, request_id: str) -> ChatRequest:
     for key in document:
         if key not in _COUNT_PARAMS:
             invalid(key, "Extra inputs are not permitted")
-    return parse_messages_request(
-        orjson.dumps({**document, "max_tokens": 1}), request_id=request_id
-    )
+    # A prompt is counted whatever the answer's cap: the largest one leaves any thinking
+    # budget below it.
+    counted = {**document, "max_tokens": _COUNT_MAX_TOKENS}
+    return parse_messages_request(orjson.dumps(counted), request_id=request_id)
 
 
 def _top_k(value: object) -> int | None:
@@ -163,16 +177,41 @@ def _top_k(value: object) -> int | None:
 
 def _inert(document: Mapping[str, Any]) -> None:
     """Fields accepted only with a value that changes nothing."""
-    thinking = document.get("thinking")
-    if thinking is not None and block_type(read.mapping(thinking, "thinking"), "thinking") != (
-        "disabled"
-    ):
-        unsupported("thinking", "extended thinking is")
     tier = read.string(document.get("service_tier"), "service_tier")
     if tier is not None and tier not in _SERVICE_TIERS:
         invalid("service_tier", "Input should be 'auto' or 'standard_only'")
     if document.get("cache_control") is not None:
         read.mapping(document["cache_control"], "cache_control")
+
+
+def _thinking(value: object, max_tokens: int) -> int | None:
+    """``thinking``: the budget of ``enabled``; None for ``disabled`` or absent."""
+    if value is None:
+        return None
+    thinking = read.mapping(value, "thinking")
+    kind = block_type(thinking, "thinking")
+    if kind == "disabled":
+        return None
+    if kind in ("adaptive", "between_tools"):
+        unsupported("thinking.type", f"thinking of type '{kind}' is")
+    if kind != "enabled":
+        invalid(
+            "thinking.type",
+            "Input tag does not match any of the expected tags: 'enabled', 'disabled'",
+        )
+    if thinking.get("display") is not None:
+        unsupported("thinking.display", "'thinking.display' is")
+    budget = read.integer(thinking.get("budget_tokens"), "thinking.budget_tokens")
+    if budget is None:
+        read.missing("thinking.budget_tokens")
+    if budget < _MIN_THINKING_BUDGET:
+        invalid(
+            "thinking.budget_tokens",
+            f"Input should be greater than or equal to {_MIN_THINKING_BUDGET}",
+        )
+    if budget >= max_tokens:
+        invalid("max_tokens", "`max_tokens` must be greater than `thinking.budget_tokens`")
+    return budget
 
 
 def _stop_sequences(value: object) -> tuple[str, ...]:

@@ -12,10 +12,12 @@ sans I/O:
 Decisions:
 
 - The message id is ``msg_`` plus the request id without its ``req_`` prefix.
-- Content blocks come in the order the answer produced them: ``thinking`` (only with
-  ``include_reasoning``; its ``signature`` is empty, there being none to give), ``text``,
-  then one ``tool_use`` block per tool call, ``input`` being the parsed arguments (``{}``
-  when they are not a JSON object, which a model rarely produces; logged).
+- Content blocks come in the order the answer produced them: the thinking (only with
+  ``include_reasoning``: a ``thinking`` block per signed block, with its signature, a
+  ``redacted_thinking`` block per redacted one; thinking from a provider that signs none is
+  one block with an empty signature), ``text``, then one ``tool_use`` block per tool call,
+  ``input`` being the parsed arguments (``{}`` when they are not a JSON object, which a
+  model rarely produces; logged).
 - ``stop_reason``: stop → ``end_turn``, length → ``max_tokens``, tool_calls →
   ``tool_use``, content_filter → ``refusal``. An answer with tool calls says ``tool_use``
   whatever its finish reason (OpenAI says ``stop`` when ``tool_choice`` named the tool),
@@ -29,13 +31,15 @@ Decisions:
 
 The stream: ``message_start`` (its usage is what was reported before the first content:
 an Anthropic upstream reports the prompt there, an OpenAI one only at the end), ``ping``,
-then per content block ``content_block_start``, its deltas (``thinking_delta``,
-``text_delta``, ``input_json_delta``) and ``content_block_stop``, each block started and
-stopped once; then ``message_delta`` (stop reason and the *total* usage, which the
-``anthropic`` SDK takes over the start's) and ``message_stop``. A block stays open until
-content of another kind arrives. Parallel tool calls whose fragments interleave (no
-provider we know streams them so) send a late fragment with its own, already stopped,
-block index: the SDK accumulates by index, so the final message is still right. Every
+then per content block ``content_block_start``, its deltas (``thinking_delta`` and
+``signature_delta``, ``text_delta``, ``input_json_delta``) and ``content_block_stop``, each
+block started and stopped once (a ``redacted_thinking`` block comes whole in its start);
+then ``message_delta`` (stop reason and the *total* usage, which the ``anthropic`` SDK
+takes over the start's) and ``message_stop``. A block stays open until content of another
+kind arrives, or (a thinking block) until thinking follows its signature. Parallel tool
+calls whose fragments interleave (no provider we know streams them so) send a late
+fragment with its own, already stopped, block index: the SDK accumulates by index, so the
+final message is still right. Every
 event carries its ``event:`` line, which the SDK dispatches on. A failure after the first
 byte sends ``event: error`` with the error body and ends the stream: Anthropic has no
 ``[DONE]``.
@@ -50,6 +54,7 @@ import orjson
 
 from rakka_inference.api.openai_response import error_status
 from rakka_inference.core.errors import InferenceError, ProtocolError, QuotaExhausted
+from rakka_inference.core.messages import ReasoningBlock
 from rakka_inference.core.stream import (
     ChatCompletion,
     FinishReason,
@@ -135,8 +140,11 @@ def message_json(
 ) -> bytes:
     """A non-streaming answer as a ``message`` object (see the module docstring)."""
     content: list[dict[str, Any]] = []
-    if include_reasoning and result.reasoning:
-        content.append({"type": "thinking", "thinking": result.reasoning, "signature": ""})
+    if include_reasoning:
+        blocks = result.reasoning_blocks
+        if not blocks and result.reasoning:
+            blocks = (ReasoningBlock(text=result.reasoning),)
+        content.extend(_thinking_block(block) for block in blocks)
     if result.text:
         content.append({"type": "text", "text": result.text})
     content.extend(
@@ -164,6 +172,12 @@ def message_json(
     )
 
 
+def _thinking_block(block: ReasoningBlock) -> dict[str, Any]:
+    if block.redacted:
+        return {"type": "redacted_thinking", "data": block.redacted}
+    return {"type": "thinking", "thinking": block.text, "signature": block.signature}
+
+
 def _event(name: bytes, payload: dict[str, Any]) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
@@ -187,6 +201,7 @@ class MessageStreamRenderer:
         "_next_index",
         "_open",
         "_pending",
+        "_signed",
         "_text_head",
         "_tool_blocks",
         "_usage",
@@ -201,6 +216,8 @@ class MessageStreamRenderer:
         self._next_index = 0
         self._open: str | None = None
         """The kind of the open block: "text", "thinking", "tool", or None."""
+        self._signed = False
+        """Whether the open thinking block has its signature: more thinking starts another."""
         self._text_head = b""
         """The bytes before a text delta's JSON string, for the open text block."""
         self._tool_blocks: dict[int, int] = {}
@@ -230,13 +247,13 @@ class MessageStreamRenderer:
         """The events for ``chunk``, or ``b""`` when it has nothing to send yet."""
         if chunk.usage is not None:
             self._usage = chunk.usage if self._usage is None else self._usage + chunk.usage
+        if chunk.choice:
+            return b""  # a request of this dialect asks for one choice: no other is shown
         if chunk.finish_reason is not None:
             self._finish = chunk.finish_reason
         out: list[bytes] = []
-        if chunk.reasoning and self._include_reasoning:
-            self._enter("thinking", out)
-            delta = {"type": "thinking_delta", "thinking": chunk.reasoning}
-            out.append(self._delta(delta))
+        if self._include_reasoning:
+            self._thinking(chunk, out)
         if chunk.text:
             if self._open != "text":
                 self._enter("text", out)
@@ -285,6 +302,7 @@ class MessageStreamRenderer:
             stop = {"type": "content_block_stop", "index": self._block_index()}
             out.append(_event(b"content_block_stop", stop))
             self._open = None
+            self._signed = False
 
     def _start(self, kind: str, block: dict[str, Any], out: list[bytes]) -> int:
         self._close(out)
@@ -306,6 +324,22 @@ class MessageStreamRenderer:
             )
         else:
             self._start(kind, {"type": "thinking", "thinking": "", "signature": ""}, out)
+
+    def _thinking(self, chunk: TokenChunk, out: list[bytes]) -> None:
+        if chunk.reasoning:
+            if self._signed:
+                self._close(out)
+            self._enter("thinking", out)
+            out.append(self._delta({"type": "thinking_delta", "thinking": chunk.reasoning}))
+        if chunk.reasoning_signature:
+            self._enter("thinking", out)
+            delta = {"type": "signature_delta", "signature": chunk.reasoning_signature}
+            out.append(self._delta(delta))
+            self._signed = True
+        if chunk.reasoning_redacted:
+            block = {"type": "redacted_thinking", "data": chunk.reasoning_redacted}
+            self._start("redacted", block, out)
+            self._close(out)
 
     def _tool(self, delta: ToolCallDelta, out: list[bytes]) -> None:
         index = self._tool_blocks.get(delta.index)

@@ -10,6 +10,10 @@ sets out the rules); ``param`` is the message's path, ``messages[2]``.
   text.
 - Images (``image_url`` parts) in user messages only: an http(s) URL or a base64
   ``data:`` URL, ``detail`` auto/low/high.
+- An assistant message's ``thinking_blocks`` (the convention LiteLLM set for Claude's
+  signed thinking: ``{type: thinking, thinking, signature}`` and ``{type:
+  redacted_thinking, data}``) are kept as its reasoning, so a tool loop with thinking can
+  send them back to Claude unchanged. Elsewhere they are ignored, as unknown keys are.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from __future__ import annotations
 from rakka_inference.api.fields import is_http_url
 from rakka_inference.api.openai_fields import invalid_type, invalid_value, read
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ChatMessage, ContentPart, ImagePart, Role, TextPart
+from rakka_inference.core.messages import (
+    ChatMessage,
+    ContentPart,
+    ImagePart,
+    ReasoningBlock,
+    Role,
+    TextPart,
+)
 from rakka_inference.core.tools import ToolCall
 
 __all__ = ["parse_message", "parse_tool_call"]
@@ -65,20 +76,48 @@ def parse_message(value: object, param: str) -> ChatMessage:
             param=f"{param}.tool_call_id",
         )
     content = _content(message.get("content"), role, f"{param}.content")
-    if content is None and role is Role.ASSISTANT:
-        content = read.string(message.get("refusal"), f"{param}.refusal")
+    reasoning: tuple[ReasoningBlock, ...] = ()
+    if role is Role.ASSISTANT:
+        if content is None:
+            content = read.string(message.get("refusal"), f"{param}.refusal")
+        reasoning = _thinking_blocks(message.get("thinking_blocks"), f"{param}.thinking_blocks")
     if content is None and not tool_calls:
         read.missing(f"{param}.content")
     name = read.string(message.get("name"), f"{param}.name")
     try:
         return ChatMessage(
-            role=role, content=content, name=name, tool_calls=tool_calls, tool_call_id=tool_call_id
+            role=role,
+            content=content,
+            name=name,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            reasoning=reasoning,
         )
     except BadRequest as error:  # pragma: no cover - every core rule is checked above
         # This keeps a rule added to the core later from surfacing as the bare "messages".
         if error.param == "messages":
             error.param = param
         raise
+
+
+def _thinking_blocks(value: object, param: str) -> tuple[ReasoningBlock, ...]:
+    if value is None:
+        return ()
+    blocks: list[ReasoningBlock] = []
+    for index, raw in enumerate(read.array(value, param)):
+        block_param = f"{param}[{index}]"
+        block = read.mapping(raw, block_param)
+        kind = block.get("type")
+        if kind == "redacted_thinking":
+            data = read.required_string(block.get("data"), f"{block_param}.data")
+            blocks.append(ReasoningBlock(redacted=data))
+        elif kind == "thinking":
+            text = read.string(block.get("thinking"), f"{block_param}.thinking") or ""
+            signature = read.string(block.get("signature"), f"{block_param}.signature") or ""
+            blocks.append(ReasoningBlock(text=text, signature=signature))
+        else:
+            invalid_value(f"{block_param}.type", kind, "'thinking' and 'redacted_thinking'")
+    return tuple(blocks)
 
 
 def parse_tool_call(value: object, param: str) -> ToolCall:

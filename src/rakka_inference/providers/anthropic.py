@@ -21,10 +21,16 @@ Translation from the OpenAI-shaped :class:`~rakka_inference.core.messages.ChatRe
   types the API takes), ``http(s)`` URLs become ``url`` sources; ``detail`` has no
   equivalent and is ignored.
 - Assistant ``tool_calls`` become ``tool_use`` blocks whose ``input`` is the parsed JSON
-  arguments. Tools become ``{name, description, input_schema}`` (plus ``strict: true``
-  when asked); ``tool_choice`` auto/required/named/none becomes ``auto``/``any``/
-  ``tool``/``none``, and is sent only with tools (without them, auto and none mean what
-  the API does anyway).
+  arguments. When the request thinks, an assistant turn begins with its signed thinking
+  (``thinking`` blocks with their signatures, ``redacted_thinking`` blocks), unchanged, as
+  a tool loop with extended thinking requires; unsigned thinking (another provider's) is
+  left out.
+- Thinking: a thinking budget (``/v1/messages``' ``thinking.budget_tokens``) is sent as
+  ``thinking: {type: enabled, budget_tokens}``; ``reasoning_effort`` becomes a budget (see
+  :mod:`rakka_inference.providers.anthropic_request`).
+- Tools become ``{name, description, input_schema}`` (plus ``strict: true`` when asked);
+  ``tool_choice`` auto/required/named/none becomes ``auto``/``any``/``tool``/``none``, and
+  is sent only with tools (without them, auto and none mean what the API does anyway).
 - ``max_tokens`` is required: the request's, else ``max_tokens_default``. ``stop`` becomes
   ``stop_sequences``, ``user`` becomes ``metadata.user_id``. Anthropic's temperature range
   is 0 to 1, so a higher one is refused here (param ``temperature``) rather than silently
@@ -36,10 +42,11 @@ Translation from the OpenAI-shaped :class:`~rakka_inference.core.messages.ChatRe
   structured outputs; models without them answer 400, surfaced as BadRequest).
   ``json_object`` ("any JSON") has no equivalent and is refused with BadRequest.
 
-Responses: ``text`` blocks are text, ``thinking`` blocks are reasoning, ``tool_use`` blocks
-are tool calls numbered by their position among the tool blocks (so parallel calls get
-0, 1, …) with the JSON text of ``input`` as arguments; ``redacted_thinking`` (encrypted)
-and server-tool blocks are skipped. ``stop_reason``: ``end_turn``, ``stop_sequence`` and
+Responses: ``text`` blocks are text, ``thinking`` blocks are reasoning (their signatures
+as ``reasoning_signature``, streamed as ``signature_delta``), ``redacted_thinking`` blocks
+are ``reasoning_redacted``, ``tool_use`` blocks are tool calls numbered by their position
+among the tool blocks (so parallel calls get 0, 1, …) with the JSON text of ``input`` as
+arguments; server-tool blocks are skipped. ``stop_reason``: ``end_turn``, ``stop_sequence`` and
 ``pause_turn`` (a server-tool turn paused; we send no server tools) → stop; ``max_tokens``
 and ``model_context_window_exceeded`` → length; ``tool_use`` → tool_calls; ``refusal`` →
 content_filter. Usage follows :mod:`rakka_inference.core.usage`: ``input_tokens`` is
@@ -147,8 +154,8 @@ class AnthropicAdapter(AdapterState[AnthropicConfig]):
     def parse_response(self, body: bytes) -> list[TokenChunk]:
         return parse_message(body, self._provider)
 
-    def stream_parser(self) -> AnthropicStreamParser:
-        return AnthropicStreamParser(self._provider)
+    def stream_parser(self, choices: int = 1) -> AnthropicStreamParser:
+        return AnthropicStreamParser(self._provider)  # one choice: n > 1 is refused
 
     # ------------------------------------------------------------------ errors
 

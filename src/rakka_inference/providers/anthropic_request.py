@@ -10,12 +10,12 @@ from typing import Any
 
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
-    THINKING_BUDGETS,
     ChatMessage,
     ChatRequest,
     ImagePart,
     Role,
     TextPart,
+    refuse_choices_and_logprobs,
     refuse_openai_options,
 )
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
@@ -42,15 +42,14 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
     """The Messages API body for ``request``; ``max_tokens_default`` fills ``max_tokens``
     when the request sets none (the API requires it)."""
     sampling = request.sampling
-    if sampling.n != 1:
-        raise BadRequest("only n = 1 is supported", param="n")
+    refuse_choices_and_logprobs(sampling, "Anthropic")
     refuse_openai_options(request, "Anthropic")
     if sampling.temperature is not None and sampling.temperature > MAX_TEMPERATURE:
         raise BadRequest(
             f"temperature must be between 0 and {MAX_TEMPERATURE:g} for Anthropic models",
             param="temperature",
         )
-    system, messages = _conversation(request.messages)
+    system, messages = _conversation(request.messages, thinking=sampling.thinks)
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": request.max_output_tokens(max_tokens_default),
@@ -104,29 +103,36 @@ def messages_body(request: ChatRequest, model: str, max_tokens_default: int) -> 
 
 
 def _thinking(request: ChatRequest, max_tokens: int) -> dict[str, Any] | None:
-    """``reasoning_effort`` as extended thinking: a budget (:data:`THINKING_BUDGETS`) kept
-    under ``max_tokens``, which counts the thinking too (as OpenAI's cap counts reasoning).
-    Thinking takes no ``temperature`` but 1 and no ``top_k``: those are refused with it."""
-    effort = request.sampling.reasoning_effort
-    if effort is None or effort == "none":
+    """Extended thinking: a thinking budget as it is, or ``reasoning_effort`` as its budget
+    (:data:`~rakka_inference.core.messages.THINKING_BUDGETS`) kept under ``max_tokens``,
+    which counts the thinking too (as OpenAI's cap counts reasoning). Thinking takes no
+    ``temperature`` but 1 and no ``top_k``: those are refused with it."""
+    sampling = request.sampling
+    budget = sampling.thinking_tokens
+    if not budget:
         return None
+    asked = "thinking" if sampling.thinking_budget is not None else "reasoning_effort"
     if max_tokens <= _MIN_THINKING:
         raise BadRequest(
-            f"with reasoning_effort, max_tokens must be above {_MIN_THINKING} for Anthropic "
-            "models (the thinking is part of it)",
+            f"with {asked}, max_tokens must be above {_MIN_THINKING} for Anthropic models "
+            "(the thinking is part of it)",
             param="max_tokens",
         )
-    sampling = request.sampling
     if sampling.temperature not in (None, 1.0):
         raise BadRequest(
-            "Anthropic models think only at temperature 1: leave temperature out with "
-            "reasoning_effort",
+            f"Anthropic models think only at temperature 1: leave temperature out with {asked}",
             param="temperature",
         )
     if sampling.top_k is not None:
         raise BadRequest("Anthropic models take no top_k while thinking", param="top_k")
-    budget = min(THINKING_BUDGETS[effort], max_tokens - 1)
-    return {"type": "enabled", "budget_tokens": max(_MIN_THINKING, budget)}
+    if sampling.thinking_budget is not None:
+        if not _MIN_THINKING <= budget < max_tokens:
+            raise BadRequest(
+                f"thinking.budget_tokens must be at least {_MIN_THINKING} and below max_tokens",
+                param="thinking.budget_tokens",
+            )
+        return {"type": "enabled", "budget_tokens": budget}
+    return {"type": "enabled", "budget_tokens": max(_MIN_THINKING, min(budget, max_tokens - 1))}
 
 
 def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
@@ -136,10 +142,17 @@ def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
 
 
 def _conversation(
-    messages: tuple[ChatMessage, ...],
+    messages: tuple[ChatMessage, ...], *, thinking: bool
 ) -> tuple[str, list[dict[str, Any]]]:
-    """``(system, messages)``: instructions hoisted, turns merged to alternate."""
-    system, turns = alternating_turns(messages, _blocks, assistant="assistant", content="content")
+    """``(system, messages)``: instructions hoisted, turns merged to alternate. Assistant
+    turns begin with their signed thinking blocks when the request thinks (a tool loop
+    must send them back); unsigned ones, another provider's, Anthropic would refuse."""
+
+    def blocks(message: ChatMessage, position: int) -> list[dict[str, Any]]:
+        replayed = _thinking_blocks(message) if thinking else []
+        return replayed + _blocks(message, position)
+
+    system, turns = alternating_turns(messages, blocks, assistant="assistant", content="content")
     for turn in turns:
         if turn["role"] == "user":
             # Stable: tool results first, in order, then the rest in order.
@@ -176,6 +189,17 @@ def _blocks(message: ChatMessage, position: int) -> list[dict[str, Any]]:
                 "input": call.parsed_arguments(param=param),
             }
         )
+    return blocks
+
+
+def _thinking_blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for block in message.reasoning:
+        if block.redacted:
+            blocks.append({"type": "redacted_thinking", "data": block.redacted})
+        elif block.signature:
+            thinking = {"type": "thinking", "thinking": block.text, "signature": block.signature}
+            blocks.append(thinking)
     return blocks
 
 

@@ -34,7 +34,8 @@ _FINISH_REASONS: Mapping[str, FinishReason] = {
 
 
 def parse_message(body: bytes, provider: str) -> list[TokenChunk]:
-    """A unary Messages answer as one chunk."""
+    """A unary Messages answer as chunks: one per thinking block (its text and signature,
+    or a redacted block's data), then one with the text, tool calls, usage and finish."""
     document = load_json_object(body, provider)
     if document.get("type") == "error":
         raise error_document(document, provider)
@@ -42,14 +43,16 @@ def parse_message(body: bytes, provider: str) -> list[TokenChunk]:
     if not isinstance(content, list):
         raise ProtocolError("response has no content list", provider=provider)
     text: list[str] = []
-    reasoning: list[str] = []
+    thinking: list[TokenChunk] = []
     calls: list[ToolCallDelta] = []
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             text.append(str(block.get("text") or ""))
-        elif kind == "thinking":
-            reasoning.append(str(block.get("thinking") or ""))
+        elif kind in ("thinking", "redacted_thinking"):
+            chunk = _thinking_chunk(block)
+            if not chunk.is_empty:
+                thinking.append(chunk)
         elif kind == "tool_use":
             calls.append(
                 ToolCallDelta(
@@ -63,13 +66,13 @@ def parse_message(body: bytes, provider: str) -> list[TokenChunk]:
             log.debug("skipping Anthropic content block of type %r", kind)
     usage = document.get("usage")
     return [
+        *thinking,
         TokenChunk(
             text="".join(text),
-            reasoning="".join(reasoning),
             tool_calls=tuple(calls),
             usage=(anthropic_usage(usage, provider=provider) if isinstance(usage, dict) else None),
             finish_reason=_finish(document.get("stop_reason")),
-        )
+        ),
     ]
 
 
@@ -151,13 +154,14 @@ class AnthropicStreamParser:
             )
             return [TokenChunk(tool_calls=(delta,))]
         # A start block's own text is empty on Anthropic's API; a compatible server may not
-        # leave it so.
-        chunk = TokenChunk(
-            text=str(block.get("text") or "") if kind == "text" else "",
-            reasoning=str(block.get("thinking") or "") if kind == "thinking" else "",
-        )
-        if kind not in {"text", "thinking", "redacted_thinking"}:
+        # leave it so. A redacted thinking block comes whole in its start.
+        if kind == "text":
+            chunk = TokenChunk(text=str(block.get("text") or ""))
+        elif kind in ("thinking", "redacted_thinking"):
+            chunk = _thinking_chunk(block)
+        else:
             log.debug("skipping Anthropic content block of type %r", kind)
+            return []
         return [] if chunk.is_empty else [chunk]
 
     def _block_delta(self, document: dict[str, Any]) -> list[TokenChunk]:
@@ -182,8 +186,10 @@ class AnthropicStreamParser:
                 return []
             tool.has_arguments = True
             return [TokenChunk(tool_calls=(ToolCallDelta(index=tool.index, arguments=partial),))]
-        if kind != "signature_delta":
-            log.debug("skipping Anthropic content delta of type %r", kind)
+        if kind == "signature_delta":
+            signature = str(delta.get("signature") or "")
+            return [TokenChunk(reasoning_signature=signature)] if signature else []
+        log.debug("skipping Anthropic content delta of type %r", kind)
         return []
 
     def _block_stop(self, document: dict[str, Any]) -> list[TokenChunk]:
@@ -213,6 +219,17 @@ class AnthropicStreamParser:
         first = not self._usage.reported
         increment = self._usage.add(anthropic_usage(usage, provider=self._provider))
         return increment if first or not increment.is_zero else None
+
+
+def _thinking_chunk(block: Mapping[str, Any]) -> TokenChunk:
+    """A ``thinking`` block (text and signature) or ``redacted_thinking`` block (its data)
+    as a chunk."""
+    if block.get("type") == "redacted_thinking":
+        return TokenChunk(reasoning_redacted=str(block.get("data") or ""))
+    return TokenChunk(
+        reasoning=str(block.get("thinking") or ""),
+        reasoning_signature=str(block.get("signature") or ""),
+    )
 
 
 def anthropic_usage(usage: Mapping[str, Any], *, provider: str | None = None) -> Usage:

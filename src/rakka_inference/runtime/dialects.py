@@ -74,7 +74,7 @@ async def chat(
 
     # A client that asked for reasoning sees it, as reasoning_content (vLLM's and
     # DeepSeek's field): Claude's thinking blocks, Gemini's thoughts, an engine's reasoning.
-    reasoning = request.sampling.reasoning_effort not in (None, "none")
+    reasoning = request.sampling.thinks
 
     def renderer() -> StreamRenderer:
         return ChunkRenderer(
@@ -83,6 +83,7 @@ async def chat(
             created=int(time.time()),
             include_usage=request.include_usage,
             include_reasoning=reasoning,
+            choices=request.sampling.n,
         )
 
     def body(result: ChatCompletion) -> bytes:
@@ -92,6 +93,7 @@ async def chat(
             model=request.model,
             created=int(time.time()),
             include_reasoning=reasoning,
+            logprobs=request.sampling.logprobs,
         )
 
     await _answer_chat(
@@ -105,6 +107,7 @@ async def messages(
     """``POST /v1/messages``: Anthropic's Messages format in and out."""
     body = await gateway.read_body(scope, receive)
     request = parse_messages_request(body, request_id=ids.own)
+    shown = request.sampling.thinks  # a client that enabled thinking sees it
     await _answer_chat(
         gateway,
         request,
@@ -112,8 +115,10 @@ async def messages(
         receive,
         send,
         ids=ids,
-        renderer=lambda: MessageStreamRenderer(ids.own, request.model),
-        body=lambda result: message_json(result, request_id=ids.own, model=request.model),
+        renderer=lambda: MessageStreamRenderer(ids.own, request.model, include_reasoning=shown),
+        body=lambda result: message_json(
+            result, request_id=ids.own, model=request.model, include_reasoning=shown
+        ),
     )
 
 

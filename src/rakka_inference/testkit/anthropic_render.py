@@ -69,10 +69,24 @@ def stream_response(
         ("ping", {}, 0.0),
     ]
     for index, block in enumerate(reply.content):
-        opening = {**block, "text": ""} if block["type"] == "text" else {**block, "input": {}}
+        kind = block["type"]
+        if kind == "text":
+            opening = {**block, "text": ""}
+        elif kind == "thinking":
+            opening = {**block, "thinking": "", "signature": ""}
+        elif kind == "redacted_thinking":
+            opening = block
+        else:
+            opening = {**block, "input": {}}
         events.append(("content_block_start", {"index": index, "content_block": opening}, 0.0))
-        if block["type"] == "text":
+        if kind == "text":
             deltas = [{"type": "text_delta", "text": p} for p in script.pieces(block["text"])]
+        elif kind == "thinking":
+            pieces = script.pieces(block["thinking"])
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif kind == "redacted_thinking":
+            deltas = []
         else:
             arguments = orjson.dumps(block["input"]).decode() if block["input"] else ""
             pieces = script.pieces(arguments)

@@ -35,7 +35,9 @@ text — the model has its results — so a tool exchange ends. Otherwise the an
 the request's ``stop_sequences`` (``stop_sequence``) or after ``max_tokens`` words
 (``max_tokens``), else ``end_turn``. ``usage``: ``input_tokens`` is :func:`count_tokens`
 of the system prompt and every text and tool-result text of the messages; ``output_tokens``
-that of the answer's text, tool names and JSON inputs; both cache counts are 0.
+that of the answer's text, thinking, tool names and JSON inputs; both cache counts are 0.
+With ``thinking`` enabled the answer begins with signed thinking (:attr:`thinking`;
+the checks and blocks are :mod:`rakka_inference.testkit.anthropic_thinking`'s).
 
 The stream, one SSE event per HTTP chunk, each with its ``event:`` line: ``message_start``
 (usage with ``output_tokens`` 1), ``ping``, then per content block ``content_block_start``,
@@ -96,6 +98,12 @@ from rakka_inference.testkit.anthropic_render import (
     stream_response,
     unary_response,
 )
+from rakka_inference.testkit.anthropic_thinking import (
+    ThinkingScript,
+    check_thinking,
+    enabled,
+    thinking_blocks,
+)
 from rakka_inference.testkit.anthropic_wire import (
     Rejected,
     api_key,
@@ -131,6 +139,9 @@ class AnthropicMock(MockProviderServer):
     def __init__(self, **options: Unpack[MockOptions]) -> None:
         super().__init__(**options)
         self._serial = itertools.count(1)
+        self.thinking = ThinkingScript()
+        """What the model thinks when a request enables thinking (see
+        :mod:`rakka_inference.testkit.anthropic_thinking`)."""
 
     # ------------------------------------------------------------------ answering
 
@@ -155,6 +166,7 @@ class AnthropicMock(MockProviderServer):
             if counting:
                 return self._count(request.body, request_id)
             body = validated_body(request.body)
+            check_thinking(body)
             try:
                 fault = self.take_fault(key, request)
             except ValueError as exc:
@@ -218,10 +230,9 @@ class AnthropicMock(MockProviderServer):
             text, stop_reason, stop_sequence = cut_text(text, body)
             if text:
                 content.append({"type": "text", "text": text})
-        said = [
-            b["text"] if b["type"] == "text" else f"{b['name']} {orjson.dumps(b['input']).decode()}"
-            for b in content
-        ]
+        if enabled(body) and not refusal:
+            content[:0] = thinking_blocks(self.thinking, last_user_text(body["messages"]))
+        said = [_said(block) for block in content]
         return Reply(
             message_id=self._ident("msg"),
             model=str(body["model"]),
@@ -231,3 +242,15 @@ class AnthropicMock(MockProviderServer):
             input_tokens=count_tokens(prompt_texts(body)),
             output_tokens=count_tokens(said),
         )
+
+
+def _said(block: dict[str, Any]) -> str:
+    """What a content block counts as, in output tokens."""
+    kind = block["type"]
+    if kind == "text":
+        return str(block["text"])
+    if kind == "thinking":
+        return str(block["thinking"])
+    if kind == "redacted_thinking":
+        return "redacted"
+    return f"{block['name']} {orjson.dumps(block['input']).decode()}"
