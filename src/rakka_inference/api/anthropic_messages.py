@@ -15,8 +15,10 @@ from rakka_inference.api.anthropic_fields import block_type, invalid, read, unsu
 from rakka_inference.api.fields import is_http_url
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
+    PDF,
     ChatMessage,
     ContentPart,
+    DocumentPart,
     ImagePart,
     ReasoningBlock,
     Role,
@@ -91,6 +93,8 @@ def _user_turn(content: str | list[Any], param: str, called: set[str]) -> list[C
             parts.append(_text(block, block_param))
         elif kind == "image":
             parts.append(_image(block, block_param))
+        elif kind == "document":
+            parts.append(_document(block, block_param))
         elif kind == "tool_result":
             results.append(_tool_result(block, block_param, called))
         elif kind in ("tool_use", *_THINKING_BLOCKS):
@@ -118,7 +122,7 @@ def _assistant(content: str | list[Any], param: str, called: set[str]) -> ChatMe
             calls.append(call)
         elif kind in _THINKING_BLOCKS:
             thinking.append(_thinking(block, block_param, kind))
-        elif kind in ("image", "tool_result"):
+        elif kind in ("image", "document", "tool_result"):
             invalid(f"{block_param}.type", f"'{kind}' blocks belong in user messages")
         else:
             unsupported(f"{block_param}.type", f"content blocks of type {kind!r} are")
@@ -184,6 +188,38 @@ def _image(block: Mapping[str, Any], param: str) -> ImagePart:
     if kind == "file":
         unsupported(f"{source_param}.type", "file sources are")
     invalid(f"{source_param}.type", "Input should be 'base64' or 'url'")
+
+
+def _document(block: Mapping[str, Any], param: str) -> ContentPart:
+    """A ``document`` block: a PDF by ``base64`` or ``url`` source; a ``text`` source is
+    its text. ``title`` names the PDF; ``context`` and ``citations`` are ignored."""
+    source_param = f"{param}.source"
+    if block.get("source") is None:
+        read.missing(source_param)
+    source = read.mapping(block["source"], source_param)
+    kind = block_type(source, source_param)
+    title = read.string(block.get("title"), f"{param}.title")
+    if kind == "base64":
+        media_type = read.required_string(source.get("media_type"), f"{source_param}.media_type")
+        if media_type != PDF:
+            invalid(f"{source_param}.media_type", f"Input should be '{PDF}'")
+        data = read.required_string(source.get("data"), f"{source_param}.data")
+        document = DocumentPart.from_base64(data, filename=title)
+        try:
+            document.base64_data(param=f"{source_param}.data")
+        except BadRequest:
+            invalid(f"{source_param}.data", "the document data is not valid base64")
+        return document
+    if kind == "url":
+        url = read.required_string(source.get("url"), f"{source_param}.url")
+        if not is_http_url(url):
+            invalid(f"{source_param}.url", "the document URL must be an http(s) URL")
+        return DocumentPart(url=url, filename=title)
+    if kind == "text":
+        return TextPart(text=read.required_string(source.get("data"), f"{source_param}.data"))
+    if kind in ("content", "file"):
+        unsupported(f"{source_param}.type", f"document sources of type '{kind}' are")
+    invalid(f"{source_param}.type", "Input should be 'base64', 'url' or 'text'")
 
 
 def _tool_use(block: Mapping[str, Any], param: str) -> ToolCall:

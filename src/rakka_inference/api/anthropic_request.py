@@ -18,7 +18,9 @@ The mapping:
   ``tool_use`` made earlier in the conversation. Its content may be a string or text
   blocks; ``is_error`` has no core equivalent and is dropped (the content stays).
 - Images: ``base64`` sources of the types the API takes (JPEG, PNG, GIF, WebP) and
-  ``url`` sources (http or https), in user turns only.
+  ``url`` sources (http or https), in user turns only. ``document`` blocks likewise: a PDF
+  by ``base64`` or ``url`` source (its ``title`` kept as the file's name), or a ``text``
+  source, which is its text; ``context`` and ``citations`` are ignored.
 - ``thinking: {type: enabled, budget_tokens}`` (at least 1024, below ``max_tokens``)
   becomes the core's thinking budget: an Anthropic deployment thinks with it, a Gemini one
   takes it as ``thinkingBudget``, an OpenAI-format one as the ``reasoning_effort`` it
@@ -48,7 +50,8 @@ The mapping:
 - Refused with "not supported by this gateway": ``thinking`` of type ``adaptive`` or
   ``between_tools`` and ``thinking.display`` (the core asks for reasoning by budget or
   effort only), server tools,
-  ``document``/``search_result``/server-tool content blocks, ``file`` image sources, images
+  ``search_result``/server-tool content blocks, ``file`` image and document sources,
+  ``content`` document sources, images
   inside ``tool_result``, and the top-level fields in :data:`UNSUPPORTED_MESSAGES_PARAMS`.
   Any other unknown top-level field: "Extra inputs are not permitted".
 - A stream always asks for usage (``include_usage``): Anthropic streams always carry it.

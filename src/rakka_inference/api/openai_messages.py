@@ -9,7 +9,8 @@ sets out the rules); ``param`` is the message's path, ``messages[2]``.
   takes the refusal as its text; ``refusal`` parts of assistant content likewise become
   text.
 - Images (``image_url`` parts) in user messages only: an http(s) URL or a base64
-  ``data:`` URL, ``detail`` auto/low/high.
+  ``data:`` URL, ``detail`` auto/low/high. PDFs (``file`` parts) likewise, inline as
+  ``file_data`` (``data:application/pdf;base64,…``), with an optional ``filename``.
 - An assistant message's ``thinking_blocks`` (the convention LiteLLM set for Claude's
   signed thinking: ``{type: thinking, thinking, signature}`` and ``{type:
   redacted_thinking, data}``) are kept as its reasoning, so a tool loop with thinking can
@@ -24,6 +25,7 @@ from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
     ChatMessage,
     ContentPart,
+    DocumentPart,
     ImagePart,
     ReasoningBlock,
     Role,
@@ -35,7 +37,7 @@ __all__ = ["parse_message", "parse_tool_call"]
 
 _ROLES = {role.value: role for role in Role}
 _IMAGE_DETAILS = ("auto", "low", "high")
-_UNSUPPORTED_PARTS = frozenset({"input_audio", "file", "audio"})
+_UNSUPPORTED_PARTS = frozenset({"input_audio", "audio"})
 
 
 def parse_message(value: object, param: str) -> ChatMessage:
@@ -167,14 +169,42 @@ def _part(value: object, role: Role, param: str) -> ContentPart:
                 param=f"{param}.type",
             )
         return _image(part.get("image_url"), f"{param}.image_url")
+    if kind == "file":
+        if role is not Role.USER:
+            raise BadRequest(
+                f"file content is accepted in user messages only, not {role.value}",
+                param=f"{param}.type",
+            )
+        return _file(part.get("file"), f"{param}.file")
     if kind in _UNSUPPORTED_PARTS:
         raise BadRequest(
             f"content parts of type {kind!r} are not supported by this gateway",
             param=f"{param}.type",
         )
     invalid_value(
-        f"{param}.type", kind, "'text' and 'image_url'" if role is Role.USER else "'text'"
+        f"{param}.type", kind, "'text', 'image_url' and 'file'" if role is Role.USER else "'text'"
     )
+
+
+def _file(value: object, param: str) -> DocumentPart:
+    """A ``file`` part: a PDF as ``file_data`` (a base64 data URL). A ``file_id`` names a
+    file in one provider's store, which a gateway in front of many cannot resolve."""
+    if value is None:
+        read.missing(param)
+    file = read.mapping(value, param)
+    data = read.string(file.get("file_data"), f"{param}.file_data")
+    if data is None:
+        if file.get("file_id") is not None:
+            raise BadRequest(
+                "files by file_id are not supported by this gateway: send file_data",
+                param=f"{param}.file_id",
+            )
+        read.missing(f"{param}.file_data")
+    document = DocumentPart(
+        url=data, filename=read.string(file.get("filename"), f"{param}.filename")
+    )
+    document.base64_data(param=f"{param}.file_data")
+    return document
 
 
 def _image(value: object, param: str) -> ImagePart:

@@ -21,8 +21,10 @@ Part of :func:`~rakka_inference.api.openai_responses_request.parse_responses_req
   core messages carry no reasoning.
 - Refused as not supported: ``item_reference`` items (they point into stored responses,
   and the gateway keeps none), every other item type (built-in tools' calls and outputs),
-  ``input_file`` and ``input_audio`` parts, images given by ``file_id``, images inside a
+  ``input_audio`` parts, images and files given by ``file_id``, images and files inside a
   ``function_call_output``.
+- ``input_file`` parts in user messages: a PDF as ``file_data`` (a base64 data URL) or
+  ``file_url``, with an optional ``filename``.
 - Unknown keys inside an item or a part (``id``, ``status``, ``annotations``,
   ``logprobs``, ``phase``...) are ignored: clients echo output items back whole.
 """
@@ -38,6 +40,7 @@ from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
     ChatMessage,
     ContentPart,
+    DocumentPart,
     ImageDetail,
     ImagePart,
     Role,
@@ -60,7 +63,7 @@ _IMAGE_DETAILS: dict[str, ImageDetail] = {
     "original": "high",
 }
 _TEXT_PARTS = frozenset({"input_text", "output_text"})
-_UNSUPPORTED_PARTS = frozenset({"input_file", "input_audio"})
+_UNSUPPORTED_PARTS = frozenset({"input_audio"})
 
 
 def parse_input(value: object) -> list[ChatMessage]:
@@ -210,6 +213,13 @@ def _part(value: object, role: Role, param: str) -> ContentPart:
                 param=f"{param}.type",
             )
         return _image(part, param)
+    if kind == "input_file":
+        if role is not Role.USER:
+            raise BadRequest(
+                f"file content is accepted in user messages only, not {role.value}",
+                param=f"{param}.type",
+            )
+        return _file(part, param)
     if kind in _UNSUPPORTED_PARTS:
         raise BadRequest(
             f"content parts of type {kind!r} are not supported by this gateway",
@@ -218,7 +228,7 @@ def _part(value: object, role: Role, param: str) -> ContentPart:
     if role is Role.ASSISTANT:
         invalid_value(f"{param}.type", kind, "'output_text', 'input_text' and 'refusal'")
     if role is Role.USER:
-        invalid_value(f"{param}.type", kind, "'input_text' and 'input_image'")
+        invalid_value(f"{param}.type", kind, "'input_text', 'input_image' and 'input_file'")
     invalid_value(f"{param}.type", kind, "'input_text'")
 
 
@@ -234,6 +244,27 @@ def _output_part(value: object, param: str) -> TextPart:
             param=f"{param}.type",
         )
     invalid_value(f"{param}.type", kind, "'input_text'")
+
+
+def _file(part: dict[str, Any], param: str) -> DocumentPart:
+    """An ``input_file``: a PDF as ``file_data`` (a base64 data URL) or ``file_url``."""
+    filename = read.string(part.get("filename"), f"{param}.filename")
+    data = read.string(part.get("file_data"), f"{param}.file_data")
+    if data is not None:
+        document = DocumentPart(url=data, filename=filename)
+        document.base64_data(param=f"{param}.file_data")
+        return document
+    url = read.string(part.get("file_url"), f"{param}.file_url")
+    if url is not None:
+        if not is_http_url(url):
+            raise BadRequest("file_url must be an http(s) URL", param=f"{param}.file_url")
+        return DocumentPart(url=url, filename=filename)
+    if part.get("file_id") is not None:
+        raise BadRequest(
+            "files by file_id are not supported by this gateway: send file_data or file_url",
+            param=f"{param}.file_id",
+        )
+    read.missing(f"{param}.file_data")
 
 
 def _image(part: dict[str, Any], param: str) -> ImagePart:

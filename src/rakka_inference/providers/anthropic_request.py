@@ -10,8 +10,10 @@ from typing import Any
 
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
+    PDF,
     ChatMessage,
     ChatRequest,
+    DocumentPart,
     ImagePart,
     Role,
     TextPart,
@@ -176,6 +178,9 @@ def _blocks(message: ChatMessage, position: int) -> list[dict[str, Any]]:
         if isinstance(part, TextPart):
             if part.text:
                 blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, DocumentPart):
+            param = f"messages[{position}].content[{part_index}].file"
+            blocks.append(_document(part, param))
         else:
             param = f"messages[{position}].content[{part_index}].image_url"
             blocks.append(_image(part, param))
@@ -209,6 +214,18 @@ def _text_blocks(message: ChatMessage) -> list[dict[str, Any]]:
         for part in message.parts
         if isinstance(part, TextPart) and part.text
     ]
+
+
+def _document(part: DocumentPart, param: str) -> dict[str, Any]:
+    """A PDF as a ``document`` block: a ``base64`` source, or a ``url`` one."""
+    if part.is_data_url:
+        source = {"type": "base64", "media_type": PDF, "data": part.base64_data(param=param)}
+    else:
+        source = {"type": "url", "url": part.url}
+    block: dict[str, Any] = {"type": "document", "source": source}
+    if part.filename:
+        block["title"] = part.filename
+    return block
 
 
 def _image(part: ImagePart, param: str) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ChatMessage, ImagePart, Role, TextPart
+from rakka_inference.core.messages import (
+    PDF,
+    ChatMessage,
+    DocumentPart,
+    ImagePart,
+    Role,
+    TextPart,
+)
 from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.providers.base import alternating_turns
 
@@ -104,6 +111,9 @@ def _message_parts(message: ChatMessage, position: int, *, vertex: bool) -> list
         if isinstance(part, TextPart):
             if part.text:
                 parts.append({"text": part.text})
+        elif isinstance(part, DocumentPart):
+            param = f"messages[{position}].content[{part_index}].file"
+            parts.append(_document(part, param, vertex=vertex))
         else:
             param = f"messages[{position}].content[{part_index}].image_url"
             parts.append(_image(part, param, vertex=vertex))
@@ -118,15 +128,27 @@ def _message_parts(message: ChatMessage, position: int, *, vertex: bool) -> list
     return parts
 
 
+def _document(part: DocumentPart, param: str, *, vertex: bool) -> dict[str, Any]:
+    """A PDF as ``inlineData``, or by URL as ``fileData``."""
+    if part.is_data_url:
+        return {"inlineData": {"mimeType": PDF, "data": part.base64_data(param=param)}}
+    _check_url(part.url, param, vertex=vertex, what="document")
+    return {"fileData": {"mimeType": PDF, "fileUri": part.url}}
+
+
+def _check_url(url: str, param: str, *, vertex: bool, what: str) -> None:
+    scheme = url.partition(":")[0].lower()
+    if scheme not in ("http", "https") and not (vertex and scheme == "gs"):
+        allowed = "http(s), gs:// (Vertex)" if vertex else "http(s)"
+        raise BadRequest(f"{what} URL must be {allowed} or a base64 data: URL", param=param)
+
+
 def _image(part: ImagePart, param: str, *, vertex: bool) -> dict[str, Any]:
     if part.is_data_url:
         media_type, data = part.parse_data_url(param=param)
         return {"inlineData": {"mimeType": media_type, "data": data}}
     url = part.url
-    scheme = url.partition(":")[0].lower()
-    if scheme not in ("http", "https") and not (vertex and scheme == "gs"):
-        allowed = "http(s), gs:// (Vertex)" if vertex else "http(s)"
-        raise BadRequest(f"image URL must be {allowed} or a base64 data: URL", param=param)
+    _check_url(url, param, vertex=vertex, what="image")
     _, dot, extension = urlsplit(url).path.rsplit("/", 1)[-1].rpartition(".")
     file_type = _IMAGE_TYPES.get(extension.lower()) if dot else None
     if file_type is None:
