@@ -196,7 +196,7 @@ def test_a_call_without_a_message_before_it_opens_an_assistant_message() -> None
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
-            "input[0].content[0].type",
+            "input[0].content[0].file_id",
             "not supported",
         ),
         (
