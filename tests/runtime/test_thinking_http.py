@@ -334,3 +334,114 @@ async def test_thinking_blocks_of_a_bad_shape_are_a_400(live: Live) -> None:
             ],
         )
     assert caught.value.body["param"] == "messages[1].thinking_blocks[0].type"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------- the Responses route
+
+RESPONSES_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_responses_tool_loop_carries_the_thinking_in_encrypted_content(
+    live: Live, stream: bool
+) -> None:
+    live.claude.reply = CALL
+    live.claude.thinking = ThinkingScript(text="Paris, then.", redacted=True)
+    question = [{"role": "user", "content": "weather in Paris?"}]
+    if stream:
+        async with live.chat.responses.stream(
+            model="claude",
+            input=question,  # type: ignore[arg-type]
+            tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+            reasoning={"effort": "low"},
+        ) as events:
+            kinds = [event.type async for event in events]
+            first = await events.get_final_response()
+        assert "response.reasoning_text.delta" in kinds
+        assert kinds.index("response.reasoning_text.done") < kinds.index(
+            "response.function_call_arguments.done"
+        )
+    else:
+        first = await live.chat.responses.create(
+            model="claude",
+            input=question,  # type: ignore[arg-type]
+            tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+            reasoning={"effort": "low"},
+        )
+    reasoning, call = first.output
+    assert reasoning.type == "reasoning"
+    assert reasoning.content is not None
+    assert reasoning.content[0].text == "Paris, then."
+    assert reasoning.encrypted_content is not None
+    assert call.type == "function_call"
+    live.claude.reply = ReplyScript(text="Sunny.")
+    final = await live.chat.responses.create(
+        model="claude",
+        input=[
+            *question,
+            *(item.model_dump(exclude_none=True) for item in first.output),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sun"},
+        ],  # type: ignore[arg-type]
+        tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+        reasoning={"effort": "low"},
+    )
+    assert final.output_text == "Sunny."
+    replayed = live.sent(live.claude)["messages"][1]["content"]
+    assert [block["type"] for block in replayed] == ["thinking", "redacted_thinking", "tool_use"]
+    assert replayed[0]["signature"] == sign("Paris, then.")
+
+
+async def test_an_openai_agents_agent_thinks_with_claude_through_a_tool(live: Live) -> None:
+    agents = pytest.importorskip("agents")
+    from openai.types.shared import Reasoning
+
+    live.claude.reply = CALL
+    live.claude.thinking = ThinkingScript(text="I should look it up.")
+    asked: list[str] = []
+
+    @agents.function_tool  # type: ignore[untyped-decorator]
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        live.claude.reply = ReplyScript(text=f"It is sunny in {city}.")
+        return "sunny"
+
+    model = agents.OpenAIResponsesModel(model="claude", openai_client=live.chat)
+    agent = agents.Agent(
+        name="weather",
+        model=model,
+        tools=[get_weather],
+        model_settings=agents.ModelSettings(reasoning=Reasoning(effort="low")),
+    )
+    result = await agents.Runner.run(
+        agent, "weather in Paris?", run_config=agents.RunConfig(tracing_disabled=True)
+    )
+    assert asked == ["Paris"]
+    assert result.final_output == "It is sunny in Paris."
+    replayed = live.sent(live.claude)["messages"][1]["content"]
+    assert replayed[0] == {
+        "type": "thinking",
+        "thinking": "I should look it up.",
+        "signature": sign("I should look it up."),
+    }
+
+
+async def test_reasoning_items_not_ours_are_dropped_and_ours_must_decode(live: Live) -> None:
+    live.claude.reply = ReplyScript(text="Fine.")
+    foreign = {"type": "reasoning", "id": "rs_x", "summary": [], "encrypted_content": "gAAAA"}
+    await live.chat.responses.create(
+        model="claude",
+        input=[{"role": "user", "content": "hi"}, foreign, {"role": "user", "content": "again"}],  # type: ignore[list-item]
+    )
+    assert [m["role"] for m in live.sent(live.claude)["messages"]] == ["user"]
+    broken = {**foreign, "encrypted_content": "rkr1.!!!"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await live.chat.responses.create(
+            model="claude",
+            input=[{"role": "user", "content": "hi"}, broken],  # type: ignore[list-item]
+        )
+    assert caught.value.body["param"] == "input[1].encrypted_content"  # type: ignore[index]

@@ -17,8 +17,10 @@ Part of :func:`~rakka_inference.api.openai_responses_request.parse_responses_req
   of a new one. ``arguments`` is kept as the JSON text it is.
 - ``function_call_output`` becomes a tool message; its ``call_id`` must name a
   ``function_call`` made earlier in ``input``. Its ``output`` is a string or text parts.
-- ``reasoning`` items (echoed back by clients of OpenAI's reasoning models) are dropped:
-  core messages carry no reasoning.
+- ``reasoning`` items are the thinking of the assistant turn they begin: their signed
+  blocks, decoded from ``encrypted_content`` (:mod:`~rakka_inference.api.openai_reasoning`),
+  go with that turn to a provider that takes them back (Claude). One without the gateway's
+  ``encrypted_content`` (another service's) is dropped.
 - Refused as not supported: ``item_reference`` items (they point into stored responses,
   and the gateway keeps none), every other item type (built-in tools' calls and outputs),
   ``input_audio`` parts, images and files given by ``file_id``, images and files inside a
@@ -36,6 +38,7 @@ from typing import Any
 
 from rakka_inference.api.fields import is_http_url
 from rakka_inference.api.openai_fields import invalid_type, invalid_value, read
+from rakka_inference.api.openai_reasoning import decode_reasoning
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
     ChatMessage,
@@ -113,7 +116,9 @@ class _Conversation:
                 "send the item itself",
                 param=param,
             )
-        elif kind != "reasoning":  # reasoning items are dropped (module docstring)
+        elif kind == "reasoning":
+            self._reasoning(item, param)
+        else:
             raise BadRequest(
                 f"input items of type {kind!r} are not supported by this gateway",
                 param=f"{param}.type",
@@ -146,9 +151,23 @@ class _Conversation:
             invalid_type(content_param, "a string or an array of content parts", raw)
         if role is Role.ASSISTANT:
             if content:  # an assistant message with no text carries nothing
-                self.messages.append(ChatMessage(role=role, content=content))
+                thought = self._thought()
+                reasoning = thought.reasoning if thought is not None else ()
+                self.messages.append(ChatMessage(role=role, content=content, reasoning=reasoning))
             return
         self.messages.append(ChatMessage(role=role, content=content))
+
+    def _reasoning(self, item: dict[str, Any], param: str) -> None:
+        blocks = decode_reasoning(item.get("encrypted_content"), f"{param}.encrypted_content")
+        if blocks:
+            self.messages.append(ChatMessage.assistant(reasoning=blocks))
+
+    def _thought(self) -> ChatMessage | None:
+        """Take the last message out if it is thinking alone: the turn it begins."""
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last.role is Role.ASSISTANT and last.thought_only:
+            return self.messages.pop()
+        return None
 
     def _call(self, item: dict[str, Any], param: str) -> None:
         call_id = read.required_string(item.get("call_id"), f"{param}.call_id")

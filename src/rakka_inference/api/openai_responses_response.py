@@ -11,11 +11,15 @@ Responses API answers a failed request with the same ``{"error": {...}}`` body a
 Decisions:
 
 - The response id is ``resp_`` plus the request id without its ``req_`` prefix; an output
-  item's id is ``msg_`` (a message) or ``fc_`` (a function call) plus the same, then its
+  item's id is ``rs_`` (reasoning), ``msg_`` (a message) or ``fc_`` (a function call)
+  plus the same, then its
   output index, so every id of an answer is the gateway's and unique.
-- ``output``: a ``message`` item with one ``output_text`` part when the answer has text,
-  then one ``function_call`` item per tool call, in order. Reasoning is not rendered: the
-  Responses API's reasoning items carry summaries and encrypted state the core has not.
+- ``output``: when the request asked for reasoning and the answer has some, a
+  ``reasoning`` item first (its text as a ``reasoning_text`` part, no summary, and the
+  signed thinking blocks as ``encrypted_content``: see
+  :mod:`~rakka_inference.api.openai_reasoning`); then a ``message`` item with one
+  ``output_text`` part when the answer has text, then one ``function_call`` item per tool
+  call, in order.
 - ``status``: ``completed``, or ``incomplete`` when the output was cut: finish ``length``
   gives ``incomplete_details.reason`` ``max_output_tokens``, ``content_filter`` gives
   ``content_filter``. The items of an incomplete answer say ``incomplete`` too.
@@ -36,6 +40,7 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
+from rakka_inference.api.openai_reasoning import reasoning_item
 from rakka_inference.api.openai_responses_request import ResponsesCall
 from rakka_inference.core.messages import ResponseFormat
 from rakka_inference.core.stream import ChatCompletion, FinishReason
@@ -70,7 +75,7 @@ def response_id(request_id: str) -> str:
     return f"resp_{request_id.removeprefix('req_')}"
 
 
-def item_id(kind: Literal["msg", "fc"], request_id: str, output_index: int) -> str:
+def item_id(kind: Literal["rs", "msg", "fc"], request_id: str, output_index: int) -> str:
     """The id of the output item at ``output_index`` of the answer to ``request_id``."""
     return f"{kind}_{request_id.removeprefix('req_')}_{output_index}"
 
@@ -171,8 +176,12 @@ def response_json(
     """A non-streaming answer as a ``response`` object (see the module docstring)."""
     status, incomplete = output_status(result.finish_reason)
     output: list[dict[str, Any]] = []
+    if call.request.sampling.thinks and (result.reasoning or result.reasoning_blocks):
+        identifier = item_id("rs", request_id, 0)
+        output.append(reasoning_item(identifier, result.reasoning, result.reasoning_blocks, status))
     if result.text:
-        output.append(message_item(item_id("msg", request_id, 0), result.text, status))
+        identifier = item_id("msg", request_id, len(output))
+        output.append(message_item(identifier, result.text, status))
     for tool_call in result.tool_calls:
         identifier = item_id("fc", request_id, len(output))
         output.append(
