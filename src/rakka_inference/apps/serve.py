@@ -2,11 +2,12 @@
 
 With ``--config FILE`` it serves the file's deployments on ``[cluster].bind`` (``--host``
 and ``--port`` override it); with ``[cluster].mock_providers`` the testkit's mock providers
-run in this process and answer the deployments that set no endpoint. With no config it
-serves the embedded sandbox (:mod:`rakka_inference.apps.sandbox`): mock providers in this
-process, and a real deployment for each provider whose key is in the environment. The
-sandbox's admin key is ``RAKKA_ADMIN_KEY``'s, or one generated here and printed once, on
-standard output, as ``export RAKKA_ADMIN_KEY=...`` (never logged).
+run in this process and answer the deployments that set no endpoint — of that config and
+of every later one that asks for them (a SIGHUP or admin reload, an admin apply). With no
+config it serves the embedded sandbox (:mod:`rakka_inference.apps.sandbox`): mock providers
+in this process, and a real deployment for each provider whose key is in the environment.
+The sandbox's admin key is ``RAKKA_ADMIN_KEY``'s, or one generated here and printed once,
+on standard output, as ``export RAKKA_ADMIN_KEY=...`` (never logged).
 
 Starting, in order, each failure one line on standard error and exit status 1, with
 nothing started: the config is read and every secret it would read at start resolved (a
@@ -121,7 +122,6 @@ class ServeApp:
 
             self._sandbox = Sandbox.for_config()
             await self._sandbox.start()
-            config = self._on_mocks(config)
         source = self._config_file
         member = self._member
         if member is not None:
@@ -129,7 +129,9 @@ class ServeApp:
         self.topology = Topology(
             config,
             services=None if member is None else member.services(),
-            reload_source=None if source is None else lambda: self._on_mocks(load_config(source)),
+            reload_source=None if source is None else lambda: load_config(source),
+            # Every config it applies, not the first alone: a reload, an admin apply.
+            adapt=self._on_mocks,
         )
         await self.topology.start()
         if member is not None:
@@ -144,8 +146,10 @@ class ServeApp:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
 
     def _on_mocks(self, config: Config) -> Config:
-        """``config`` on this process's mock providers, when it asks for them."""
-        if self._sandbox is None or not config.cluster.mock_providers:
+        """``config`` on this process's mock providers, when it asks for them and they run
+        for a config (the sandbox's take only the sandbox's key). The topology calls it on
+        every config it applies: the first, a SIGHUP or admin reload, an admin apply."""
+        if self._sandbox is None or self._config is None or not config.cluster.mock_providers:
             return config
         from rakka_inference.apps.sandbox import with_mock_providers  # noqa: PLC0415
 

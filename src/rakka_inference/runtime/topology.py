@@ -9,6 +9,9 @@ coordinator), the :class:`~rakka_inference.observe.metrics.InferenceMetrics` beh
 lifespan of ``rakka serve``: stopping lets every queued and running request finish before
 the engines close. :meth:`Topology.reload` applies a new config while serving, and reads
 the client and admin keys again (all or nothing: a key that cannot be read keeps the old).
+Every config it applies — the first, a reload, an admin apply — first goes through the one
+``adapt`` function it was given: what this process makes of a config (``rakka serve``
+points a config asking for ``[cluster].mock_providers`` at the mocks it runs).
 
 With ``[tracing] enabled = true``, ``start`` installs the OpenTelemetry tracer provider
 first and ``stop`` shuts it down last, exporting the spans still buffered
@@ -118,8 +121,11 @@ class Topology:
         reload_source: Callable[[], Config] | None = None,
         placement: Placement | None = None,
         local_engines: LocalEngineFactory | None = None,
+        adapt: Callable[[Config], Config] | None = None,
     ) -> None:
         self.config = config
+        self._adapt = adapt
+        """What this process makes of every config before applying it (see the module)."""
         self.services = services or RemoteServices()
         self.system = ActorSystem(config.cluster.name)
         self.coordinator = DpCoordinator(rng=self.services.rng)
@@ -182,8 +188,11 @@ class Topology:
         """Apply ``config`` while serving (hot-swap changed deployments), all or nothing.
 
         A config the manager rejects (ConfigError, PlacementFailed) changes nothing here
-        either: the running config, its providers and budgets stay as they were.
+        either: the running config, its providers and budgets stay as they were. ``config``
+        goes through ``adapt`` first, and the adapted config is the one that runs.
         """
+        if self._adapt is not None:
+            config = self._adapt(config)
         if config.tracing != self.config.tracing:
             log.warning("[tracing] changed: the change takes effect at the next start")
         report = await self.manager.apply(config)
