@@ -59,6 +59,9 @@ REQUESTS: dict[str, ChatRequest] = {
     "service_tier": _chat(openai_options={"service_tier": "flex"}),
     "prediction": _chat(openai_options={"prediction": {"type": "content", "content": "x"}}),
     "metadata": _chat(metadata={"team": "search"}),
+    "n > 1": _chat(sampling=SamplingParams(n=2)),
+    "logprobs = true": _chat(sampling=SamplingParams(logprobs=True)),
+    "top_logprobs": _chat(sampling=SamplingParams(logprobs=True, top_logprobs=3)),
 }
 """What each row sends, as the core request the chat route makes of it."""
 
@@ -70,6 +73,9 @@ SENT: dict[str, Callable[[dict[str, Any]], object]] = {
     "service_tier": lambda body: body["service_tier"] == "flex",
     "prediction": lambda body: body["prediction"]["type"] == "content",
     "metadata": lambda body: body["metadata"]["team"] == "search",
+    "n > 1": lambda body: body["n"] == 2,
+    "logprobs = true": lambda body: body["logprobs"] is True,
+    "top_logprobs": lambda body: body["top_logprobs"] == 3,
 }
 TRANSLATED: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
     ("reasoning_effort", "Anthropic"): lambda body: body["thinking"]["budget_tokens"] == 2048,
@@ -80,11 +86,13 @@ TRANSLATED: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
         lambda body: body["tool_choice"]["disable_parallel_tool_use"] is True
     ),
     ("top_k (Anthropic's)", "Gemini"): lambda body: body["generationConfig"]["topK"] == 5,
+    ("n > 1", "Gemini"): lambda body: body["generationConfig"]["candidateCount"] == 2,
+    ("logprobs = true", "Gemini"): (
+        lambda body: body["generationConfig"]["responseLogprobs"] is True
+    ),
+    ("top_logprobs", "Gemini"): lambda body: body["generationConfig"]["logprobs"] == 3,
 }
-REFUSED_AT_THE_EDGE = {
-    "n > 1": ({"n": 2}, "n"),
-    "logprobs = true": ({"logprobs": True}, "logprobs"),
-}
+REFUSED_AT_THE_EDGE: dict[str, tuple[dict[str, Any], str]] = {}
 """Rows the chat route itself refuses, before any deployment is chosen."""
 
 

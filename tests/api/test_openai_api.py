@@ -255,6 +255,13 @@ def test_streaming_with_usage_and_sampling() -> None:
     assert (sampling.presence_penalty, sampling.frequency_penalty) == (-0.5, 1.5)
     assert request.user == "user-1234"
     assert request.metadata == {"session": "s1"}
+    assert (sampling.n, sampling.logprobs, sampling.top_logprobs) == (1, False, None)
+
+
+def test_choices_and_logprobs_reach_the_core_request() -> None:
+    sampling = parse(chat(n=3, logprobs=True, top_logprobs=20)).sampling
+    assert (sampling.n, sampling.logprobs, sampling.top_logprobs) == (3, True, 20)
+    assert parse(chat(logprobs=True, top_logprobs=0)).sampling.top_logprobs == 0
 
 
 def test_nulls_mean_absent_and_single_stop_string() -> None:
@@ -359,7 +366,7 @@ MALFORMED: list[tuple[Any, str | None, str]] = [
     (
         msgs({"role": "user", "content": [{"type": "video"}]}),
         "messages[0].content[0].type",
-        "Supported values are: 'text' and 'image_url'",
+        "Supported values are: 'text', 'image_url' and 'file'",
     ),
     (
         msgs(
@@ -454,8 +461,9 @@ MALFORMED: list[tuple[Any, str | None, str]] = [
     (chat(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
     (chat(stop=[""]), "stop", "must not be empty"),
     (chat(seed="1"), "seed", "expected an integer"),
-    (chat(n=2), "n", "only n = 1"),
     (chat(n=0), "n", "at least 1"),
+    (chat(n=129), "n", "at most 128"),
+    (chat(n=1.5), "n", "expected an integer"),
     (chat(user=1), "user", "expected a string"),
     (chat(metadata=[]), "metadata", "expected an object"),
     (chat(metadata={"k": 1}), "metadata.k", "expected a string, but got an integer"),
@@ -546,8 +554,11 @@ MALFORMED: list[tuple[Any, str | None, str]] = [
         "Unrecognized request argument supplied: stream_options.chunk_size",
     ),
     (chat(frobnicate=1), "frobnicate", "Unrecognized request argument supplied: frobnicate"),
-    (chat(logprobs=True), "logprobs", "only with its default value (false)"),
-    (chat(top_logprobs=3), "top_logprobs", "only with its default value"),
+    (chat(logprobs=1), "logprobs", "expected a boolean"),
+    (chat(top_logprobs=3), "top_logprobs", "needs logprobs set to true"),
+    (chat(logprobs=False, top_logprobs=0), "top_logprobs", "needs logprobs set to true"),
+    (chat(logprobs=True, top_logprobs=21), "top_logprobs", "between 0 and 20"),
+    (chat(logprobs=True, top_logprobs=-1), "top_logprobs", "between 0 and 20"),
     (chat(audio={"voice": "alloy"}), "audio", "not supported by this gateway"),
     (chat(functions=[]), "functions", "not supported by this gateway"),
 ]

@@ -178,6 +178,38 @@ async def test_the_openai_sdk_streams_through_the_gateway(tiny_model_dir: Path) 
     assert whole.choices[0].message.content == "".join(pieces)
 
 
+async def test_choices_and_logprobs_are_400s_naming_them_through_the_gateway(
+    tiny_model_dir: Path,
+) -> None:
+    topology = Topology(
+        Config(cluster=ClusterConfig(), deployments=(deployment(str(tiny_model_dir)),))
+    )
+    asks: list[tuple[dict[str, Any], str]] = [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 3}, "top_logprobs"),
+    ]
+    async with serving(topology.gateway) as base:
+        sdk = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        try:
+            for options, param in asks:
+                for stream in (False, True):
+                    with pytest.raises(openai.BadRequestError) as refused:
+                        await sdk.chat.completions.create(
+                            model="tiny",
+                            messages=[{"role": "user", "content": "Hello there"}],
+                            max_tokens=2,
+                            stream=stream,
+                            **options,
+                        )
+                    body = refused.value.body
+                    assert isinstance(body, dict)
+                    assert body["param"] == param
+                    assert body["message"].startswith("the transformers runtime")
+        finally:
+            await sdk.close()
+
+
 async def test_eight_concurrent_requests_decode_in_one_batch(tiny_model_dir: Path) -> None:
     runner = await loaded(tiny_model_dir)
     requests = [chat(f"request number {i} " * (i + 1), max_tokens=12) for i in range(8)]
@@ -331,6 +363,8 @@ async def test_a_prompt_longer_than_the_context_is_refused(tiny_model_dir: Path)
     ("request_", "param"),
     [
         (chat(n=2), "n"),
+        (chat(logprobs=True), "logprobs"),
+        (chat(logprobs=True, top_logprobs=2), "top_logprobs"),
         (chat(presence_penalty=0.5), "presence_penalty"),
         (
             ChatRequest(

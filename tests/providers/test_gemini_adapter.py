@@ -39,7 +39,13 @@ from rakka_inference.core.messages import (
 from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.runtimes import GeminiConfig
 from rakka_inference.core.secrets import Secret, SecretRef
-from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta, aggregate
+from rakka_inference.core.stream import (
+    FinishReason,
+    TokenChunk,
+    TokenLogprob,
+    ToolCallDelta,
+    aggregate,
+)
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers import gemini
@@ -501,10 +507,24 @@ def test_safety_settings_pass_through_unchanged() -> None:
     assert body_of(chat(ChatMessage.user("hi")), target)["safetySettings"] == settings
 
 
+def test_choices_and_logprobs_translate_to_the_generation_config() -> None:
+    def generation(**sampling: Any) -> dict[str, Any]:
+        body = body_of(chat(ChatMessage.user("hi"), sampling=SamplingParams(**sampling)))
+        config: dict[str, Any] = body["generationConfig"]
+        return config
+
+    assert generation(n=3, logprobs=True, top_logprobs=4) == {
+        "candidateCount": 3,
+        "responseLogprobs": True,
+        "logprobs": 4,
+    }
+    assert generation(logprobs=True, top_logprobs=0) == {
+        "candidateCount": 1,
+        "responseLogprobs": True,
+    }
+
+
 def test_refused_requests() -> None:
-    with pytest.raises(BadRequest) as caught:
-        body_of(chat(ChatMessage.user("hi"), sampling=SamplingParams(n=2)))
-    assert caught.value.param == "n"
     with pytest.raises(BadRequest) as caught:
         body_of(chat(ChatMessage.system("only instructions")))
     assert caught.value.param == "messages"
@@ -694,7 +714,6 @@ def test_unary_response_must_have_a_candidate() -> None:
     for body in (
         b"{}",
         b'{"candidates": []}',
-        b'{"candidates": [{"index": 1, "content": {}}]}',
         b'{"candidates": ["x"]}',
     ):
         with pytest.raises(ProtocolError, match="no candidates"):
@@ -703,6 +722,8 @@ def test_unary_response_must_have_a_candidate() -> None:
         adapter().parse_response(b"not json")
     with pytest.raises(ProtocolError, match="not an object"):
         adapter().parse_response(b"[1]")
+    with pytest.raises(ProtocolError, match="index"):
+        adapter().parse_response(b'{"candidates": [{"index": -1}]}')
 
 
 def test_malformed_parts_and_usage() -> None:
@@ -739,8 +760,81 @@ def test_unknown_fields_and_parts_are_ignored() -> None:
         "futureTopLevel": [1, 2, 3],
     }
     assert adapter().parse_response(orjson.dumps(document)) == [
-        TokenChunk(text="done", finish_reason=FinishReason.STOP)
+        TokenChunk(text="done", finish_reason=FinishReason.STOP),
+        TokenChunk(text="another candidate", choice=1),
     ]
+
+
+LOGPROBS_RESULT = {
+    "topCandidates": [
+        {
+            "candidates": [
+                {"token": "Hi", "tokenId": 7, "logProbability": -0.25},
+                {"token": "Yo", "tokenId": 9, "logProbability": -2},
+            ]
+        },
+        {"candidates": [{"token": "!", "tokenId": 3}]},
+    ],
+    "chosenCandidates": [
+        {"token": "Hi", "tokenId": 7, "logProbability": -0.25},
+        {"token": "!", "tokenId": 3},  # a zero log probability, left out as proto JSON does
+    ],
+    "logProbabilitySum": -0.25,
+}
+
+
+def test_candidates_with_logprobs_and_their_own_calls() -> None:
+    call = {"functionCall": {"name": "f", "args": {}}}
+    document = {
+        "candidates": [
+            {"index": 1, "content": {"parts": [call]}, "finishReason": "STOP"},
+            {
+                "content": {"parts": [{"text": "Hi!"}]},
+                "finishReason": "MAX_TOKENS",
+                "logprobsResult": LOGPROBS_RESULT,
+            },
+        ],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 6},
+    }
+    completion = aggregate(adapter().parse_response(orjson.dumps(document)))
+    assert (completion.text, completion.finish_reason) == ("Hi!", FinishReason.LENGTH)
+    assert completion.logprobs == (
+        TokenLogprob(
+            token="Hi",
+            logprob=-0.25,
+            bytes=(72, 105),
+            top=(
+                TokenLogprob(token="Hi", logprob=-0.25, bytes=(72, 105)),
+                TokenLogprob(token="Yo", logprob=-2.0, bytes=(89, 111)),
+            ),
+        ),
+        TokenLogprob(
+            token="!",
+            logprob=0.0,
+            bytes=(33,),
+            top=(TokenLogprob(token="!", logprob=0.0, bytes=(33,)),),
+        ),
+    )
+    [other] = completion.more_choices
+    assert (other.index, other.finish_reason) == (1, FinishReason.TOOL_CALLS)
+    assert [(c.name, c.arguments) for c in other.tool_calls] == [("f", "{}")]
+    assert completion.usage == Usage(input_tokens=3, output_tokens=6)
+
+
+@pytest.mark.parametrize(
+    ("result", "match"),
+    [
+        ([], "logprobsResult is not an object"),
+        ({"chosenCandidates": {"token": "a"}}, "no arrays"),
+        ({"chosenCandidates": ["x"]}, "not an object"),
+        ({"chosenCandidates": [{"token": 1}]}, "no token"),
+        ({"chosenCandidates": [{"token": "a", "logProbability": "low"}]}, "log probability"),
+    ],
+)
+def test_malformed_logprobs_are_protocol_errors(result: object, match: str) -> None:
+    document = {"candidates": [{"content": {"parts": [{"text": "a"}]}, "logprobsResult": result}]}
+    with pytest.raises(ProtocolError, match=match):
+        adapter().parse_response(orjson.dumps(document))
 
 
 # ---------------------------------------------------------------------- streams
@@ -925,16 +1019,49 @@ def test_stream_finish_with_no_parts_and_max_tokens() -> None:
     assert aggregate(chunks).finish_reason is FinishReason.LENGTH
 
 
-def test_stream_ignores_unknown_fields_and_other_candidates() -> None:
+def test_stream_ignores_unknown_fields() -> None:
     chunks, _ = parse_stream(
         sse(
             {"futureField": True},
-            {"candidates": [{"index": 1, "content": {"parts": [{"text": "no"}]}}]},
+            {"candidates": [{"index": 1, "content": {"parts": [{"text": "other"}]}}]},
             {"candidates": [{"content": {"parts": [{"inlineData": {"data": "AA=="}}]}}]},
             {"candidates": [{"content": {"parts": [{"text": "yes"}]}, "groundingMetadata": {}}]},
         )
     )
-    assert chunks == [TokenChunk(text="yes")]
+    assert chunks == [TokenChunk(text="other", choice=1), TokenChunk(text="yes")]
+
+
+def test_a_stream_of_candidates_is_done_when_every_one_has_finished() -> None:
+    def event(*candidates: dict[str, Any], output: int) -> dict[str, Any]:
+        usage = {"promptTokenCount": 4, "candidatesTokenCount": output}
+        return {"candidates": list(candidates), "usageMetadata": usage}
+
+    call = {"functionCall": {"name": "f", "args": {}}}
+    parser = adapter().stream_parser(2)
+    events = SseDecoder().feed(
+        sse(
+            event(
+                {"content": {"parts": [{"text": "A"}]}},
+                {"index": 1, "content": {"parts": [call]}},
+                output=2,
+            ),
+            event({"content": {"parts": [{"text": "B"}]}, "finishReason": "STOP"}, output=3),
+            event({"index": 1, "content": {"parts": [call]}, "finishReason": "STOP"}, output=5),
+        )
+    )
+    first, second = parser.feed(events[0]), parser.feed(events[1])
+    assert [(c.choice, c.text, c.usage) for c in first] == [
+        (0, "A", Usage(input_tokens=4, output_tokens=2)),
+        (1, "", None),
+    ]
+    assert second == [
+        TokenChunk(text="B", finish_reason=FinishReason.STOP, usage=Usage(output_tokens=1))
+    ]
+    assert not parser.done  # candidate 1 is still speaking
+    last = parser.feed(events[2])
+    assert [call.index for call in last[0].tool_calls] == [1]  # its second call
+    assert (last[0].choice, last[0].finish_reason) == (1, FinishReason.TOOL_CALLS)
+    assert parser.done
 
 
 def test_stream_safety_finish_and_blocked_prompt() -> None:

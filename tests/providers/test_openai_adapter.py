@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -25,7 +27,13 @@ from rakka_inference.core.messages import (
 from rakka_inference.core.policies import ModelPrice
 from rakka_inference.core.runtimes import OpenAIConfig
 from rakka_inference.core.secrets import Secret, SecretRef
-from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta, aggregate
+from rakka_inference.core.stream import (
+    FinishReason,
+    TokenChunk,
+    TokenLogprob,
+    ToolCallDelta,
+    aggregate,
+)
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolDefinition
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.openai import OpenAIAdapter
@@ -182,13 +190,13 @@ def test_json_schema_response_format_and_choice_modes() -> None:
     }
 
 
-def test_more_than_one_choice_is_refused() -> None:
-    request = ChatRequest(
-        model="gpt-4o", messages=(ChatMessage.user("hi"),), sampling=SamplingParams(n=2)
-    )
-    with pytest.raises(BadRequest) as caught:
-        adapter().request_body(request)
-    assert caught.value.param == "n"
+def test_choices_and_logprobs_are_forwarded_only_when_asked_for() -> None:
+    sampling = SamplingParams(n=3, logprobs=True, top_logprobs=0)
+    request = ChatRequest(model="gpt-4o", messages=(ChatMessage.user("hi"),), sampling=sampling)
+    body = adapter().request_body(request)
+    assert (body["n"], body["logprobs"], body["top_logprobs"]) == (3, True, 0)
+    plain = adapter().request_body(replace(request, sampling=SamplingParams()))
+    assert not {"n", "logprobs", "top_logprobs"} & set(plain)
 
 
 UNARY = {
@@ -286,10 +294,84 @@ def test_stream_with_text_parallel_tool_calls_and_usage() -> None:
 def test_stream_reasoning_content_and_other_choices() -> None:
     chunks, done = parse_stream(
         b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"}},'
-        b'{"index":1,"delta":{"content":"ignored"}}]}\n\n'
+        b'{"index":1,"delta":{"content":"other"}}]}\n\n'
     )
-    assert chunks == [TokenChunk(reasoning="think")]
+    assert chunks == [TokenChunk(reasoning="think"), TokenChunk(text="other", choice=1)]
     assert not done
+
+
+LOGPROB = {
+    "token": " hi",
+    "logprob": -0.25,
+    "bytes": [32, 104, 105],
+    "top_logprobs": [
+        {"token": " hi", "logprob": -0.25, "bytes": [32, 104, 105]},
+        {"token": " yo", "logprob": -1.5, "bytes": None},
+    ],
+}
+HI = TokenLogprob(
+    token=" hi",
+    logprob=-0.25,
+    bytes=(32, 104, 105),
+    top=(
+        TokenLogprob(token=" hi", logprob=-0.25, bytes=(32, 104, 105)),
+        TokenLogprob(token=" yo", logprob=-1.5),
+    ),
+)
+
+
+def test_unary_choices_with_logprobs() -> None:
+    second = {
+        "index": 1,
+        "message": {"role": "assistant", "content": " hi"},
+        "logprobs": {"content": [LOGPROB], "refusal": None},
+        "finish_reason": "length",
+    }
+    document = {**UNARY, "choices": [*UNARY["choices"], second]}  # type: ignore[list-item]
+    completion = aggregate(adapter().parse_response(orjson.dumps(document)))
+    assert completion.finish_reason is FinishReason.TOOL_CALLS
+    assert completion.logprobs == ()
+    [other] = completion.more_choices
+    assert (other.index, other.text, other.finish_reason) == (1, " hi", FinishReason.LENGTH)
+    assert other.logprobs == (HI,)
+    assert completion.usage == Usage(input_tokens=82, output_tokens=17, cached_input_tokens=64)
+
+
+def test_stream_logprobs_per_choice() -> None:
+    chunks, _ = parse_stream(
+        b'data: {"choices":[{"index":1,"delta":{"content":" hi"},"logprobs":'
+        + orjson.dumps({"content": [LOGPROB], "refusal": None})
+        + b'},{"index":0,"delta":{},"logprobs":{"content":null},"finish_reason":"stop"}]}\n\n'
+    )
+    assert chunks == [
+        TokenChunk(text=" hi", choice=1, logprobs=(HI,)),
+        TokenChunk(finish_reason=FinishReason.STOP),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "match"),
+    [
+        ({"index": -1}, "index"),
+        ({"index": "1"}, "index"),
+        ({"logprobs": []}, "logprobs is not an object"),
+        ({"logprobs": {"content": {}}}, "content is not an array"),
+        ({"logprobs": {"content": ["x"]}}, "record is not an object"),
+        ({"logprobs": {"content": [{"logprob": 0}]}}, "no token"),
+        ({"logprobs": {"content": [{"token": "a", "logprob": True}]}}, "no logprob"),
+        ({"logprobs": {"content": [{"token": "a", "logprob": 0, "bytes": [256]}]}}, "bytes"),
+        (
+            {"logprobs": {"content": [{"token": "a", "logprob": 0, "top_logprobs": {}}]}},
+            "top_logprobs",
+        ),
+    ],
+)
+def test_malformed_choices_are_protocol_errors(choice: dict[str, object], match: str) -> None:
+    body = {"choices": [{"message": {"content": "x"}, **choice}]}
+    with pytest.raises(ProtocolError, match=match):
+        adapter().parse_response(orjson.dumps(body))
+    with pytest.raises(ProtocolError, match="a choice is not an object"):
+        adapter().parse_response(b'{"choices": ["x"]}')
 
 
 def test_stream_error_event_and_malformed_chunk() -> None:

@@ -65,8 +65,21 @@ ROWS: tuple[Row, ...] = (
     Row("service_tier", _OPENAI_ONLY),
     Row("prediction", _OPENAI_ONLY),
     Row("metadata", _OPENAI_ONLY),
-    Row("n > 1", tuple((R, "one choice is rendered") for _ in TARGETS)),
-    Row("logprobs = true", tuple((R, "not carried") for _ in TARGETS)),
+    Row(
+        "n > 1",
+        ((F, ""), (F, ""), (R, "one choice per request"), (T, "candidateCount"), (F, ""),
+         (F, ""), (R, "one choice per request")),
+    ),
+    Row(
+        "logprobs = true",
+        ((F, ""), (F, ""), (R, "no log probabilities"), (T, "responseLogprobs"), (F, ""),
+         (F, ""), (R, "no log probabilities")),
+    ),
+    Row(
+        "top_logprobs",
+        ((F, ""), (F, ""), (R, "no log probabilities"), (T, "logprobs"), (F, ""), (F, ""),
+         (R, "no log probabilities")),
+    ),
 )  # fmt: skip
 """Every row's cells, checked by ``tests/api/test_compat.py``."""
 

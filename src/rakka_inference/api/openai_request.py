@@ -19,10 +19,10 @@ Decisions:
   supplied: X". Fields OpenAI documents that we cannot honour (``audio``,
   ``functions``...) get "'X' is not supported by this gateway".
   A few are accepted when they hold their default, which changes nothing
-  (:data:`INERT_PARAMS`: ``logprobs`` false, ``top_logprobs``/``logit_bias`` absent,
-  ``modalities`` ``["text"]``); any other value is rejected. ``store``, ``service_tier``
-  and ``prediction`` are checked and forwarded to OpenAI-format upstreams only
-  (``ChatRequest.openai_options``); another provider refuses them, naming the field.
+  (:data:`INERT_PARAMS`: ``logit_bias`` absent, ``modalities`` ``["text"]``); any other
+  value is rejected. ``store``, ``service_tier`` and ``prediction`` are checked and
+  forwarded to OpenAI-format upstreams only (``ChatRequest.openai_options``); another
+  provider refuses them, naming the field.
   ``parallel_tool_calls`` (a boolean) goes to the core request.
 - **Unknown keys inside nested objects** (messages, parts, tools) are ignored: SDKs echo
   assistant messages back with extra fields (``refusal``, ``annotations``, ``audio``,
@@ -31,7 +31,9 @@ Decisions:
 - ``max_tokens`` and ``max_completion_tokens`` both map to ``SamplingParams.max_tokens``;
   when both are given the **smaller** wins (the stricter cap is the one the client can
   rely on; OpenAI documents no precedence).
-- ``n`` other than 1 is rejected: the renderers produce one choice.
+- ``n`` (1 to 128), ``logprobs`` and ``top_logprobs`` (0 to 20, only with ``logprobs``
+  true, as OpenAI checks) go to the core request; a deployment that cannot give several
+  choices or log probabilities refuses them, naming the field.
 - An assistant message whose ``content`` is null but which carries a ``refusal`` string
   (an SDK echoing a refused answer) takes the refusal as its text; ``refusal`` parts of
   assistant content likewise become text.
@@ -66,12 +68,11 @@ _CHAT_PARAMS = frozenset(
         "stop", "seed", "presence_penalty", "frequency_penalty", "n", "user", "metadata",
         "tools", "tool_choice", "parallel_tool_calls", "response_format", "stream",
         "stream_options", "reasoning_effort", "store", "service_tier", "prediction",
+        "logprobs", "top_logprobs",
     }
 )  # fmt: skip
 
 INERT_PARAMS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
-    "logprobs": (lambda v: v is None or v is False, "false"),
-    "top_logprobs": (lambda v: v is None, "null"),
     "logit_bias": (lambda v: v is None or v == {}, "{}"),
     "modalities": (lambda v: v is None or v == ["text"], '["text"]'),
 }
@@ -150,8 +151,6 @@ def _sampling(document: Mapping[str, Any]) -> SamplingParams:
                 raise BadRequest(f"{name} must be at least 1", param=name)
             caps.append(cap)
     n = read.integer(document.get("n"), "n")
-    if n is not None and n > 1:
-        raise BadRequest("only n = 1 is supported", param="n")
     return SamplingParams(
         temperature=read.number(document.get("temperature"), "temperature"),
         top_p=read.number(document.get("top_p"), "top_p"),
@@ -161,6 +160,8 @@ def _sampling(document: Mapping[str, Any]) -> SamplingParams:
         presence_penalty=read.number(document.get("presence_penalty"), "presence_penalty"),
         frequency_penalty=read.number(document.get("frequency_penalty"), "frequency_penalty"),
         n=1 if n is None else n,
+        logprobs=bool(read.boolean(document.get("logprobs"), "logprobs")),
+        top_logprobs=read.integer(document.get("top_logprobs"), "top_logprobs"),
         reasoning_effort=read.string(document.get("reasoning_effort"), "reasoning_effort"),
     )
 

@@ -19,7 +19,18 @@ Decisions:
   sent none) render as ``"stop"``, since OpenAI's schema has no other value. In a stream,
   ``ERROR`` renders no finish reason: the gateway follows it with :meth:`ChunkRenderer.error`.
 - Reasoning text is forwarded only with ``include_reasoning``, as ``reasoning_content``
-  (the field of DeepSeek and vLLM, which the ``openai`` SDK keeps as an extra).
+  (the field of DeepSeek and vLLM, which the ``openai`` SDK keeps as an extra). Thinking a
+  provider signed (Claude's) is also sent as ``thinking_blocks`` (LiteLLM's field:
+  ``{type: thinking, thinking, signature}``, ``{type: redacted_thinking, data}``), which a
+  client sends back on the assistant message to continue a tool loop; in a stream, a
+  signature or a redacted block arrives as a ``thinking_blocks`` delta of its own (the
+  text having come as ``reasoning_content``).
+- Several choices (``n``): a completion lists each with its ``index``; a stream opens each
+  with its role delta, and every chunk after carries the ``index`` of its choice, as
+  OpenAI's do, each choice finishing on its own; the usage chunk comes last.
+- ``logprobs`` is ``null`` unless the request asked for log probabilities; then a
+  completion's choice carries ``{"content": [...], "refusal": null}``, and so does each
+  stream chunk whose tokens have them (:func:`logprobs_json`).
 
 Speed: :class:`ChunkRenderer` serializes the constant part of every chunk (id, created,
 model, the choice's envelope) once per stream, and per token only a small delta dict, with
@@ -37,8 +48,15 @@ import orjson
 
 from rakka_inference.api.openai_embeddings import EncodingFormat
 from rakka_inference.core.errors import InferenceError
-from rakka_inference.core.messages import EmbeddingResult
-from rakka_inference.core.stream import ChatCompletion, FinishReason, TokenChunk, ToolCallDelta
+from rakka_inference.core.messages import EmbeddingResult, ReasoningBlock
+from rakka_inference.core.stream import (
+    ChatCompletion,
+    Choice,
+    FinishReason,
+    TokenChunk,
+    TokenLogprob,
+    ToolCallDelta,
+)
 from rakka_inference.core.usage import Usage
 
 __all__ = [
@@ -48,6 +66,7 @@ __all__ = [
     "embeddings_json",
     "error_json",
     "error_status",
+    "logprobs_json",
     "usage_json",
 ]
 
@@ -63,9 +82,12 @@ _COMPLETION_FINISH: dict[FinishReason | None, str] = {
 }
 
 
+_NULL_LOGPROBS = b',"logprobs":null'
+
+
 def _tail(finish: bytes, include_usage: bool) -> bytes:
     usage = b',"usage":null' if include_usage else b""
-    return b',"logprobs":null,"finish_reason":' + finish + b"}]" + usage + b"}\n\n"
+    return _NULL_LOGPROBS + b',"finish_reason":' + finish + b"}]" + usage + b"}\n\n"
 
 
 # The end of every chunk after its delta, by include_usage: shared by all streams.
@@ -96,6 +118,22 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
+def logprobs_json(records: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` object of a choice (or of a stream chunk's tokens)."""
+    return {"content": [_logprob_json(record, top=True) for record in records], "refusal": None}
+
+
+def _logprob_json(record: TokenLogprob, *, top: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "token": record.token,
+        "logprob": record.logprob,
+        "bytes": None if record.bytes is None else list(record.bytes),
+    }
+    if top:
+        entry["top_logprobs"] = [_logprob_json(other, top=False) for other in record.top]
+    return entry
+
+
 def completion_json(
     result: ChatCompletion,
     *,
@@ -103,41 +141,57 @@ def completion_json(
     model: str,
     created: int,
     include_reasoning: bool = False,
+    logprobs: bool = False,
 ) -> bytes:
-    """A non-streaming answer as a ``chat.completion`` object (see the module docstring)."""
-    message: dict[str, Any] = {
-        "role": "assistant",
-        # OpenAI sends null content on a message that only calls tools.
-        "content": None if not result.text and result.tool_calls else result.text,
-    }
-    if include_reasoning and result.reasoning:
-        message["reasoning_content"] = result.reasoning
-    if result.tool_calls:
-        message["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in result.tool_calls
-        ]
+    """A non-streaming answer as a ``chat.completion`` object (see the module docstring);
+    ``logprobs``: the request asked for them."""
     document: dict[str, Any] = {
         "id": chat_completion_id(request_id),
         "object": "chat.completion",
         "created": created,
         "model": model,
         "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": _COMPLETION_FINISH[result.finish_reason],
-                "logprobs": None,
-            }
+            _choice_json(choice, include_reasoning=include_reasoning, logprobs=logprobs)
+            for choice in result.choices
         ],
     }
     if result.usage is not None:
         document["usage"] = usage_json(result.usage)
     return orjson.dumps(document)
+
+
+def thinking_block_json(block: ReasoningBlock) -> dict[str, Any]:
+    """A thinking block as ``thinking_blocks`` lists it (see the module docstring)."""
+    if block.redacted:
+        return {"type": "redacted_thinking", "data": block.redacted}
+    return {"type": "thinking", "thinking": block.text, "signature": block.signature}
+
+
+def _choice_json(choice: Choice, *, include_reasoning: bool, logprobs: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        # OpenAI sends null content on a message that only calls tools.
+        "content": None if not choice.text and choice.tool_calls else choice.text,
+    }
+    if include_reasoning and choice.reasoning:
+        message["reasoning_content"] = choice.reasoning
+    if include_reasoning and any(block.signed for block in choice.reasoning_blocks):
+        message["thinking_blocks"] = [thinking_block_json(b) for b in choice.reasoning_blocks]
+    if choice.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in choice.tool_calls
+        ]
+    return {
+        "index": choice.index,
+        "message": message,
+        "finish_reason": _COMPLETION_FINISH[choice.finish_reason],
+        "logprobs": logprobs_json(choice.logprobs) if logprobs else None,
+    }
 
 
 def _tool_delta(delta: ToolCallDelta) -> dict[str, Any]:
@@ -156,11 +210,13 @@ class ChunkRenderer:
     :meth:`error` on a failure after the first byte. Usage increments are summed, not
     sent per chunk; with ``include_usage`` the total goes out in the final chunk
     (``choices: []``), and every other chunk carries ``"usage": null``, as OpenAI does.
+    ``choices`` is the request's ``n``: :meth:`first` opens that many.
     """
 
     __slots__ = (
+        "_choices",
         "_envelope",
-        "_head",
+        "_heads",
         "_include_reasoning",
         "_include_usage",
         "_open",
@@ -176,6 +232,7 @@ class ChunkRenderer:
         include_usage: bool,
         *,
         include_reasoning: bool = False,
+        choices: int = 1,
     ) -> None:
         envelope = orjson.dumps(
             {
@@ -187,7 +244,8 @@ class ChunkRenderer:
         )
         # b'{"id":...,"model":"..."' : every chunk is this plus its choices (and usage).
         self._envelope = b"data: " + envelope[:-1]
-        self._head = self._envelope + b',"choices":[{"index":0,"delta":'
+        self._choices = choices
+        self._heads = [self._head(index) for index in range(choices)]
         self._open, self._tails = _OPEN_TAILS[include_usage], _FINISH_TAILS[include_usage]
         self._include_usage = include_usage
         self._include_reasoning = include_reasoning
@@ -198,9 +256,14 @@ class ChunkRenderer:
         """The usage summed so far; ``None`` while no chunk has reported any."""
         return self._usage
 
+    def _head(self, choice: int) -> bytes:
+        """The bytes of a chunk of ``choice`` before its delta."""
+        return self._envelope + b',"choices":[{"index":%d,"delta":' % choice
+
     def first(self) -> bytes:
-        """The opening event: the assistant role with empty content."""
-        return self._head + b'{"role":"assistant","content":""}' + self._open
+        """The opening events: for each choice, the assistant role with empty content."""
+        opening = b'{"role":"assistant","content":""}' + self._open
+        return b"".join(head + opening for head in self._heads)
 
     def render(self, chunk: TokenChunk) -> bytes:
         """The event for ``chunk``, or ``b""`` when it has nothing to send to the client."""
@@ -209,17 +272,29 @@ class ChunkRenderer:
         delta: dict[str, Any] = {}
         if chunk.text:
             delta["content"] = chunk.text
-        if chunk.reasoning and self._include_reasoning:
-            delta["reasoning_content"] = chunk.reasoning
+        if self._include_reasoning:
+            if chunk.reasoning:
+                delta["reasoning_content"] = chunk.reasoning
+            if chunk.reasoning_signature:
+                signed = ReasoningBlock(signature=chunk.reasoning_signature)
+                delta["thinking_blocks"] = [thinking_block_json(signed)]
+            if chunk.reasoning_redacted:
+                redacted = ReasoningBlock(redacted=chunk.reasoning_redacted)
+                delta["thinking_blocks"] = [thinking_block_json(redacted)]
         if chunk.tool_calls:
             delta["tool_calls"] = [_tool_delta(call) for call in chunk.tool_calls]
         finish = chunk.finish_reason
         tail = self._tails.get(finish) if finish is not None else None
         if tail is None:
-            if not delta:
+            if not delta and not chunk.logprobs:
                 return b""
             tail = self._open
-        return self._head + orjson.dumps(delta) + tail
+        if chunk.logprobs:
+            records = orjson.dumps(logprobs_json(chunk.logprobs))
+            tail = b',"logprobs":' + records + tail[len(_NULL_LOGPROBS) :]
+        choice = chunk.choice
+        head = self._heads[choice] if choice < self._choices else self._head(choice)
+        return head + orjson.dumps(delta) + tail
 
     def final(self) -> bytes:
         """The closing events: the usage chunk (with ``include_usage``), then ``[DONE]``."""

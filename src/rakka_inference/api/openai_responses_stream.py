@@ -5,6 +5,10 @@ Responses events, each framed ``event: <type>\\ndata: <json>\\n\\n`` and numbere
 ``sequence_number`` from 0:
 
 - ``response.created`` and ``response.in_progress``, the response with no output yet;
+- when the request asked for reasoning, per run of thinking a ``reasoning`` item:
+  ``response.output_item.added``, ``response.reasoning_text.delta``...,
+  ``response.reasoning_text.done``, ``response.output_item.done`` (whose item carries the
+  ``encrypted_content`` a client sends back: take it from there, not from the added one);
 - per text run, a ``message`` item: ``response.output_item.added``,
   ``response.content_part.added``, ``response.output_text.delta``...,
   ``response.output_text.done``, ``response.content_part.done``,
@@ -37,6 +41,7 @@ from typing import Any, Literal
 
 import orjson
 
+from rakka_inference.api.openai_reasoning import reasoning_item
 from rakka_inference.api.openai_responses_request import ResponsesCall
 from rakka_inference.api.openai_responses_response import (
     ItemStatus,
@@ -51,6 +56,7 @@ from rakka_inference.api.openai_responses_response import (
 )
 from rakka_inference.core.errors import InferenceError, ProtocolError
 from rakka_inference.core.stream import (
+    ChunkAggregator,
     FinishReason,
     PartialToolCall,
     TokenChunk,
@@ -65,13 +71,14 @@ _TEXT_TAIL = b',"logprobs":[],"sequence_number":%d}\n\n'
 
 
 class _Item:
-    """An output item being streamed: its kind, id, place, and its text or arguments."""
+    """An output item being streamed: its kind, id, place, and its text or arguments (and
+    for reasoning, its thinking blocks)."""
 
-    __slots__ = ("call_id", "id", "index", "kind", "name", "parts", "status")
+    __slots__ = ("call_id", "id", "index", "kind", "name", "parts", "status", "thinking")
 
     def __init__(
         self,
-        kind: Literal["message", "function_call"],
+        kind: Literal["message", "function_call", "reasoning"],
         identifier: str,
         index: int,
         *,
@@ -85,11 +92,15 @@ class _Item:
         self.name = name
         self.parts: list[str] = []
         self.status: ItemStatus = "in_progress"
+        self.thinking = ChunkAggregator()
 
     def json(self, status: ItemStatus | None = None) -> dict[str, Any]:
         status = status or self.status
         if self.kind == "message":
             return message_item(self.id, "".join(self.parts), status)
+        if self.kind == "reasoning":
+            blocks = self.thinking.result().reasoning_blocks
+            return reasoning_item(self.id, "".join(self.parts), blocks, status)
         return function_call_item(self.id, self.call_id, self.name, "".join(self.parts), status)
 
 
@@ -109,6 +120,7 @@ class ResponseStreamRenderer:
         "_calls",
         "_created_at",
         "_finish",
+        "_include_reasoning",
         "_items",
         "_open",
         "_pending",
@@ -133,6 +145,7 @@ class ResponseStreamRenderer:
         self._pending: dict[int, PartialToolCall] = {}
         self._text_head = b""
         """The bytes before a text delta's JSON string, for the open message item."""
+        self._include_reasoning = call.request.sampling.thinks
 
     @property
     def usage(self) -> Usage | None:
@@ -150,9 +163,15 @@ class ResponseStreamRenderer:
         """The events for ``chunk``, or ``b""`` when it has nothing to send yet."""
         if chunk.usage is not None:
             self._usage = chunk.usage if self._usage is None else self._usage + chunk.usage
+        if chunk.choice:
+            return b""  # a request of this dialect asks for one choice: no other is shown
         if chunk.finish_reason is not None:
             self._finish = chunk.finish_reason
         out: list[bytes] = []
+        if self._include_reasoning and (
+            chunk.reasoning or chunk.reasoning_signature or chunk.reasoning_redacted
+        ):
+            self._reasoning(chunk, out)
         if chunk.text:
             item = self._open
             if item is None or item.kind != "message":
@@ -225,6 +244,8 @@ class ResponseStreamRenderer:
         announced = (
             message_item(item.id, None, "in_progress") if item.kind == "message" else item.json()
         )
+        if item.kind == "reasoning":
+            announced.pop("encrypted_content", None)  # it is whole only when the item is done
         added = {"output_index": item.index, "item": announced}
         out.append(self._event("response.output_item.added", added))
 
@@ -241,11 +262,28 @@ class ResponseStreamRenderer:
             out.append(self._event("response.output_text.done", done))
             part = {**where, "content_index": 0, "part": output_text(whole)}
             out.append(self._event("response.content_part.done", part))
+        elif item.kind == "reasoning":
+            if whole:
+                done = {**where, "content_index": 0, "text": whole}
+                out.append(self._event("response.reasoning_text.done", done))
         else:
             done = {**where, "arguments": whole}
             out.append(self._event("response.function_call_arguments.done", done))
         item_done = {"output_index": item.index, "item": item.json()}
         out.append(self._event("response.output_item.done", item_done))
+
+    def _reasoning(self, chunk: TokenChunk, out: list[bytes]) -> None:
+        item = self._open
+        if item is None or item.kind != "reasoning":
+            index = len(self._items)
+            item = _Item("reasoning", item_id("rs", self._request_id, index), index)
+            self._begin(item, out)
+        item.thinking.add(chunk)
+        if chunk.reasoning:
+            item.parts.append(chunk.reasoning)
+            where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
+            delta = {**where, "delta": chunk.reasoning}
+            out.append(self._event("response.reasoning_text.delta", delta))
 
     def _start_message(self, out: list[bytes]) -> _Item:
         index = len(self._items)

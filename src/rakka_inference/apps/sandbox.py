@@ -20,8 +20,10 @@ The sandbox is reachable by anyone the gateway serves, so its OpenAI mock refuse
 embeddings request whose vectors would hold more than
 :data:`~rakka_inference.testkit.mock_runner.MAX_EMBEDDING_VALUES` numbers (inputs x
 ``dimensions``) with OpenAI's 400, before building any: each factor is bounded at the
-gateway, their product is not. The chat replies are fixed text, whatever ``n`` or
-``max_tokens`` asks — except that the mocks reply like a model
+gateway, their product is not. The chat replies are fixed text, whatever ``max_tokens``
+asks (``n`` gets that many choices of it, told apart by their number, and ``logprobs`` made-up
+log probabilities: :mod:`~rakka_inference.testkit.mock_choices`; the Claude mock's deployment
+refuses both) — except that the mocks reply like a model
 (:mod:`~rakka_inference.testkit.model_like`): they call the tools they are offered with
 arguments valid against each tool's schema, and answer in the JSON shape asked for.
 """

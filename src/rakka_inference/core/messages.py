@@ -32,6 +32,7 @@ __all__ = [
     "Role",
     "TextPart",
     "ImagePart",
+    "DocumentPart",
     "ReasoningBlock",
     "ImageDetail",
     "ContentPart",
@@ -44,6 +45,9 @@ __all__ = [
     "EmbeddingResult",
     "new_request_id",
     "refuse_openai_options",
+    "refuse_choices_and_logprobs",
+    "MAX_CHOICES",
+    "MAX_TOP_LOGPROBS",
     "MAX_STOP_SEQUENCES",
     "MAX_EMBEDDING_DIMENSIONS",
 ]
@@ -66,6 +70,11 @@ THINKING_BUDGETS: Mapping[str, int] = {
 than an effort (Anthropic's extended thinking, Gemini's ``thinkingBudget``). 1024 is the
 least Anthropic takes; 24576 the most Gemini Flash takes."""
 """OpenAI accepts at most four stop sequences; so do we, whatever the provider."""
+
+MAX_CHOICES = 128
+"""The most choices (``n``) a chat request may ask for: OpenAI's own limit."""
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives per token ``top_logprobs`` may ask for: OpenAI's own limit."""
 
 MAX_EMBEDDING_DIMENSIONS = 65536
 """The largest ``dimensions`` an embeddings request may ask for: far above any model's
@@ -135,19 +144,7 @@ class ImagePart:
         ``messages[2].content[1].image_url``. The data is checked for the base64
         alphabet and padding, not decoded.
         """
-        if not self.is_data_url:
-            raise BadRequest("image URL is not a data: URL", param=param)
-        header, comma, data = self.url[5:].partition(",")
-        if not comma:
-            raise BadRequest("malformed data URL: no ',' before the data", param=param)
-        media_type, *attributes = header.split(";")
-        if not attributes or attributes[-1].lower() != "base64":
-            raise BadRequest("data URL must be base64-encoded (';base64,')", param=param)
-        if not _MEDIA_TYPE.fullmatch(media_type):
-            raise BadRequest(f"data URL has no valid media type: {media_type!r}", param=param)
-        if not data or len(data) % 4 or not _BASE64_BODY.fullmatch(data):
-            raise BadRequest("data URL does not hold valid base64 data", param=param)
-        return media_type.lower(), data
+        return _parse_data_url(self.url, param)
 
     def decode_data(self, *, param: str = "messages") -> tuple[str, bytes]:
         """``(media_type, bytes)`` of an inline image, for runners that need the pixels."""
@@ -156,7 +153,58 @@ class ImagePart:
         return media_type, base64.b64decode(data)
 
 
-ContentPart: TypeAlias = TextPart | ImagePart
+def _parse_data_url(url: str, param: str) -> tuple[str, str]:
+    """``(media_type, base64_data)`` of a base64 ``data:`` URL (see ImagePart's)."""
+    if url[:5].lower() != "data:":
+        raise BadRequest("the URL is not a data: URL", param=param)
+    header, comma, data = url[5:].partition(",")
+    if not comma:
+        raise BadRequest("malformed data URL: no ',' before the data", param=param)
+    media_type, *attributes = header.split(";")
+    if not attributes or attributes[-1].lower() != "base64":
+        raise BadRequest("data URL must be base64-encoded (';base64,')", param=param)
+    if not _MEDIA_TYPE.fullmatch(media_type):
+        raise BadRequest(f"data URL has no valid media type: {media_type!r}", param=param)
+    if not data or len(data) % 4 or not _BASE64_BODY.fullmatch(data):
+        raise BadRequest("data URL does not hold valid base64 data", param=param)
+    return media_type.lower(), data
+
+
+PDF = "application/pdf"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DocumentPart:
+    """A PDF document inside a user message: a base64 ``data:application/pdf`` URL, or an
+    ``https:`` URL the provider fetches; ``filename`` where the client named it.
+
+    OpenAI's ``file`` parts (``file_data``), Anthropic's ``document`` blocks and the
+    Responses API's ``input_file`` items all become one of these; each provider takes it
+    in its own terms, or refuses it with a 400 naming the part.
+    """
+
+    url: str
+    filename: str | None = None
+
+    @classmethod
+    def from_base64(cls, data: str, *, filename: str | None = None) -> DocumentPart:
+        """A PDF given inline, as ``data:application/pdf;base64,{data}``."""
+        return cls(url=f"data:{PDF};base64,{data}", filename=filename)
+
+    @property
+    def is_data_url(self) -> bool:
+        return self.url[:5].lower() == "data:"
+
+    def base64_data(self, *, param: str = "messages") -> str:
+        """The base64 PDF of an inline document; a 400 naming ``param`` when the URL is
+        not a well-formed base64 data URL of a PDF."""
+        media_type, data = _parse_data_url(self.url, param)
+        if media_type != PDF:
+            raise BadRequest(f"documents must be PDFs ({PDF}), not {media_type!r}", param=param)
+        return data
+
+
+ContentPart: TypeAlias = TextPart | ImagePart | DocumentPart
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,10 +280,10 @@ class ChatMessage:
         elif (
             role is not Role.USER
             and not isinstance(self.content, str)
-            and any(isinstance(part, ImagePart) for part in self.content)
+            and any(not isinstance(part, TextPart) for part in self.content)
         ):
             raise BadRequest(
-                f"images are accepted in user messages only, not {role.value}",
+                f"images and documents are accepted in user messages only, not {role.value}",
                 param="messages",
             )
 
@@ -268,6 +316,12 @@ class ChatMessage:
         return cls(role=Role.TOOL, content=content, tool_call_id=tool_call_id)
 
     @property
+    def thought_only(self) -> bool:
+        """An assistant turn that holds thinking only (no content, no tool calls): a
+        provider that takes no prior thinking has nothing of it to send."""
+        return self.content is None and not self.tool_calls
+
+    @property
     def parts(self) -> tuple[ContentPart, ...]:
         """The content as parts: a string is one text part, ``None`` is no parts."""
         if self.content is None:
@@ -284,6 +338,12 @@ class ChatMessage:
         if isinstance(self.content, str):
             return self.content
         return "\n".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    @property
+    def documents(self) -> tuple[DocumentPart, ...]:
+        if self.content is None or isinstance(self.content, str):
+            return ()
+        return tuple(part for part in self.content if isinstance(part, DocumentPart))
 
     @property
     def images(self) -> tuple[ImagePart, ...]:
@@ -356,17 +416,33 @@ class SamplingParams:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     n: int = 1
-    """Number of choices to generate."""
+    """Number of choices to generate, 1 to :data:`MAX_CHOICES`."""
+    logprobs: bool = False
+    """Return each generated token's log probability (OpenAI's ``logprobs``)."""
+    top_logprobs: int | None = None
+    """With :attr:`logprobs`: this many likeliest alternatives per token, 0 to
+    :data:`MAX_TOP_LOGPROBS` (OpenAI's ``top_logprobs``)."""
     reasoning_effort: str | None = None
     """How hard a reasoning model thinks: one of :data:`REASONING_EFFORTS` (OpenAI's
     ``reasoning_effort``, the Responses API's ``reasoning.effort``)."""
     top_k: int | None = None
     """Sample from the ``top_k`` likeliest tokens only (Anthropic's and Gemini's
     ``top_k``; OpenAI's API has none)."""
+    thinking_budget: int | None = None
+    """A thinking budget in tokens, as Anthropic's ``thinking.budget_tokens`` sets it; the
+    other way to ask for reasoning than :attr:`reasoning_effort`, never with it."""
 
     def __post_init__(self) -> None:
         if self.top_k is not None and self.top_k < 1:
             raise BadRequest("top_k must be at least 1", param="top_k")
+        if self.thinking_budget is not None:
+            if self.thinking_budget < 1:
+                raise BadRequest("thinking budget must be at least 1", param="thinking")
+            if self.reasoning_effort is not None:
+                raise BadRequest(
+                    "ask for reasoning with an effort or a thinking budget, not both",
+                    param="thinking",
+                )
         if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
             raise BadRequest(
                 f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}",
@@ -386,6 +462,41 @@ class SamplingParams:
             raise BadRequest("stop sequences must not be empty", param="stop")
         if self.n < 1:
             raise BadRequest("n must be at least 1", param="n")
+        if self.n > MAX_CHOICES:
+            raise BadRequest(f"n must be at most {MAX_CHOICES}", param="n")
+        if self.top_logprobs is not None:
+            if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+                raise BadRequest(
+                    f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
+                )
+            if not self.logprobs:
+                raise BadRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the request asks the model to reason (an effort but ``none``, or a
+        budget)."""
+        return self.thinking_budget is not None or self.reasoning_effort not in (None, "none")
+
+    @property
+    def effort(self) -> str | None:
+        """The reasoning effort asked for: :attr:`reasoning_effort`, or for a budget the
+        greatest effort whose :data:`THINKING_BUDGETS` figure it reaches (``minimal``
+        below 2048), for a model that takes an effort."""
+        if self.thinking_budget is None:
+            return self.reasoning_effort
+        reached = [e for e in REASONING_EFFORTS[1:] if THINKING_BUDGETS[e] <= self.thinking_budget]
+        return reached[-1] if reached else "minimal"
+
+    @property
+    def thinking_tokens(self) -> int | None:
+        """The thinking budget asked for: :attr:`thinking_budget`, or the effort's
+        :data:`THINKING_BUDGETS` figure (0 for ``none``); None when neither is set."""
+        if self.thinking_budget is not None:
+            return self.thinking_budget
+        if self.reasoning_effort is None:
+            return None
+        return THINKING_BUDGETS[self.reasoning_effort]
 
 
 def refuse_openai_options(request: ChatRequest, who: str) -> None:
@@ -399,6 +510,17 @@ def refuse_openai_options(request: ChatRequest, who: str) -> None:
         raise BadRequest(
             f"'{name}' is taken only by OpenAI-format deployments, not {who}", param=name
         )
+
+
+def refuse_choices_and_logprobs(sampling: SamplingParams, who: str) -> None:
+    """A 400 naming ``n`` (above 1), ``top_logprobs`` or ``logprobs``, whichever ``sampling``
+    asks for first, which ``who`` (a provider, a runtime) cannot give."""
+    if sampling.n != 1:
+        raise BadRequest(f"{who} generates one choice per request: n must be 1", param="n")
+    if sampling.top_logprobs is not None:
+        raise BadRequest(f"{who} returns no log probabilities", param="top_logprobs")
+    if sampling.logprobs:
+        raise BadRequest(f"{who} returns no log probabilities", param="logprobs")
 
 
 class Priority(enum.IntEnum):
@@ -426,6 +548,12 @@ _TOKENS_PER_IMAGE = 765
 """OpenAI's count for a 1024x1024 image at high detail: a middle-of-the-road guess."""
 _TOKENS_PER_LOW_DETAIL_IMAGE = 85
 """OpenAI's fixed count for any image at low detail."""
+_TOKENS_PER_DOCUMENT = 1500
+"""A PDF page, as Anthropic counts one (text and image of the page): the least a document
+costs, and what one given by URL is taken to cost."""
+_DOCUMENT_BYTES_PER_TOKEN = 16
+"""Base64 characters of an inline PDF per token: a guess between a text PDF's and a
+scanned one's, checked against the provider's count when usage settles."""
 
 
 def _text_tokens(text: str | None) -> int:
@@ -450,6 +578,9 @@ def _message_tokens(message: ChatMessage) -> int:
     for part in message.parts:
         if isinstance(part, TextPart):
             tokens += _text_tokens(part.text)
+        elif isinstance(part, DocumentPart):
+            inline = len(part.url) // _DOCUMENT_BYTES_PER_TOKEN if part.is_data_url else 0
+            tokens += max(_TOKENS_PER_DOCUMENT, inline)
         elif part.detail == "low":
             tokens += _TOKENS_PER_LOW_DETAIL_IMAGE
         else:
@@ -547,6 +678,12 @@ class ChatRequest:
         if self.sampling.max_tokens is not None:
             return self.sampling.max_tokens
         return default
+
+    def reserved_output_tokens(self, default: int) -> int:
+        """The most tokens the request may generate in all: the cap of each choice
+        (:meth:`max_output_tokens`) times ``n``. What the rate limiter and the budget hold
+        for its output until the real count settles."""
+        return self.max_output_tokens(default) * self.sampling.n
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

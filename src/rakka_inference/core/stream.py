@@ -21,6 +21,14 @@ Two conventions make chunks from every provider mean the same thing:
   ``reasoning_redacted``; reasoning text after a signed block starts the next block. The
   aggregator keeps the blocks (:class:`~rakka_inference.core.messages.ReasoningBlock`), so
   an answer can be sent back, signatures and all, in the next turn of a tool loop.
+- A request for ``n`` choices gets chunks of every choice, in any interleaving:
+  ``TokenChunk.choice`` says whose a chunk is, and each choice has its own finish (the
+  stream ends when the provider's does, not at the first finish). Tool-call indices and
+  reasoning blocks are per choice; usage is the request's, whichever chunk carries it.
+  Choice 0 is the answer of every single-choice consumer (the Messages and Responses
+  dialects, ``ask``); :attr:`ChatCompletion.more_choices` holds the others.
+- With ``logprobs`` asked for, a chunk's ``logprobs`` are the records of the tokens its
+  text is made of (:class:`TokenLogprob`), in order.
 """
 
 from __future__ import annotations
@@ -36,10 +44,12 @@ from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
 
 __all__ = [
     "ChatCompletion",
+    "Choice",
     "ChunkAggregator",
     "FinishReason",
     "PartialToolCall",
     "TokenChunk",
+    "TokenLogprob",
     "ToolCallDelta",
     "aggregate",
     "collect",
@@ -73,6 +83,19 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TokenLogprob:
+    """One token's log probability (OpenAI's ``logprobs.content[i]``, Gemini's
+    ``logprobsResult``): the token, its log probability, its UTF-8 bytes (``None`` where the
+    provider gives none), and for a generated token the ``top`` likeliest alternatives at its
+    step, likeliest first (empty unless ``top_logprobs`` asked for them)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TokenChunk:
     """One step of a streamed answer. Every field is optional; see the module docstring.
 
@@ -91,6 +114,10 @@ class TokenChunk:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     usage: Usage | None = None
     finish_reason: FinishReason | None = None
+    choice: int = 0
+    """The choice the chunk belongs to (0 to ``n - 1``); usage belongs to no choice."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The log probabilities of the tokens of ``text``, when the request asked for them."""
 
     @property
     def visible(self) -> bool:
@@ -105,6 +132,7 @@ class TokenChunk:
             or self.finish_reason
             or self.reasoning_signature
             or self.reasoning_redacted
+            or self.logprobs
         )
 
     @property
@@ -114,12 +142,28 @@ class TokenChunk:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    """One choice of an answer (of the ``n`` a request asked for): the fields of
+    :class:`ChatCompletion` that belong to a choice, and its ``index``."""
+
+    index: int = 0
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: FinishReason | None = None
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChatCompletion:
     """A whole answer: what a non-streaming client receives.
 
     ``finish_reason`` is ``None`` when the stream ended without one (it was cut short);
     ``usage`` is ``None`` when the provider reported none, which is not the same as zero.
-    Tool calls are ordered by their stream index.
+    Tool calls are ordered by their stream index. The fields are choice 0's (the only one,
+    unless the request asked for ``n > 1``); ``more_choices`` holds the others, and
+    :attr:`choices` all of them. ``usage`` is the whole request's.
     """
 
     text: str = ""
@@ -129,6 +173,23 @@ class ChatCompletion:
     usage: Usage | None = None
     reasoning_blocks: tuple[ReasoningBlock, ...] = ()
     """The thinking as its blocks, signatures included; ``reasoning`` is their text."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """Choice 0's tokens with their log probabilities, when the request asked for them."""
+    more_choices: tuple[Choice, ...] = ()
+    """The choices after the first, by index."""
+
+    @property
+    def choices(self) -> tuple[Choice, ...]:
+        """Every choice, choice 0 (this answer's own fields) first."""
+        first = Choice(
+            text=self.text,
+            reasoning=self.reasoning,
+            tool_calls=self.tool_calls,
+            finish_reason=self.finish_reason,
+            reasoning_blocks=self.reasoning_blocks,
+            logprobs=self.logprobs,
+        )
+        return (first, *self.more_choices)
 
 
 class _ReasoningBlocks:
@@ -202,11 +263,21 @@ def until_named(
 class ChunkAggregator:
     """Folds a stream of :class:`TokenChunk` into a :class:`ChatCompletion`.
 
-    Text and reasoning concatenate, tool-call fragments join by index, the last finish
-    reason wins, and usage increments are summed. Belongs to one stream; not thread-safe.
+    Per choice, text and reasoning concatenate, tool-call fragments join by index, log
+    probabilities follow one another, and the last finish reason wins; usage increments are
+    summed over the request. Belongs to one stream; not thread-safe.
     """
 
-    __slots__ = ("_blocks", "_finish_reason", "_reasoning", "_text", "_tool_calls", "_usage")
+    __slots__ = (
+        "_blocks",
+        "_finish_reason",
+        "_logprobs",
+        "_more",
+        "_reasoning",
+        "_text",
+        "_tool_calls",
+        "_usage",
+    )
 
     def __init__(self) -> None:
         self._text: list[str] = []
@@ -215,9 +286,24 @@ class ChunkAggregator:
         self._tool_calls: dict[int, PartialToolCall] = {}
         self._finish_reason: FinishReason | None = None
         self._usage = UsageAccumulator(UsageMode.DELTA)
+        self._logprobs: list[TokenLogprob] = []
+        self._more: dict[int, ChunkAggregator] = {}
+        """The choices after the first, each folded by an aggregator of its own."""
 
     def add(self, chunk: TokenChunk) -> None:
         """Fold in one chunk."""
+        if chunk.usage is not None:
+            self._usage.add(chunk.usage)
+        if chunk.choice == 0:
+            self._fold(chunk)
+            return
+        other = self._more.get(chunk.choice)
+        if other is None:
+            other = self._more[chunk.choice] = ChunkAggregator()
+        other._fold(chunk)
+
+    def _fold(self, chunk: TokenChunk) -> None:
+        """Fold in the part of ``chunk`` that belongs to its choice (all but the usage)."""
         if chunk.text:
             self._text.append(chunk.text)
         if chunk.reasoning:
@@ -234,8 +320,8 @@ class ChunkAggregator:
                 call.name = delta.name
             if delta.arguments:
                 call.arguments.append(delta.arguments)
-        if chunk.usage is not None:
-            self._usage.add(chunk.usage)
+        if chunk.logprobs:
+            self._logprobs.extend(chunk.logprobs)
         if chunk.finish_reason is not None:
             self._finish_reason = chunk.finish_reason
 
@@ -245,6 +331,30 @@ class ChunkAggregator:
         Raises :class:`~rakka_inference.core.errors.ProtocolError` if a tool call never
         received an id or a name: the adapter produced a malformed stream.
         """
+        return ChatCompletion(
+            text="".join(self._text),
+            reasoning="".join(self._reasoning),
+            tool_calls=self._calls(),
+            finish_reason=self._finish_reason,
+            usage=self._usage.total if self._usage.reported else None,
+            reasoning_blocks=self._blocks.result(),
+            logprobs=tuple(self._logprobs),
+            more_choices=tuple(self._more[index]._choice(index) for index in sorted(self._more)),
+        )
+
+    def _choice(self, index: int) -> Choice:
+        """What was folded in, as choice ``index`` of the answer."""
+        return Choice(
+            index=index,
+            text="".join(self._text),
+            reasoning="".join(self._reasoning),
+            tool_calls=self._calls(),
+            finish_reason=self._finish_reason,
+            reasoning_blocks=self._blocks.result(),
+            logprobs=tuple(self._logprobs),
+        )
+
+    def _calls(self) -> tuple[ToolCall, ...]:
         calls: list[ToolCall] = []
         for index in sorted(self._tool_calls):
             partial = self._tool_calls[index]
@@ -254,14 +364,7 @@ class ChunkAggregator:
             calls.append(
                 ToolCall(id=partial.id, name=partial.name, arguments="".join(partial.arguments))
             )
-        return ChatCompletion(
-            text="".join(self._text),
-            reasoning="".join(self._reasoning),
-            tool_calls=tuple(calls),
-            finish_reason=self._finish_reason,
-            usage=self._usage.total if self._usage.reported else None,
-            reasoning_blocks=self._blocks.result(),
-        )
+        return tuple(calls)
 
 
 def aggregate(chunks: Iterable[TokenChunk]) -> ChatCompletion:

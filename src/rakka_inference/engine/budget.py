@@ -292,8 +292,7 @@ class BudgetLedger:
             return 0
         output = 0
         if isinstance(request, ChatRequest):
-            output = request.max_output_tokens(self.default_max_output_tokens)
-            output *= request.sampling.n
+            output = request.reserved_output_tokens(self.default_max_output_tokens)
         micro = (
             request.estimated_prompt_tokens() * self.price.input_per_mtok
             + output * self.price.output_per_mtok

@@ -33,9 +33,9 @@ exact token counts. The cap is the request's ``max_tokens``, else
 ``temperature`` 0 is greedy; ``top_p`` and ``seed`` (a generator per request) apply
 otherwise. Closing the ``execute`` generator frees the request's slot at the next step.
 
-What is not served, each a ``BadRequest`` naming the field: ``n`` above 1, tools,
-``response_format`` other than text, presence and frequency penalties, a reasoning effort,
-``top_k``, images, and tool messages.
+What is not served, each a ``BadRequest`` naming the field: ``n`` above 1, ``logprobs``
+and ``top_logprobs``, tools, ``response_format`` other than text, presence and frequency
+penalties, a reasoning effort, ``top_k``, images, and tool messages.
 
 Errors
 ======
@@ -78,7 +78,13 @@ from rakka_inference.core.errors import (
     RakkaError,
     Unrecoverable,
 )
-from rakka_inference.core.messages import ChatRequest, ImagePart, Role, refuse_openai_options
+from rakka_inference.core.messages import (
+    ChatRequest,
+    Role,
+    TextPart,
+    refuse_choices_and_logprobs,
+    refuse_openai_options,
+)
 from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import cost_usd, resolve_price
 from rakka_inference.core.runner import SessionRebuildCause, Transport
@@ -372,8 +378,7 @@ class TransformersRunner:
 
 def refuse_unsupported(request: ChatRequest) -> None:
     sampling = request.sampling
-    if sampling.n != 1:
-        raise BadRequest("the transformers runtime generates one choice (n=1)", param="n")
+    refuse_choices_and_logprobs(sampling, "the transformers runtime")
     if request.tools or request.tool_choice is not None:
         raise BadRequest("the transformers runtime does not call tools", param="tools")
     if request.response_format is not None and request.response_format.type != "text":
@@ -384,6 +389,8 @@ def refuse_unsupported(request: ChatRequest) -> None:
     for name in ("presence_penalty", "frequency_penalty", "reasoning_effort", "top_k"):
         if getattr(sampling, name):
             raise BadRequest(f"the transformers runtime does not apply {name}", param=name)
+    if sampling.thinking_budget is not None:
+        raise BadRequest("the transformers runtime does not think", param="thinking")
 
 
 _TEMPLATE_ROLES: Mapping[Role, str] = {
@@ -398,6 +405,8 @@ def _conversation(request: ChatRequest) -> list[dict[str, str]]:
     """The messages as chat templates take them: role and text."""
     conversation: list[dict[str, str]] = []
     for index, message in enumerate(request.messages):
+        if message.thought_only:
+            continue  # prior thinking has no place in a chat template
         role = _TEMPLATE_ROLES.get(message.role)
         if role is None or message.tool_calls:
             raise BadRequest(
@@ -409,12 +418,12 @@ def _conversation(request: ChatRequest) -> list[dict[str, str]]:
             text = content
         else:
             assert content is not None  # only an assistant's tool-call message has none
-            if any(isinstance(part, ImagePart) for part in content):
+            if any(not isinstance(part, TextPart) for part in content):
                 raise BadRequest(
-                    "the transformers runtime takes text only, not images",
+                    "the transformers runtime takes text only, not images or documents",
                     param=f"messages[{index}].content",
                 )
-            text = "".join(part.text for part in content if not isinstance(part, ImagePart))
+            text = "".join(part.text for part in content if isinstance(part, TextPart))
         conversation.append({"role": role, "content": text})
     return conversation
 

@@ -97,7 +97,11 @@ class ProviderAdapter(Protocol):
 
     def parse_response(self, body: bytes) -> list[TokenChunk]: ...
 
-    def stream_parser(self) -> StreamParser: ...
+    def stream_parser(self, choices: int = 1) -> StreamParser:
+        """A fresh parser for one stream of a request for ``choices`` choices (its ``n``):
+        a provider whose stream has no end marker of its own ends it when every choice has
+        finished."""
+        ...
 
     def refine_error(self, error: InferenceError, body: bytes) -> InferenceError: ...
 
@@ -192,18 +196,19 @@ class TokenCredential(Protocol):
 
 
 async def answer_chunks(
-    adapter: ProviderAdapter, response: HttpResponse, *, stream: bool
+    adapter: ProviderAdapter, response: HttpResponse, *, stream: bool, choices: int = 1
 ) -> AsyncGenerator[TokenChunk, None]:
     """The chunks of a successful answer: the unary body through the adapter, or the SSE
     stream through :class:`~rakka_inference.wire.sse.SseDecoder` and the adapter's stream
-    parser, up to its end-of-stream marker. A stream that ends before the marker raises
-    :class:`NetworkError` (the connection was lost: nothing says the answer was whole)."""
+    parser (for ``choices`` choices), up to its end-of-stream marker. A stream that ends
+    before the marker raises :class:`NetworkError` (the connection was lost: nothing says
+    the answer was whole)."""
     if not stream:
         for chunk in adapter.parse_response(await response.read()):
             yield chunk
         return
     decoder = SseDecoder()
-    parser = adapter.stream_parser()
+    parser = adapter.stream_parser(choices)
     async for data in response.iter_bytes():
         for event in decoder.feed(data):
             for chunk in parser.feed(event):

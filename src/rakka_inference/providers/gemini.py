@@ -43,40 +43,46 @@ Translation from the OpenAI-shaped :class:`~rakka_inference.core.messages.ChatRe
   Anything else is passed as is, and the upstream's 400 names what it refused.
 - ``parallel_tool_calls = false`` is refused (400): Gemini has no such switch.
 - ``reasoning_effort`` becomes ``generationConfig.thinkingConfig``: its
-  :data:`~rakka_inference.core.messages.THINKING_BUDGETS` budget, thoughts included.
+  :data:`~rakka_inference.core.messages.THINKING_BUDGETS` budget, thoughts included; a
+  thinking budget (Anthropic's ``thinking.budget_tokens``) is sent as it is. Prior thinking
+  in the conversation is left out: Gemini takes none back.
 - ``tool_choice`` becomes ``toolConfig.functionCallingConfig.mode`` AUTO / NONE / ANY
   (named: ANY with ``allowedFunctionNames``), sent only with tools.
 - ``generationConfig``: ``temperature``, ``topP``, ``maxOutputTokens``,
   ``stopSequences``, ``seed``, ``presencePenalty``, ``frequencyPenalty`` and
-  ``candidateCount: 1`` (``n`` other than 1 is refused). ``json_object`` sets
+  ``candidateCount`` (``n``). ``logprobs`` sets ``responseLogprobs``, and ``top_logprobs``
+  (above 0) ``logprobs``. ``json_object`` sets
   ``responseMimeType: application/json``; ``json_schema`` adds ``responseSchema``.
 - ``safetySettings`` are passed through unchanged from ``runtime_config.safety_settings``
   (the registry hands them to the adapter's ``safety_settings``).
 - Dropped, having no Gemini equivalent: ``user``, message ``name``, image ``detail``.
 
-Responses: only the first candidate is read. Text parts are text, parts with
-``thought: true`` are reasoning, ``functionCall`` parts are tool calls, numbered in order
-(parallel calls get 0, 1, …), with the JSON text of ``args`` as arguments and the
-upstream's ``id`` if it sent one, else a minted ``call_`` + 24 hex digits (random, so ids
-stay unique across a conversation: tool results are matched to calls by id). Other parts
-are skipped. ``finishReason``: STOP → stop, MAX_TOKENS → length, and tool_calls whenever a
-function call was returned; SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII and
-the IMAGE_* filters raise ContentFiltered, and so does ``promptFeedback.blockReason`` (a
-prompt refused with HTTP 200 and no candidates). Other reasons (OTHER, LANGUAGE,
-MALFORMED_FUNCTION_CALL, …) are read as stop. Usage: ``promptTokenCount`` (plus
-``toolUsePromptTokenCount``) is input, of which ``cachedContentTokenCount`` is cached;
-``candidatesTokenCount + thoughtsTokenCount`` is output, of which ``thoughtsTokenCount``
-is reasoning.
+Responses: every candidate is read, as the choice of its ``index``. Text parts are text,
+parts with ``thought: true`` are reasoning, ``functionCall`` parts are tool calls, numbered
+in order per candidate (parallel calls get 0, 1, …), with the JSON text of ``args`` as
+arguments and the upstream's ``id`` if it sent one, else a minted ``call_`` + 24 hex digits
+(random, so ids stay unique across a conversation: tool results are matched to calls by
+id). Other parts are skipped. ``finishReason``: STOP → stop, MAX_TOKENS → length, and
+tool_calls whenever a function call was returned; SAFETY, RECITATION, BLOCKLIST,
+PROHIBITED_CONTENT, SPII and the IMAGE_* filters raise ContentFiltered, and so does
+``promptFeedback.blockReason`` (a prompt refused with HTTP 200 and no candidates). Other
+reasons (OTHER, LANGUAGE, MALFORMED_FUNCTION_CALL, …) are read as stop. Usage:
+``promptTokenCount`` (plus ``toolUsePromptTokenCount``) is input, of which
+``cachedContentTokenCount`` is cached; ``candidatesTokenCount + thoughtsTokenCount`` is
+output, of which ``thoughtsTokenCount`` is reasoning. ``logprobsResult`` gives each
+generated token's log probability (``chosenCandidates``) and, step by step, its likeliest
+alternatives (``topCandidates``); their bytes are the UTF-8 of the token's text. A content
+filter that stops any one candidate fails the whole answer.
 
 Streams (:class:`GeminiStreamParser`): every SSE event is a whole GenerateContentResponse,
 and its ``usageMetadata`` is a *running total*: the counts are merged field by field
 (maximum, so a repeated or partial report adds nothing) and only the increments are
-emitted. There is no end marker: ``done`` turns true with the first candidate that carries
-a ``finishReason``, which Gemini sends only on the last event, together with the final
-usage (the engine stops reading once ``done`` is true). A stream that ends before that is
-truncated, and the engine reports it so. The usage of an answer that ends in a content
-filter is lost with the raised error. An ``error`` object inside a stream (or a 200 body)
-raises its typed error.
+emitted. There is no end marker: ``done`` turns true once every candidate asked for (``n``)
+has sent its ``finishReason``, which Gemini sends only on a candidate's last event, the
+last one with the final usage (the engine stops reading once ``done`` is true). A stream
+that ends before that is truncated, and the engine reports it so. The usage of an answer
+that ends in a content filter is lost with the raised error. An ``error`` object inside a
+stream (or a 200 body) raises its typed error.
 
 Errors (``{"error": {"code", "message", "status", "details"}}``), over the generic HTTP
 classification, by ``status``: RESOURCE_EXHAUSTED → RateLimited, UNAVAILABLE and INTERNAL
@@ -92,6 +98,7 @@ credential header) are set out in :mod:`rakka_inference.providers.gemini_embed`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -106,7 +113,6 @@ from rakka_inference.core.errors import (
     ProtocolError,
 )
 from rakka_inference.core.messages import (
-    THINKING_BUDGETS,
     ChatRequest,
     EmbeddingRequest,
     EmbeddingResult,
@@ -132,10 +138,9 @@ from rakka_inference.providers.gemini_request import (
 )
 from rakka_inference.providers.gemini_response import (
     GeminiStreamParser,
-    _finish,
-    _first_candidate,
-    _parts,
     _raise_for_refusal,
+    candidate_chunk,
+    candidates,
     gemini_usage,
 )
 from rakka_inference.wire.classify import upstream_error
@@ -243,8 +248,6 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for ``request`` (exposed for tests)."""
         sampling = request.sampling
-        if sampling.n != 1:
-            raise BadRequest("only n = 1 is supported", param="n")
         refuse_openai_options(request, "Gemini")
         if request.tools and request.parallel_tool_calls is False:
             raise BadRequest(
@@ -276,7 +279,11 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
             ]
             if request.tool_choice is not None:
                 body["toolConfig"] = {"functionCallingConfig": _tool_choice(request.tool_choice)}
-        generation: dict[str, Any] = {"candidateCount": 1}
+        generation: dict[str, Any] = {"candidateCount": sampling.n}
+        if sampling.logprobs:
+            generation["responseLogprobs"] = True
+            if sampling.top_logprobs:
+                generation["logprobs"] = sampling.top_logprobs
         generation.update(
             (key, value)
             for key, value in (
@@ -292,8 +299,8 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
         )
         if sampling.stop:
             generation["stopSequences"] = list(sampling.stop)
-        if sampling.reasoning_effort is not None:
-            budget = THINKING_BUDGETS[sampling.reasoning_effort]
+        budget = sampling.thinking_tokens
+        if budget is not None:
             generation["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": budget > 0}
         response_format = request.response_format
         if response_format is not None and response_format.type != "text":
@@ -310,23 +317,18 @@ class GeminiAdapter(AdapterState[GeminiConfig]):
     def parse_response(self, body: bytes) -> list[TokenChunk]:
         document = load_json_object(body, self._provider)
         _raise_for_refusal(document, self._provider)
-        candidate = _first_candidate(document)
-        if candidate is None:
+        found = candidates(document, self._provider)
+        if not found:
             raise ProtocolError("response has no candidates", provider=self._provider)
-        text, reasoning, calls = _parts(candidate, 0, self._provider)
+        chunks = [candidate_chunk(candidate, 0, self._provider) for candidate in found]
         usage = document.get("usageMetadata")
-        return [
-            TokenChunk(
-                text=text,
-                reasoning=reasoning,
-                tool_calls=calls,
-                usage=gemini_usage(usage, self._provider) if isinstance(usage, dict) else None,
-                finish_reason=_finish(candidate, bool(calls), self._provider),
-            )
-        ]
+        if isinstance(usage, dict):  # the request's, carried by the first candidate's chunk
+            total = gemini_usage(usage, self._provider)
+            chunks[0] = dataclasses.replace(chunks[0], usage=total)
+        return chunks
 
-    def stream_parser(self) -> GeminiStreamParser:
-        return GeminiStreamParser(self._provider)
+    def stream_parser(self, choices: int = 1) -> GeminiStreamParser:
+        return GeminiStreamParser(self._provider, choices)
 
     # ------------------------------------------------------------------ embeddings
 

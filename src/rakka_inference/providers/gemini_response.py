@@ -1,14 +1,16 @@
 """Gemini's ``GenerateContentResponse``, whole or streamed, read into TokenChunks.
 
-Holds the reading of the first candidate (text, reasoning and function-call parts, the
-``finishReason``), of ``usageMetadata`` (:func:`gemini_usage`), of refusals sent with
-HTTP 200 (an ``error`` object, a blocked prompt), and :class:`GeminiStreamParser`, which
-merges a stream's running usage totals into increments. The rules are set out in the
-adapter module's docstring (:mod:`rakka_inference.providers.gemini`).
+Holds the reading of each candidate (text, reasoning and function-call parts, the
+``finishReason``, the ``logprobsResult``: :func:`candidate_chunk`), of ``usageMetadata``
+(:func:`gemini_usage`), of refusals sent with HTTP 200 (an ``error`` object, a blocked
+prompt), and :class:`GeminiStreamParser`, which merges a stream's running usage totals into
+increments. The rules are set out in the adapter module's docstring
+(:mod:`rakka_inference.providers.gemini`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping
@@ -17,7 +19,7 @@ from typing import Any
 import orjson
 
 from rakka_inference.core.errors import ContentFiltered, ProtocolError, ServerError
-from rakka_inference.core.stream import FinishReason, TokenChunk, ToolCallDelta
+from rakka_inference.core.stream import FinishReason, TokenChunk, TokenLogprob, ToolCallDelta
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import load_json_object
 from rakka_inference.providers.gemini_errors import _error_kind, _quote, _retry_delay
@@ -25,7 +27,7 @@ from rakka_inference.wire.classify import upstream_error
 from rakka_inference.wire.redact import error_label
 from rakka_inference.wire.sse import SseEvent
 
-__all__ = ["GeminiStreamParser", "gemini_usage"]
+__all__ = ["GeminiStreamParser", "candidate_chunk", "candidates", "gemini_usage"]
 
 # The adapter's logger: these records come from reading its answers.
 log = logging.getLogger("rakka_inference.providers.gemini")
@@ -49,16 +51,20 @@ _FILTERED_FINISHES = frozenset(
 
 
 class GeminiStreamParser:
-    """``streamGenerateContent?alt=sse`` events to TokenChunks.
+    """``streamGenerateContent?alt=sse`` events to TokenChunks, for a request of
+    ``choices`` candidates: ``done`` once each has sent its ``finishReason``.
 
     See :mod:`rakka_inference.providers.gemini` for the rules.
     """
 
-    __slots__ = ("_calls", "_counts", "_provider", "_total", "done")
+    __slots__ = ("_calls", "_choices", "_counts", "_finished", "_provider", "_total", "done")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, choices: int = 1) -> None:
         self._provider = provider
-        self._calls = 0
+        self._choices = choices
+        self._calls: dict[int, int] = {}
+        """Per candidate, the function calls it has made so far (the next call's index)."""
+        self._finished: set[int] = set()
         self._counts: dict[str, int] = {}
         self._total: Usage | None = None
         self.done = False
@@ -66,24 +72,24 @@ class GeminiStreamParser:
     def feed(self, event: SseEvent) -> list[TokenChunk]:
         document = load_json_object(event.raw, self._provider)
         _raise_for_refusal(document, self._provider)
-        text, reasoning = "", ""
-        calls: tuple[ToolCallDelta, ...] = ()
-        finish: FinishReason | None = None
-        candidate = _first_candidate(document)
-        if candidate is not None:
-            text, reasoning, calls = _parts(candidate, self._calls, self._provider)
-            self._calls += len(calls)
-            finish = _finish(candidate, self._calls > 0, self._provider)
-            if finish is not None:
-                self.done = True
-        chunk = TokenChunk(
-            text=text,
-            reasoning=reasoning,
-            tool_calls=calls,
-            usage=self._usage_increment(document.get("usageMetadata")),
-            finish_reason=finish,
-        )
-        return [] if chunk.is_empty else [chunk]
+        chunks: list[TokenChunk] = []
+        for candidate in candidates(document, self._provider):
+            index = candidate.get("index", 0)
+            made = self._calls.get(index, 0)
+            chunk = candidate_chunk(candidate, made, self._provider)
+            self._calls[index] = made + len(chunk.tool_calls)
+            if chunk.finish_reason is not None:
+                self._finished.add(index)
+            if not chunk.is_empty:
+                chunks.append(chunk)
+        self.done = len(self._finished) >= self._choices
+        usage = self._usage_increment(document.get("usageMetadata"))
+        if usage is not None:
+            if chunks:  # the request's usage, carried by the event's first chunk
+                chunks[0] = dataclasses.replace(chunks[0], usage=usage)
+            else:
+                chunks.append(TokenChunk(usage=usage))
+        return chunks
 
     def _usage_increment(self, usage: object) -> Usage | None:
         """What a running-total report adds; None when it adds nothing.
@@ -149,14 +155,78 @@ def _raise_for_refusal(document: Mapping[str, Any], provider: str) -> None:
         )
 
 
-def _first_candidate(document: Mapping[str, Any]) -> dict[str, Any] | None:
-    candidates = document.get("candidates")
-    if not isinstance(candidates, list):
-        return None
-    for candidate in candidates:
-        if isinstance(candidate, dict) and candidate.get("index", 0) == 0:
-            return candidate
-    return None
+def candidates(document: Mapping[str, Any], provider: str) -> list[dict[str, Any]]:
+    """The candidates of a response (or of one stream event), each with its ``index``
+    (absent: 0, as proto JSON leaves a zero out)."""
+    found = document.get("candidates")
+    if not isinstance(found, list):
+        return []
+    read: list[dict[str, Any]] = []
+    for candidate in found:
+        if not isinstance(candidate, dict):
+            continue
+        index = candidate.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ProtocolError(
+                "a candidate's index is not a non-negative integer", provider=provider
+            )
+        read.append(candidate)
+    return read
+
+
+def candidate_chunk(candidate: Mapping[str, Any], first_call: int, provider: str) -> TokenChunk:
+    """One candidate (whole, or its part in a stream event) as a chunk of its choice; its
+    function calls are numbered from ``first_call``."""
+    text, reasoning, calls = _parts(candidate, first_call, provider)
+    return TokenChunk(
+        text=text,
+        reasoning=reasoning,
+        tool_calls=calls,
+        finish_reason=_finish(candidate, first_call + len(calls) > 0, provider),
+        choice=candidate.get("index", 0),
+        logprobs=_logprobs(candidate, provider),
+    )
+
+
+def _logprobs(candidate: Mapping[str, Any], provider: str) -> tuple[TokenLogprob, ...]:
+    """``logprobsResult``: the chosen token of each step, with that step's top candidates
+    (proto JSON leaves a zero log probability and an empty token out)."""
+    result = candidate.get("logprobsResult")
+    if result is None:
+        return ()
+    if not isinstance(result, dict):
+        raise ProtocolError("logprobsResult is not an object", provider=provider)
+    chosen = result.get("chosenCandidates") or []
+    steps = result.get("topCandidates") or []
+    if not isinstance(chosen, list) or not isinstance(steps, list):
+        raise ProtocolError("logprobsResult holds no arrays", provider=provider)
+    records: list[TokenLogprob] = []
+    for position, entry in enumerate(chosen):
+        step = steps[position] if position < len(steps) else None
+        alternatives = step.get("candidates") if isinstance(step, dict) else None
+        if not isinstance(alternatives, list):
+            alternatives = []
+        top = tuple(_logprob(alternative, provider, ()) for alternative in alternatives)
+        records.append(_logprob(entry, provider, top))
+    return tuple(records)
+
+
+def _logprob(entry: object, provider: str, top: tuple[TokenLogprob, ...]) -> TokenLogprob:
+    if not isinstance(entry, dict):
+        raise ProtocolError("a logprobs candidate is not an object", provider=provider)
+    token = entry.get("token", "")
+    logprob = entry.get("logProbability", 0.0)
+    if (
+        not isinstance(token, str)
+        or not isinstance(logprob, int | float)
+        or isinstance(logprob, bool)
+    ):
+        raise ProtocolError(
+            "a logprobs candidate has no token or log probability", provider=provider
+        )
+    return TokenLogprob(
+        token=token, logprob=float(logprob), bytes=tuple(token.encode("utf-8")), top=top
+    )
 
 
 def _parts(

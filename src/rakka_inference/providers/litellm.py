@@ -90,8 +90,8 @@ class LiteLLMAdapter(AdapterState[LiteLLMConfig]):
     def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
         return self._openai.parse_embedding_response(body, request)
 
-    def stream_parser(self) -> OpenAIStreamParser:
-        return self._openai.stream_parser()
+    def stream_parser(self, choices: int = 1) -> OpenAIStreamParser:
+        return self._openai.stream_parser(choices)
 
     def refine_error(self, error: InferenceError, body: bytes) -> InferenceError:
         return self._openai.refine_error(error, body)

@@ -9,6 +9,10 @@ https://{resource}.openai.azure.com/openai/deployments/{deployment}/chat/complet
 Streams ask for ``stream_options.include_usage`` so the usage in the final chunk is exact.
 The stream ends with ``data: [DONE]``.
 
+``n``, ``logprobs`` and ``top_logprobs`` are forwarded as they are; every choice of the
+answer (unary or streamed) becomes chunks of its ``index``, with the log probabilities of
+its tokens (:mod:`rakka_inference.providers.openai_logprobs`).
+
 Error refinement on top of the generic HTTP classification: ``context_length_exceeded``
 → ContextLengthExceeded; ``content_filter`` (and Azure's ``ResponsibleAIPolicyViolation``
 inner error) → ContentFiltered; ``insufficient_quota`` → QuotaExhausted, which is not
@@ -17,6 +21,7 @@ retried (more attempts cannot buy credit).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -35,9 +40,10 @@ from rakka_inference.core.errors import (
 from rakka_inference.core.messages import (
     ChatMessage,
     ChatRequest,
+    ContentPart,
+    DocumentPart,
     EmbeddingRequest,
     EmbeddingResult,
-    ImagePart,
     TextPart,
 )
 from rakka_inference.core.policies import ModelPrice
@@ -49,6 +55,7 @@ from rakka_inference.core.tools import ToolChoice, ToolChoiceMode
 from rakka_inference.core.usage import Usage
 from rakka_inference.providers.base import AdapterState, load_json_object
 from rakka_inference.providers.openai_embed import embedding_body, parse_embeddings
+from rakka_inference.providers.openai_logprobs import choice_index, choice_logprobs
 from rakka_inference.wire.http import HttpRequest
 from rakka_inference.wire.redact import sanitize_upstream_message
 from rakka_inference.wire.sse import SseEvent
@@ -130,11 +137,12 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body for ``request`` (exposed for tests and the LiteLLM adapter)."""
         sampling = request.sampling
-        if sampling.n != 1:
-            raise BadRequest("only n = 1 is supported", param="n")
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [_message(m) for m in request.messages],
+            # Prior thinking has no place in the chat format: a turn of thinking alone goes.
+            "messages": [
+                _message(m, i) for i, m in enumerate(request.messages) if not m.thought_only
+            ],
         }
         if sampling.temperature is not None:
             body["temperature"] = sampling.temperature
@@ -155,8 +163,14 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        if sampling.reasoning_effort is not None:
-            body["reasoning_effort"] = sampling.reasoning_effort
+        if sampling.n != 1:
+            body["n"] = sampling.n
+        if sampling.logprobs:
+            body["logprobs"] = True
+        if sampling.top_logprobs is not None:
+            body["top_logprobs"] = sampling.top_logprobs
+        if sampling.effort is not None:
+            body["reasoning_effort"] = sampling.effort
         if sampling.presence_penalty is not None:
             body["presence_penalty"] = sampling.presence_penalty
         if sampling.frequency_penalty is not None:
@@ -207,7 +221,16 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
         choices = document.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ProtocolError("response has no choices", provider=self._provider)
-        choice = choices[0]
+        usage = document.get("usage")
+        chunks = [self._choice_chunk(choice) for choice in choices]
+        if isinstance(usage, dict):  # the request's, carried by the first choice's chunk
+            chunks[0] = dataclasses.replace(chunks[0], usage=openai_usage(usage))
+        return chunks
+
+    def _choice_chunk(self, choice: object) -> TokenChunk:
+        """One choice of a unary answer as one chunk."""
+        if not isinstance(choice, dict):
+            raise ProtocolError("a choice is not an object", provider=self._provider)
         message = choice.get("message") or {}
         text = message.get("content") or message.get("refusal") or ""
         reasoning = message.get("reasoning_content") or ""
@@ -220,21 +243,19 @@ class OpenAIAdapter(AdapterState[OpenAIConfig]):
             )
             for index, call in enumerate(message.get("tool_calls") or ())
         )
-        usage = document.get("usage")
-        return [
-            TokenChunk(
-                text=text,
-                reasoning=reasoning,
-                tool_calls=calls,
-                usage=openai_usage(usage) if isinstance(usage, dict) else None,
-                finish_reason=_finish(choice.get("finish_reason")),
-            )
-        ]
+        return TokenChunk(
+            text=text,
+            reasoning=reasoning,
+            tool_calls=calls,
+            finish_reason=_finish(choice.get("finish_reason")),
+            choice=choice_index(choice, self._provider),
+            logprobs=choice_logprobs(choice, self._provider),
+        )
 
     def parse_embedding_response(self, body: bytes, request: EmbeddingRequest) -> EmbeddingResult:
         return parse_embeddings(body, request, self._provider)
 
-    def stream_parser(self) -> OpenAIStreamParser:
+    def stream_parser(self, choices: int = 1) -> OpenAIStreamParser:
         return OpenAIStreamParser(self._provider)
 
     # ------------------------------------------------------------------ errors
@@ -288,8 +309,6 @@ class OpenAIStreamParser:
             raise ServerError(f"stream error: {message}", provider=self._provider)
         chunks: list[TokenChunk] = []
         for choice in document.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
             delta = choice.get("delta") or {}
             calls = delta.get("tool_calls")
             chunk = TokenChunk(
@@ -297,6 +316,8 @@ class OpenAIStreamParser:
                 reasoning=delta.get("reasoning_content") or "",
                 tool_calls=tuple(_tool_delta(call) for call in calls) if calls else (),
                 finish_reason=_finish(choice.get("finish_reason")),
+                choice=choice_index(choice, self._provider),
+                logprobs=choice_logprobs(choice, self._provider),
             )
             if not chunk.is_empty:
                 chunks.append(chunk)
@@ -353,13 +374,14 @@ def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
     return choice.mode.value
 
 
-def _message(message: ChatMessage) -> dict[str, Any]:
+def _message(message: ChatMessage, position: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role.value}
     content = message.content
     if content is None or isinstance(content, str):
         out["content"] = content
     else:
-        out["content"] = [_part(part) for part in content]
+        param = f"messages[{position}].content"
+        out["content"] = [_part(part, f"{param}[{i}]") for i, part in enumerate(content)]
     if message.name is not None:
         out["name"] = message.name
     if message.tool_calls:
@@ -376,9 +398,20 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def _part(part: TextPart | ImagePart) -> dict[str, Any]:
+def _part(part: ContentPart, param: str) -> dict[str, Any]:
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
+    if isinstance(part, DocumentPart):
+        # The chat format takes a file inline only; the Responses API's file_url has no
+        # chat equivalent.
+        if not part.is_data_url:
+            raise BadRequest(
+                "OpenAI-format chat takes documents inline (file_data), not by URL",
+                param=f"{param}.file",
+            )
+        part.base64_data(param=f"{param}.file.file_data")
+        file = {"filename": part.filename or "document.pdf", "file_data": part.url}
+        return {"type": "file", "file": file}
     image: dict[str, Any] = {"url": part.url}
     if part.detail is not None:
         image["detail"] = part.detail

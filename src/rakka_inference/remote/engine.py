@@ -6,8 +6,10 @@ Admission, the queue, slots, deadlines, cancellation and the report are the shar
 
 1. A free :class:`RemoteWorker` takes a queued request (it then holds a slot) and serves
    it on a task of its own: rate-limit permit (requests, estimated tokens, concurrency;
-   waiting for it is bounded like the queue) → circuit breaker admission → session
-   snapshot lease → one attempt by the runner, whose chunks go straight into the stream.
+   waiting for it is bounded like the queue, and a key blocked by an upstream's Retry-After
+   is waited out only within the request's wait budget, see 2.) → circuit breaker
+   admission → session snapshot lease → one attempt by the runner, whose chunks go
+   straight into the stream.
 2. A failure goes to the breaker (it counts what counts), a 429 to the limiter (auto-tune,
    Retry-After blocks the key), and then to the retry policy: back off and try again, or
    rebuild the session after a 401 and try once more, or give up. **Nothing is retried
@@ -17,8 +19,11 @@ Admission, the queue, slots, deadlines, cancellation and the report are the shar
    shorter one the client asked for at ``submit``) is not waited for: a 429 is answered
    at once as :class:`RateLimitExceeded` with the upstream's remaining Retry-After, so
    the client hears back while it still listens, or the caller falls back
-   (:mod:`~rakka_inference.remote.retry`). A retry whose wait would pass the request's
-   deadline is not started either.
+   (:mod:`~rakka_inference.remote.retry`). The same budget bounds the wait for a permit
+   while the key is blocked by an earlier 429's Retry-After: a request arriving then is
+   answered at once when the block outlasts its budget, and otherwise spends from its
+   budget what it waited (:mod:`~rakka_inference.remote.ratelimit_waiting`). A retry whose
+   wait would pass the request's deadline is not started either.
 3. At the end the permit is settled with the real token count and the breaker admission
    exactly once; the engine core settles the budget and writes the report.
 
@@ -235,16 +240,24 @@ class RemoteEngineCore(EngineCore):
         error: InferenceError | None = None
         estimate = request.estimated_prompt_tokens()
         if isinstance(request, ChatRequest):
-            estimate += request.max_output_tokens(self.default_max_output_tokens)
-        # Waiting for a rate-limit permit is waiting in line, bounded like the queue.
+            estimate += request.reserved_output_tokens(self.default_max_output_tokens)
+        # Waiting for a rate-limit permit is waiting in line, bounded like the queue; but a
+        # key blocked by the upstream's Retry-After is waited out only within the wait
+        # budget, which that wait spends as a retry's would.
         permit_deadline = job.started_at + self.serving.queue_timeout_ms / 1000.0
         if job.deadline is not None:
             permit_deadline = min(permit_deadline, job.deadline)
+        budget = RetryBudget(
+            self.retry, idempotent=self.idempotent, rng=self._rng, max_wait_s=job.max_wait_s
+        )
         try:
             with job.trace.child(tracing.RATE_LIMIT):
-                permit = await self.limiter.acquire(estimate, deadline=permit_deadline)
+                permit = await self.limiter.acquire(
+                    estimate, deadline=permit_deadline, wait_budget=budget.max_wait_s
+                )
+            budget.spend(permit.blocked_s)
             try:
-                await self._attempts(job)
+                await self._attempts(job, budget)
             finally:
                 permit.settle(job.usage.total_tokens)
         except InferenceError as failure:
@@ -258,11 +271,8 @@ class RemoteEngineCore(EngineCore):
         finally:
             self.end(job, error)
 
-    async def _attempts(self, job: Job) -> None:
+    async def _attempts(self, job: Job, budget: RetryBudget) -> None:
         request = job.request
-        budget = RetryBudget(
-            self.retry, idempotent=self.idempotent, rng=self._rng, max_wait_s=job.max_wait_s
-        )
         session = self.runner.session
         while True:
             admission = self.breaker.admit(self._circuit_subject)

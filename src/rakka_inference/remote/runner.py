@@ -158,7 +158,10 @@ class RemoteRunner:
             if response.status >= 400:
                 body = await response.read()
                 self._raise_http_error(response.status, response.headers, body, credential)
-            async with aclosing(answer_chunks(adapter, response, stream=request.stream)) as chunks:
+            chunks_of = answer_chunks(
+                adapter, response, stream=request.stream, choices=request.sampling.n
+            )
+            async with aclosing(chunks_of) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:

@@ -1,16 +1,17 @@
 """Rendering the answers of :mod:`rakka_inference.testkit.mock_gemini` on the wire.
 
-A ``GenerateContentResponse`` (:func:`document`) with its ``usageMetadata``
+A candidate's parts, event by event (:func:`candidate_events`); a
+``GenerateContentResponse`` (:func:`document`) with its ``usageMetadata``
 (:func:`usage_metadata`), framed as the call asks (:func:`framed`: one JSON body, SSE
-events, or the streamed JSON array) with a transport fault applied; and Google's error answers
-(``{"error": {"code", "message", "status", "details"}}``, a one-element array for a
+events, or the streamed JSON array) with a transport fault applied; and Google's error
+answers (``{"error": {"code", "message", "status", "details"}}``, a one-element array for a
 stream without ``alt=sse``): bad credentials, quota, server errors, a prompt too long, a
 blocked answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 from rakka_inference.testkit.faults import Fault, FaultKind, count_tokens
 from rakka_inference.testkit.gemini_wire import GeminiCall, array_stream, mapping_of, prompt_texts
 from rakka_inference.testkit.http_script import Chunk, Faults, ScriptedResponse
+from rakka_inference.testkit.mock_choices import gemini_logprobs, tokens
 from rakka_inference.testkit.proto_json import field
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "Refused",
     "bad_credential",
     "blocked_candidate",
+    "candidate_events",
     "count_tokens_answer",
     "document",
     "error_response",
@@ -99,6 +102,36 @@ def document(
         "modelVersion": call.model,
         "responseId": response_id,
     }
+
+
+Event = tuple[list[dict[str, Any]], dict[str, Any] | None]
+"""One candidate's parts in one event, and their ``logprobsResult`` (None: none)."""
+
+
+def candidate_events(
+    answer: Answer, pieces: Callable[[str], list[str]], streaming: bool, top: int | None
+) -> list[Event]:
+    """One candidate's parts, event by event (one event for a unary answer), each with the
+    ``logprobsResult`` of its text when ``top`` (alternatives per token) is not None; a
+    stream's text comes in ``pieces``, or a token per event with log probabilities."""
+    events: list[Event] = []
+    if answer.thought is not None:
+        events.append(([{"text": answer.thought, "thought": True}], None))
+    if answer.calls:
+        events.append(([{"functionCall": dict(function)} for function in answer.calls], None))
+    elif not streaming:
+        result = None if top is None else gemini_logprobs(tokens(answer.text), 0, top)
+        events.append(([{"text": answer.text}], result))
+    elif top is not None:
+        for position, token in enumerate(tokens(answer.text)):
+            events.append(([{"text": token}], gemini_logprobs([token], position, top)))
+    else:
+        events.extend(([{"text": piece}], None) for piece in pieces(answer.text))
+    if streaming:
+        return events
+    parts = [part for event_parts, _ in events for part in event_parts]
+    logprobs = next((result for _, result in events if result is not None), None)
+    return [(parts, logprobs)]  # one content with every part
 
 
 def usage_metadata(prompt: int, output: int, thoughts: int, *, cached: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = [
     "GeminiCall",
     "InvalidArgument",
     "array_stream",
+    "candidate_count",
     "contents_of",
     "first_words",
     "last_turn_text",
@@ -34,6 +35,7 @@ __all__ = [
     "prompt_texts",
     "read_body",
     "route",
+    "top_logprobs",
     "words",
 ]
 
@@ -201,3 +203,30 @@ def first_words(text: str, limit: int) -> str:
         return ""
     ends = [match.end() for match in re.finditer(r"\S+", text)]
     return text[: ends[limit - 1]]
+
+
+def candidate_count(generation: Mapping[str, Any]) -> int:
+    """How many candidates a ``generationConfig`` asks for: ``candidateCount`` (1 when
+    absent), refused outside 1..8 as the API refuses it."""
+    return _in_range(generation, "candidateCount", 1, 8) or 1
+
+
+def top_logprobs(generation: Mapping[str, Any]) -> int | None:
+    """How many alternatives per token a ``generationConfig`` asks for (``logprobs``, 0 when
+    absent; refused outside 0..20); None: no log probabilities (``responseLogprobs`` not
+    true)."""
+    top = _in_range(generation, "logprobs", 0, 20) or 0
+    return top if field(generation, "responseLogprobs") is True else None
+
+
+def _in_range(generation: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    value = field(generation, name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidArgument(
+            f"Unable to submit request because it has a {name} value of {value} but the "
+            f"supported range is from {low} (inclusive) to {high + 1} (exclusive). Update the "
+            "value and try again."
+        )
+    return value

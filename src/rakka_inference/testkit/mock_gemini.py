@@ -35,22 +35,29 @@ the answer is ``reply.answer_text`` of the last user turn's text, or, for a turn
 function responses, of ``"{name} returned {json}"`` per response joined by ``"; "``;
 ``maxOutputTokens`` cuts it to that many words, with ``finishReason: MAX_TOKENS``. A stream
 sends the text as ``reply.pieces`` events, ``reply.chunk_delay_s`` apart, function calls in
-one event, and ``finishReason`` only on the last event.
+one event, and ``finishReason`` only on the last event. ``candidateCount`` answers with that
+many candidates, and ``responseLogprobs`` adds each text's ``logprobsResult`` (with
+``logprobs`` alternatives per token in ``topCandidates``), as
+:mod:`~rakka_inference.testkit.mock_choices` sets out; a stream then sends one token per
+event. A stream event holds the next piece of every candidate still speaking, each with its
+``finishReason`` on its last.
 
 Usage, as ``count_tokens`` counts: ``promptTokenCount`` is every text of
 ``systemInstruction`` and ``contents`` (with each ``functionCall`` / ``functionResponse``
 as its name and JSON); ``candidatesTokenCount`` the answer's words (a call: its name and
-JSON arguments), left out while zero; ``thoughtsTokenCount`` the words of ``thoughts``
-when set (the model "thinks" whether or not the request asks to see the thoughts, as
-Gemini 2.5 does; ``thinkingConfig.includeThoughts`` adds a ``thought: true`` part, its own
-first event in a stream); ``cachedContentTokenCount`` is ``cached_tokens`` (at most the
-prompt) when non-zero; ``totalTokenCount`` is prompt + candidates + thoughts. Every stream
-event carries the running totals, as Gemini's do. A prompt over ``max_input_tokens`` gets
-the API's 400, as the ``context_length`` fault does.
+JSON arguments; every candidate's), left out while zero; ``thoughtsTokenCount`` the words
+of ``thoughts`` (once per candidate) when set (the model "thinks" whether or not the
+request asks to see the thoughts, as Gemini 2.5 does; ``thinkingConfig.includeThoughts``
+adds a ``thought: true`` part, its own first event in a stream);
+``cachedContentTokenCount`` is ``cached_tokens`` (at most the prompt) when non-zero;
+``totalTokenCount`` is prompt + candidates + thoughts. Every stream event carries the
+running totals, as Gemini's do. A prompt over ``max_input_tokens`` gets the API's 400, as
+the ``context_length`` fault does.
 
 Requests the real API refuses are refused alike (400 ``INVALID_ARGUMENT``): a body that is
 not a JSON object, an unknown top-level field, no ``contents``, a content without
-``parts``, a role other than ``user`` or ``model``.
+``parts``, a role other than ``user`` or ``model``, a ``candidateCount`` outside 1..8 or a
+``logprobs`` outside 0..20 (Vertex's wording).
 
 Faults apply to ``generateContent`` and ``streamGenerateContent`` (not ``countTokens``),
 after the credential and request checks, so a refused request never uses one up. In
@@ -112,6 +119,7 @@ from rakka_inference.testkit.gemini_render import (
     Refused,
     bad_credential,
     blocked_candidate,
+    candidate_events,
     count_tokens_answer,
     document,
     error_response,
@@ -126,6 +134,7 @@ from rakka_inference.testkit.gemini_wire import (
     GeminiCall,
     InvalidArgument,
     array_stream,
+    candidate_count,
     contents_of,
     first_words,
     last_turn_text,
@@ -134,10 +143,12 @@ from rakka_inference.testkit.gemini_wire import (
     prompt_texts,
     read_body,
     route,
+    top_logprobs,
     words,
 )
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
+from rakka_inference.testkit.mock_choices import choice_text
 from rakka_inference.testkit.proto_json import field
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "JWT_BEARER_GRANT", "GeminiMock"]
@@ -196,6 +207,8 @@ class GeminiMock(MockProviderServer):
             body = read_body(request, call)
             if call.method == "countTokens":
                 return json_response(count_tokens_answer(body))
+            generation = mapping_of(field(body, "generationConfig"))
+            count, top = candidate_count(generation), top_logprobs(generation)
             fault = self._call_fault(request, call)
             prompt = count_tokens(prompt_texts(body))
             if fault is not None and fault.kind is FaultKind.CONTEXT_LENGTH:
@@ -205,7 +218,8 @@ class GeminiMock(MockProviderServer):
             replaced = None if fault is None else self._fault_response(fault, call, prompt)
             if replaced is not None:
                 return replaced
-            return self._render(call, self._answer(body, prompt), fault)
+            answers = [self._answer(body, prompt, index) for index in range(count)]
+            return self._render(call, answers, fault, top)
         except InvalidArgument as invalid:
             stream = array_stream(call)
             return error_response(400, "INVALID_ARGUMENT", invalid.message, stream=stream)
@@ -305,7 +319,8 @@ class GeminiMock(MockProviderServer):
 
     # ------------------------------------------------------------------ answers
 
-    def _answer(self, body: Mapping[str, Any], prompt: int) -> Answer:
+    def _answer(self, body: Mapping[str, Any], prompt: int, index: int = 0) -> Answer:
+        """Candidate ``index``'s answer (see :mod:`~rakka_inference.testkit.mock_choices`)."""
         generation = mapping_of(field(body, "generationConfig"))
         thinking = mapping_of(field(generation, "thinkingConfig"))
         thought_tokens = count_tokens([self.thoughts]) if self.thoughts is not None else 0
@@ -318,6 +333,8 @@ class GeminiMock(MockProviderServer):
             )
             return Answer(shown, "", calls, "STOP", prompt, tokens, thought_tokens)
         text = script.answer_text(last_turn_text(contents_of(body)))
+        structured = field(generation, "responseMimeType") == "application/json"
+        text = choice_text(text, index, structured=structured)
         finish = "STOP"
         limit = field(generation, "maxOutputTokens")
         if isinstance(limit, int) and words(text) > limit:
@@ -350,30 +367,40 @@ class GeminiMock(MockProviderServer):
         )
         return () if answered else calls
 
-    def _render(self, call: GeminiCall, answer: Answer, fault: Fault | None) -> ScriptedResponse:
-        events: list[list[dict[str, Any]]] = []
-        if answer.thought is not None:
-            events.append([{"text": answer.thought, "thought": True}])
-        if answer.calls:
-            events.append([{"functionCall": dict(function)} for function in answer.calls])
-        elif call.method == "streamGenerateContent":
-            events.extend([{"text": piece}] for piece in self.reply.pieces(answer.text))
-        else:
-            events.append([{"text": answer.text}])
-        if call.method == "generateContent":  # one content with every part
-            events = [[part for parts in events for part in parts]]
+    def _render(
+        self, call: GeminiCall, answers: list[Answer], fault: Fault | None, top: int | None
+    ) -> ScriptedResponse:
+        """The candidates' answers as documents: one, or a stream's events, where each event
+        holds the next piece of every candidate not yet finished."""
+        streaming = call.method == "streamGenerateContent"
+        each = [candidate_events(answer, self.reply.pieces, streaming, top) for answer in answers]
         documents: list[bytes] = []
         response_id = self._response_id()
-        spoken = ""
-        for number, parts in enumerate(events, 1):
-            last = number == len(events)
-            spoken += "".join(p.get("text", "") for p in parts if not p.get("thought"))
-            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
-            if last:
-                candidate["finishReason"] = answer.finish
-            output = answer.output_tokens if last else words(spoken)
-            usage = self._usage(answer.prompt_tokens, output, answer.thought_tokens)
-            documents.append(orjson.dumps(document(call, response_id, [candidate], usage)))
+        spoken = [""] * len(answers)
+        thoughts = sum(answer.thought_tokens for answer in answers)
+        steps = max(map(len, each))
+        for step in range(steps):
+            candidates: list[dict[str, Any]] = []
+            output = 0
+            for index, (answer, pieces) in enumerate(zip(answers, each, strict=True)):
+                if step < len(pieces):
+                    parts, logprobs = pieces[step]
+                    spoken[index] += "".join(
+                        p.get("text", "") for p in parts if not p.get("thought")
+                    )
+                    candidate: dict[str, Any] = {
+                        "content": {"parts": parts, "role": "model"},
+                        "index": index,
+                    }
+                    if logprobs is not None:
+                        candidate["logprobsResult"] = logprobs
+                    if step == len(pieces) - 1:
+                        candidate["finishReason"] = answer.finish
+                    candidates.append(candidate)
+                done = step >= len(pieces) - 1
+                output += answer.output_tokens if done else words(spoken[index])
+            usage = self._usage(answers[0].prompt_tokens, output, thoughts)
+            documents.append(orjson.dumps(document(call, response_id, candidates, usage)))
         return self._framed(call, documents, fault)
 
     def _response_id(self) -> str:

@@ -27,8 +27,10 @@ the key masked, never whole), the fault (``faults.take(key, x-mock-fault header)
 that does not parse is a 400 with ``param: "x-mock-fault"``) — a fault that is an error
 answer ends it here —, the checks of the body the real API makes (its 400s, word for word,
 for what the mock checks: missing fields, unknown roles, tool messages that answer no call,
-calls left unanswered), then the answer, with a transport fault applied to it. Answers
-scripted on :attr:`OpenAIMock.server` directly take precedence over all of this.
+calls left unanswered, ``n`` outside 1..128 and ``top_logprobs`` outside 0..20, so no
+request builds more than the real API would), then the answer, with a transport fault
+applied to it. Answers scripted on :attr:`OpenAIMock.server` directly take precedence over
+all of this.
 
 Answers
 =======
@@ -40,13 +42,19 @@ tool result; a ``"required"`` or named ``tool_choice`` with nothing scripted cal
 real API does; ``parallel_tool_calls: false`` keeps only the first call. ``max_tokens`` /
 ``max_completion_tokens`` cut the text to that many words (``finish_reason: "length"``).
 Usage is the real shape, counted by :func:`~rakka_inference.testkit.faults.count_tokens`:
-the prompt is every message's text (and tool-call arguments), the completion the answer.
+the prompt is every message's text (and tool-call arguments), the completion the answer
+(every choice's). ``n`` answers with that many choices, and ``logprobs: true`` gives each
+choice's ``logprobs.content`` (``top_logprobs`` alternatives per token), as
+:mod:`~rakka_inference.testkit.mock_choices` sets out.
 
 A stream is one SSE event per HTTP chunk, and faults count these events:
 ``[Azure: prompt_filter_results]``, the role delta (carrying the first call's header when
 calling tools), one event per content piece (per call header and argument fragment),
 the finish, ``[the usage chunk, when stream_options.include_usage]``, ``data: [DONE]``.
 Content pieces and argument fragments each come ``reply.chunk_delay_s`` after the previous.
+With log probabilities asked for, each content piece is one token, with its record. The
+events of several choices interleave, one of each choice in turn, from its role delta to its
+finish; the usage chunk follows them all.
 
 Faults
 ======
@@ -89,6 +97,7 @@ from typing import Any, Unpack
 from rakka_inference.testkit.faults import FAULT_HEADER, Fault, FaultKind, count_tokens
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.mock_base import MockOptions, MockProviderServer
+from rakka_inference.testkit.mock_choices import choice_text, openai_logprobs, tokens
 from rakka_inference.testkit.openai_render import (
     AZURE_401,
     FILTER_RESULTS,
@@ -96,6 +105,7 @@ from rakka_inference.testkit.openai_render import (
     NO_KEY,
     PROMPT_FILTER,
     Answer,
+    MockChoice,
     azure_error,
     chat_usage,
     deliver,
@@ -108,8 +118,10 @@ from rakka_inference.testkit.openai_render import (
 )
 from rakka_inference.testkit.openai_wire import (
     NOT_JSON,
+    ChatRequest,
     InvalidRequest,
     Route,
+    bounded_integer,
     call_arguments,
     credential,
     embedding_inputs,
@@ -126,6 +138,9 @@ __all__ = ["DEFAULT_MODELS", "OpenAIMock", "embedding_vector", "mask_key"]
 DEFAULT_MODELS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small")
 """What ``GET /v1/models`` lists by default."""
 EMBEDDING_DIMENSIONS = 8
+_STRUCTURED = frozenset({"json_object", "json_schema"})
+MAX_CHOICES, MAX_TOP_LOGPROBS = 128, 20
+"""The real API's bounds on ``n`` and ``top_logprobs``."""
 _REFUSALS = frozenset(
     {
         FaultKind.RATE_LIMIT,
@@ -249,20 +264,18 @@ class OpenAIMock(MockProviderServer):
     def _chat(self, route: Route, body: dict[str, Any]) -> Answer:
         chat = read_chat(route, body, self.script_for(body))
         prompt_tokens = count_tokens(message_texts(chat.messages))
-        calls = [
-            (f"call_{mock_id('call', f'{self._count}:{i}', 24)}", c.name, call_arguments(c))
-            for i, c in enumerate(chat.calls)
+        count = bounded_integer(body, "n", 1, MAX_CHOICES) or 1
+        top = bounded_integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS) or 0
+        choices = [
+            self._choice(chat, body, index, top if body.get("logprobs") is True else None)
+            for index in range(count)
         ]
-        text = ""
-        if calls:
-            finish = "stop" if chat.named else "tool_calls"  # the real API's quirk
-            completion = count_tokens(f"{name} {args}" for _, name, args in calls)
-        else:
-            text, finish = chat.reply.answer_text(prompt_text(chat.messages)), "stop"
-            limit = body.get("max_completion_tokens") or body.get("max_tokens")
-            if isinstance(limit, int) and count_tokens([text]) > limit:
-                text, finish = " ".join(text.split()[:limit]), "length"
-            completion = count_tokens([text])
+        completion = sum(
+            count_tokens(f"{name} {args}" for _, name, args in choice.calls)
+            if choice.calls
+            else count_tokens([choice.text])
+            for choice in choices
+        )
         usage = chat_usage(prompt_tokens, completion)
         head = {
             "id": f"chatcmpl-{mock_id('chat', self._count, 29)}",
@@ -273,14 +286,44 @@ class OpenAIMock(MockProviderServer):
         headers = response_headers(self._count, azure=route.azure, tokens=prompt_tokens)
         if chat.stream:
             return Answer(
-                headers,
-                events=stream_events(
-                    chat, route, head, text=text, calls=calls, finish=finish, usage=usage
-                ),
+                headers, events=stream_events(chat, route, head, choices=choices, usage=usage)
             )
+        rendered = [self._unary_choice(index, choice) for index, choice in enumerate(choices)]
+        document: dict[str, Any] = {**head, "choices": rendered, "usage": usage}
+        if route.azure:
+            for choice in rendered:
+                choice["content_filter_results"] = FILTER_RESULTS
+            document["prompt_filter_results"] = PROMPT_FILTER
+        else:
+            document |= {"service_tier": "default", "system_fingerprint": FINGERPRINT}
+        return Answer(headers, document=document)
+
+    def _choice(
+        self, chat: ChatRequest, body: dict[str, Any], index: int, top: int | None
+    ) -> MockChoice:
+        """Choice ``index`` of the answer (see :mod:`~rakka_inference.testkit.mock_choices`)."""
+        seed = f"{self._count}:" if index == 0 else f"{self._count}:{index}:"
+        calls = [
+            (f"call_{mock_id('call', f'{seed}{i}', 24)}", c.name, call_arguments(c))
+            for i, c in enumerate(chat.calls)
+        ]
+        if calls:
+            finish = "stop" if chat.named else "tool_calls"  # the real API's quirk
+            return MockChoice("", calls, finish)
+        text = chat.reply.answer_text(prompt_text(chat.messages))
+        structured = (body.get("response_format") or {}).get("type") in _STRUCTURED
+        text, finish = choice_text(text, index, structured=structured), "stop"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and count_tokens([text]) > limit:
+            text, finish = " ".join(text.split()[:limit]), "length"
+        return MockChoice(text, [], finish, top)
+
+    @staticmethod
+    def _unary_choice(index: int, choice: MockChoice) -> dict[str, Any]:
+        calls = choice.calls
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": None if calls else text,
+            "content": None if calls else choice.text,
             "refusal": None,
             "annotations": [],
         }
@@ -289,14 +332,16 @@ class OpenAIMock(MockProviderServer):
                 {"id": cid, "type": "function", "function": {"name": name, "arguments": args}}
                 for cid, name, args in calls
             ]
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        document: dict[str, Any] = {**head, "choices": [choice], "usage": usage}
-        if route.azure:
-            choice["content_filter_results"] = FILTER_RESULTS
-            document["prompt_filter_results"] = PROMPT_FILTER
-        else:
-            document |= {"service_tier": "default", "system_fingerprint": FINGERPRINT}
-        return Answer(headers, document=document)
+        logprobs = None
+        if choice.top is not None:
+            records = [] if calls else openai_logprobs(tokens(choice.text), 0, choice.top)
+            logprobs = {"content": records, "refusal": None}
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": choice.finish,
+        }
 
     # ------------------------------------------------------------------ embeddings, models
 

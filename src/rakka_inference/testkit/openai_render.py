@@ -17,6 +17,7 @@ import orjson
 
 from rakka_inference.testkit.faults import Fault, FaultKind, count_tokens
 from rakka_inference.testkit.http_script import Chunk, Faults, RecordedRequest, ScriptedResponse
+from rakka_inference.testkit.mock_choices import openai_logprobs, tokens
 from rakka_inference.testkit.openai_wire import (
     ChatRequest,
     InvalidRequest,
@@ -35,6 +36,7 @@ __all__ = [
     "AZURE_401",
     "NO_KEY",
     "Answer",
+    "MockChoice",
     "response_headers",
     "error_response",
     "not_found",
@@ -71,6 +73,17 @@ NO_KEY = (
     "prompted for a username and password. You can obtain an API key from "
     "https://platform.openai.com/account/api-keys."
 )
+
+
+@dataclass(frozen=True, slots=True)
+class MockChoice:
+    """One choice of a chat answer: its text or its calls, its finish, and — when the
+    request asked for log probabilities — ``top`` alternatives per token (None: not asked)."""
+
+    text: str
+    calls: list[tuple[str, str, str]]
+    finish: str
+    top: int | None = None
 
 
 @dataclass(slots=True)
@@ -243,12 +256,11 @@ def stream_events(
     route: Route,
     head: dict[str, Any],
     *,
-    text: str,
-    calls: list[tuple[str, str, str]],
-    finish: str,
+    choices: Sequence[MockChoice],
     usage: dict[str, Any],
 ) -> list[Chunk]:
-    """A chat answer's SSE events, in the order the module docstring gives."""
+    """A chat answer's SSE events, in the order the module docstring gives; the events of
+    several choices interleave, one of each in turn, each choice finishing on its own."""
     events: list[Chunk] = []
     head = {**head, "object": "chat.completion.chunk"}
     if route.azure:
@@ -256,33 +268,63 @@ def stream_events(
         events.append(sse_event({**empty, "prompt_filter_results": PROMPT_FILTER}))
     else:
         head |= {"service_tier": "default", "system_fingerprint": FINGERPRINT}
-    delay = chat.reply.chunk_delay_s
-
-    def add(delta: dict[str, Any], finish_reason: str | None = None, wait: float = 0.0) -> None:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        if route.azure:
-            choice["content_filter_results"] = FILTER_RESULTS if delta.get("content") else {}
-        document = {**head, "choices": [choice]}
-        if chat.include_usage:
-            document["usage"] = None  # the real API sends the key on every chunk
-        events.append(sse_event(document, wait))
-
-    for index, (call_id, name, arguments) in enumerate(calls):
-        call = {"index": index, "id": call_id, "type": "function"}
-        call["function"] = {"name": name, "arguments": ""}
-        opening = {"role": "assistant", "content": None, "refusal": None} if index == 0 else {}
-        add({**opening, "tool_calls": [call]})
-        for piece in chat.reply.pieces(arguments):
-            add({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}, None, delay)
-    if not calls:
-        add({"role": "assistant", "content": "", "refusal": None})
-        for piece in chat.reply.pieces(text):
-            add({"content": piece}, None, delay)
-    add({}, finish)
+    each = [_choice_events(chat, route, index, choice) for index, choice in enumerate(choices)]
+    for step in range(max(map(len, each))):
+        for documents in each:
+            if step < len(documents):
+                choice, wait = documents[step]
+                document = {**head, "choices": [choice]}
+                if chat.include_usage:
+                    document["usage"] = None  # the real API sends the key on every chunk
+                events.append(sse_event(document, wait))
     if chat.include_usage:
         events.append(sse_event({**head, "choices": [], "usage": usage}))
     events.append(Chunk(b"data: [DONE]\n\n"))
     return events
+
+
+def _choice_events(
+    chat: ChatRequest, route: Route, index: int, answer: MockChoice
+) -> list[tuple[dict[str, Any], float]]:
+    """One choice's stream chunks (the ``choices`` element each) and the wait before each."""
+    out: list[tuple[dict[str, Any], float]] = []
+    delay = chat.reply.chunk_delay_s
+
+    def add(
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        wait: float = 0.0,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None:
+        content = None if logprobs is None else {"content": logprobs, "refusal": None}
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": content,
+            "finish_reason": finish_reason,
+        }
+        if route.azure:
+            choice["content_filter_results"] = FILTER_RESULTS if delta.get("content") else {}
+        out.append((choice, wait))
+
+    for number, (call_id, name, arguments) in enumerate(answer.calls):
+        call = {"index": number, "id": call_id, "type": "function"}
+        call["function"] = {"name": name, "arguments": ""}
+        opening = {"role": "assistant", "content": None, "refusal": None} if number == 0 else {}
+        add({**opening, "tool_calls": [call]})
+        for piece in chat.reply.pieces(arguments):
+            add({"tool_calls": [{"index": number, "function": {"arguments": piece}}]}, None, delay)
+    if not answer.calls:
+        add({"role": "assistant", "content": "", "refusal": None})
+        if answer.top is None:
+            for piece in chat.reply.pieces(answer.text):
+                add({"content": piece}, None, delay)
+        else:  # one token per chunk, its log probability with it
+            for position, token in enumerate(tokens(answer.text)):
+                records = openai_logprobs([token], position, answer.top)
+                add({"content": token}, None, delay, records)
+    add({}, answer.finish)
+    return out
 
 
 def chat_usage(prompt: int, completion: int) -> dict[str, Any]:

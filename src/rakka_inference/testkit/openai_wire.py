@@ -37,6 +37,7 @@ __all__ = [
     "prompt_text",
     "call_arguments",
     "embedding_inputs",
+    "bounded_integer",
 ]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -264,6 +265,40 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
         return " ".join(results)
     users = [m for m in messages if m.get("role") == "user"]
     return content_text(users[-1].get("content")) if users else ""
+
+
+def bounded_integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    """The integer ``body[name]`` (None when absent or null), refused as the real API
+    refuses one outside ``low..high`` (``n``: 1 to 128; ``top_logprobs``: 0 to 20)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(
+            f"Invalid type for '{name}': expected an integer, but got {_json_type(value)} instead.",
+            name,
+            "invalid_type",
+        )
+    if value < low:
+        raise InvalidRequest(
+            f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, "
+            f"but got {value} instead.",
+            name,
+            "integer_below_min_value",
+        )
+    if value > high:
+        raise InvalidRequest(
+            f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, "
+            f"but got {value} instead.",
+            name,
+            "integer_above_max_value",
+        )
+    return value
+
+
+def _json_type(value: object) -> str:
+    kinds = ((bool, "a boolean"), (str, "a string"), (float, "a decimal"), (list, "an array"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "an object")
 
 
 def call_arguments(call: ScriptedToolCall) -> str:
