@@ -251,12 +251,33 @@ async def test_a_client_may_shorten_its_wait_budget_never_lengthen_it(harness: H
     with pytest.raises(RateLimitExceeded) as caught:
         await collect(engine.submit(request(), max_wait_s=0.01))
     assert caught.value.retry_after == 1.0  # 20 ms left, in whole seconds
-    # A deployment that allows 10 ms gives no more to a client asking for an hour.
+    # A deployment that allows 10 ms gives no more to a client asking for an hour. (The
+    # 429 blocked the key for 20 ms, which a 10 ms budget would not wait out either: let it
+    # pass, so that the upstream's next 429 is what this request meets.)
+    await asyncio.sleep(engine.limiter.utilization().blocked_for)
     short = await harness.engine(with_retry(harness.deployment(), max_wait_ms=10))
     with pytest.raises(RateLimitExceeded):
         await collect(short.submit(request(), max_wait_s=3600.0))
     assert (await collect(engine.submit(request(), max_wait_s=3600.0))).text == "after the wait"
     assert [r.attempts for r in harness.report_log.reports] == [1, 1, 1]
+
+
+async def test_waiting_out_a_blocked_key_spends_the_wait_budget(harness: Harness) -> None:
+    # An earlier 429 blocked the key for 50 ms: the request waits that out (it fits the
+    # 10 s budget), then the upstream asks for 9.99 s more, which no longer fits: the 429
+    # is the answer at once instead of a wait that would make the request's ~10.04 s.
+    harness.server.script(
+        "POST", PATH, error(429, "rate_limit_exceeded", headers={"retry-after-ms": "9990"})
+    )
+    engine = await harness.engine()
+    engine.limiter.on_rate_limited(0.05)
+    with pytest.raises(RateLimitExceeded) as caught:
+        await asyncio.wait_for(collect(engine.submit(request())), 5.0)
+    assert "wait budget" in caught.value.message
+    assert caught.value.retry_after == 10.0
+    assert len(harness.server.requests) == 1
+    [report] = harness.report_log.reports
+    assert (report.outcome, report.attempts) == ("rate_limit_exceeded", 1)
 
 
 async def test_backoffs_spend_the_wait_budget_too(harness: Harness) -> None:

@@ -363,6 +363,22 @@ def test_the_budget_spans_every_wait_of_the_request() -> None:
     assert budget.retries == 2
 
 
+def test_a_wait_for_a_blocked_key_before_the_first_attempt_spends_the_budget() -> None:
+    # The permit came after 7 s of the key's Retry-After block: of the 10 s, 3 s are left,
+    # so the upstream's next Retry-After of 4 s is not waited for.
+    clock = FakeClock()
+    budget = RetryBudget(DEFAULT, idempotent=True, rng=rng())
+    budget.spend(7.0)
+    decision = budget.decide(rate_limited(4.0), first_byte_sent=False, now=clock())
+    assert decision.action is RetryAction.GIVE_UP
+    assert isinstance(decision.error, RateLimitExceeded)
+    assert "4s wait exceeds the 3s left of the request's wait budget" in decision.error.message
+    fits = RetryBudget(DEFAULT, idempotent=True, rng=rng())
+    fits.spend(6.0)
+    assert fits.decide(rate_limited(4.0), first_byte_sent=False, now=clock()).delay_s == 4.0
+    assert fits.waited_s == 10.0
+
+
 def test_a_429_without_retry_after_spent_by_backoff_carries_the_refused_wait() -> None:
     policy = RetryPolicy(jitter=Jitter.NONE, initial_backoff_ms=1500, max_wait_ms=1_000)
     budget = RetryBudget(policy, idempotent=True, rng=rng())

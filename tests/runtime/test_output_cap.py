@@ -38,9 +38,11 @@ class RecordingLimiter:
         self.inner = inner
         self.estimates: list[int] = []
 
-    async def acquire(self, tokens: int, *, deadline: float) -> Permit:
+    async def acquire(self, tokens: int, *, deadline: float, wait_budget: float) -> Permit:
         self.estimates.append(tokens)
-        permit: Permit = await self.inner.acquire(tokens, deadline=deadline)
+        permit: Permit = await self.inner.acquire(
+            tokens, deadline=deadline, wait_budget=wait_budget
+        )
         return permit
 
     def __getattr__(self, name: str) -> Any:

@@ -4,7 +4,9 @@ The official openai SDK (its own retries off) → uvicorn → the gateway → th
 → the OpenAI mock answering 429 with ``Retry-After: 30``. The default budget (10 s) is
 shorter than the wait asked for, so the gateway answers at once — no sleep is ever started
 — with a 429 whose ``Retry-After`` is the upstream's 30 s, which the client's own retry
-logic can act on; and a deployment with a fallback sends the request there instead.
+logic can act on; and a deployment with a fallback sends the request there instead. The
+429 blocks the rate-limit key for those 30 s, and a request that arrives meanwhile is
+answered at once too, with what is left of them, rather than held for a permit.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.policies import Jitter, RetryPolicy
@@ -105,6 +108,35 @@ async def test_a_long_retry_after_reaches_the_client_at_once(live: Live) -> None
     assert len(live.mock.requests) == 1
     [record] = live.records
     assert (record.outcome, record.attempts) == ("rate_limit_exceeded", 1)
+
+
+async def test_a_request_meeting_the_blocked_key_is_answered_at_once(live: Live) -> None:
+    live.mock.faults.for_key(PRIMARY_KEY, Fault.rate_limit(30))
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.RateLimitError):
+        await asyncio.wait_for(
+            live.client.chat.completions.create(model="alone", messages=messages), GUARD_S
+        )
+    # The key is blocked for the 30 s: the next request would wait for its permit up to
+    # the queue timeout (30 s). Its 10 s budget does not cover the block: a 429 at once.
+    call = live.client.chat.completions.create(model="alone", messages=messages)
+    with pytest.raises(openai.RateLimitError) as limited:
+        await asyncio.wait_for(call, GUARD_S)
+    assert limited.value.status_code == 429
+    assert limited.value.response.headers["retry-after"] in {"29", "30"}  # what is left
+    assert limited.value.code == "rate_limit_exceeded"
+    assert "wait budget" in limited.value.message
+    assert len(live.mock.requests) == 1  # it never reached the upstream
+    assert live.sleeps == []
+    _, second = live.records
+    assert (second.outcome, second.attempts) == ("rate_limit_exceeded", 0)
+    # Before the first byte, a deployment with a fallback still sends it there.
+    answer = await asyncio.wait_for(
+        live.client.chat.completions.create(model="primary", messages=messages), GUARD_S
+    )
+    assert answer.choices[0].message.content == "from the backup"
+    assert len(live.mock.requests) == 2  # the backup's key; the blocked one was not tried
+    assert live.records[-1].tried == ["primary", "backup"]
 
 
 async def test_a_spent_wait_budget_still_falls_back(live: Live) -> None:

@@ -70,7 +70,8 @@ class Job:
     """The request's own deadline (engine clock), if it has one."""
     submitted_at: float
     max_wait_s: float | None = None
-    """The client's own wait budget between retries, when it asked for one (a remote
+    """The client's own wait budget, when it asked for one: the most the request may wait
+    between retries, and for a permit of a key blocked by a Retry-After, in all (a remote
     engine keeps the shorter of it and its retry policy's ``max_wait_ms``)."""
     state: JobState = JobState.QUEUED
     ticket: QueueTicket[Job] | None = None

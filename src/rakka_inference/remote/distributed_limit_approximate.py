@@ -212,7 +212,7 @@ class ApproximateLimiter(WaitingLimiter):
     def receive(self, part: KeySync) -> None:
         """Merge a node's sync part (this node's own too: it goes into ``stable`` later)."""
         self.latest.merge(part.spend)
-        self._blocked_until = max(self._blocked_until, part.blocked_until)
+        self._block_until(part.blocked_until)
         if part.epoch <= self._epoch - self.reserve_epochs:  # late: fold at once
             self.stable.merge(part.spend)
         else:

@@ -44,7 +44,9 @@ Auto-tune and Retry-After
 auto-tune :class:`RateFactor` (halved, floored at 0.1, once per second, recovering
 additively; see :mod:`~rakka_inference.remote.ratelimit_policies`), with the recovery
 starting when the Retry-After ends. A Retry-After blocks the whole key until then: every
-acquire on the key waits or is denied, not only the request that got the 429. The
+acquire on the key waits or is denied, not only the request that got the 429, and one
+waits only while the block fits its request's wait budget (``acquire(..., wait_budget=)``,
+see :mod:`~rakka_inference.remote.ratelimit_waiting`). The
 effective rate never exceeds the configured one, so the window guarantee is kept while
 tuned.
 

@@ -20,6 +20,7 @@ excess as well (later admissions see it), but the excess itself could not be ref
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -76,7 +77,15 @@ class Permit:
     settled. A permit is also a context manager that releases it on exit unless settled.
     """
 
-    __slots__ = ("_done", "_owner", "estimated_tokens", "granted_at", "slot", "tokens")
+    __slots__ = (
+        "_done",
+        "_owner",
+        "blocked_s",
+        "estimated_tokens",
+        "granted_at",
+        "slot",
+        "tokens",
+    )
 
     def __init__(self, owner: _PermitOwner, granted_at: float, tokens: int, slot: int) -> None:
         self._owner = owner
@@ -86,6 +95,9 @@ class Permit:
         self.tokens = tokens
         self.slot = slot
         """The owner's bookkeeping: log sequence number (exact) or time bucket (approximate)."""
+        self.blocked_s = 0.0
+        """Seconds ``acquire`` waited while the key was blocked by a provider's Retry-After:
+        spent from the request's wait budget (see :mod:`.ratelimit_waiting`)."""
 
     @property
     def released(self) -> bool:
@@ -154,14 +166,22 @@ class RateLimitUtilization:
 
 class PermitSource(Protocol):
     """What a worker asks for permits. Exact, approximate and strict limiters all are one;
-    a remote strict authority (a cluster singleton) will be one too."""
+    a remote strict authority (a cluster singleton) will be one too.
+
+    ``acquire`` waits in line until ``deadline`` (clock time), but a provider's Retry-After
+    block of the key only as long as ``wait_budget`` (seconds left of the request's wait
+    budget) allows: a longer block is a :class:`~rakka_inference.core.errors.RateLimitExceeded`
+    at once. :class:`~rakka_inference.remote.ratelimit_waiting.WaitingLimiter` is the one
+    implementation of that waiting."""
 
     @property
     def key(self) -> LimiterKey: ...
 
     def try_acquire(self, tokens: int) -> Permit | Denial: ...
 
-    async def acquire(self, tokens: int, *, deadline: float) -> Permit: ...
+    async def acquire(
+        self, tokens: int, *, deadline: float, wait_budget: float = math.inf
+    ) -> Permit: ...
 
     def on_rate_limited(self, retry_after: float | None) -> None: ...
 

@@ -30,7 +30,9 @@ Backoff for retry number ``n`` (1 is the first retry)::
    may spend waiting between its attempts, backoff and Retry-After together: the policy's
    ``max_wait_ms``, or less when the client asked for less (:func:`wait_budget`; never
    more). So a long Retry-After is answered while the client still listens, and the caller
-   can fall back to another deployment;
+   can fall back to another deployment. A wait before the first attempt, for the permit of
+   a key that an earlier 429 blocked, spends from the same budget
+   (:meth:`RetryBudget.spend`; the limiter refuses such a wait that would not fit it);
 8. otherwise retry after ``max(backoff, retry_after)``.
 
 A ``RateLimited`` that gives up for running out of retries (3), for a long Retry-After
@@ -68,6 +70,7 @@ __all__ = [
     "backoff_delay",
     "decide_retry",
     "wait_budget",
+    "whole_seconds",
 ]
 
 
@@ -206,14 +209,15 @@ def _final(error: InferenceError, why: str, come_back_in: float | None) -> Infer
     final = RateLimitExceeded(
         f"{error.message} ({why})",
         provider=error.provider,
-        retry_after=None if come_back_in is None else _whole_seconds(come_back_in),
+        retry_after=None if come_back_in is None else whole_seconds(come_back_in),
         upstream_status=error.upstream_status,
     )
     final.__cause__ = error
     return final
 
 
-def _whole_seconds(seconds: float) -> float:
+def whole_seconds(seconds: float) -> float:
+    """``seconds`` rounded up to whole seconds: the ``Retry-After`` a client can act on."""
     # Rounded to the millisecond first: a difference of clock readings such as
     # (t + 30) - t must not round up to 31.
     return float(max(0, math.ceil(round(seconds, 3))))
@@ -279,6 +283,11 @@ class RetryBudget:
         if decision.action is RetryAction.REBUILD_SESSION:
             self.session_rebuilt = True
         return decision
+
+    def spend(self, seconds: float) -> None:
+        """Count a wait outside the retries against the budget: the time the request
+        waited for its rate-limit permit while the key was blocked by a Retry-After."""
+        self.waited_s += seconds
 
     def _come_back_in(self, now: float) -> float | None:
         """Seconds left until the upstream said to come back; None when none are left."""

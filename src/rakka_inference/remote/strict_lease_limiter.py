@@ -13,7 +13,9 @@ flight per key) and denies, and its FIFO waiters
 (:class:`~rakka_inference.remote.ratelimit.WaitingLimiter`) are woken when the answer
 comes. It asks for the waiting demand (waiters and their token estimates) or twice what
 its last lease served, whichever is more, so at a steady rate a lease grows to a ttl of
-traffic in a few round trips.
+traffic in a few round trips. A refusal for a Retry-After (another holder's 429, for which
+the authority blocks the key) blocks the key here too, so every waiter measures it against
+its wait budget, as after a 429 of its own (:mod:`~rakka_inference.remote.ratelimit_waiting`).
 
 Returns
 -------
@@ -234,6 +236,8 @@ class LeasedLimiter(WaitingLimiter):
             self._lease = _LocalLease(result, sent + ttl)
             self._refusal = None
         else:
+            if result.reason is DenialReason.RETRY_AFTER:  # another holder's 429
+                self._block_until(result.retry_at)
             self._refusal = Denial(result.retry_at, result.reason)
         self._notify()
 
@@ -258,12 +262,15 @@ class LeasedLimiter(WaitingLimiter):
                 self._give_back(permit.slot, 0, unused)
         self._notify()
 
-    async def acquire(self, tokens: int, *, deadline: float) -> Permit:
-        """Wait (FIFO) for a permit until ``deadline``; see :class:`WaitingLimiter`."""
+    async def acquire(
+        self, tokens: int, *, deadline: float, wait_budget: float = math.inf
+    ) -> Permit:
+        """Wait (FIFO) for a permit until ``deadline``, and for a Retry-After block within
+        ``wait_budget``; see :class:`WaitingLimiter`."""
         self._waiting += 1
         self._waiting_tokens += tokens
         try:
-            return await super().acquire(tokens, deadline=deadline)
+            return await super().acquire(tokens, deadline=deadline, wait_budget=wait_budget)
         finally:
             self._waiting -= 1
             self._waiting_tokens -= tokens

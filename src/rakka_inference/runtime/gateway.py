@@ -22,7 +22,8 @@ Routes:
   has a replica serving (both answer ``HEAD`` too).
 
 A request's ``x-rakka-max-wait-ms`` header shortens the time it may spend waiting between
-retries (``retry.max_wait_ms``; never lengthens it). A chat request's ``x-rakka-priority``
+retries and on a Retry-After that blocks its rate-limit key (``retry.max_wait_ms``; never
+lengthens it). A chat request's ``x-rakka-priority``
 header (``background``, ``normal``, ``high``,
 ``critical``) is its class in the replica's queue. A body sent with ``content-encoding:
 gzip`` or ``deflate`` is decompressed within the body limit

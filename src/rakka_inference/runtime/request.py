@@ -81,8 +81,8 @@ _FALLBACK_ON: tuple[type[InferenceError], ...] = (
 
 MAX_WAIT_HEADER: Final = b"x-rakka-max-wait-ms"
 """The request header with which a client shortens its wait budget: the most its request
-may wait between retries in all, in whole milliseconds. It never lengthens the
-deployment's ``retry.max_wait_ms``."""
+may wait between retries, and for a rate-limit key that an upstream's Retry-After blocks,
+in all, in whole milliseconds. It never lengthens the deployment's ``retry.max_wait_ms``."""
 
 
 def client_max_wait_s(value: str | None) -> float | None:
