@@ -12,10 +12,12 @@ from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
     ChatMessage,
     ChatRequest,
+    DocumentPart,
     EmbeddingRequest,
     EmbeddingResult,
     ImagePart,
     Priority,
+    ReasoningBlock,
     ResponseFormat,
     Role,
     SamplingParams,
@@ -426,3 +428,89 @@ class TestEmbeddings:
     def test_result(self) -> None:
         result = EmbeddingResult(vectors=((0.1, 0.2),), usage=Usage(input_tokens=3))
         assert result.usage.total_tokens == 3
+
+
+# --------------------------------------------------------------------------- thinking
+
+
+def test_thinking_blocks_belong_to_assistant_turns() -> None:
+    signed = ReasoningBlock(text="hmm", signature="sig")
+    turn = ChatMessage.assistant(reasoning=(signed, ReasoningBlock(redacted="opaque")))
+    assert turn.thought_only
+    assert [block.signed for block in turn.reasoning] == [True, True]
+    assert not ReasoningBlock(text="unsigned").signed
+    assert not ChatMessage.assistant("text", reasoning=(signed,)).thought_only
+    with pytest.raises(BadRequest, match="only assistant messages may carry thinking"):
+        ChatMessage(role=Role.USER, content="hi", reasoning=(signed,))
+    with pytest.raises(BadRequest, match="redacted thinking block carries its data only"):
+        ReasoningBlock(text="x", redacted="opaque")
+    # The thinking counts toward the prompt estimate.
+    assert (
+        request(ChatMessage.user("hi"), turn).estimated_prompt_tokens()
+        > request(ChatMessage.user("hi")).estimated_prompt_tokens()
+    )
+
+
+@pytest.mark.parametrize(
+    ("budget", "effort"),
+    [(1024, "minimal"), (2047, "minimal"), (2048, "low"), (8192, "medium"), (99999, "high")],
+)
+def test_a_thinking_budget_reaches_the_effort_whose_figure_it_reaches(
+    budget: int, effort: str
+) -> None:
+    sampling = SamplingParams(thinking_budget=budget)
+    assert sampling.effort == effort
+    assert sampling.thinking_tokens == budget
+    assert sampling.thinks
+
+
+def test_an_effort_is_its_budget_and_none_does_not_think() -> None:
+    assert SamplingParams(reasoning_effort="medium").thinking_tokens == 8192
+    assert SamplingParams(reasoning_effort="none").thinking_tokens == 0
+    assert not SamplingParams(reasoning_effort="none").thinks
+    assert SamplingParams().thinking_tokens is None
+    assert SamplingParams().effort is None
+    assert not SamplingParams().thinks
+
+
+def test_a_budget_is_positive_and_never_beside_an_effort() -> None:
+    with pytest.raises(BadRequest, match="at least 1"):
+        SamplingParams(thinking_budget=0)
+    with pytest.raises(BadRequest, match="not both"):
+        SamplingParams(thinking_budget=2048, reasoning_effort="low")
+
+
+# --------------------------------------------------------------------------- documents
+
+PDF_B64 = base64.b64encode(b"%PDF-1.4 tiny").decode()
+
+
+def test_a_document_inline_or_by_url() -> None:
+    inline = DocumentPart.from_base64(PDF_B64, filename="a.pdf")
+    assert inline.is_data_url
+    assert inline.base64_data() == PDF_B64
+    by_url = DocumentPart(url="https://x.test/a.pdf")
+    assert not by_url.is_data_url
+    message = ChatMessage.user((TextPart(text="read"), inline, by_url))
+    assert message.documents == (inline, by_url)
+    assert ChatMessage.user("plain").documents == ()
+
+
+def test_a_document_must_be_a_pdf_in_a_user_turn() -> None:
+    with pytest.raises(BadRequest, match="must be PDFs") as caught:
+        DocumentPart(url="data:text/plain;base64,aGk=").base64_data(param="here")
+    assert caught.value.param == "here"
+    with pytest.raises(BadRequest, match="not a data: URL"):
+        DocumentPart(url="https://x.test/a.pdf").base64_data()
+    with pytest.raises(BadRequest, match="user messages only"):
+        ChatMessage(role=Role.SYSTEM, content=(DocumentPart.from_base64(PDF_B64),))
+
+
+def test_a_document_costs_at_least_a_page_in_the_estimate() -> None:
+    base = request(ChatMessage.user((TextPart(text="read"),))).estimated_prompt_tokens()
+    small = DocumentPart.from_base64(PDF_B64)
+    large = DocumentPart.from_base64("A" * 64_000)
+    with_small = request(ChatMessage.user((TextPart(text="read"), small)))
+    with_large = request(ChatMessage.user((TextPart(text="read"), large)))
+    assert with_small.estimated_prompt_tokens() == base + 1500
+    assert with_large.estimated_prompt_tokens() > base + 4000
