@@ -13,7 +13,13 @@ import pytest
 from rakka_inference.api.compat import ROWS, TARGETS, Fate, Row, render_markdown
 from rakka_inference.api.openai_request import parse_chat_request
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ChatMessage, ChatRequest, SamplingParams
+from rakka_inference.core.messages import (
+    ChatMessage,
+    ChatRequest,
+    DocumentPart,
+    SamplingParams,
+    TextPart,
+)
 from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig, LiteLLMConfig, OpenAIConfig
 from rakka_inference.core.tools import ToolDefinition
 from rakka_inference.local.transformers_runner import refuse_unsupported
@@ -48,7 +54,10 @@ TOOL = ToolDefinition(name="f", description="", parameters={"type": "object"})
 
 
 def _chat(**fields: Any) -> ChatRequest:
-    return ChatRequest(model="m", messages=(ChatMessage.user("hi"),), **fields)
+    return ChatRequest(**{"model": "m", "messages": (ChatMessage.user("hi"),), **fields})
+
+
+PDF = "JVBERi0xLjQ="
 
 
 REQUESTS: dict[str, ChatRequest] = {
@@ -62,6 +71,12 @@ REQUESTS: dict[str, ChatRequest] = {
     "n > 1": _chat(sampling=SamplingParams(n=2)),
     "logprobs = true": _chat(sampling=SamplingParams(logprobs=True)),
     "top_logprobs": _chat(sampling=SamplingParams(logprobs=True, top_logprobs=3)),
+    "thinking.budget_tokens (Anthropic's)": _chat(
+        sampling=SamplingParams(thinking_budget=3000, max_tokens=8192)
+    ),
+    "file (a PDF content part)": _chat(
+        messages=(ChatMessage.user((TextPart(text="read"), DocumentPart.from_base64(PDF))),)
+    ),
 }
 """What each row sends, as the core request the chat route makes of it."""
 
@@ -76,6 +91,10 @@ SENT: dict[str, Callable[[dict[str, Any]], object]] = {
     "n > 1": lambda body: body["n"] == 2,
     "logprobs = true": lambda body: body["logprobs"] is True,
     "top_logprobs": lambda body: body["top_logprobs"] == 3,
+    "thinking.budget_tokens (Anthropic's)": (
+        lambda body: body["thinking"] == {"type": "enabled", "budget_tokens": 3000}
+    ),
+    "file (a PDF content part)": lambda body: body["messages"][0]["content"][1]["type"] == "file",
 }
 TRANSLATED: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
     ("reasoning_effort", "Anthropic"): lambda body: body["thinking"]["budget_tokens"] == 2048,
@@ -91,13 +110,32 @@ TRANSLATED: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
         lambda body: body["generationConfig"]["responseLogprobs"] is True
     ),
     ("top_logprobs", "Gemini"): lambda body: body["generationConfig"]["logprobs"] == 3,
+    **{
+        ("thinking.budget_tokens (Anthropic's)", target): (
+            lambda body: body["reasoning_effort"] == "low"
+        )
+        for target in ("OpenAI", "Azure OpenAI", "LiteLLM", "vLLM, SGLang, llama.cpp")
+    },
+    ("thinking.budget_tokens (Anthropic's)", "Gemini"): (
+        lambda body: body["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 3000
+    ),
+    ("file (a PDF content part)", "Anthropic"): (
+        lambda body: body["messages"][0]["content"][1]["source"]["data"] == PDF
+    ),
+    ("file (a PDF content part)", "Gemini"): (
+        lambda body: body["contents"][0]["parts"][1]["inlineData"]["data"] == PDF
+    ),
 }
 REFUSED_AT_THE_EDGE: dict[str, tuple[dict[str, Any], str]] = {}
 """Rows the chat route itself refuses, before any deployment is chosen."""
 
 
+REFUSAL_PARAMS = {"file (a PDF content part)": "messages[0].content"}
+"""Rows refused by a parameter of another name than the row's first word."""
+
+
 def _param(row: Row) -> str:
-    return row.parameter.split(" ")[0]
+    return REFUSAL_PARAMS.get(row.parameter) or row.parameter.split(" ")[0].split(".")[0]
 
 
 CELLS = [

@@ -1,5 +1,8 @@
 """What each kind of deployment does with each chat parameter: the compatibility table.
 
+A row named for another dialect's parameter (Anthropic's ``top_k``, ``thinking``) says
+what becomes of it as the core request carries it, whichever route it came in by.
+
 A parameter a client sends is **forwarded** (sent upstream as it is), **translated** (sent
 in the provider's own terms, named in the cell), or **refused** with a 400 naming it; never
 dropped without a word. The table here is the one the README shows
@@ -79,6 +82,17 @@ ROWS: tuple[Row, ...] = (
         "top_logprobs",
         ((F, ""), (F, ""), (R, "no log probabilities"), (T, "logprobs"), (F, ""), (F, ""),
          (R, "no log probabilities")),
+    ),
+    Row(
+        "thinking.budget_tokens (Anthropic's)",
+        ((T, "reasoning_effort"), (T, "reasoning_effort"), (F, ""),
+         (T, "thinkingConfig.thinkingBudget"), (T, "reasoning_effort"), (T, "reasoning_effort"),
+         (R, "")),
+    ),
+    Row(
+        "file (a PDF content part)",
+        ((F, ""), (F, ""), (T, "document block"), (T, "inlineData"), (F, ""), (F, ""),
+         (R, "text only")),
     ),
 )  # fmt: skip
 """Every row's cells, checked by ``tests/api/test_compat.py``."""

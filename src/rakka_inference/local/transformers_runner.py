@@ -391,6 +391,19 @@ def refuse_unsupported(request: ChatRequest) -> None:
             raise BadRequest(f"the transformers runtime does not apply {name}", param=name)
     if sampling.thinking_budget is not None:
         raise BadRequest("the transformers runtime does not think", param="thinking")
+    for index, message in enumerate(request.messages):
+        if message.thought_only:
+            continue  # prior thinking has no place in a chat template: it is left out
+        if message.role not in _TEMPLATE_ROLES or message.tool_calls:
+            raise BadRequest(
+                "the transformers runtime does not take tool calls or tool messages",
+                param=f"messages[{index}]",
+            )
+        if any(not isinstance(part, TextPart) for part in message.parts):
+            raise BadRequest(
+                "the transformers runtime takes text only, not images or documents",
+                param=f"messages[{index}].content",
+            )
 
 
 _TEMPLATE_ROLES: Mapping[Role, str] = {
@@ -402,30 +415,13 @@ _TEMPLATE_ROLES: Mapping[Role, str] = {
 
 
 def _conversation(request: ChatRequest) -> list[dict[str, str]]:
-    """The messages as chat templates take them: role and text."""
-    conversation: list[dict[str, str]] = []
-    for index, message in enumerate(request.messages):
-        if message.thought_only:
-            continue  # prior thinking has no place in a chat template
-        role = _TEMPLATE_ROLES.get(message.role)
-        if role is None or message.tool_calls:
-            raise BadRequest(
-                "the transformers runtime does not take tool calls or tool messages",
-                param=f"messages[{index}]",
-            )
-        content = message.content
-        if isinstance(content, str):
-            text = content
-        else:
-            assert content is not None  # only an assistant's tool-call message has none
-            if any(not isinstance(part, TextPart) for part in content):
-                raise BadRequest(
-                    "the transformers runtime takes text only, not images or documents",
-                    param=f"messages[{index}].content",
-                )
-            text = "".join(part.text for part in content if isinstance(part, TextPart))
-        conversation.append({"role": role, "content": text})
-    return conversation
+    """The messages as chat templates take them: role and text (a request
+    :func:`refuse_unsupported` let through)."""
+    return [
+        {"role": _TEMPLATE_ROLES[message.role], "content": message.text}
+        for message in request.messages
+        if not message.thought_only
+    ]
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
