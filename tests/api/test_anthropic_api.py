@@ -374,9 +374,24 @@ def _image(source: Any) -> list[dict[str, Any]]:
             "at least 1 character",
         ),
         (
-            request(messages=_user_block({"type": "document"})),
+            request(messages=_user_block({"type": "search_result"})),
             "messages.0.content.0.type",
-            "'document' are not supported",
+            "'search_result' are not supported",
+        ),
+        (
+            request(messages=_user_block({"type": "document"})),
+            "messages.0.content.0.source",
+            "Field required",
+        ),
+        (
+            request(
+                messages=[
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [{"type": "document", "source": {}}]},
+                ]
+            ),
+            "messages.1.content.0.type",
+            "belong in user messages",
         ),
         (
             request(messages=_user_block({"type": "tool_use", "id": "t", "name": "f"})),
