@@ -222,11 +222,13 @@ async def test_an_engine_that_never_becomes_healthy_refuses_the_apply(
     served = topology()
     await served.start()
     try:
-        with pytest.raises(Exception, match=r"not healthy within 0\.5s"):
+        # Long enough for a loaded machine to start the stand-in, which records each start
+        # once it runs: a start killed before that would not be counted.
+        with pytest.raises(Exception, match=r"not healthy within 1\.5s"):
             await served.apply(
                 Config(
                     cluster=ClusterConfig(),
-                    deployments=(stand_in.deployment(startup_timeout_ms=500),),
+                    deployments=(stand_in.deployment(startup_timeout_ms=1500),),
                 )
             )
         assert len(stand_in.starts()) == 4  # the first start and three restarts
