@@ -171,6 +171,26 @@ async def test_a_responder_that_raises_is_answered_500_and_kept(
     assert isinstance(server.errors[0], KeyError)
 
 
+async def test_with_records_it_keeps_the_recent_ones_only() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ScriptedHttpServer(records=0)
+
+    def broken(request: RecordedRequest) -> ScriptedResponse:
+        raise KeyError(request.path)
+
+    async with ScriptedHttpServer(records=2, default=broken) as bounded:
+        raw = await RawClient.connect(bounded)
+        try:
+            for n in range(7):
+                await raw.request("GET", f"/{n}")
+                await raw.response()
+        finally:
+            await raw.close()
+        # Trimmed to the last two once it held five: then two more came.
+        assert [r.path for r in bounded.requests] == ["/3", "/4", "/5", "/6"]
+        assert len(bounded.errors) == 4
+
+
 # ------------------------------------------------------------------ framing on the wire
 
 

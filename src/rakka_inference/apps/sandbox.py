@@ -70,6 +70,11 @@ class SandboxOpenAI(OpenAIMock):
         return super().respond(request)
 
 
+RECORDS = 256
+"""The recent requests each mock keeps (for a look in a debugger): the sandbox serves for
+as long as the gateway runs, so its mocks must not keep every request."""
+
+
 def _embedding_values(body: bytes) -> int:
     """Inputs x dimensions of an embeddings body; 0 when it is not one (the mock says why)."""
     try:
@@ -96,6 +101,7 @@ class Sandbox:
             faults=FaultPlan(valid_keys={SANDBOX_KEY}),
             reply=_reply("sandbox-gpt"),
             model_like=True,
+            records=RECORDS,
         )
     )
     anthropic: AnthropicMock = field(
@@ -103,6 +109,7 @@ class Sandbox:
             faults=FaultPlan(valid_keys={SANDBOX_KEY}),
             reply=_reply("sandbox-claude"),
             model_like=True,
+            records=RECORDS,
         )
     )
     gemini: GeminiMock = field(
@@ -110,6 +117,7 @@ class Sandbox:
             faults=FaultPlan(valid_keys={SANDBOX_KEY}),
             reply=_reply("sandbox-gemini"),
             model_like=True,
+            records=RECORDS,
         )
     )
 
@@ -119,9 +127,9 @@ class Sandbox:
         the last user message for an answer, streamed in a few pieces."""
         reply = ReplyScript(chunks=8, chunk_delay_s=0.02)
         return cls(
-            openai=SandboxOpenAI(reply=reply),
-            anthropic=AnthropicMock(reply=reply),
-            gemini=GeminiMock(reply=reply),
+            openai=SandboxOpenAI(reply=reply, records=RECORDS),
+            anthropic=AnthropicMock(reply=reply, records=RECORDS),
+            gemini=GeminiMock(reply=reply, records=RECORDS),
         )
 
     async def start(self) -> None:

@@ -30,7 +30,9 @@ The answers and the records are the values of :mod:`rakka_inference.testkit.http
 which also sets out how a response is framed. Connections are kept alive between requests
 unless the request or the script says ``close``.
 
-Observations: :attr:`requests` (every request, in order), :attr:`connections_opened` and
+Observations: :attr:`requests` (every request, in order; with ``records`` set, the most
+recent ``records`` at least, so a long-running mock's memory stays flat),
+:attr:`connections_opened` and
 :attr:`connections_closed`, and :attr:`client_aborts`: each response the client abandoned
 before it was complete (closed or reset the connection during the first-byte delay, a
 chunk delay, or a stall), which :meth:`wait_client_aborts` awaits. That is how a test
@@ -47,6 +49,7 @@ import inspect
 import socket
 import struct
 from collections import deque
+from typing import Any
 
 from rakka_inference.testkit.http_script import (
     ClientAbort,
@@ -99,6 +102,7 @@ class ScriptedHttpServer(AsyncService):
         port: int = 0,
         default: ScriptedResponse | Responder | None = None,
         backlog: int = 1024,
+        records: int | None = None,
     ) -> None:
         self.host = host
         # Load tests open hundreds of connections at once; asyncio's default backlog (100)
@@ -106,6 +110,10 @@ class ScriptedHttpServer(AsyncService):
         self.backlog = backlog
         self.port = port
         self.default = default
+        if records is not None and records < 1:
+            raise ValueError(f"records must be at least 1, got {records}")
+        self.records = records
+        """How many recent requests, aborts and errors are kept at least; None: all."""
         self.requests: list[RecordedRequest] = []
         self.client_aborts: list[ClientAbort] = []
         self.errors: list[BaseException] = []
@@ -184,8 +192,15 @@ class ScriptedHttpServer(AsyncService):
                 self._waiters.remove(waiter)
         return list(self.client_aborts)
 
+    def _trim(self, kept: list[Any]) -> None:
+        """Forget the oldest of ``kept`` once it holds twice :attr:`records` (so trimming
+        costs O(1) per record, amortized)."""
+        if self.records is not None and len(kept) > 2 * self.records:
+            del kept[: -self.records]
+
     def _record_abort(self, request: RecordedRequest, chunks_sent: int) -> None:
         self.client_aborts.append(ClientAbort(request, chunks_sent))
+        self._trim(self.client_aborts)
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -205,6 +220,7 @@ class ScriptedHttpServer(AsyncService):
                 if request is None:
                     break
                 self.requests.append(request)
+                self._trim(self.requests)
                 answer = await self._answer(request)
                 if not await self._write(request, answer, reader, writer):
                     break
@@ -284,6 +300,7 @@ class ScriptedHttpServer(AsyncService):
                 result = await result
         except Exception as exc:  # a broken responder is the test's to see
             self.errors.append(exc)
+            self._trim(self.errors)
             return ScriptedResponse.json({"error": f"responder raised {exc!r}"}, status=500)
         return result
 

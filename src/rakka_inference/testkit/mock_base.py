@@ -35,6 +35,9 @@ class MockOptions(TypedDict, total=False):
     """The port to listen on; 0 (the default): any free one."""
     model_like: bool
     """Reply like a model: call the tools offered, answer in the JSON shape asked for."""
+    records: int | None
+    """Keep at least this many recent requests (None: every one, as tests want): a mock
+    that runs for long, as the sandbox's, stays flat in memory."""
 
 
 class MockProviderServer(AsyncService):
@@ -52,13 +55,16 @@ class MockProviderServer(AsyncService):
         host: str = "127.0.0.1",
         port: int = 0,
         model_like: bool = False,
+        records: int | None = None,
     ) -> None:
         self.faults = faults if faults is not None else FaultPlan()
         self.reply = reply if reply is not None else ReplyScript()
         self.model_like = model_like
         """Reply like a model (:mod:`~rakka_inference.testkit.model_like`): call the tools
         offered, answer in the JSON shape asked for. The sandbox's mocks do."""
-        self.server = ScriptedHttpServer(host=host, port=port, default=self.respond)
+        self.server = ScriptedHttpServer(
+            host=host, port=port, default=self.respond, records=records
+        )
 
     def script_for(self, body: Mapping[str, Any]) -> ReplyScript:
         """The reply script for one chat request: :attr:`reply`, or with
@@ -90,5 +96,5 @@ class MockProviderServer(AsyncService):
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """Every request received, in order."""
+        """Every request received, in order (the most recent ones, with ``records``)."""
         return self.server.requests

@@ -32,22 +32,27 @@ class MockProvider(Protocol):
     async def stop(self) -> None: ...
 
 
+RECORDS = 256
+"""The recent requests a standalone mock keeps: it serves until stopped, so it must not
+keep every request."""
+
+
 def _openai(faults: FaultPlan, reply: ReplyScript, port: int) -> MockProvider:
     from rakka_inference.testkit.mock_openai import OpenAIMock  # noqa: PLC0415
 
-    return OpenAIMock(faults=faults, reply=reply, port=port)
+    return OpenAIMock(faults=faults, reply=reply, port=port, records=RECORDS)
 
 
 def _anthropic(faults: FaultPlan, reply: ReplyScript, port: int) -> MockProvider:
     from rakka_inference.testkit.mock_anthropic import AnthropicMock  # noqa: PLC0415
 
-    return AnthropicMock(faults=faults, reply=reply, port=port)
+    return AnthropicMock(faults=faults, reply=reply, port=port, records=RECORDS)
 
 
 def _gemini(faults: FaultPlan, reply: ReplyScript, port: int) -> MockProvider:
     from rakka_inference.testkit.mock_gemini import GeminiMock  # noqa: PLC0415
 
-    return GeminiMock(faults=faults, reply=reply, port=port)
+    return GeminiMock(faults=faults, reply=reply, port=port, records=RECORDS)
 
 
 MOCKS: dict[str, Callable[[FaultPlan, ReplyScript, int], MockProvider]] = {
