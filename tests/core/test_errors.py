@@ -24,6 +24,7 @@ from rakka_inference.core.errors import (
     ContextLengthExceeded,
     ContextPoisoned,
     Forbidden,
+    HeadTooLarge,
     IllegalTransition,
     InferenceError,
     InternalError,
@@ -42,6 +43,7 @@ from rakka_inference.core.errors import (
     RateLimitExceeded,
     ReplicaUnavailable,
     RequestCancelled,
+    RequestTimedOut,
     RouteNotFound,
     ServerError,
     ShuttingDown,
@@ -51,6 +53,7 @@ from rakka_inference.core.errors import (
     Unauthorized,
     Unrecoverable,
     UpstreamNotFound,
+    UriTooLong,
 )
 
 ALL_CLASSES = [
@@ -77,6 +80,9 @@ TABLE: list[tuple[type[InferenceError], bool, bool, int, str, str | None]] = [
     ),
     (BadRequest, False, False, 400, "invalid_request_error", None),
     (PayloadTooLarge, False, False, 413, "invalid_request_error", "payload_too_large"),
+    (UriTooLong, False, False, 414, "invalid_request_error", "uri_too_long"),
+    (HeadTooLarge, False, False, 431, "invalid_request_error", "request_header_fields_too_large"),
+    (RequestTimedOut, False, False, 408, "invalid_request_error", "request_timeout"),
     (Unauthorized, False, False, 502, "upstream_error", "upstream_unauthorized"),
     (Forbidden, False, False, 403, "permission_error", "forbidden"),
     (UpstreamNotFound, False, False, 502, "upstream_error", "upstream_not_found"),

@@ -179,6 +179,8 @@ def test_every_family_is_declared_with_its_design_name() -> None:
         "inference_retries_total": "counter",
         "inference_circuit_transitions_total": "counter",
         "inference_budget_exceeded_total": "counter",
+        "inference_connections_shed_total": "counter",
+        "inference_connections_open": "gauge",
         "inference_circuit_state": "gauge",
         "inference_ratelimit_utilization": "gauge",
         "inference_workers_busy": "gauge",

@@ -16,7 +16,9 @@ their own); the port is bound (in use: said so); then the topology starts under 
 The ``rakka: serving ...`` line is printed once the server accepts connections, never
 before.
 
-The server is uvicorn with uvloop and httptools. SIGTERM or SIGINT stops accepting
+The server is uvicorn with uvloop and httptools, its connections under a
+:class:`~rakka_inference.runtime.connection_guard.ConnectionGuard` (limits on time, size and
+count: ``[cluster]``'s ``header_timeout_ms`` and the like). SIGTERM or SIGINT stops accepting
 connections, lets in-flight requests finish within the grace period (``--grace``), stops
 the engines (queued requests are served first) and exits 0. When the grace period runs
 out with requests still in flight, they are cut
@@ -45,13 +47,14 @@ from typing import TYPE_CHECKING, Any
 
 from rakka_inference.apps.cli_admin import ADMIN_KEY_ENV
 from rakka_inference.core.config import load_config
-from rakka_inference.core.deployment import Config
+from rakka_inference.core.deployment import ClusterConfig, Config
 from rakka_inference.core.errors import ConfigError, SecretError
 from rakka_inference.runtime.topology import Topology
 
 if TYPE_CHECKING:
     from rakka_inference.apps.sandbox import Sandbox
     from rakka_inference.cluster.member import NodeMember
+    from rakka_inference.runtime.connection_guard import ConnectionGuard
 
 __all__ = ["EXIT_GRACE_RAN_OUT", "ServeApp", "run_server", "serve"]
 
@@ -95,6 +98,14 @@ class ServeApp:
         """Why :meth:`startup` failed under the lifespan, if it did."""
         self.grace_ran_out = False
         """Whether stopping had to :meth:`cut` requests still in flight."""
+        self.guard: ConnectionGuard | None = None
+        """What the server's connections may cost (:func:`run_server` sets it); it follows
+        the running config's ``[cluster]`` and counts into its metrics once started."""
+
+    @property
+    def cluster(self) -> ClusterConfig:
+        """The ``[cluster]`` settings it starts with (the sandbox's are the defaults)."""
+        return ClusterConfig() if self._config is None else self._config.cluster
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -134,6 +145,7 @@ class ServeApp:
             adapt=self._on_mocks,
         )
         await self.topology.start()
+        self._guard_connections(self.topology)
         if member is not None:
             # The parent holds the node's config and announces it: a worker only says so.
             member.attach(self.topology)
@@ -144,6 +156,14 @@ class ServeApp:
             # stays (DeploymentManager.apply checks it whole before changing anything).
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+
+    def _guard_connections(self, topology: Topology) -> None:
+        guard = self.guard
+        if guard is None:
+            return
+        guard.follow(lambda: topology.config.cluster)  # a reload's limits, from then on
+        topology.metrics.watch_connections(guard)
+        guard.on_shed = topology.metrics.connection_shed
 
     def _on_mocks(self, config: Config) -> Config:
         """``config`` on this process's mock providers, when it asks for them and they run
@@ -389,13 +409,17 @@ def run_server(
     stopped; the exit status as :func:`serve` gives it."""
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
+    from rakka_inference.runtime.connection_guard import ConnectionGuard  # noqa: PLC0415
+
+    app.guard = ConnectionGuard(app.cluster)
     server = _graceful_server_class(app, grace_s)(
         uvicorn.Config(
             app,
             host=host,
             port=port,
             loop="uvloop",
-            http="httptools",
+            # httptools, with the time, size and count limits of every connection.
+            http=app.guard.protocol(),
             lifespan="on",
             timeout_graceful_shutdown=math.ceil(grace_s) + _BACKSTOP_S,
             access_log=False,

@@ -37,7 +37,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias
 from urllib.parse import urlsplit
 
-from rakka_inference.core.deployment import MAX_WORKERS, ClusterConfig, Deployment, TracingConfig
+from rakka_inference.core.deployment import (
+    MAX_CONNECTIONS,
+    MAX_HEAD_BYTES,
+    MAX_WORKERS,
+    MIN_HEAD_LINE_BYTES,
+    ClusterConfig,
+    Deployment,
+    TracingConfig,
+)
 from rakka_inference.core.policies import (
     Budget,
     CircuitBreakerConfig,
@@ -158,6 +166,13 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
         "bind": _host_port,
         "workers": _within(1, MAX_WORKERS),
         "cors_origins": _origins,
+        "header_timeout_ms": _POSITIVE,
+        "body_timeout_ms": _POSITIVE,
+        "max_connections": _within(1, MAX_CONNECTIONS),
+        "max_connections_per_client": _within(1, MAX_CONNECTIONS),
+        "max_request_line_bytes": _within(MIN_HEAD_LINE_BYTES, MAX_HEAD_BYTES),
+        "max_header_bytes": _within(MIN_HEAD_LINE_BYTES, MAX_HEAD_BYTES),
+        "max_head_bytes": _within(MIN_HEAD_LINE_BYTES, MAX_HEAD_BYTES),
     },
     Deployment: {
         "name": _non_empty,
@@ -261,10 +276,19 @@ def record_issues(record: object) -> Iterator[tuple[str | None, str]]:
             yield from _variant_fields(record, "vertex", ("project", "region", "credentials"), ())
         case LiteLLMConfig() if record.endpoint is None:
             yield "endpoint", "is required: the URL of the LiteLLM proxy"
-        case ClusterConfig() if record.backend == "ray" and record.workers > 1:
-            yield "workers", "applies only to backend = 'local' (on Ray: one gateway per node)"
+        case ClusterConfig():
+            yield from _cluster_issues(record)
         case TracingConfig() if record.endpoint is not None and record.exporter != "otlp":
             yield "endpoint", f"applies only to exporter = 'otlp' (exporter is {record.exporter!r})"
+
+
+def _cluster_issues(cluster: ClusterConfig) -> Iterator[tuple[str | None, str]]:
+    if cluster.backend == "ray" and cluster.workers > 1:
+        yield "workers", "applies only to backend = 'local' (on Ray: one gateway per node)"
+    # A line passing the whole head would be cut at the head's limit first: say so here.
+    for name in ("max_request_line_bytes", "max_header_bytes"):
+        if getattr(cluster, name) > cluster.max_head_bytes:
+            yield name, f"must be <= max_head_bytes ({cluster.max_head_bytes})"
 
 
 def _variant_fields(

@@ -22,10 +22,26 @@ from rakka_inference.core.runtimes import (
 )
 from rakka_inference.core.secrets import SecretRef
 
-__all__ = ["MAX_WORKERS", "ClusterConfig", "Config", "Deployment", "TracingConfig"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "MAX_HEAD_BYTES",
+    "MAX_WORKERS",
+    "MIN_HEAD_LINE_BYTES",
+    "ClusterConfig",
+    "Config",
+    "Deployment",
+    "TracingConfig",
+]
 
 MAX_WORKERS = 128
 """The most worker processes ``[cluster].workers`` may ask for on one node."""
+MAX_CONNECTIONS = 1_000_000
+"""The most ``[cluster].max_connections`` (and ``max_connections_per_client``) may be."""
+MIN_HEAD_LINE_BYTES = 256
+"""The least a request head's limits may be: what a client's ordinary request needs."""
+MAX_HEAD_BYTES = 1024 * 1024
+"""The most a request head's limits may be: past it, a head is not a request but an attack
+(and the HTTP parser's cost grows faster than the head)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +123,27 @@ class ClusterConfig:
     deployment of those runtimes that sets no ``endpoint`` to the mock of its format: a
     config that runs with no keys and no network (``examples/mock-providers.toml``). Not
     for production, and not with ``backend = "ray"``."""
+    # What one client connection may cost the server (rakka_inference.runtime.connection_guard).
+    # Each serving process (each worker of a node) holds them for its own connections;
+    # connections accepted after a reload get the reloaded values.
+    header_timeout_ms: int = 10_000
+    """A request head (its line and headers) must arrive whole within this time from its
+    first byte (from the connection's opening, for its first request); else the connection
+    is answered 408 and closed."""
+    body_timeout_ms: int = 30_000
+    """A request body must arrive whole within this time from the end of its head."""
+    max_connections: int = 4096
+    """Client connections open at once; past it a new one is closed as it is accepted.
+    Lowered to what the process's open-file limit allows (``ulimit -n``)."""
+    max_connections_per_client: int = 1024
+    """Client connections open at once from one address (an IPv6 client: its /64);
+    behind a reverse proxy every connection comes from the proxy: raise it there."""
+    max_request_line_bytes: int = 8192
+    """The request line (``POST /v1/chat/completions HTTP/1.1``); longer: 414."""
+    max_header_bytes: int = 8192
+    """One header line (name and value); longer: 431."""
+    max_head_bytes: int = 65_536
+    """The request line and every header together; more: 431."""
 
     @property
     def host(self) -> str:

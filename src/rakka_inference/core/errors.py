@@ -24,7 +24,10 @@ The tree::
         │   ├── BadRequest                                       no     no       400
         │   │   ├── ContextLengthExceeded                        no     no       400
         │   │   ├── ContentFiltered                              no     no       400
-        │   │   └── PayloadTooLarge                              no     no       413
+        │   │   ├── PayloadTooLarge                              no     no       413
+        │   │   ├── UriTooLong       the request line passes its limit   no  no  414
+        │   │   └── HeadTooLarge     a header, or all of them, too long  no  no  431
+        │   ├── RequestTimedOut      its head or body came too slowly    no  no  408
         │   ├── ClientUnauthorized   missing or bad client key   no     no       401
         │   ├── ModelNotFound        no deployment or alias      no     no       404
         │   ├── RouteNotFound        no such URL on the gateway  no     no       404
@@ -93,6 +96,9 @@ __all__ = [
     "ContextLengthExceeded",
     "ContentFiltered",
     "PayloadTooLarge",
+    "UriTooLong",
+    "HeadTooLarge",
+    "RequestTimedOut",
     "ClientUnauthorized",
     "ModelNotFound",
     "RouteNotFound",
@@ -308,6 +314,28 @@ class ContentFiltered(BadRequest):
 class PayloadTooLarge(BadRequest):
     http_status = 413
     openai_code = "payload_too_large"
+
+
+class UriTooLong(BadRequest):
+    """The request line is longer than the server reads (RFC 9110 §15.5.15)."""
+
+    http_status = 414
+    openai_code = "uri_too_long"
+
+
+class HeadTooLarge(BadRequest):
+    """A header line, or the request's head as a whole, is longer than the server reads
+    (RFC 6585 §5)."""
+
+    http_status = 431
+    openai_code = "request_header_fields_too_large"
+
+
+class RequestTimedOut(RequestError):
+    """The request's head or body did not arrive in the time the server gives it."""
+
+    http_status = 408
+    openai_code = "request_timeout"
 
 
 class ClientUnauthorized(RequestError):

@@ -17,6 +17,8 @@ Counted as they happen::
 
     inference_circuit_transitions_total{provider,model,state}      a breaker entered state
     inference_budget_exceeded_total{deployment,window,action}      spend went over a limit
+    inference_connections_shed_total{reason}                       a client connection closed
+                                                                   to protect the server
 
 Read when ``/metrics`` is scraped, from every replica given to :meth:`watch_replica`::
 
@@ -30,6 +32,7 @@ Read when ``/metrics`` is scraped, from every replica given to :meth:`watch_repl
     inference_batch_size{deployment,replica}           a local replica's decode batch
     inference_kv_cache_usage{deployment,replica}       an engine server's KV-cache use, 0-1
     inference_engine_queue_depth{deployment,replica}   requests waiting inside the engine
+    inference_connections_open                         client connections open now
 
 Tokens per second are ``rate(inference_tokens_out_total[1m])``. The last two come from the
 engine's own metrics (vLLM, SGLang, llama.cpp), read by its replica; a replica whose
@@ -44,7 +47,7 @@ with ``deployment=""``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from rakka_inference.engine.budget import BudgetEvent
@@ -68,6 +71,7 @@ __all__ = [
     "INTER_TOKEN_BUCKETS",
     "TTFT_BUCKETS",
     "BreakerView",
+    "ConnectionsView",
     "InferenceMetrics",
     "LimiterView",
     "ReplicaGauges",
@@ -104,6 +108,20 @@ class UtilizationView(Protocol):
 
 class LimiterView(Protocol):
     def utilization(self) -> UtilizationView: ...
+
+
+class ConnectionsView(Protocol):
+    """The server's client connections (:class:`~rakka_inference.runtime.connection_guard.
+    ConnectionGuard`)."""
+
+    @property
+    def open_connections(self) -> int: ...
+
+    @property
+    def shed_reasons(self) -> Iterable[str]:
+        """Every reason a connection may be shed for (:meth:`InferenceMetrics.
+        connection_shed`)."""
+        ...
 
 
 class ContextView(Protocol):
@@ -305,9 +323,24 @@ class InferenceMetrics:
             self._ratelimit_utilization,
             max_series=max_series,
         )
+        self.connections_shed = registry.counter(
+            "inference_connections_shed_total",
+            "Client connections the server closed to protect itself, by reason "
+            "(head_timeout, body_timeout, client_limit, total_limit, request_line_too_long, "
+            "header_too_long, head_too_large).",
+            ("reason",),
+            max_series=max_series,
+        )
+        registry.gauge_callback(
+            "inference_connections_open",
+            "Client connections open now on this process.",
+            (),
+            self._connections_open,
+        )
         self._series: dict[LabelValues, _Series] = {}
         self._inter_token: dict[LabelValues, HistogramChild] = {}
         self._replicas: dict[LabelValues, ReplicaGauges] = {}
+        self._connections: ConnectionsView | None = None
 
     # ------------------------------------------------------------------ counted
 
@@ -367,6 +400,17 @@ class InferenceMetrics:
 
     def observe_gateway_overhead(self, seconds: float) -> None:
         self.gateway_overhead.observe(seconds)
+
+    def connection_shed(self, reason: str) -> None:
+        """Count a client connection the server closed, and why (a bounded set)."""
+        self.connections_shed.labels(reason).inc()
+
+    def watch_connections(self, connections: ConnectionsView) -> None:
+        """Report ``connections``' open count from now on, and each reason it may shed a
+        connection for from zero (the shed ones are counted by :meth:`connection_shed`)."""
+        self._connections = connections
+        for reason in connections.shed_reasons:
+            self.connections_shed.labels(reason)
 
     # ------------------------------------------------------------------ read at scrape
 
@@ -438,6 +482,10 @@ class InferenceMetrics:
     def _queue_depth(self) -> Iterator[tuple[LabelValues, float]]:
         for key, replica in self._replicas.items():
             yield key, replica.queued
+
+    def _connections_open(self) -> Iterator[tuple[LabelValues, float]]:
+        if self._connections is not None:
+            yield (), self._connections.open_connections
 
     # ------------------------------------------------------------------ exposition
 
