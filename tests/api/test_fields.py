@@ -41,6 +41,15 @@ class Recording:
     def too_deep(self, path: JsonPath, limit: int) -> BadRequest:
         return BadRequest(f"deeper than {limit}", param=repr(list(path)))
 
+    def too_many_items(self, param: str, limit: int, length: int) -> BadRequest:
+        return BadRequest(f"{length} items, more than {limit}", param=param)
+
+    def integer_below(self, param: str, low: int, value: int) -> BadRequest:
+        return BadRequest(f"{value} below {low}", param=param)
+
+    def integer_above(self, param: str, high: int, value: int) -> BadRequest:
+        return BadRequest(f"{value} above {high}", param=param)
+
 
 read = FieldReader(Recording())
 
@@ -137,3 +146,61 @@ def test_each_dialect_words_the_same_rule_its_own_way(reader: FieldReader, expec
 )
 def test_is_http_url(url: str, expected: bool) -> None:
     assert is_http_url(url) is expected
+
+
+def test_an_integer_read_with_bounds_is_refused_outside_them() -> None:
+    assert read.integer(5, "n", low=1, high=5) == 5
+    assert read.integer(1, "n", low=1) == 1
+    assert read.integer(2**64 - 1, "n") == 2**64 - 1  # no bound asked: any integer
+    assert failure(read.integer, 0, "n", low=1, high=5) == ("0 below 1", "n")
+    assert failure(read.integer, 6, "n", low=1, high=5) == ("6 above 5", "n")
+    assert failure(read.integer, 2**63, "seed", high=2**63 - 1) == (
+        f"{2**63} above {2**63 - 1}",
+        "seed",
+    )
+    assert read.integer(None, "n", low=1, high=5) is None
+
+
+def test_an_array_read_with_a_maximum_is_refused_past_it() -> None:
+    assert read.array([1, 2], "tools", max_items=2) == [1, 2]
+    assert failure(read.array, [1, 2, 3], "tools", max_items=2) == (
+        "3 items, more than 2",
+        "tools",
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            lambda reader: reader.integer(129, "n", high=128),
+            (
+                "Invalid 'n': integer above maximum value. Expected a value <= 128, but got "
+                "129 instead.",
+                "p: Input should be less than or equal to 128",
+            ),
+        ),
+        (
+            lambda reader: reader.integer(0, "n", low=1),
+            (
+                "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 "
+                "instead.",
+                "p: Input should be greater than or equal to 1",
+            ),
+        ),
+        (
+            lambda reader: reader.array([0] * 3, "n", max_items=2),
+            (
+                "Invalid 'n': array too long. Expected an array with maximum length 2, but "
+                "got an array with length 3 instead.",
+                "p: List should have at most 2 items after validation, not 3",
+            ),
+        ),
+    ],
+)
+def test_each_dialect_words_a_bound_its_own_way(
+    call: Callable[[FieldReader], object], expected: tuple[str, str]
+) -> None:
+    assert failure(call, openai)[0] == expected[0]
+    anthropic_words = failure(call, anthropic)[0]
+    assert anthropic_words == expected[1].replace("p:", "n:")

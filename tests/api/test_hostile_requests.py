@@ -1,6 +1,8 @@
 """Hostile and malformed request bodies: every one is a typed 400 naming its field, never a
 500. Deep nesting, a content part whose ``type`` is not a string, an absurd embedding size,
-and a property: arbitrary JSON, wherever it stands, is parsed or refused with a
+JSON inside a string (a tool call's arguments) nested too deep or holding an integer past
+64 bits, every number of every dialect past its bound, and a property: arbitrary JSON,
+wherever it stands, is parsed or refused with a
 :class:`~rakka_inference.core.errors.RequestError`, and nothing else escapes.
 """
 
@@ -15,18 +17,37 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rakka_inference.api.anthropic_request import parse_messages_request
-from rakka_inference.api.anthropic_response import anthropic_error_json
+from rakka_inference.api.anthropic_request import (
+    parse_count_tokens_request,
+    parse_messages_request,
+)
+from rakka_inference.api.anthropic_response import anthropic_error_json, message_json
 from rakka_inference.api.fields import MAX_JSON_DEPTH
 from rakka_inference.api.openai_embeddings import EmbeddingCall, parse_embedding_request
 from rakka_inference.api.openai_request import parse_chat_request
 from rakka_inference.api.openai_response import error_json
+from rakka_inference.api.openai_responses_request import parse_responses_request
 from rakka_inference.core.errors import BadRequest, RequestError
 from rakka_inference.core.messages import (
+    MAX_CHOICES,
     MAX_EMBEDDING_DIMENSIONS,
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
+    MAX_TOOLS,
+    MAX_TOP_K,
+    MAX_TOP_LOGPROBS,
+    MAX_USER_LENGTH,
+    ChatMessage,
     ChatRequest,
     EmbeddingRequest,
+    SamplingParams,
 )
+from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig
+from rakka_inference.core.secrets import Secret
+from rakka_inference.core.stream import ChatCompletion, FinishReason
+from rakka_inference.core.tools import ToolCall, ToolDefinition
+from rakka_inference.providers.anthropic import AnthropicAdapter
+from rakka_inference.providers.gemini import GeminiAdapter
 
 RID = "req_0123456789abcdef0123456789abcdef"
 DEEP = "\x00"
@@ -94,6 +115,12 @@ def test_a_content_part_type_of_any_non_string(kind: object) -> None:
 
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": DEEP}}
+
+
+def named_tool(index: int) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": f"f{index}"}}
+
+
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "n", "schema": DEEP}}
 
 
@@ -304,3 +331,238 @@ def test_any_value_in_messages_content_or_tools(
 @given(st.sampled_from(["input", "dimensions", "encoding_format"]), JSON_VALUES)
 def test_any_value_in_an_embeddings_field(field: str, value: object) -> None:
     parses_or_refuses(openai_embeddings, {"model": "m", "input": "a", field: value})
+
+
+# --------------------------------------------------------------------------- JSON in a string
+
+DEEP_ARGUMENTS = {depth: '{"a":' * depth + "{}" + "}" * depth for depth in (63, 64, 300, 2000)}
+"""A tool call's arguments, nested ``depth + 1`` levels deep (the outer object counts)."""
+
+
+def exchange(arguments: str) -> list[dict[str, Any]]:
+    """A chat conversation whose assistant turn calls a tool with ``arguments``."""
+    return [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+
+
+@pytest.mark.parametrize("depth", [64, 300])
+def test_tool_call_arguments_nested_too_deep_are_a_400_at_the_edge(depth: int) -> None:
+    # The arguments are JSON inside a string: the body's depth check cannot see them, and
+    # what writes them into Claude's or Gemini's request (orjson, at most 254 levels; past
+    # 1000, Python's json recursion) failed with a 500. Refused where the request is read,
+    # whatever the deployment, naming the string in the client's own dialect.
+    body = orjson.dumps(chat(messages=exchange(DEEP_ARGUMENTS[depth])))
+    param, error = openai_error(parse_chat_request, body)
+    assert param == error["param"] == "messages[1].tool_calls[0].function.arguments"
+    assert f"deeper than {MAX_JSON_DEPTH} levels" in error["message"]
+    responses = {
+        "model": "m",
+        "input": [
+            {"type": "message", "role": "user", "content": "weather?"},
+            {
+                "type": "function_call",
+                "call_id": "c1",
+                "name": "f",
+                "arguments": DEEP_ARGUMENTS[depth],
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+    }
+    param, error = openai_error(parse_responses_request, orjson.dumps(responses))
+    assert param == error["param"] == "input[1].arguments"
+
+
+def test_tool_call_arguments_at_the_depth_limit_or_not_json_pass_the_edge() -> None:
+    for arguments in (DEEP_ARGUMENTS[MAX_JSON_DEPTH - 1], "not json {", DEEP_ARGUMENTS[2000]):
+        request = parse_chat_request(
+            orjson.dumps(chat(messages=exchange(arguments))), request_id=RID
+        )
+        assert request.messages[1].tool_calls[0].arguments == arguments  # verbatim
+
+
+def tool_call(arguments: str) -> ToolCall:
+    return ToolCall(id="c1", name="f", arguments=arguments)
+
+
+@pytest.mark.parametrize("depth", [64, 300, 2000])
+def test_tool_call_arguments_too_deep_to_parse_are_a_400(depth: int) -> None:
+    # Where a provider parses them (a request built by other means than the HTTP edge, or
+    # past orjson's own 1024 levels, which the edge leaves to the provider).
+    with pytest.raises(BadRequest) as caught:
+        tool_call(DEEP_ARGUMENTS[depth]).parsed_arguments(param="messages[1]")
+    assert caught.value.param == "messages[1]"
+    assert caught.value.http_status == 400
+
+
+def test_tool_call_arguments_at_the_depth_limit_are_read() -> None:
+    assert orjson.dumps(tool_call(DEEP_ARGUMENTS[MAX_JSON_DEPTH - 1]).parsed_arguments())
+
+
+def test_tool_call_arguments_with_an_integer_past_64_bits_can_be_written() -> None:
+    # Python's json read 10**30 as an int, which orjson cannot write: a 500 before.
+    arguments = tool_call('{"big": 123456789012345678901234567890}').parsed_arguments()
+    assert arguments["big"] == pytest.approx(1.2345678901234568e29)
+    assert orjson.dumps(arguments)
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        AnthropicAdapter(AnthropicConfig(), "claude-sonnet-4-5"),
+        GeminiAdapter(GeminiConfig(), "gemini-2.5-flash"),
+    ],
+    ids=["anthropic", "gemini"],
+)
+@pytest.mark.parametrize("depth", [300, 2000])
+def test_a_provider_that_takes_structured_arguments_refuses_them_too_deep(
+    adapter: AnthropicAdapter | GeminiAdapter, depth: int
+) -> None:
+    request = ChatRequest(
+        model="m",
+        messages=(
+            ChatMessage.user("weather?"),
+            ChatMessage.assistant(tool_calls=(tool_call(DEEP_ARGUMENTS[depth]),)),
+            ChatMessage.tool("c1", "sunny"),
+        ),
+    )
+    with pytest.raises(BadRequest) as caught:
+        adapter.build_request(request, Secret("k"))
+    assert caught.value.param == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_deep_arguments_from_an_upstream_reach_an_anthropic_client_as_an_empty_input() -> None:
+    # The model's own arguments (an OpenAI-format upstream's text) past the limit could not
+    # be written into the Messages answer: the block's input is {} (and it is logged).
+    result = ChatCompletion(
+        tool_calls=(ToolCall(id="c1", name="f", arguments=DEEP_ARGUMENTS[300]),),
+        finish_reason=FinishReason.TOOL_CALLS,
+    )
+    answer = orjson.loads(message_json(result, request_id=RID, model="m"))
+    assert answer["content"] == [{"type": "tool_use", "id": "c1", "name": "f", "input": {}}]
+
+
+# --------------------------------------------------------------------------- numeric bounds
+
+CHAT_BOUNDS = [
+    ({"max_tokens": MAX_OUTPUT_TOKENS + 1}, "max_tokens"),
+    ({"max_tokens": 2**63}, "max_tokens"),
+    ({"max_completion_tokens": 2**64 - 1}, "max_completion_tokens"),
+    ({"seed": 2**63}, "seed"),
+    ({"n": MAX_CHOICES + 1}, "n"),
+    ({"logprobs": True, "top_logprobs": MAX_TOP_LOGPROBS + 1}, "top_logprobs"),
+    ({"stop": "x" * (MAX_STOP_LENGTH + 1)}, "stop"),
+    ({"stop": ["ok", "x" * (MAX_STOP_LENGTH + 1)]}, "stop[1]"),
+    ({"user": "u" * (MAX_USER_LENGTH + 1)}, "user"),
+    ({"tools": [named_tool(i) for i in range(MAX_TOOLS + 1)]}, "tools"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), CHAT_BOUNDS)
+def test_every_number_of_a_chat_request_is_bounded(fields: dict[str, Any], param: str) -> None:
+    got, error = openai_error(parse_chat_request, orjson.dumps(chat(**fields)))
+    assert got == error["param"] == param
+    assert error["type"] == "invalid_request_error"
+
+
+def test_the_chat_bounds_admit_their_limits() -> None:
+    at_the_limits = chat(
+        max_tokens=MAX_OUTPUT_TOKENS,
+        seed=-(2**63),
+        stop=["x" * MAX_STOP_LENGTH],
+        user="u" * MAX_USER_LENGTH,
+        tools=[named_tool(i) for i in range(MAX_TOOLS)],
+    )
+    request = parse_chat_request(orjson.dumps(at_the_limits), request_id=RID)
+    assert request.sampling.max_tokens == MAX_OUTPUT_TOKENS
+    assert len(request.tools) == MAX_TOOLS
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_output_tokens": MAX_OUTPUT_TOKENS + 1}, "max_output_tokens"),
+        ({"user": "u" * (MAX_USER_LENGTH + 1)}, "user"),
+        (
+            {"tools": [{"type": "function", "name": f"f{i}"} for i in range(MAX_TOOLS + 1)]},
+            "tools",
+        ),
+    ],
+)
+def test_every_number_of_a_responses_request_is_bounded(fields: dict[str, Any], param: str) -> None:
+    document = {"model": "m", "input": "hi", **fields}
+    got, error = openai_error(parse_responses_request, orjson.dumps(document))
+    assert got == error["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"max_tokens": MAX_OUTPUT_TOKENS + 1}, "max_tokens", "less than or equal to"),
+        ({"max_tokens": 2**64 - 1}, "max_tokens", "less than or equal to"),
+        ({"top_k": MAX_TOP_K + 1}, "top_k", "less than or equal to"),
+        ({"stop_sequences": ["x" * (MAX_STOP_LENGTH + 1)]}, "stop_sequences.0", "at most"),
+        ({"metadata": {"user_id": "u" * (MAX_USER_LENGTH + 1)}}, "metadata.user_id", "at most"),
+        (
+            {"tools": [{"name": f"f{i}", "input_schema": {}} for i in range(MAX_TOOLS + 1)]},
+            "tools",
+            "at most 128 items",
+        ),
+    ],
+)
+def test_every_number_of_a_messages_request_is_bounded(
+    fields: dict[str, Any], param: str, words: str
+) -> None:
+    got, answer = anthropic_error(orjson.dumps(messages(**fields)))
+    assert got == param
+    assert answer["error"]["message"].startswith(f"{param}: ")
+    assert words in answer["error"]["message"]
+
+
+def test_a_thinking_budget_to_count_is_bounded_naming_the_budget() -> None:
+    # count_tokens takes no max_tokens: a budget past the most a request may generate is
+    # refused naming the budget, not a field the client did not send.
+    counted = {
+        "model": "claude",
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": {"type": "enabled", "budget_tokens": MAX_OUTPUT_TOKENS},
+    }
+    with pytest.raises(BadRequest) as caught:
+        parse_count_tokens_request(orjson.dumps(counted), request_id=RID)
+    assert caught.value.param == "thinking.budget_tokens"
+    counted["thinking"] = {"type": "enabled", "budget_tokens": MAX_OUTPUT_TOKENS - 1}
+    assert parse_count_tokens_request(orjson.dumps(counted), request_id=RID).sampling.thinks
+
+
+def test_the_core_bounds_every_number_whatever_the_entry_point() -> None:
+    message = (ChatMessage.user("hi"),)
+    for sampling, param in [
+        ({"max_tokens": MAX_OUTPUT_TOKENS + 1}, "max_tokens"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"top_k": MAX_TOP_K + 1}, "top_k"),
+        ({"thinking_budget": MAX_OUTPUT_TOKENS + 1}, "thinking"),
+        ({"stop": ("x" * (MAX_STOP_LENGTH + 1),)}, "stop"),
+    ]:
+        with pytest.raises(BadRequest) as caught:
+            SamplingParams(**sampling)
+        assert caught.value.param == param
+    tools = tuple(ToolDefinition(name=f"f{i}") for i in range(MAX_TOOLS + 1))
+    with pytest.raises(BadRequest) as caught:
+        ChatRequest(model="m", messages=message, tools=tools)
+    assert caught.value.param == "tools"
+    with pytest.raises(BadRequest) as caught:
+        ChatRequest(model="m", messages=message, user="u" * (MAX_USER_LENGTH + 1))
+    assert caught.value.param == "user"
+    with pytest.raises(BadRequest) as caught:
+        EmbeddingRequest(model="m", inputs=("a",), user="u" * (MAX_USER_LENGTH + 1))
+    assert caught.value.param == "user"

@@ -230,7 +230,7 @@ def test_a_call_without_a_message_before_it_opens_an_assistant_message() -> None
         ({"text": {"verbosity": "low"}}, "text.verbosity", "default value"),
         ({"reasoning": {"effort": "extreme"}}, "reasoning.effort", "Invalid value"),
         ({"reasoning": {"summary": "auto"}}, "reasoning.summary", "not supported"),
-        ({"max_output_tokens": 0}, "max_output_tokens", "at least 1"),
+        ({"max_output_tokens": 0}, "max_output_tokens", "Expected a value >= 1"),
         ({"temperature": 3}, "temperature", "between"),
         ({"stream_options": {"include_obfuscation": True}}, "stream_options", "only allowed"),
         ({"metadata": {"k": 1}}, "metadata.k", "a string"),

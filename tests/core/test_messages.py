@@ -474,7 +474,7 @@ def test_an_effort_is_its_budget_and_none_does_not_think() -> None:
 
 
 def test_a_budget_is_positive_and_never_beside_an_effort() -> None:
-    with pytest.raises(BadRequest, match="at least 1"):
+    with pytest.raises(BadRequest, match="between 1 and"):
         SamplingParams(thinking_budget=0)
     with pytest.raises(BadRequest, match="not both"):
         SamplingParams(thinking_budget=2048, reasoning_effort="low")

@@ -56,6 +56,18 @@ class AnthropicWording:
     def out_of_range(self, param: str, low: float, high: float) -> BadRequest:
         return BadRequest(f"{param}: Input should be between {low:g} and {high:g}", param=param)
 
+    def too_many_items(self, param: str, limit: int, length: int) -> BadRequest:
+        return BadRequest(
+            f"{param}: List should have at most {limit} items after validation, not {length}",
+            param=param,
+        )
+
+    def integer_below(self, param: str, low: int, value: int) -> BadRequest:
+        return BadRequest(f"{param}: Input should be greater than or equal to {low}", param=param)
+
+    def integer_above(self, param: str, high: int, value: int) -> BadRequest:
+        return BadRequest(f"{param}: Input should be less than or equal to {high}", param=param)
+
     def not_json(self) -> BadRequest:
         return BadRequest("There was an error parsing the body as JSON")
 

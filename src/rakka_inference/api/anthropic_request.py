@@ -36,9 +36,12 @@ The mapping:
   Anthropic-backed deployment continues it (prefill), others read it as an earlier turn.
   It alone may have empty content, and is then left out.
 - ``max_tokens`` is required, as in Anthropic's API, and at least 1 (0, which asks only to
-  warm the prompt cache, is refused: nothing here can do that). ``temperature`` is 0 to 1
-  (Anthropic's range, stricter than the core's), ``top_p`` 0 to 1, ``stop_sequences`` at
-  most four.
+  warm the prompt cache, is refused: nothing here can do that) and at most
+  :data:`~rakka_inference.core.messages.MAX_OUTPUT_TOKENS`. ``temperature`` is 0 to 1
+  (Anthropic's range, stricter than the core's), ``top_p`` 0 to 1, ``top_k`` 1 to
+  :data:`~rakka_inference.core.messages.MAX_TOP_K`, ``stop_sequences`` at most four of at
+  most :data:`~rakka_inference.core.messages.MAX_STOP_LENGTH` characters,
+  ``metadata.user_id`` at most 256 characters (Anthropic's limits where it has one).
 - ``tool_choice`` ``auto``/``any``/``tool``/``none`` becomes auto/required/named/none;
   ``disable_parallel_tool_use`` becomes the core's ``parallel_tool_calls`` (negated).
 - ``metadata.user_id`` becomes the request's ``user``.
@@ -73,7 +76,11 @@ from rakka_inference.api.anthropic_tools import (
     parse_tools,
 )
 from rakka_inference.core.messages import (
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
     MAX_STOP_SEQUENCES,
+    MAX_TOP_K,
+    MAX_USER_LENGTH,
     ChatRequest,
     ResponseFormat,
     Role,
@@ -100,7 +107,7 @@ UNSUPPORTED_MESSAGES_PARAMS = frozenset(
 
 _SERVICE_TIERS = frozenset({"auto", "standard_only"})
 _MIN_THINKING_BUDGET = 1024
-_COUNT_MAX_TOKENS = 2**31 - 1
+_COUNT_MAX_TOKENS = MAX_OUTPUT_TOKENS
 _COUNT_PARAMS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 """What ``POST /v1/messages/count_tokens`` takes: the prompt, without sampling."""
 
@@ -118,11 +125,11 @@ def parse_messages_request(body: bytes, *, request_id: str) -> ChatRequest:
         if key not in _PARAMS:
             invalid(key, "Extra inputs are not permitted")
     model = read.required_string(document.get("model"), "model")
-    max_tokens = read.integer(document.get("max_tokens"), "max_tokens")
+    max_tokens = read.integer(
+        document.get("max_tokens"), "max_tokens", low=1, high=MAX_OUTPUT_TOKENS
+    )
     if max_tokens is None:
         read.missing("max_tokens")
-    if max_tokens < 1:
-        invalid("max_tokens", "Input should be greater than or equal to 1")
     _inert(document)
     thinking_budget = _thinking(document.get("thinking"), max_tokens)
     raw_messages = document.get("messages")
@@ -172,10 +179,7 @@ def parse_count_tokens_request(body: bytes, *, request_id: str) -> ChatRequest:
 
 
 def _top_k(value: object) -> int | None:
-    top_k = read.integer(value, "top_k")
-    if top_k is not None and top_k < 1:
-        invalid("top_k", "Input should be greater than or equal to 1")
-    return top_k
+    return read.integer(value, "top_k", low=1, high=MAX_TOP_K)
 
 
 def _inert(document: Mapping[str, Any]) -> None:
@@ -204,7 +208,11 @@ def _thinking(value: object, max_tokens: int) -> int | None:
         )
     if thinking.get("display") is not None:
         unsupported("thinking.display", "'thinking.display' is")
-    budget = read.integer(thinking.get("budget_tokens"), "thinking.budget_tokens")
+    # Below max_tokens, so below the most any request may generate: a count (which sends
+    # no max_tokens) is told which field is wrong.
+    budget = read.integer(
+        thinking.get("budget_tokens"), "thinking.budget_tokens", high=MAX_OUTPUT_TOKENS - 1
+    )
     if budget is None:
         read.missing("thinking.budget_tokens")
     if budget < _MIN_THINKING_BUDGET:
@@ -222,8 +230,14 @@ def _stop_sequences(value: object) -> tuple[str, ...]:
         return ()
     sequences = read.array(value, "stop_sequences")
     for index, item in enumerate(sequences):
-        if not read.string(item, f"stop_sequences.{index}"):
+        sequence = read.string(item, f"stop_sequences.{index}")
+        if not sequence:
             invalid(f"stop_sequences.{index}", "String should have at least 1 character")
+        if len(sequence) > MAX_STOP_LENGTH:
+            invalid(
+                f"stop_sequences.{index}",
+                f"String should have at most {MAX_STOP_LENGTH} characters",
+            )
     if len(sequences) > MAX_STOP_SEQUENCES:  # the core's limit, whatever the provider
         invalid("stop_sequences", f"List should have at most {MAX_STOP_SEQUENCES} items")
     return tuple(sequences)
@@ -232,7 +246,10 @@ def _stop_sequences(value: object) -> tuple[str, ...]:
 def _user(value: object) -> str | None:
     if value is None:
         return None
-    return read.string(read.mapping(value, "metadata").get("user_id"), "metadata.user_id")
+    user = read.string(read.mapping(value, "metadata").get("user_id"), "metadata.user_id")
+    if user is not None and len(user) > MAX_USER_LENGTH:
+        invalid("metadata.user_id", f"String should have at most {MAX_USER_LENGTH} characters")
+    return user
 
 
 def _output_config(value: object) -> ResponseFormat | None:

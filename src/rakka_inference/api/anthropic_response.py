@@ -16,7 +16,8 @@ Decisions:
   ``include_reasoning``: a ``thinking`` block per signed block, with its signature, a
   ``redacted_thinking`` block per redacted one; thinking from a provider that signs none is
   one block with an empty signature), ``text``, then one ``tool_use`` block per tool call,
-  ``input`` being the parsed arguments (``{}`` when they are not a JSON object, which a
+  ``input`` being the parsed arguments (``{}`` when they are not a JSON object, or one
+  nested past :data:`~rakka_inference.core.json_depth.MAX_JSON_DEPTH` levels, which a
   model rarely produces; logged).
 - ``stop_reason``: stop → ``end_turn``, length → ``max_tokens``, tool_calls →
   ``tool_use``, content_filter → ``refusal``. An answer with tool calls says ``tool_use``
@@ -54,6 +55,7 @@ import orjson
 
 from rakka_inference.api.openai_response import error_status
 from rakka_inference.core.errors import InferenceError, ProtocolError, QuotaExhausted
+from rakka_inference.core.json_depth import MAX_JSON_DEPTH, too_deep
 from rakka_inference.core.messages import ReasoningBlock
 from rakka_inference.core.stream import (
     ChatCompletion,
@@ -129,8 +131,14 @@ def _tool_input(call_id: str, arguments: str) -> dict[str, Any]:
         value = orjson.loads(arguments)
     except orjson.JSONDecodeError:
         value = None
-    if not isinstance(value, dict):
-        log.warning("tool call %s has arguments that are not a JSON object; sent as {}", call_id)
+    if not isinstance(value, dict) or too_deep(value, MAX_JSON_DEPTH) is not None:
+        # Nested too deep, the object could not be written back into the answer.
+        log.warning(
+            "tool call %s has arguments that are not a JSON object of at most %d levels; "
+            "sent as {}",
+            call_id,
+            MAX_JSON_DEPTH,
+        )
         return {}
     return value
 

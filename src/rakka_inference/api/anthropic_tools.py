@@ -1,7 +1,8 @@
 """Anthropic's ``tools`` and ``tool_choice`` as core values.
 
 Part of :func:`~rakka_inference.api.anthropic_request.parse_messages_request`: custom
-tools only (server tools are refused), names unique; ``tool_choice``
+tools only (server tools are refused), at most
+:data:`~rakka_inference.core.messages.MAX_TOOLS`, names unique; ``tool_choice``
 ``auto``/``any``/``tool``/``none`` becomes auto/required/named/none, and
 ``disable_parallel_tool_use`` is read by :func:`parallel_tool_calls`.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from rakka_inference.api.anthropic_fields import block_type, invalid, read, unsupported
 from rakka_inference.core.errors import BadRequest
+from rakka_inference.core.messages import MAX_TOOLS
 from rakka_inference.core.tools import ToolChoice, ToolDefinition
 
 __all__ = ["parse_tool_choice", "parse_tools"]
@@ -21,7 +23,7 @@ def parse_tools(value: object) -> tuple[ToolDefinition, ...]:
         return ()
     tools: list[ToolDefinition] = []
     names: set[str] = set()
-    for index, raw in enumerate(read.array(value, "tools")):
+    for index, raw in enumerate(read.array(value, "tools", max_items=MAX_TOOLS)):
         param = f"tools.{index}"
         tool = read.mapping(raw, param)
         kind = tool.get("type")

@@ -13,30 +13,27 @@ The rules every dialect shares:
 - A boolean is not a number: ``true`` is refused where an integer or a number is wanted.
 - A required string is present, a string, and not empty, checked in that order.
 - A range check refuses NaN (which compares false with every bound).
+- An integer read with bounds (``integer(value, param, low=, high=)``) is refused outside
+  them, naming the bound: every count a client sends (``max_tokens``, ``n``, ``seed``...)
+  has one (:mod:`rakka_inference.core.messages`).
 - A body nests arrays and objects at most :data:`MAX_JSON_DEPTH` levels deep, the body
-  itself being the first. orjson parses far deeper documents, but what reads them after
-  (the prompt-size estimate, a provider's serializer, schema handling) recurses, and would
-  fail with a ``RecursionError`` on a hostile body; the reader refuses one up front, naming
-  the path of the first value past the limit. (Past orjson's own limit, 1024 levels, the
-  body does not parse at all, and is refused as not JSON.)
+  itself being the first (:mod:`rakka_inference.core.json_depth` says why); the reader
+  refuses a deeper one up front, naming the path of the first value past the limit. (Past
+  orjson's own limit, 1024 levels, the body does not parse at all, and is refused as not
+  JSON.) So is JSON text held in a string, such as a tool call's ``arguments``
+  (:meth:`FieldReader.json_text`), the string being named.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal, NoReturn, Protocol, TypeAlias
 
 import orjson
 
 from rakka_inference.core.errors import BadRequest, PayloadTooLarge
+from rakka_inference.core.json_depth import MAX_JSON_DEPTH, JsonPath, too_deep
 
 __all__ = ["MAX_JSON_DEPTH", "Expected", "FieldReader", "JsonPath", "Wording", "is_http_url"]
-
-MAX_JSON_DEPTH = 64
-"""How deep a request body may nest arrays and objects; the body itself is level 1."""
-
-JsonPath: TypeAlias = Sequence[str | int]
-"""Where a value lies in a document: object keys and array indices, outermost first."""
 
 Expected: TypeAlias = Literal["object", "array", "string", "integer", "number", "boolean"]
 """The JSON type a field should have, as JSON Schema names it."""
@@ -63,6 +60,18 @@ class Wording(Protocol):
 
     def out_of_range(self, param: str, low: float, high: float) -> BadRequest:
         """A number lies outside ``[low, high]``."""
+        ...
+
+    def too_many_items(self, param: str, limit: int, length: int) -> BadRequest:
+        """An array holds ``length`` items, more than its ``limit``."""
+        ...
+
+    def integer_below(self, param: str, low: int, value: int) -> BadRequest:
+        """An integer is below its least value ``low``."""
+        ...
+
+    def integer_above(self, param: str, high: int, value: int) -> BadRequest:
+        """An integer is above its greatest value ``high``."""
         ...
 
     def not_json(self) -> BadRequest:
@@ -98,7 +107,7 @@ class FieldReader:
             raise self.wording.not_json() from None
         if not isinstance(document, dict):
             raise self.wording.not_an_object(document)
-        path = _too_deep(document, MAX_JSON_DEPTH)
+        path = too_deep(document, MAX_JSON_DEPTH)
         if path is not None:
             raise self.wording.too_deep(path, MAX_JSON_DEPTH)
         return document
@@ -117,12 +126,17 @@ class FieldReader:
             self.wrong_type(param, "object", value)
         return value
 
-    def array(self, value: object, param: str, *, non_empty: bool = False) -> list[Any]:
-        """``value``, which must be a JSON array (with an item, if ``non_empty``)."""
+    def array(
+        self, value: object, param: str, *, non_empty: bool = False, max_items: int | None = None
+    ) -> list[Any]:
+        """``value``, which must be a JSON array (with an item, if ``non_empty``; at most
+        ``max_items``, if given)."""
         if not isinstance(value, list):
             self.wrong_type(param, "array", value)
         if non_empty and not value:
             raise self.wording.empty_array(param)
+        if max_items is not None and len(value) > max_items:
+            raise self.wording.too_many_items(param, max_items, len(value))
         return value
 
     def string(self, value: object, param: str) -> str | None:
@@ -143,12 +157,19 @@ class FieldReader:
             raise self.wording.empty_string(param)
         return value
 
-    def integer(self, value: object, param: str) -> int | None:
-        """``value``, which must be an integer or ``null``."""
+    def integer(
+        self, value: object, param: str, *, low: int | None = None, high: int | None = None
+    ) -> int | None:
+        """``value``, which must be an integer (at least ``low``, at most ``high``) or
+        ``null``."""
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             self.wrong_type(param, "integer", value)
+        if low is not None and value < low:
+            raise self.wording.integer_below(param, low, value)
+        if high is not None and value > high:
+            raise self.wording.integer_above(param, high, value)
         return value
 
     def number(
@@ -164,6 +185,21 @@ class FieldReader:
             raise self.wording.out_of_range(param, low, high)
         return float(value)
 
+    def json_text(self, value: str, param: str) -> str:
+        """``value``, JSON text held in a string (a tool call's ``arguments``), refused when
+        it is JSON nested deeper than :data:`MAX_JSON_DEPTH` levels: a provider that takes
+        it structured parses it and writes it into its own request. Text that is not JSON
+        is left as it is, for the provider that parses it to refuse, or to pass on."""
+        if "{" not in value and "[" not in value:
+            return value  # no nesting at all: nothing to parse
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+        if too_deep(parsed, MAX_JSON_DEPTH) is not None:
+            raise self.wording.too_deep((param,), MAX_JSON_DEPTH)
+        return value
+
     def boolean(self, value: object, param: str) -> bool | None:
         """``value``, which must be a boolean or ``null``."""
         if value is None:
@@ -171,41 +207,6 @@ class FieldReader:
         if not isinstance(value, bool):
             self.wrong_type(param, "boolean", value)
         return value
-
-
-_Container: TypeAlias = dict[str, Any] | list[Any]
-
-
-def _too_deep(document: dict[str, Any], limit: int) -> JsonPath | None:
-    """The path of the first array or object, in document order, deeper than ``limit``.
-
-    Iterative, so that the check cannot exhaust the stack it guards. Every body is walked,
-    so the walk counts levels only; the path is traced when the limit is passed.
-    """
-    pending: list[tuple[_Container, int]] = [(document, 1)]
-    pop, push = pending.pop, pending.append
-    while pending:
-        value, depth = pop()
-        for child in value.values() if isinstance(value, dict) else value:
-            if isinstance(child, dict | list):
-                if depth >= limit:
-                    return _first_path_past(document, limit)
-                push((child, depth + 1))
-    return None
-
-
-def _first_path_past(document: dict[str, Any], limit: int) -> JsonPath:
-    """The path of the first container (in document order) at level ``limit + 1``."""
-    pending: list[tuple[tuple[str | int, ...], _Container]] = [((), document)]
-    while pending:
-        path, value = pending.pop()
-        if len(path) >= limit:  # the body, at path (), is level 1
-            return path
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        children = [((*path, key), child) for key, child in items if isinstance(child, dict | list)]
-        children.reverse()  # popped last-in first-out: keep document order
-        pending.extend(children)
-    raise AssertionError("no container lies past the limit")  # pragma: no cover
 
 
 def is_http_url(url: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple, TypeAlias
 
 from rakka_inference.api.openai_fields import invalid_value, read
+from rakka_inference.api.openai_request import parse_user
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import EmbeddingRequest
 
@@ -60,7 +61,7 @@ def parse_embedding_request(
         inputs=inputs,
         token_ids=token_ids,
         dimensions=read.integer(document.get("dimensions"), "dimensions"),
-        user=read.string(document.get("user"), "user"),
+        user=parse_user(document.get("user")),
         request_id=request_id,
     )
     return EmbeddingCall(request, "base64" if encoding == "base64" else "float")

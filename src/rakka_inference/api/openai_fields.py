@@ -3,7 +3,8 @@ that raises it: ``read``, shared by the OpenAI request modules.
 
 The messages follow OpenAI's where it has one ("Missing required parameter: 'model'.",
 "Invalid type for 'temperature': expected a number, but got a string instead.",
-"Invalid value: 'x'. Supported values are: 'a' and 'b'.").
+"Invalid value: 'x'. Supported values are: 'a' and 'b'.", "Invalid 'n': integer above
+maximum value. Expected a value <= 128, but got 129 instead.").
 """
 
 from __future__ import annotations
@@ -94,6 +95,27 @@ class OpenAIWording:
     def out_of_range(self, param: str, low: float, high: float) -> BadRequest:
         return BadRequest(
             f"Invalid '{param}': expected a number between {low:g} and {high:g}.", param=param
+        )
+
+    def too_many_items(self, param: str, limit: int, length: int) -> BadRequest:
+        return BadRequest(
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{limit}, but got an array with length {length} instead.",
+            param=param,
+        )
+
+    def integer_below(self, param: str, low: int, value: int) -> BadRequest:
+        return BadRequest(
+            f"Invalid '{param}': integer below minimum value. "
+            f"Expected a value >= {low}, but got {value} instead.",
+            param=param,
+        )
+
+    def integer_above(self, param: str, high: int, value: int) -> BadRequest:
+        return BadRequest(
+            f"Invalid '{param}': integer above maximum value. "
+            f"Expected a value <= {high}, but got {value} instead.",
+            param=param,
         )
 
     def not_json(self) -> BadRequest:

@@ -134,10 +134,11 @@ def parse_tool_call(value: object, param: str) -> ToolCall:
         read.missing(function_param)
     function = read.mapping(call["function"], function_param)
     name = read.required_string(function.get("name"), f"{function_param}.name")
-    arguments = read.string(function.get("arguments"), f"{function_param}.arguments")
+    arguments_param = f"{function_param}.arguments"
+    arguments = read.string(function.get("arguments"), arguments_param)
     if arguments is None:
-        read.missing(f"{function_param}.arguments")
-    return ToolCall(id=call_id, name=name, arguments=arguments)
+        read.missing(arguments_param)
+    return ToolCall(id=call_id, name=name, arguments=read.json_text(arguments, arguments_param))
 
 
 def _content(value: object, role: Role, param: str) -> str | tuple[ContentPart, ...] | None:

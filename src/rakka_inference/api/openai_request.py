@@ -52,7 +52,14 @@ from rakka_inference.api.openai_tools import (
     parse_tools,
 )
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ChatRequest, SamplingParams
+from rakka_inference.core.messages import (
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
+    MAX_USER_LENGTH,
+    SEED_RANGE,
+    ChatRequest,
+    SamplingParams,
+)
 
 __all__ = [
     "INERT_PARAMS",
@@ -60,6 +67,7 @@ __all__ = [
     "parse_chat_request",
     "parse_metadata",
     "parse_stream_options",
+    "parse_user",
 ]
 
 _CHAT_PARAMS = frozenset(
@@ -135,7 +143,7 @@ def parse_chat_request(
         response_format=parse_response_format(document.get("response_format")),
         stream=stream,
         include_usage=include_usage,
-        user=read.string(document.get("user"), "user"),
+        user=parse_user(document.get("user")),
         metadata=parse_metadata(document.get("metadata")),
         openai_options=_openai_options(document),
         request_id=request_id,
@@ -145,18 +153,17 @@ def parse_chat_request(
 def _sampling(document: Mapping[str, Any]) -> SamplingParams:
     caps: list[int] = []
     for name in ("max_tokens", "max_completion_tokens"):
-        cap = read.integer(document.get(name), name)
+        cap = read.integer(document.get(name), name, low=1, high=MAX_OUTPUT_TOKENS)
         if cap is not None:
-            if cap < 1:
-                raise BadRequest(f"{name} must be at least 1", param=name)
             caps.append(cap)
     n = read.integer(document.get("n"), "n")
+    low, high = SEED_RANGE
     return SamplingParams(
         temperature=read.number(document.get("temperature"), "temperature"),
         top_p=read.number(document.get("top_p"), "top_p"),
         max_tokens=min(caps) if caps else None,
         stop=_stop(document.get("stop")),
-        seed=read.integer(document.get("seed"), "seed"),
+        seed=read.integer(document.get("seed"), "seed", low=low, high=high),
         presence_penalty=read.number(document.get("presence_penalty"), "presence_penalty"),
         frequency_penalty=read.number(document.get("frequency_penalty"), "frequency_penalty"),
         n=1 if n is None else n,
@@ -197,12 +204,34 @@ def _stop(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
+        _stop_sequence(value, "stop")
         return (value,)
     if not isinstance(value, list):
         invalid_type("stop", "a string or an array of strings", value)
     for index, item in enumerate(value):
-        read.string(item, f"stop[{index}]")
+        _stop_sequence(read.string(item, f"stop[{index}]"), f"stop[{index}]")
     return tuple(value)
+
+
+def _stop_sequence(value: str | None, param: str) -> None:
+    if value is not None and len(value) > MAX_STOP_LENGTH:
+        raise BadRequest(
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{MAX_STOP_LENGTH}, but got a string with length {len(value)} instead.",
+            param=param,
+        )
+
+
+def parse_user(value: object) -> str | None:
+    """``user``: an end-user id of at most :data:`MAX_USER_LENGTH` characters, or None."""
+    user = read.string(value, "user")
+    if user is not None and len(user) > MAX_USER_LENGTH:
+        raise BadRequest(
+            f"Invalid 'user': string too long. Expected a string with maximum length "
+            f"{MAX_USER_LENGTH}, but got a string with length {len(user)} instead.",
+            param="user",
+        )
+    return user
 
 
 def parse_stream_options(

@@ -175,6 +175,7 @@ class _Conversation:
         arguments = read.string(item.get("arguments"), f"{param}.arguments")
         if arguments is None:
             read.missing(f"{param}.arguments")
+        read.json_text(arguments, f"{param}.arguments")
         call = ToolCall(id=call_id, name=name, arguments=arguments)
         self.called.add(call_id)
         last = self.messages[-1] if self.messages else None

@@ -11,7 +11,8 @@ path of the offending field, written as OpenAI writes it (``input[2].content[0].
 The mapping:
 
 - ``instructions`` becomes the first message, role ``system``; ``input`` follows.
-- ``max_output_tokens`` (at least 1), ``temperature``, ``top_p``, ``reasoning.effort``
+- ``max_output_tokens`` (1 to :data:`~rakka_inference.core.messages.MAX_OUTPUT_TOKENS`),
+  ``temperature``, ``top_p``, ``reasoning.effort``
   become the sampling parameters (the core checks ranges and efforts).
 - ``tools``: function tools, flat (``{"type": "function", "name", "description",
   "parameters", "strict"}``), names unique; no ``parameters`` means an empty object
@@ -47,11 +48,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rakka_inference.api.openai_fields import invalid_value, read
-from rakka_inference.api.openai_request import parse_metadata, parse_stream_options
+from rakka_inference.api.openai_request import parse_metadata, parse_stream_options, parse_user
 from rakka_inference.api.openai_responses_input import parse_input
 from rakka_inference.api.openai_tools import function_definition
 from rakka_inference.core.errors import BadRequest
 from rakka_inference.core.messages import (
+    MAX_OUTPUT_TOKENS,
+    MAX_TOOLS,
     REASONING_EFFORTS,
     ChatMessage,
     ChatRequest,
@@ -155,7 +158,7 @@ def parse_responses_request(
         response_format=_text(document.get("text")),
         stream=stream,
         include_usage=stream,
-        user=read.string(document.get("user"), "user"),
+        user=parse_user(document.get("user")),
         metadata=parse_metadata(document.get("metadata")),
         request_id=request_id,
     )
@@ -191,9 +194,9 @@ def _check_param(key: str, value: object) -> None:
 
 
 def _sampling(document: Mapping[str, Any]) -> SamplingParams:
-    cap = read.integer(document.get("max_output_tokens"), "max_output_tokens")
-    if cap is not None and cap < 1:
-        raise BadRequest("max_output_tokens must be at least 1", param="max_output_tokens")
+    cap = read.integer(
+        document.get("max_output_tokens"), "max_output_tokens", low=1, high=MAX_OUTPUT_TOKENS
+    )
     return SamplingParams(
         temperature=read.number(document.get("temperature"), "temperature"),
         top_p=read.number(document.get("top_p"), "top_p"),
@@ -228,7 +231,7 @@ def _tools(value: object) -> tuple[ToolDefinition, ...]:
         return ()
     tools: list[ToolDefinition] = []
     names: set[str] = set()
-    for index, raw in enumerate(read.array(value, "tools")):
+    for index, raw in enumerate(read.array(value, "tools", max_items=MAX_TOOLS)):
         tool = _tool(raw, f"tools[{index}]")
         if tool.name in names:
             raise BadRequest(

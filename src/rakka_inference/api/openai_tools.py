@@ -1,8 +1,9 @@
 """OpenAI's ``tools``, ``tool_choice`` and ``response_format`` as core values.
 
 Part of :func:`~rakka_inference.api.openai_request.parse_chat_request`. Only ``function``
-tools exist here; a tool without ``parameters`` takes an empty object schema. A JSON-schema
-response format needs a ``name`` (1-64 letters, digits, ``_`` or ``-``) and a ``schema``.
+tools exist here, at most :data:`~rakka_inference.core.messages.MAX_TOOLS`; a tool
+without ``parameters`` takes an empty object schema. A JSON-schema response format needs
+a ``name`` (1-64 letters, digits, ``_`` or ``-``) and a ``schema``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from rakka_inference.api.openai_fields import invalid_value, read
 from rakka_inference.core.errors import BadRequest
-from rakka_inference.core.messages import ResponseFormat
+from rakka_inference.core.messages import MAX_TOOLS, ResponseFormat
 from rakka_inference.core.tools import ToolChoice, ToolDefinition
 
 __all__ = ["function_definition", "parse_response_format", "parse_tool_choice", "parse_tools"]
@@ -27,7 +28,9 @@ def parse_tools(value: object) -> tuple[ToolDefinition, ...]:
         return ()
     return tuple(
         _tool(item, f"tools[{index}]")
-        for index, item in enumerate(read.array(value, "tools", non_empty=True))
+        for index, item in enumerate(
+            read.array(value, "tools", non_empty=True, max_items=MAX_TOOLS)
+        )
     )
 
 

@@ -50,6 +50,12 @@ __all__ = [
     "MAX_TOP_LOGPROBS",
     "MAX_STOP_SEQUENCES",
     "MAX_EMBEDDING_DIMENSIONS",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_TOP_K",
+    "SEED_RANGE",
+    "MAX_STOP_LENGTH",
+    "MAX_TOOLS",
+    "MAX_USER_LENGTH",
 ]
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -79,6 +85,31 @@ MAX_TOP_LOGPROBS = 20
 MAX_EMBEDDING_DIMENSIONS = 65536
 """The largest ``dimensions`` an embeddings request may ask for: far above any model's
 vector size, low enough that no runner is asked to allocate a vector of millions."""
+
+# Every number a client sends has a bound, checked here (one rule, every entry point) and,
+# with the dialect's own parameter name and wording, where the HTTP edge reads it. A bound
+# is either the API's own (OpenAI's, Anthropic's) or, where the APIs name none, far above
+# any real use and low enough that nothing downstream (the limiter's and the budget's
+# reservations, a provider's integer fields, a local runner's stop matching) is asked to
+# hold an absurd figure.
+
+MAX_OUTPUT_TOKENS = 1 << 20
+"""The largest output cap (``max_tokens``, ``max_completion_tokens``,
+``max_output_tokens``) and thinking budget a request may set: 1,048,576 tokens, above every
+model's output limit. The limiter and the budget reserve up to ``n`` times this."""
+MAX_TOP_K = 1 << 20
+"""The largest ``top_k``: above every tokenizer's vocabulary (the largest hold ~262k)."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""``seed`` is a signed 64-bit integer, as OpenAI takes it."""
+MAX_STOP_LENGTH = 1024
+"""The longest stop sequence, in characters. A local runner holds back up to this much of
+an answer while it may still be the start of a stop, and compares it at every token."""
+MAX_TOOLS = 128
+"""The most tools a request may offer: OpenAI's own limit, kept whatever the provider (as
+the four stop sequences are)."""
+MAX_USER_LENGTH = 256
+"""The longest end-user id (OpenAI's ``user``, Anthropic's ``metadata.user_id``):
+Anthropic's own limit."""
 
 
 def new_request_id() -> str:
@@ -433,11 +464,15 @@ class SamplingParams:
     other way to ask for reasoning than :attr:`reasoning_effort`, never with it."""
 
     def __post_init__(self) -> None:
-        if self.top_k is not None and self.top_k < 1:
-            raise BadRequest("top_k must be at least 1", param="top_k")
+        if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}", param="top_k")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise BadRequest("seed must be a signed 64-bit integer", param="seed")
         if self.thinking_budget is not None:
-            if self.thinking_budget < 1:
-                raise BadRequest("thinking budget must be at least 1", param="thinking")
+            if not 1 <= self.thinking_budget <= MAX_OUTPUT_TOKENS:
+                raise BadRequest(
+                    f"thinking budget must be between 1 and {MAX_OUTPUT_TOKENS}", param="thinking"
+                )
             if self.reasoning_effort is not None:
                 raise BadRequest(
                     "ask for reasoning with an effort or a thinking budget, not both",
@@ -452,14 +487,20 @@ class SamplingParams:
         _check_range("top_p", self.top_p, 0.0, 1.0)
         _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise BadRequest("max_tokens must be at least 1", param="max_tokens")
+        if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_OUTPUT_TOKENS:
+            raise BadRequest(
+                f"max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}", param="max_tokens"
+            )
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise BadRequest(
                 f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop"
             )
         if any(not sequence for sequence in self.stop):
             raise BadRequest("stop sequences must not be empty", param="stop")
+        if any(len(sequence) > MAX_STOP_LENGTH for sequence in self.stop):
+            raise BadRequest(
+                f"stop sequences are at most {MAX_STOP_LENGTH} characters", param="stop"
+            )
         if self.n < 1:
             raise BadRequest("n must be at least 1", param="n")
         if self.n > MAX_CHOICES:
@@ -592,6 +633,11 @@ def _message_tokens(message: ChatMessage) -> int:
     return tokens
 
 
+def _check_user(user: str | None) -> None:
+    if user is not None and len(user) > MAX_USER_LENGTH:
+        raise BadRequest(f"user is at most {MAX_USER_LENGTH} characters", param="user")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatRequest:
     """A chat completion request, provider-neutral and validated.
@@ -629,6 +675,9 @@ class ChatRequest:
             raise BadRequest("model must not be empty", param="model")
         if not self.messages:
             raise BadRequest("messages must hold at least one message", param="messages")
+        if len(self.tools) > MAX_TOOLS:
+            raise BadRequest(f"at most {MAX_TOOLS} tools are allowed", param="tools")
+        _check_user(self.user)
         names = [tool.name for tool in self.tools]
         if len(set(names)) != len(names):
             raise BadRequest("tool names must be unique", param="tools")
@@ -714,6 +763,7 @@ class EmbeddingRequest:
                 f"dimensions must be at least 1 and at most {MAX_EMBEDDING_DIMENSIONS}",
                 param="dimensions",
             )
+        _check_user(self.user)
 
     @property
     def count(self) -> int:

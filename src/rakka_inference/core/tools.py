@@ -8,13 +8,15 @@ provider adapters translate them to Anthropic's ``tool_use`` blocks and Gemini's
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from rakka_inference.core.errors import BadRequest
+from rakka_inference.core.json_depth import MAX_JSON_DEPTH, too_deep
 
 __all__ = ["ToolCall", "ToolChoice", "ToolChoiceMode", "ToolDefinition"]
 
@@ -35,19 +37,29 @@ class ToolCall:
         """The arguments as a JSON object, for providers that want structured input.
 
         An empty string means no arguments. Raises :class:`BadRequest` if the text is not
-        a JSON object.
+        a JSON object, or nests deeper than
+        :data:`~rakka_inference.core.json_depth.MAX_JSON_DEPTH` (the object is written again
+        into the provider's request: see :mod:`~rakka_inference.core.json_depth`). Read as
+        the request body is (orjson): an integer past 64 bits is a float, as it would be in
+        a body, so that the provider's request can always be written.
         """
         if not self.arguments.strip():
             return {}
         try:
-            value = json.loads(self.arguments)
-        except ValueError:
+            value = orjson.loads(self.arguments)
+        except orjson.JSONDecodeError:
             raise BadRequest(
-                f"arguments of tool call {self.id!r} are not valid JSON", param=param
+                f"arguments of tool call {self.id[:64]!r} are not valid JSON", param=param
             ) from None
         if not isinstance(value, dict):
             raise BadRequest(
-                f"arguments of tool call {self.id!r} must be a JSON object", param=param
+                f"arguments of tool call {self.id[:64]!r} must be a JSON object", param=param
+            )
+        if too_deep(value, MAX_JSON_DEPTH) is not None:
+            raise BadRequest(
+                f"arguments of tool call {self.id[:64]!r} nest arrays and objects deeper than "
+                f"{MAX_JSON_DEPTH} levels",
+                param=param,
             )
         return value
 
