@@ -773,7 +773,7 @@ class _Insufficient(InferenceError):
         (OperationRefused("x"), 409, "invalid_request_error", {}),
         (PayloadTooLarge("x"), 413, "request_too_large", {}),
         (RateLimited("x", retry_after=1.2), 429, "rate_limit_error", {"retry-after": "2"}),
-        (QuotaExhausted("x"), 429, "billing_error", {}),
+        (QuotaExhausted("x"), 429, "billing_error", {"x-should-retry": "false"}),
         (RequestCancelled("x"), 499, "invalid_request_error", {}),
         (InternalError("x"), 500, "api_error", {}),
         (ServerError("x"), 502, "api_error", {}),

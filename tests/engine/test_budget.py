@@ -293,7 +293,7 @@ def test_with_both_limits_in_the_way_retry_after_is_the_later_one() -> None:
     # A request whose maximum alone exceeds the limit never fits.
     with pytest.raises(BudgetExceeded) as refused:
         ledger.reserve(chat(16))
-    assert refused.value.retry_after is None
+    assert refused.value.retry_after == math.inf
 
 
 def test_warn_admits_and_reports_each_crossing_once() -> None:

@@ -20,7 +20,7 @@ from rakka_inference.actors import ActorSystem
 from rakka_inference.api.anthropic_response import anthropic_error_json
 from rakka_inference.api.openai_response import error_json
 from rakka_inference.core.deployment import Deployment
-from rakka_inference.core.errors import InferenceError
+from rakka_inference.core.errors import InferenceError, QuotaExhausted
 from rakka_inference.core.messages import Priority
 from rakka_inference.core.policies import Jitter, RetryPolicy, Timeouts
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
@@ -426,23 +426,44 @@ def test_the_429_errors_are_the_expected_ones() -> None:
     assert "BudgetExceeded" in names
 
 
+async def sent_429(render: asgi.ErrorRenderer, error: InferenceError) -> dict[bytes, bytes]:
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await asgi.send_error(send, error, "req_1", render)  # type: ignore[arg-type]
+    assert sent[0]["status"] == 429
+    return dict(sent[0]["headers"])  # type: ignore[call-overload]
+
+
 @pytest.mark.parametrize("render", [error_json, anthropic_error_json])
 @pytest.mark.parametrize("kind", TOO_MANY, ids=lambda cls: cls.__name__)
-@pytest.mark.parametrize(("retry_after", "expected"), [(None, b"1"), (math.inf, b"1"), (7.2, b"8")])
+@pytest.mark.parametrize(("retry_after", "expected"), [(None, b"1"), (7.2, b"8")])
 async def test_every_429_says_when_to_retry(
     kind: type[InferenceError],
     render: asgi.ErrorRenderer,
     retry_after: float | None,
     expected: bytes,
 ) -> None:
-    sent: list[dict[str, object]] = []
+    headers = await sent_429(render, kind("refused", retry_after=retry_after))
+    if kind is QuotaExhausted and retry_after is None:  # the upstream's billing: no time
+        assert b"retry-after" not in headers
+        assert headers[b"x-should-retry"] == b"false"
+    else:
+        assert headers[b"retry-after"] == expected
+        assert b"x-should-retry" not in headers
 
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
 
-    await asgi.send_error(send, kind("refused", retry_after=retry_after), "req_1", render)  # type: ignore[arg-type]
-    assert sent[0]["status"] == 429
-    assert dict(sent[0]["headers"])[b"retry-after"] == expected  # type: ignore[call-overload]
+@pytest.mark.parametrize("render", [error_json, anthropic_error_json])
+@pytest.mark.parametrize("kind", TOO_MANY, ids=lambda cls: cls.__name__)
+async def test_a_429_no_retry_can_cure_says_not_to_retry(
+    kind: type[InferenceError], render: asgi.ErrorRenderer
+) -> None:
+    # retry_after = inf: the request alone passes a limit (its cost, its tokens).
+    headers = await sent_429(render, kind("refused", retry_after=math.inf))
+    assert b"retry-after" not in headers
+    assert headers[b"x-should-retry"] == b"false"
 
 
 async def test_the_gateways_own_backpressure_says_when_to_retry(stack: Stack) -> None:

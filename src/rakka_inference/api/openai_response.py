@@ -47,7 +47,7 @@ from typing import Any
 import orjson
 
 from rakka_inference.api.openai_embeddings import EncodingFormat
-from rakka_inference.core.errors import InferenceError
+from rakka_inference.core.errors import InferenceError, QuotaExhausted
 from rakka_inference.core.messages import EmbeddingResult, ReasoningBlock
 from rakka_inference.core.stream import (
     ChatCompletion,
@@ -67,6 +67,7 @@ __all__ = [
     "error_json",
     "error_status",
     "logprobs_json",
+    "retry_is_futile",
     "usage_json",
 ]
 
@@ -320,15 +321,33 @@ def error_json(error: InferenceError) -> tuple[int, dict[str, str], bytes]:
 def error_status(error: InferenceError) -> tuple[int, dict[str, str]]:
     """The HTTP status and headers of the error answer for ``error``, in any wire format.
 
-    The headers hold only ``retry-after`` (whole seconds, rounded up), set for a 429 or
-    503 whose error carries ``retry_after``.
+    For a 429 or 503, the headers say when to retry: ``retry-after`` (whole seconds,
+    rounded up) when the error carries a finite ``retry_after``. When retrying the same
+    request cannot succeed (:func:`retry_is_futile`), there is no ``retry-after`` but
+    ``x-should-retry: false``, which the official OpenAI and Anthropic SDKs obey: they do
+    not retry it on their own. Other statuses get neither.
     """
     headers: dict[str, str] = {}
     status = error.http_status
+    if status not in _RETRY_AFTER_STATUSES:
+        return status, headers
     retry_after = error.retry_after
-    if retry_after is not None and status in _RETRY_AFTER_STATUSES and math.isfinite(retry_after):
+    if retry_is_futile(error):
+        headers["x-should-retry"] = "false"
+    elif retry_after is not None and math.isfinite(retry_after):
         headers["retry-after"] = str(max(0, math.ceil(retry_after)))
     return status, headers
+
+
+def retry_is_futile(error: InferenceError) -> bool:
+    """Whether retrying the same request later cannot succeed: its ``retry_after`` is
+    infinite (a request whose own cost passes a budget or a rate limit; see
+    :class:`~rakka_inference.core.errors.InferenceError`), or the upstream's billing quota
+    is spent and it gave no time (an operator has to act)."""
+    retry_after = error.retry_after
+    if retry_after is not None:
+        return retry_after == math.inf
+    return isinstance(error, QuotaExhausted)
 
 
 def embeddings_json(

@@ -41,9 +41,11 @@ What exceeding a limit does (``on_exceeded``)
 ---------------------------------------------
 - ``reject``: a request whose reservation would take spend over a limit is refused with
   :class:`~rakka_inference.core.errors.BudgetExceeded` (HTTP 429). Its ``retry_after`` is
-  the seconds until enough settled cost rolls off for the request to fit, or ``None`` when
-  roll-off alone can never make room (outstanding reservations, or a request whose
-  maximum cost alone exceeds the limit: it is refused until it sets a lower ``max_tokens``).
+  the seconds until enough settled cost rolls off for the request to fit; ``math.inf``
+  for a request whose maximum cost alone exceeds the limit (it is refused until it sets a
+  lower ``max_tokens``: the gateway tells the client not to retry it); where outstanding
+  reservations are in the way, the earliest it could fit were they settled at nothing, or
+  ``None`` when only they are (they are released as their requests end).
 - ``warn``: the request is admitted.
 - ``throttle``: the request is admitted and ``on_throttle(True)`` is called (the engine
   halves its concurrency); ``on_throttle(False)`` when spend is back under every limit.
@@ -318,20 +320,39 @@ class BudgetLedger:
     def _refusal(
         self, now: float, nano: int, blocked: list[tuple[BudgetWindow, SpendRing, int, float]]
     ) -> BudgetExceeded:
-        waits: list[float] = []
-        for _, ring, limit, _ in blocked:
-            wait = ring.seconds_until_freed(now, ring.total + self._reserved + nano - limit)
-            if wait is None:
-                break
-            waits.append(wait)
         window, ring, _, usd = blocked[0]
         spent = _usd(ring.total + self._reserved)
         return BudgetExceeded(
             f"deployment {self.deployment!r} would exceed its budget of ${usd:.2f} per "
             f"{window.value}: ${spent:.4f} spent or reserved, this request may cost up to "
             f"${_usd(nano):.4f}",
-            retry_after=max(waits) if len(waits) == len(blocked) else None,
+            retry_after=self._retry_after(now, nano, blocked),
         )
+
+    def _retry_after(
+        self, now: float, nano: int, blocked: list[tuple[BudgetWindow, SpendRing, int, float]]
+    ) -> float | None:
+        """When the refused request may fit: the latest, over the windows in its way, of
+        the time until enough settled spend rolls off; ``math.inf`` when its maximum cost
+        alone passes a limit (it never fits: the client must lower ``max_tokens``).
+
+        Where outstanding reservations are in the way too, roll-off alone cannot make room:
+        the time is then when it could at the earliest, were every reservation settled at
+        nothing (``None`` when only reservations are in the way — they are released as
+        their requests end, which no one knows in advance)."""
+        waits: list[float] = []
+        for _, ring, limit, _ in blocked:
+            if nano > limit:
+                return math.inf
+            wait = ring.seconds_until_freed(now, ring.total + self._reserved + nano - limit)
+            if wait is None:  # reservations in the way: a lower bound, if roll-off is too
+                settled_over = ring.total + nano - limit
+                if settled_over <= 0:
+                    continue
+                wait = ring.seconds_until_freed(now, settled_over)
+                assert wait is not None  # nano <= limit: the ring holds what must go
+            waits.append(wait)
+        return max(waits) if waits else None
 
     def _settle(self, reserved: int, actual: int) -> None:
         now = self._refresh()

@@ -216,7 +216,7 @@ class WaitingLimiter(abc.ABC):
         if denial.reason is DenialReason.CONCURRENCY:
             retry_after: float | None = CONCURRENCY_RETRY_HINT
         elif math.isinf(denial.retry_at):
-            retry_after = None
+            retry_after = math.inf  # the request alone passes a limit: it never fits
         else:
             retry_after = max(0.0, denial.retry_at - now)
         return RateLimitExceeded(

@@ -10,8 +10,11 @@ A request's ids (:class:`RequestIds`): the gateway always makes its own (the ans
 back in the response's ``x-request-id`` header, and only when it is short and plain
 (:data:`CLIENT_REQUEST_ID`); otherwise the header carries our own id.
 
-Every 429 answer carries ``Retry-After``: the error's own ``retry_after`` when it has one,
-else :data:`DEFAULT_RETRY_AFTER_S`, so that no client retries at once and in a loop.
+Every 429 answer says when to retry: ``Retry-After``, the error's own ``retry_after`` when
+it has one, else :data:`DEFAULT_RETRY_AFTER_S`, so that no client retries at once and in a
+loop — except a 429 that no retry can cure (a request whose own cost passes a budget or a
+rate limit, a spent upstream quota), which says ``x-should-retry: false`` instead
+(:func:`~rakka_inference.api.openai_response.error_status`).
 """
 
 from __future__ import annotations
@@ -248,6 +251,6 @@ async def send_error(
     except Exception:  # pragma: no cover - a bug in rendering must still answer
         log.exception("rendering an error failed")
         status, headers, body = render(InternalError("internal error"))
-    if status == 429 and "retry-after" not in headers:
+    if status == 429 and "retry-after" not in headers and "x-should-retry" not in headers:
         headers = {**headers, "retry-after": str(DEFAULT_RETRY_AFTER_S)}
     await send_json(send, status, body, request_id, headers)

@@ -21,7 +21,7 @@ _ALLOWED_HEADERS = (
     b"anthropic-beta, x-request-id, x-rakka-priority, x-rakka-max-wait-ms, "
     b"openai-organization, openai-project"
 )
-_EXPOSED = b"x-request-id, retry-after, x-rakka-token-count"
+_EXPOSED = b"x-request-id, retry-after, x-should-retry, x-rakka-token-count"
 _MAX_AGE = b"600"
 
 

@@ -31,10 +31,11 @@ gzip`` or ``deflate`` is decompressed within the body limit
 
 Every error is an OpenAI-style JSON body (Anthropic-style on ``/v1/messages``) with the
 status of its class (400 naming the param, 401, 404, 413, 429 and 503 with
-``Retry-After``, 502, 504); every 429 has ``Retry-After``. Each response carries
-``x-request-id``: the client's own when it sent a short plain one, else the gateway's; the
-answer's id (``chatcmpl-``, ``msg_``, ``resp_``) is always the gateway's
-(:func:`~rakka_inference.runtime.asgi.request_ids`).
+``Retry-After``, 502, 504); every 429 has ``Retry-After``, but one that no retry can
+cure, which says ``x-should-retry: false`` (:mod:`~rakka_inference.runtime.asgi`). Each
+response carries ``x-request-id``: the client's own when it sent a short plain one, else
+the gateway's; the answer's id (``chatcmpl-``, ``msg_``, ``resp_``) is always the
+gateway's (:func:`~rakka_inference.runtime.asgi.request_ids`).
 
 CORS (``[cluster].cors_origins``, off by default): a page from an allowed origin gets
 ``Access-Control-Allow-Origin`` on every answer, and its preflight (``OPTIONS``) is
