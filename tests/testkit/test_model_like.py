@@ -11,7 +11,12 @@ import pytest
 from pydantic import BaseModel, Field
 
 from rakka_inference.testkit.faults import ReplyScript
-from rakka_inference.testkit.model_like import example_of, model_like
+from rakka_inference.testkit.model_like import (
+    MAX_EXAMPLE_TEXT,
+    MAX_EXAMPLE_VALUES,
+    example_of,
+    model_like,
+)
 
 
 class Colour(Enum):
@@ -149,3 +154,59 @@ def test_gemini_tools_and_schemas() -> None:
     json_only = {"generationConfig": {"responseMimeType": "application/json"}}
     assert orjson.loads(model_like(BASE, json_only).text or "")["answer"]
     assert model_like(BASE, {"generationConfig": {}}) is BASE
+
+
+def values_in(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(values_in(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(values_in(v) for v in value)
+    return 1
+
+
+def text_in(value: object) -> int:
+    if isinstance(value, dict):
+        return sum(text_in(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(text_in(v) for v in value)
+    return len(value) if isinstance(value, str) else 0
+
+
+FAN_OUT = {
+    "$defs": {
+        level: {
+            "type": "object",
+            "properties": {f"p{i}": {"$ref": f"#/$defs/{below}"} for i in range(100)},
+        }
+        for level, below in (("a", "b"), ("b", "c"), ("c", "d"))
+    }
+    | {"d": {"type": "string", "minLength": 50}},
+    "$ref": "#/$defs/a",
+}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "minItems": 10**12, "items": {"type": "integer"}},
+        {"type": "array", "minItems": 10**6, "items": {"type": "array", "minItems": 10**6}},
+        {"type": "string", "minLength": 10**12},
+        {"type": "array", "minItems": 10**4, "items": {"type": "string", "minLength": 10**4}},
+        FAN_OUT,  # 100^3 strings of 50 characters, from a schema of a few kilobytes
+    ],
+    ids=["items", "items-of-items", "string", "strings", "fan-out"],
+)
+def test_an_example_is_bounded_whatever_the_schema_asks(schema: dict[str, Any]) -> None:
+    # A sandbox reply for a request of a few hundred bytes: before the bounds, these built
+    # gigabytes (or took minutes).
+    value = example_of(schema)
+    assert values_in(value) <= MAX_EXAMPLE_VALUES
+    assert text_in(value) <= MAX_EXAMPLE_TEXT
+    assert len(orjson.dumps(value)) < 4 * (MAX_EXAMPLE_VALUES + MAX_EXAMPLE_TEXT)
+
+
+def test_an_example_within_the_bounds_is_whole() -> None:
+    schema = {"type": "array", "minItems": 100, "items": {"type": "string", "minLength": 20}}
+    value = example_of(schema)
+    assert len(value) == 100
+    assert all(len(item) == 20 for item in value)

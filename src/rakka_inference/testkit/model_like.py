@@ -19,21 +19,34 @@ the :class:`~rakka_inference.testkit.faults.ReplyScript` for it, built on a base
 structured outputs use: objects, arrays, scalars with their bounds and formats, ``enum``,
 ``const``, ``anyOf``/``oneOf``/``allOf``, ``$ref`` into ``$defs``/``definitions``, and
 nullable types. A schema it cannot satisfy exactly (a ``pattern``) gets a plain value.
+
+The sandbox answers anyone its gateway serves, so what one example costs is bounded,
+whatever the schema asks: at most :data:`MAX_EXAMPLE_VALUES` values (a ``minItems`` of
+millions, or a few references fanning out a hundred properties each, would otherwise build
+megabytes from a request of a few hundred bytes) and :data:`MAX_EXAMPLE_TEXT` characters
+of strings in all, and :data:`_MAX_DEPTH` levels (``$ref`` cycles). Past a bound the
+example is cut short — shorter arrays and strings, ``null`` for what is left — rather
+than refused: it is a stand-in's answer, not a promise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from rakka_inference.testkit.faults import ReplyScript, ScriptedToolCall
 
-__all__ = ["example_of", "model_like"]
+__all__ = ["MAX_EXAMPLE_TEXT", "MAX_EXAMPLE_VALUES", "example_of", "model_like"]
 
 _MAX_DEPTH = 12
+MAX_EXAMPLE_VALUES = 2048
+"""The most values (objects, arrays and scalars) one example holds."""
+MAX_EXAMPLE_TEXT = 64 * 1024
+"""The most characters one example's strings hold, together."""
 _FORMATS: Mapping[str, str] = {
     "date-time": "2026-01-01T00:00:00Z",
     "date": "2026-01-01",
@@ -49,13 +62,26 @@ _FORMATS: Mapping[str, str] = {
 
 
 def example_of(schema: object, root: object = None, depth: int = 0) -> Any:
-    """A value valid against the JSON schema ``schema`` (``root`` holds its ``$defs``)."""
-    if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
+    """A value valid against the JSON schema ``schema`` (``root`` holds its ``$defs``),
+    within the bounds of the module docstring."""
+    return _example(schema, schema if root is None else root, depth, _Budget())
+
+
+@dataclass(slots=True)
+class _Budget:
+    """What is left for the rest of one example."""
+
+    values: int = MAX_EXAMPLE_VALUES
+    text: int = MAX_EXAMPLE_TEXT
+
+
+def _example(schema: object, root: object, depth: int, budget: _Budget) -> Any:
+    if not isinstance(schema, Mapping) or depth > _MAX_DEPTH or budget.values <= 0:
         return None
-    root = schema if root is None else root
+    budget.values -= 1
     ref = schema.get("$ref")
     if isinstance(ref, str):
-        return example_of(_resolve(ref, root), root, depth + 1)
+        return _example(_resolve(ref, root), root, depth + 1, budget)
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
@@ -65,28 +91,34 @@ def example_of(schema: object, root: object = None, depth: int = 0) -> Any:
         options = schema.get(key)
         if isinstance(options, list) and options:
             chosen = next((o for o in options if _type_of(o) != "null"), options[0])
-            return example_of(chosen, root, depth + 1)
+            return _example(chosen, root, depth + 1, budget)
     every = schema.get("allOf")
     if isinstance(every, list) and every:
         merged: dict[str, Any] = {}
         for part in every:
             merged |= dict(part) if isinstance(part, Mapping) else {}
-        return example_of(merged, root, depth + 1)
+        return _example(merged, root, depth + 1, budget)
     kind = _type_of(schema)
     if kind == "object":
         properties = schema.get("properties")
         fields = properties if isinstance(properties, Mapping) else {}
-        return {name: example_of(sub, root, depth + 1) for name, sub in fields.items()}
+        return {name: _example(sub, root, depth + 1, budget) for name, sub in fields.items()}
     if kind == "array":
-        count = max(1, _int(schema.get("minItems"), 1))
-        return [example_of(schema.get("items", {}), root, depth + 1) for _ in range(count)]
+        items = schema.get("items", {})
+        found = [_example(items, root, depth + 1, budget)]
+        # Each item costs at least one value: none once the budget is spent.
+        while len(found) < _int(schema.get("minItems"), 1) and budget.values > 0:
+            found.append(_example(items, root, depth + 1, budget))
+        return found
     if kind in ("integer", "number"):
         return _number(schema, integer=kind == "integer")
     if kind == "boolean":
         return True
     if kind == "null":
         return None
-    return _string(schema)
+    text = _string(schema, budget.text)
+    budget.text -= len(text)
+    return text
 
 
 def model_like(base: ReplyScript, body: Mapping[str, Any]) -> ReplyScript:
@@ -236,13 +268,14 @@ def _number(schema: Mapping[str, Any], *, integer: bool) -> int | float:
     return int(value) if integer else float(value)
 
 
-def _string(schema: Mapping[str, Any]) -> str:
+def _string(schema: Mapping[str, Any], room: int) -> str:
+    """A string for ``schema``, of at most ``room`` characters."""
     text = _FORMATS.get(str(schema.get("format")), "sandbox")
-    low = _int(schema.get("minLength"), 0)
+    low = min(_int(schema.get("minLength"), 0), max(0, room))
     high = _int(schema.get("maxLength"), len(text))
     if len(text) < low:
         text += "x" * (low - len(text))
-    return text[: max(high, low)]
+    return text[: min(max(high, low), max(0, room))]
 
 
 def _int(value: object, default: int) -> int:
