@@ -1,5 +1,5 @@
 """The connection guard's own CPU per request: uvicorn's httptools protocol bare and under
-:class:`~rakka_inference.runtime.connection_guard.ConnectionGuard`, in one process.
+:func:`~rakka_inference.runtime.connection_guard.guarded_protocol`, in one process.
 
     python bench/connection_guard.py [--requests N] [--rounds N]
 
@@ -28,7 +28,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from rakka_inference.core.deployment import ClusterConfig
-from rakka_inference.runtime.connection_guard import ConnectionGuard
+from rakka_inference.runtime.connection_guard import guarded_protocol
+from rakka_inference.runtime.connection_limits import ConnectionGuard
 
 BODY = json.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "Say hello in five words."}]},
@@ -120,7 +121,7 @@ async def serve(protocol_class: type[asyncio.Protocol], requests: int, split: bo
 
 
 async def bench(requests: int, rounds: int) -> None:
-    guarded = ConnectionGuard(ClusterConfig()).protocol()
+    guarded = guarded_protocol(ConnectionGuard(ClusterConfig()))
     sides: dict[str, type[asyncio.Protocol]] = {"bare": HttpToolsProtocol, "guarded": guarded}
     for split in (False, True):
         times: dict[str, list[float]] = {"bare": [], "guarded": []}

@@ -16,9 +16,9 @@ their own); the port is bound (in use: said so); then the topology starts under 
 The ``rakka: serving ...`` line is printed once the server accepts connections, never
 before.
 
-The server is uvicorn with uvloop and httptools, its connections under a
-:class:`~rakka_inference.runtime.connection_guard.ConnectionGuard` (limits on time, size and
-count: ``[cluster]``'s ``header_timeout_ms`` and the like). SIGTERM or SIGINT stops accepting
+The server is uvicorn with uvloop and httptools, its connections under
+:mod:`~rakka_inference.runtime.connection_guard` (limits on time, size and count:
+``[cluster]``'s ``header_timeout_ms`` and the like). SIGTERM or SIGINT stops accepting
 connections, lets in-flight requests finish within the grace period (``--grace``), stops
 the engines (queued requests are served first) and exits 0. When the grace period runs
 out with requests still in flight, they are cut
@@ -54,7 +54,7 @@ from rakka_inference.runtime.topology import Topology
 if TYPE_CHECKING:
     from rakka_inference.apps.sandbox import Sandbox
     from rakka_inference.cluster.member import NodeMember
-    from rakka_inference.runtime.connection_guard import ConnectionGuard
+    from rakka_inference.runtime.connection_limits import ConnectionGuard
 
 __all__ = ["EXIT_GRACE_RAN_OUT", "ServeApp", "run_server", "serve"]
 
@@ -409,7 +409,8 @@ def run_server(
     stopped; the exit status as :func:`serve` gives it."""
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
-    from rakka_inference.runtime.connection_guard import ConnectionGuard  # noqa: PLC0415
+    from rakka_inference.runtime.connection_guard import guarded_protocol  # noqa: PLC0415
+    from rakka_inference.runtime.connection_limits import ConnectionGuard  # noqa: PLC0415
 
     app.guard = ConnectionGuard(app.cluster)
     server = _graceful_server_class(app, grace_s)(
@@ -419,7 +420,7 @@ def run_server(
             port=port,
             loop="uvloop",
             # httptools, with the time, size and count limits of every connection.
-            http=app.guard.protocol(),
+            http=guarded_protocol(app.guard),
             lifespan="on",
             timeout_graceful_shutdown=math.ceil(grace_s) + _BACKSTOP_S,
             access_log=False,

@@ -123,7 +123,7 @@ class ClusterConfig:
     deployment of those runtimes that sets no ``endpoint`` to the mock of its format: a
     config that runs with no keys and no network (``examples/mock-providers.toml``). Not
     for production, and not with ``backend = "ray"``."""
-    # What one client connection may cost the server (rakka_inference.runtime.connection_guard).
+    # What one client connection may cost the server (runtime.connection_guard).
     # Each serving process (each worker of a node) holds them for its own connections;
     # connections accepted after a reload get the reloaded values.
     header_timeout_ms: int = 10_000

@@ -111,7 +111,7 @@ class LimiterView(Protocol):
 
 
 class ConnectionsView(Protocol):
-    """The server's client connections (:class:`~rakka_inference.runtime.connection_guard.
+    """The server's client connections (:class:`~rakka_inference.runtime.connection_limits.
     ConnectionGuard`)."""
 
     @property
