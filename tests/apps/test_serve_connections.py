@@ -425,6 +425,26 @@ async def test_normal_clients_shed_nothing(server: Server) -> None:
     }
 
 
+async def test_a_websocket_upgrade_is_an_ordinary_request_and_counted_out(
+    server: Server,
+) -> None:
+    fds, before = server.fds(), shed(server)
+    for _ in range(3):
+        reader, writer = await connect(server)
+        writer.write(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        finally:
+            await close(writer)
+        assert parse(head)[0] == 200
+    await settled(server, fds)
+    assert shed(server)["open"] == before["open"]  # each was counted out as it closed
+    assert "upgrade" not in server.log().lower()
+
+
 # --------------------------------------------------------------------------- count
 
 

@@ -53,6 +53,9 @@ head only when it goes on past that read, or begins in a longer one; a timer is 
 for a head or a body that does not arrive whole in the read that began it (and one per
 connection, for its first head).
 
+The gateway serves no WebSocket, so the protocol upgrades no connection: a request that
+asks for one is answered as any other (upgraded, the connection would leave the guard).
+
 A pipelined request whose head begins in the read that ended the request before it is
 measured from the next read on: at most one read of it escapes the size limits.
 """
@@ -173,6 +176,15 @@ class _GuardedProtocol(HttpToolsProtocol):
                 self._arm(self._head_s, self._head_late)
 
     # ---------------------------------------------------------------- the parser's
+
+    def _should_upgrade_to_ws(self) -> bool:
+        # The gateway serves no WebSocket: an upgrade request is answered as an ordinary
+        # request, on a connection that stays under the guard (upgraded, it would leave
+        # this protocol, its count, and its limits behind).
+        return False
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # uvicorn would log two lines for every such request: a flood at will
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_body = False, True
