@@ -17,6 +17,7 @@ over real HTTP, against a gateway in front of the testkit's mocks.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,6 +203,40 @@ async def test_a_messages_number_past_its_bound_is_a_400(
     assert isinstance(body, dict)
     assert body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"].startswith(f"{param}: ")
+
+
+# --------------------------------------------------------------------------- request ids
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    ["trace-7f3a.b:c_d", "x" * 129, "<script>alert(1)</script>", "a b", "x;y=1"],
+)
+async def test_a_client_request_id_never_becomes_the_answers_id(
+    sandbox: Clients, client_id: str
+) -> None:
+    echoed = client_id == "trace-7f3a.b:c_d"  # short and plain: echoed, not trusted
+    chat = await sandbox.openai.chat.completions.with_raw_response.create(
+        model="sandbox-gpt",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-request-id": client_id},
+    )
+    message = await sandbox.anthropic.messages.with_raw_response.create(
+        model="sandbox-claude",
+        max_tokens=16,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-request-id": client_id},
+    )
+    for raw, answer_id, prefix in (
+        (chat, chat.parse().id, "chatcmpl-"),
+        (message, (await message.parse()).id, "msg_"),  # the anthropic SDK's parse awaits
+    ):
+        assert re.fullmatch(prefix + "[0-9a-f]{32}", answer_id), answer_id
+        header = raw.headers["x-request-id"]
+        if echoed:
+            assert header == client_id
+        else:
+            assert header == "req_" + answer_id.removeprefix(prefix)
 
 
 # --------------------------------------------------------------------------- the sandbox
