@@ -12,6 +12,7 @@ from rakka_inference.api.anthropic_fields import read as anthropic
 from rakka_inference.api.fields import MAX_JSON_DEPTH, Expected, FieldReader, JsonPath, is_http_url
 from rakka_inference.api.openai_fields import read as openai
 from rakka_inference.core.errors import BadRequest, PayloadTooLarge
+from rakka_inference.core.json_depth import too_deep
 
 
 class Recording:
@@ -204,3 +205,10 @@ def test_each_dialect_words_a_bound_its_own_way(
     assert failure(call, openai)[0] == expected[0]
     anthropic_words = failure(call, anthropic)[0]
     assert anthropic_words == expected[1].replace("p:", "n:")
+
+
+def test_the_depth_walk_takes_any_json_value() -> None:
+    assert too_deep("text", 1) is None
+    assert too_deep([[1]], 2) is None
+    assert too_deep([[[1]]], 2) == (0, 0)
+    assert too_deep({"a": [{"b": {}}]}, 3) == ("a", 0, "b")

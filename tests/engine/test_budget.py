@@ -296,6 +296,22 @@ def test_with_both_limits_in_the_way_retry_after_is_the_later_one() -> None:
     assert refused.value.retry_after == math.inf
 
 
+def test_with_reservations_and_settled_spend_in_the_way_retry_after_is_the_earliest() -> None:
+    clock = FakeClock(T0)
+    ledger = ledger_for(hourly(10.0), clock)
+    in_flight = ledger.reserve(chat(8))
+    ledger.reserve(chat(2)).settle(9.0)  # it cost more than it reserved: $9 settled
+    clock.now = T0 + 600.0
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve(chat(3))
+    # Roll-off alone cannot make room while $8 is reserved; were it settled at nothing,
+    # $2 of the $9 must still leave the hour: not before then.
+    assert refused.value.retry_after == HOUR_LEAVES - 600.0
+    in_flight.settle(0.0)
+    clock.now = T0 + HOUR_LEAVES
+    ledger.reserve(chat(3))
+
+
 def test_warn_admits_and_reports_each_crossing_once() -> None:
     clock = FakeClock(T0)
     events: list[BudgetEvent] = []
