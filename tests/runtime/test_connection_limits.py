@@ -75,15 +75,22 @@ def test_the_file_limit_bounds_the_total() -> None:
 
 def test_a_lower_file_limit_is_warned_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "rakka_inference.connections")
-    g = ConnectionGuard(ClusterConfig(max_connections=1000), file_limited=lambda wanted: 100)
+    cluster = ClusterConfig(max_connections=1000, max_connections_per_client=250)
+    g = ConnectionGuard(cluster, file_limited=lambda wanted: 100)
     assert g.limits.max_connections == 100
-    g.follow(lambda: ClusterConfig(max_connections=1000))
+    assert g.limits.max_connections_per_client == 25  # a quarter of the whole, as configured
+    g.follow(lambda: dataclasses.replace(cluster))
     assert g.admit("10.0.0.1") is not None
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        "the open-file limit holds 100 client connections, not max_connections = 1000: "
-        "raise it (ulimit -n, systemd's LimitNOFILE)"
+        "the open-file limit holds 100 client connections, not max_connections = 1000 "
+        "(and 25 from one client): raise it (ulimit -n, systemd's LimitNOFILE)"
     ]
+    behind_a_proxy = ClusterConfig(max_connections=1000, max_connections_per_client=1000)
+    held = ConnectionLimits.of(behind_a_proxy, max_connections=100)
+    assert held.max_connections_per_client == 100
+    tiny = ConnectionLimits.of(ClusterConfig(max_connections_per_client=1), max_connections=10)
+    assert tiny.max_connections_per_client == 1
 
 
 def test_a_connection_gets_the_limits_current_when_it_is_accepted() -> None:

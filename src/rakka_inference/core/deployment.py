@@ -136,8 +136,9 @@ class ClusterConfig:
     """Client connections open at once; past it a new one is closed as it is accepted.
     Lowered to what the process's open-file limit allows (``ulimit -n``)."""
     max_connections_per_client: int = 1024
-    """Client connections open at once from one address (an IPv6 client: its /64);
-    behind a reverse proxy every connection comes from the proxy: raise it there."""
+    """Client connections open at once from one address (an IPv6 client: its /64), at most
+    ``max_connections`` and lowered with it in proportion; behind a reverse proxy every
+    connection comes from the proxy: raise it there."""
     max_request_line_bytes: int = 8192
     """The request line (``POST /v1/chat/completions HTTP/1.1``); longer: 414."""
     max_header_bytes: int = 8192

@@ -73,17 +73,25 @@ class ConnectionLimits:
     max_connections: int
     """Already lowered to what the open-file limit holds."""
     max_connections_per_client: int
+    """Lowered in proportion when ``max_connections`` is."""
     max_request_line_bytes: int
     max_header_bytes: int
     max_head_bytes: int
 
     @classmethod
     def of(cls, cluster: ClusterConfig, *, max_connections: int) -> ConnectionLimits:
+        """``cluster``'s limits, with ``max_connections`` held (by the open-file limit):
+        the per-client cap is lowered in proportion, so that one client keeps the share
+        of the whole the config gives it."""
+        wanted = cluster.max_connections
+        per_client = min(cluster.max_connections_per_client, wanted)
+        if max_connections < wanted:
+            per_client = max(1, per_client * max_connections // wanted)
         return cls(
             header_timeout_s=cluster.header_timeout_ms / 1000,
             body_timeout_s=cluster.body_timeout_ms / 1000,
             max_connections=max_connections,
-            max_connections_per_client=cluster.max_connections_per_client,
+            max_connections_per_client=per_client,
             max_request_line_bytes=cluster.max_request_line_bytes,
             max_header_bytes=cluster.max_header_bytes,
             max_head_bytes=cluster.max_head_bytes,
@@ -219,14 +227,16 @@ class ConnectionGuard:
     ) -> ConnectionLimits:
         wanted = cluster.max_connections
         held = self._file_limited(wanted)
+        limits = ConnectionLimits.of(cluster, max_connections=held)
         if held < wanted and (before is None or before.max_connections != held):
             log.warning(
-                "the open-file limit holds %d client connections, not max_connections = %d: "
-                "raise it (ulimit -n, systemd's LimitNOFILE)",
+                "the open-file limit holds %d client connections, not max_connections = %d "
+                "(and %d from one client): raise it (ulimit -n, systemd's LimitNOFILE)",
                 held,
                 wanted,
+                limits.max_connections_per_client,
             )
-        return ConnectionLimits.of(cluster, max_connections=held)
+        return limits
 
     def admit(self, client: str | None) -> ConnectionLimits | None:
         """Count a connection from ``client`` in: its limits, or ``None`` (and it is shed)
