@@ -79,29 +79,51 @@ def test_a_deployment_rebuilt_with_new_settings_reconfigures_its_breaker() -> No
     assert breaker.snapshot().consecutive_failures == 1  # the state is kept
 
 
-def test_expect_sets_the_claims_of_the_config_about_to_be_applied() -> None:
+def test_an_apply_stages_the_claims_and_changes_the_breaker_when_it_commits() -> None:
     registry = BreakerRegistry(clock=FakeClock())
     breaker = registry.get_or_create(KEY, ONE, holder="a")
     registry.get_or_create(KEY, ONE, holder="b")
-    # "a" and "b" change their settings together: the breaker takes them, and neither
-    # is refused for differing from the other's old ones.
-    registry.expect({"a": FIVE, "b": FIVE})
-    assert breaker.config == FIVE
+    breaker.record_failure(breaker.admit(), http_503())
+    # "a" and "b" change their settings together: neither is refused for differing from
+    # the other's old ones, and the breaker keeps its settings until the apply commits.
+    registry.stage(kept=())
     assert registry.get_or_create(KEY, FIVE, holder="a") is breaker
-    # Only "a" changes: the holders disagree, the breaker keeps its settings, and "a"
-    # is refused when it is built.
-    registry.expect({"a": ONE, "b": FIVE})
+    assert registry.get_or_create(KEY, FIVE, holder="b") is breaker
+    assert breaker.config == ONE  # the running deployments still use it
+    registry.commit()
     assert breaker.config == FIVE
+    assert breaker.snapshot().consecutive_failures == 1  # the state is kept
+    # Only "a" changes, "b" is kept: "a" is refused when it is built.
+    registry.stage(kept=("b",))
     with pytest.raises(ConfigError):
         registry.get_or_create(KEY, ONE, holder="a")
-    # The apply is refused: the running config binds again.
-    registry.expect({"a": FIVE, "b": FIVE})
+    registry.abort()
+    assert breaker.config == FIVE
     # "b" leaves: "a" alone may change it.
-    registry.expect({"a": ONE})
+    registry.stage(kept=())
+    registry.get_or_create(KEY, ONE, holder="a")
+    registry.commit()
     assert breaker.config == ONE
     # Nobody holds it any more: a newcomer sets it.
-    registry.expect({})
+    registry.stage(kept=())
+    registry.commit()
     assert registry.get_or_create(KEY, FIVE, holder="c").config == FIVE
+
+
+def test_a_refused_apply_changes_no_breaker_and_leaves_none_behind() -> None:
+    registry = BreakerRegistry(clock=FakeClock())
+    breaker = registry.get_or_create(KEY, ONE, holder="a")
+    registry.stage(kept=())
+    registry.get_or_create(KEY, FIVE, holder="a")  # "a" changes its settings...
+    registry.get_or_create(MINI, FIVE, holder="new")  # ...and a newcomer gets a breaker
+    assert len(registry) == 2
+    registry.abort()  # ...but another deployment did not start
+    assert breaker.config == ONE
+    assert registry.get(MINI) is None
+    assert len(registry) == 1
+    # The running claims stand: "b" may not join "a" with other settings.
+    with pytest.raises(ConfigError):
+        registry.get_or_create(KEY, FIVE, holder="b")
 
 
 def test_every_observer_is_told_even_after_one_fails(caplog: pytest.LogCaptureFixture) -> None:

@@ -534,6 +534,19 @@ def test_without_an_authority_a_node_is_its_own() -> None:
     denied(limiter.try_acquire(0))
 
 
+def test_a_discarded_key_is_forgotten_and_made_again_on_use() -> None:
+    clock = FakeClock()
+    node = DistributedRateLimiter(SimulatedNetwork(clock).join("solo"), clock=clock)
+    approximate = node.limiter_for(KEY, RateLimits(requests_per_minute=60))
+    node.limiter_for(OTHER := KEY._replace(model="other"), RateLimits(strict=True))
+    assert len(node.utilization()) == 2
+    node.discard(KEY)
+    node.discard(OTHER)
+    node.discard(OTHER)  # already gone: nothing to do
+    assert node.utilization() == []
+    assert node.limiter_for(KEY, RateLimits(requests_per_minute=60)) is not approximate
+
+
 # ---------------------------------------------------------------- the node facade
 
 

@@ -409,15 +409,19 @@ async def test_reloads_change_shared_limits_through_the_expected_config(
     again = await build_remote_engine(limited(server, "solo", rpm_20, key="sk-solo"), services)
     assert again.limiter is solo.limiter
     assert solo.limiter.limits == rpm_20
-    # Both sharing deployments change together: the new config is expected first.
+    # Both sharing deployments change together, in one staged apply: the running engines
+    # keep their limits until it commits.
     wanted = [limited(server, name, rpm_20) for name in "ab"]
-    services.expect(wanted)
+    services.stage(kept=("solo",))
     rebuilt = [await build_remote_engine(d, services) for d in wanted]
     assert rebuilt[0].limiter is engines[0].limiter
+    assert engines[0].limiter.limits == rpm_10
+    services.commit()
     assert engines[0].limiter.limits == rpm_20
     # A deployment leaving the config no longer holds the key.
-    services.expect([limited(server, "c", RateLimits())])
+    services.stage(kept=())
     newcomer = await build_remote_engine(limited(server, "c", RateLimits()), services)
+    services.commit()
     assert newcomer.limiter.limits == RateLimits()
     for engine in (*engines, solo, again, *rebuilt, newcomer):
         await engine.runner.session.aclose()
@@ -452,8 +456,13 @@ async def test_breakers_are_keyed_by_upstream_model_with_one_config(
     assert "differs from deployment 'a'" in issue.message
     assert server.url not in str(info.value)
     assert first.breaker.config == three
-    # A reload where they change together is expected first.
-    services.expect([breaking(server, name, "gpt-4o", five) for name in "ab"])
+    # A reload where they change together is staged, and commits.
+    services.stage(kept=("c",))
+    rebuilt = [
+        await build_remote_engine(breaking(server, name, "gpt-4o", five), services) for name in "ab"
+    ]
+    assert first.breaker.config == three  # until the apply commits
+    services.commit()
     assert first.breaker.config == five
-    for engine in (first, same, other):
+    for engine in (first, same, other, *rebuilt):
         await engine.runner.session.aclose()

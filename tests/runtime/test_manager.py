@@ -14,7 +14,7 @@ from rakka_inference.actors.system import ActorSystem
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.errors import ConfigError, ModelNotFound, OperationRefused, SecretError
 from rakka_inference.core.messages import ChatMessage, ChatRequest
-from rakka_inference.core.policies import Serving
+from rakka_inference.core.policies import Budget, CircuitBreakerConfig, RateLimits, Serving
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind, VllmConfig
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import aggregate
@@ -302,6 +302,64 @@ async def test_a_failed_start_stops_what_the_apply_started_and_changes_nothing(
     report = await topology.apply(wanted)
     assert (report.added, report.changed) == (("good", "more"), ("chat",))
     assert await ask(topology, "more") == "a b c d"
+
+
+def limited(mock: OpenAIMock, name: str, rpm: int, day_usd: float, failures: int) -> Deployment:
+    """A deployment with its own limits, budget and circuit settings (the shared state an
+    apply stages), on an upstream model of its own (its own limiter and breaker)."""
+    base = deployment(mock, name, budget=Budget(max_spend_per_day=day_usd), replicas=2)
+    settings = replace(
+        base.runtime_config,  # type: ignore[type-var]
+        rate_limits=RateLimits(requests_per_minute=rpm),
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=failures),
+    )
+    return replace(base, model=f"gpt-4o-mini-{name}", runtime_config=settings)
+
+
+def shared_state(topology: Topology) -> tuple[object, ...]:
+    """What running deployments share: limits, breakers, budgets, ledgers' output caps."""
+    return (
+        sorted(
+            (u.key.model, u.requests_per_minute) for u in topology.services.limiters.utilization()
+        ),
+        sorted((b.key.model, b.config) for b in topology.services.breakers),
+        sorted((b.deployment, b.limit_day_usd) for b in topology.budgets.snapshot()),
+        sorted(topology.budgets.report(), key=lambda row: row.deployment),
+    )
+
+
+async def test_a_refused_apply_leaves_every_shared_limit_breaker_and_ledger_as_it_was(
+    mock: OpenAIMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topology = Topology(config(limited(mock, "alpha", 600, 100.0, 10), deployment(mock)))
+    await topology.start()
+    try:
+        starts = Starts(topology, monkeypatch)
+        await ask(topology, "alpha")
+        before = shared_state(topology)
+        # alpha changes its limit, budget and circuit settings and is rebuilt (both its
+        # replicas), a newcomer gets a limiter and a breaker of its own, then chat, also
+        # changed, does not start.
+        starts.failing.add("chat")
+        wanted = config(
+            limited(mock, "new", 60, 5.0, 3),
+            limited(mock, "alpha", 2, 200.0, 5),
+            replace(deployment(mock), aliases=("default",)),
+        )
+        with pytest.raises(ConfigError, match="no weights for chat"):
+            await topology.apply(wanted)
+        assert starts.built == ["new-0", "new-1", "alpha-0.g2", "alpha-1.g2", "chat-0.g2"]
+        assert shared_state(topology) == before
+        assert [await ask(topology, "alpha") for _ in range(3)] == ["a b c d"] * 3
+        # The same change, without the failure, commits all of it at once.
+        starts.failing.clear()
+        await topology.apply(wanted)
+        limits, breakers, budgets, _report = shared_state(topology)
+        assert limits == [("gpt-4o-mini", None), ("gpt-4o-mini-alpha", 2), ("gpt-4o-mini-new", 60)]
+        assert [config.failure_threshold for _model, config in breakers] == [10, 5, 3]
+        assert budgets == [("alpha", 200.0), ("chat", None), ("new", 5.0)]
+    finally:
+        await topology.stop(timeout=5)
 
 
 async def test_a_config_dropping_alpha_for_beta_with_an_unset_secret_keeps_alpha(

@@ -26,15 +26,17 @@ it runs — ``rakka validate`` reports them on the file's lines, with the messag
 gives, and opens no connection and reads no secret to do so.
 
 A deployment rebuilt with new settings (a reload) re-sets its own claim, and the breaker
-takes the settings in place, keeping its state. :meth:`BreakerRegistry.expect` sets the
-claims of a whole config about to be applied, so deployments leaving it, or changing
-their shared settings together, are not held to the old ones.
+takes the settings in place, keeping its state. An apply of a whole config stages its
+claims (:class:`~rakka_inference.remote.shared_claims.SharedClaims`): deployments leaving
+it, or changing their shared settings together, are not held to the old ones, and a
+breaker that running deployments use keeps its settings until the apply commits — a
+refused apply changes no breaker, and leaves none behind.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 from rakka_inference.core.config_rules import DeploymentIssue
@@ -49,6 +51,7 @@ from rakka_inference.remote.breaker import (
     BreakerTransition,
     CircuitBreaker,
 )
+from rakka_inference.remote.shared_claims import SharedClaims
 
 __all__ = ["BreakerRegistry", "breaker_conflicts", "breaker_key"]
 
@@ -96,8 +99,10 @@ class BreakerRegistry:
         if on_transition is not None:
             self._observers.append(on_transition)
         self._breakers: dict[BreakerKey, CircuitBreaker] = {}
-        self._claims: dict[BreakerKey, dict[str, CircuitBreakerConfig]] = {}
+        self._claims: SharedClaims[BreakerKey, CircuitBreakerConfig] = SharedClaims()
         """Which deployments hold each breaker, and with which settings."""
+        self._made_in_apply: list[BreakerKey] = []
+        """Breakers made while an apply is staged: dropped again if it is refused."""
 
     def get_or_create(
         self, key: BreakerKey, config: CircuitBreakerConfig, *, holder: str
@@ -105,18 +110,19 @@ class BreakerRegistry:
         """The breaker for ``key``, for deployment ``holder`` with its ``config``.
 
         Raises :class:`ConfigError` (and changes nothing) when another deployment holds the
-        breaker with other settings.
+        breaker with other settings. While an apply is staged, a breaker that running
+        deployments use keeps their settings until :meth:`commit`.
         """
-        holders = self._claims.get(key, {})
-        for name, held in holders.items():
-            if name != holder and held != config:
-                raise ConfigError([_conflict(key, holder, name)])
-        self._claims.setdefault(key, {})[holder] = config
+        other = self._claims.claim(key, holder, config)
+        if other is not None:
+            raise ConfigError([_conflict(key, holder, other)])
         breaker = self._breakers.get(key)
         if breaker is None:
             breaker = CircuitBreaker(key, config, clock=self._clock, on_transition=self._notify)
             self._breakers[key] = breaker
-        else:
+            if self._claims.staging:
+                self._made_in_apply.append(key)
+        elif not self._claims.staging or self._claims.running(key) is None:
             breaker.reconfigure(config)
         return breaker
 
@@ -132,20 +138,26 @@ class BreakerRegistry:
             except Exception:
                 log.exception("a circuit observer failed on %s", transition.key)
 
-    def expect(self, configs: Mapping[str, CircuitBreakerConfig]) -> None:
-        """The config about to be applied, as each remote deployment's ``circuit_breaker``
-        by name: only those bind from now on. Claims of deployments not in it are dropped,
-        those in it take their new settings, and each held breaker its holders'."""
-        for key, holders in self._claims.items():
-            for name in list(holders):
-                config = configs.get(name)
-                if config is None:
-                    del holders[name]
-                else:
-                    holders[name] = config
-            settings = set(holders.values())
-            if len(settings) == 1:  # holders that disagree: the first one built is refused
-                self._breakers[key].reconfigure(settings.pop())
+    def stage(self, kept: Iterable[str]) -> None:
+        """A config is about to be applied; the deployments named in ``kept`` stay as
+        they run, every other one claims its breaker again as it is built."""
+        self._claims.stage(kept)
+        self._made_in_apply.clear()
+
+    def commit(self) -> None:
+        """The staged config runs from now on: each held breaker takes its holders'
+        settings in place, keeping its state. Never awaits."""
+        for key, config in self._claims.commit().items():
+            self._breakers[key].reconfigure(config)
+        self._made_in_apply.clear()
+
+    def abort(self) -> None:
+        """The staged config was refused: the running claims and settings stand, and the
+        breakers the apply made are forgotten."""
+        for key in self._claims.abort():
+            if key in self._made_in_apply:  # one made before may be in a draining set's use
+                self._breakers.pop(key, None)
+        self._made_in_apply.clear()
 
     def get(self, key: BreakerKey) -> CircuitBreaker | None:
         """The breaker for ``key``, if one was made."""

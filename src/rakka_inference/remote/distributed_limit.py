@@ -150,6 +150,12 @@ class DistributedRateLimiter:
             await self._sleep(max(0.0, self.next_sync_at() - self._clock()))
             self.sync()
 
+    def discard(self, key: LimiterKey) -> None:
+        """Forget this node's limiter of ``key`` (the strict authority's stays: it is the
+        cluster's); another node's gossip about the key makes it again."""
+        self._limiters.pop(key, None)
+        self._strict.pop(key, None)
+
     def utilization(self) -> list[RateLimitUtilization]:
         snapshots = [limiter.utilization() for limiter in self._limiters.values()]
         snapshots.extend(source.utilization() for source in self._strict.values())

@@ -15,15 +15,20 @@ checks say so by credential reference (:func:`~rakka_inference.core.config_rules
 shared_limit_conflicts`); :class:`RemoteServices` says so again by the resolved key, which
 also catches two references that hold one key: a deployment asking for a limiter another
 deployment holds with other limits is refused with a :class:`ConfigError` naming both,
-never silently reconfigured. A deployment rebuilt with new limits (a reload) re-sets its
-own claim; :meth:`RemoteServices.expect` sets the claims of a whole config about to be
-applied, so that deployments leaving it, or changing their shared limits together, are
-not held to the old ones.
+never silently reconfigured. A deployment rebuilt with new limits (a scale-up) re-sets its
+own claim.
+
+An apply of a whole config is staged (:meth:`RemoteServices.stage`, then :meth:`~
+RemoteServices.commit` or :meth:`~RemoteServices.abort`; see
+:mod:`~rakka_inference.remote.shared_claims`): deployments leaving the config, or changing
+their shared limits together, are not held to the old ones, and a limiter that running
+deployments use keeps their limits until the apply commits, so a refused apply changes no
+running limit.
 
 Breakers follow the same rule: deployments sharing one set the same ``circuit_breaker``,
 or the later one is refused with a :class:`ConfigError` naming the field
-(:class:`~rakka_inference.remote.breaker_registry.BreakerRegistry`), and
-:meth:`RemoteServices.expect` sets their claims too.
+(:class:`~rakka_inference.remote.breaker_registry.BreakerRegistry`), and the same stage,
+commit and abort hold their claims.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.ratelimit import LimiterKey, LimiterRegistry, PermitSource, RateLimiter
 from rakka_inference.remote.runner import RemoteRunner
 from rakka_inference.remote.session import RemoteSession
+from rakka_inference.remote.shared_claims import SharedClaims
 from rakka_inference.remote.transports.base import DEFAULT_MAX_CONNECTIONS
 from rakka_inference.remote.transports.factory import create_transport
 from rakka_inference.wire.http import HttpTransport
@@ -67,51 +73,52 @@ class RemoteServices:
     rng: random.Random = field(default_factory=random.Random)
     prices: PriceTable | None = None
     transport_factory: Callable[[RemoteRuntimeConfig], HttpTransport] | None = None
-    limit_claims: dict[LimiterKey, dict[str, RateLimits]] = field(default_factory=dict)
+    limit_claims: SharedClaims[LimiterKey, RateLimits] = field(default_factory=SharedClaims)
     """Which deployments hold each limiter key, and with which limits."""
 
-    def expect(self, deployments: Iterable[Deployment]) -> None:
-        """The config about to be applied: only its deployments' limits bind from now on.
+    def stage(self, kept: Iterable[str]) -> None:
+        """A config is about to be applied; the deployments named in ``kept`` stay as they
+        run (their claims stand), every other one claims its limiter and breaker again as
+        its engines are built. Nothing running changes until :meth:`commit`."""
+        self.limit_claims.stage(kept)
+        self.breakers.stage(kept)
 
-        Claims of deployments not in it are dropped and those in it replaced by their
-        new limits where they already hold a key (checked when their engines are built), and
-        each held limiter takes its holders' limits. The manager calls it before it starts
-        a config's replicas, and again with the running config when that apply fails, so a
-        refused apply leaves the limits as they were.
-        """
-        wanted = {d.name: d for d in deployments}
-        self.breakers.expect(
-            {
-                name: d.runtime_config.circuit_breaker
-                for name, d in wanted.items()
-                if isinstance(d.runtime_config, RemoteRuntimeConfig)
-            }
-        )
-        for key, holders in self.limit_claims.items():
-            for name in list(holders):
-                deployment = wanted.get(name)
-                config = None if deployment is None else deployment.runtime_config
-                if isinstance(config, RemoteRuntimeConfig):
-                    holders[name] = config.rate_limits
-                else:
-                    del holders[name]
-            if holders:  # the holders agree (the config check refuses otherwise)
-                self.limiters.limiter_for(key, next(iter(holders.values())))
+    def commit(self) -> None:
+        """The staged config runs from now on: each held limiter takes its holders' limits
+        and each breaker its holders' settings. Never awaits."""
+        for key, limits in self.limit_claims.commit().items():
+            self.limiters.limiter_for(key, limits)
+        self.breakers.commit()
+
+    def abort(self) -> None:
+        """The staged config was refused: every claim, limit and setting stands, and the
+        limiters and breakers that only the refused config held are forgotten."""
+        for key in self.limit_claims.abort():
+            self.limiters.discard(key)
+        self.breakers.abort()
 
     def claim_limiter(self, key: LimiterKey, deployment: Deployment) -> PermitSource:
         """``key``'s shared limiter for ``deployment``; a :class:`ConfigError` when another
         deployment holds it with other limits (nothing is changed then)."""
         config = deployment.runtime_config
         assert isinstance(config, RemoteRuntimeConfig)
-        holders = self.limit_claims.setdefault(key, {})
-        for name, limits in holders.items():
-            if name != deployment.name and limits != config.rate_limits:
-                conflict = LimitConflict(
-                    deployment.name, name, (key.provider, "of the same fingerprint", key.model), 0
-                )
-                path = f"deployment {deployment.name!r}.runtime_config.rate_limits"
-                raise ConfigError([ConfigIssue("<deployment>", path, conflict.message)])
-        holders[deployment.name] = config.rate_limits
+        other = self.limit_claims.claim(key, deployment.name, config.rate_limits)
+        if other is not None:
+            conflict = LimitConflict(
+                deployment.name, other, (key.provider, "of the same fingerprint", key.model), 0
+            )
+            path = f"deployment {deployment.name!r}.runtime_config.rate_limits"
+            raise ConfigError([ConfigIssue("<deployment>", path, conflict.message)])
+        # Running deployments using this limiter keep their limits until the apply commits.
+        # (Where the new limits switch between strict and approximate, a node's limiter is
+        # another object: that one is taken, and the running one is not touched.)
+        running = self.limit_claims.running(key)
+        if (
+            self.limit_claims.staging
+            and running is not None
+            and running.strict == config.rate_limits.strict
+        ):
+            return self.limiters.limiter_for(key, running)
         return self.limiters.limiter_for(key, config.rate_limits)
 
 

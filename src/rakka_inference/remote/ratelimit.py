@@ -281,6 +281,11 @@ class LimiterRegistry(Protocol):
 
     def utilization(self) -> list[RateLimitUtilization]: ...
 
+    def discard(self, key: LimiterKey) -> None:
+        """Forget ``key``'s limiter (an apply that made it was refused): a later
+        :meth:`limiter_for` makes a new one."""
+        ...
+
 
 class RateLimiter:
     """The per-process registry of exact limiters, one per key.
@@ -318,6 +323,9 @@ class RateLimiter:
 
     def get(self, key: LimiterKey) -> SlidingWindowLimiter | None:
         return self._limiters.get(key)
+
+    def discard(self, key: LimiterKey) -> None:
+        self._limiters.pop(key, None)
 
     def utilization(self) -> list[RateLimitUtilization]:
         return [limiter.utilization() for limiter in self._limiters.values()]

@@ -55,6 +55,12 @@ class ConfigDiff:
     def starting(self) -> tuple[Deployment, ...]:
         return (*self.added, *self.changed)
 
+    @property
+    def kept(self) -> tuple[Deployment, ...]:
+        """The deployments that run on as they are: in the config, and unchanged."""
+        starting = {d.name for d in self.starting}
+        return tuple(d for name, d in self.wanted.items() if name not in starting)
+
     def report(self) -> ApplyReport:
         starting = {d.name for d in self.starting}
         return ApplyReport(

@@ -9,15 +9,21 @@ deployment; it is the only writer of the coordinator's routing table for them.
 or nothing, in three steps:
 
 1. **check** — every deployment within :data:`MAX_REPLICAS`, every new or changed one
-   buildable, every replica placeable, every alias free. Nothing has started yet.
+   buildable (its credential set and readable), every replica placeable, every alias free,
+   no two deployments on one rate limiter with different limits. Nothing has started yet;
+   every issue found is in the one :class:`~rakka_inference.core.errors.ConfigError`.
 2. **start** — every new or changed replica set is built and started (credentials
-   resolved, weights loaded), none of them registered. The running sets keep serving. One
-   that fails stops every set this apply started, and the config is rejected with a
-   :class:`~rakka_inference.core.errors.ConfigError` naming the deployment and the cause.
-3. **swap** — only when all started: the new sets are registered, the changed ones
-   **hot-swapped** (the old set is deregistered and left to drain: its queued and running
-   requests finish on it), the removed ones deregistered and drained. This step never
-   awaits, so no request sees half of one config and half of the other.
+   resolved, weights loaded), none of them registered, against a *staged* config
+   (:class:`~rakka_inference.runtime.replica_set.StagesConfig`): the rate limiters, circuit
+   breakers and cost ledgers the running sets use keep their settings. The running sets
+   keep serving. One that fails stops every set this apply started, the staged config is
+   dropped, and the config is rejected with a ConfigError naming the deployment and the
+   cause.
+3. **swap** — only when all started: the staged config is committed (shared limits,
+   breaker settings and ledgers change here), the new sets are registered, the changed
+   ones **hot-swapped** (the old set is deregistered and left to drain: its queued and
+   running requests finish on it), the removed ones deregistered and drained. This step
+   never awaits, so no request sees half of one config and half of the other.
 
 A rejected config leaves the old one serving whole. :meth:`scale` adds or drains replicas;
 :meth:`rebuild_session` rotates credentials on every replica (in-flight requests finish on
@@ -45,11 +51,11 @@ from rakka_inference.runtime.placement import Placement
 from rakka_inference.runtime.replica_set import (
     Engine,
     EngineFactory,
-    ExpectsConfig,
     Replica,
     ReplicaSet,
     ReplicaSupervisor,
     ReplicaWatcher,
+    StagesConfig,
 )
 from rakka_inference.runtime.request import FallbackPolicy
 
@@ -195,15 +201,17 @@ class DeploymentManager:
         async with self._lock:
             diff = ConfigDiff.between(self.deployments, config)
             self._check(diff)
-            shared = self.factory if isinstance(self.factory, ExpectsConfig) else None
-            if shared is not None:
-                shared.expect(diff.wanted.values())
+            staged = self.factory if isinstance(self.factory, StagesConfig) else None
+            if staged is not None:
+                staged.stage(diff.kept)
             try:
                 fresh = await self._start_all(diff.starting)
             except BaseException:
-                if shared is not None:
-                    shared.expect(self.deployments.values())  # the running config binds again
+                if staged is not None:
+                    staged.abort()  # the running config's limits and ledgers stand
                 raise
+            if staged is not None:
+                staged.commit()
             self._swap(diff, fresh)
             return diff.report()
 
@@ -221,8 +229,16 @@ class DeploymentManager:
         if too_many:
             raise ConfigError(too_many)
         check_aliases(diff.wanted.values())
+        unbuildable: list[ConfigIssue] = []
+        cause: BaseException | None = None
         for deployment in diff.starting:
-            self.factory.check(deployment)
+            try:
+                self.factory.check(deployment)
+            except ConfigError as error:  # every one is said, not the first alone
+                unbuildable.extend(error.issues)
+                cause = error.__cause__
+        if unbuildable:
+            raise ConfigError(unbuildable) from cause
         if self.placement is not None:
             impossible = [
                 ConfigIssue("<config>", f"deployment {deployment.name!r}.{field}", reason)

@@ -121,11 +121,22 @@ class EngineFactory(Protocol):
 
 
 @runtime_checkable
-class ExpectsConfig(Protocol):
-    """A factory with state shared across deployments (the rate limiters) that must follow
-    the config being applied, and go back to the running one when the apply is refused."""
+class StagesConfig(Protocol):
+    """A factory with state shared across deployments (rate limiters, circuit breakers,
+    cost ledgers) that an apply changes all or nothing: the new engines are built against
+    a staged config, and what running engines use changes only when the apply commits."""
 
-    def expect(self, deployments: Iterable[Deployment]) -> None: ...
+    def stage(self, kept: Iterable[Deployment]) -> None:
+        """An apply begins; ``kept`` are the running deployments it leaves as they are."""
+        ...
+
+    def commit(self) -> None:
+        """The apply's engines serve from now on (called in the swap: never awaits)."""
+        ...
+
+    def abort(self) -> None:
+        """The apply was refused: everything stays as it was before :meth:`stage`."""
+        ...
 
 
 class ReplicaWatcher(Protocol):

@@ -15,10 +15,19 @@ serving process:
   is refused at :meth:`EngineBuilder.check`, before anything changes, with the field and
   the reason.
 
+A remote deployment's credential is read at :meth:`EngineBuilder.check` too: one that is not
+set or cannot be read refuses the config there, naming the field, before any replica of it
+starts.
+
 Every deployment has a cost ledger (:class:`~rakka_inference.engine.budget.BudgetLedger`):
 with limits when it has a ``budget`` (reserve-then-settle, its ``on_exceeded`` policy),
 without otherwise, so the cost report covers every deployment. A ledger lives as long as
 its deployment's name and budget: a hot-swap that keeps the budget keeps the spend.
+
+An apply of a whole config is staged (:meth:`EngineBuilder.stage`, :meth:`~EngineBuilder.
+commit`, :meth:`~EngineBuilder.abort`): the ledgers, limiters and breakers its new engines
+get become the deployments' own only when it commits, so a refused apply leaves the cost
+report, the budgets and the limits of the running deployments as they were.
 """
 
 from __future__ import annotations
@@ -28,11 +37,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from rakka_inference.core.deployment import Deployment
-from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.errors import ConfigError, ConfigIssue, SecretError
 from rakka_inference.core.policies import Budget
 from rakka_inference.core.pricing import resolve_price
 from rakka_inference.core.runner import ModelRunner
-from rakka_inference.core.runtimes import RuntimeKind
+from rakka_inference.core.runtimes import RemoteRuntimeConfig, RuntimeKind
 from rakka_inference.engine.budget import BudgetEvent, BudgetLedger
 from rakka_inference.engine.budget_book import BudgetBook
 from rakka_inference.local.engine import LocalEngineCore
@@ -132,6 +141,10 @@ class EngineBuilder:
         self.on_budget_event: Callable[[BudgetEvent], None] | None = None
         """Told of every budget limit crossed and recovered (the metrics), after the log."""
         self._ledgers: dict[str, BudgetLedger] = {}
+        self._staged_ledgers: dict[str, BudgetLedger] | None = None
+        """While an apply is staged: the new ledgers its engines got, by deployment."""
+        self._staged_caps: dict[str, int] | None = None
+        """While an apply is staged: the output caps for ledgers running engines use."""
         self._throttle_targets: dict[str, list[Engine]] = {}
 
     @property
@@ -142,6 +155,7 @@ class EngineBuilder:
     def check(self, deployment: Deployment) -> None:
         if deployment.is_remote:
             adapter_for(deployment, self.services.prices)  # raises ConfigError when unbuildable
+            _check_credential(deployment)
             return
         if self.local_engines is not None:
             return  # the replica actors check, and a refusal refuses the apply
@@ -192,10 +206,26 @@ class EngineBuilder:
         )
         return engine
 
-    def expect(self, deployments: Iterable[Deployment]) -> None:
-        """The config about to be applied (or, after a refused apply, the running one):
-        the shared rate limiters bind to its deployments' limits."""
-        self.services.expect(deployments)
+    def stage(self, kept: Iterable[Deployment]) -> None:
+        """An apply begins (see the module); ``kept`` are the deployments it leaves be."""
+        self._staged_ledgers = {}
+        self._staged_caps = {}
+        self.services.stage(d.name for d in kept)
+
+    def commit(self) -> None:
+        """The apply's engines serve: their ledgers, caps, limits and settings become the
+        deployments' own. Never awaits."""
+        staged, caps = self._staged_ledgers, self._staged_caps
+        self._staged_ledgers, self._staged_caps = None, None
+        self._ledgers.update(staged or {})
+        for name, cap in (caps or {}).items():
+            self._ledgers[name].default_max_output_tokens = cap
+        self.services.commit()
+
+    def abort(self) -> None:
+        """The apply was refused: the running ledgers, limits and settings stand."""
+        self._staged_ledgers, self._staged_caps = None, None
+        self.services.abort()
 
     def _ledger(self, deployment: Deployment) -> BudgetLedger:
         budget = deployment.budget or Budget()
@@ -205,7 +235,10 @@ class EngineBuilder:
             self.services.prices,
             local=not deployment.is_remote,
         )
-        ledger = self._ledgers.get(deployment.name)
+        staged = self._staged_ledgers
+        ledger = None if staged is None else staged.get(deployment.name)
+        if ledger is None:
+            ledger = self._ledgers.get(deployment.name)
         if ledger is None or ledger.budget != budget or ledger.price != price:
             ledger = BudgetLedger(
                 deployment.name,
@@ -216,10 +249,18 @@ class EngineBuilder:
                 on_event=self._budget_event,
                 model=deployment.model,
             )
-            self._ledgers[deployment.name] = ledger
+            if staged is None:
+                self._ledgers[deployment.name] = ledger
+            else:
+                staged[deployment.name] = ledger  # the deployment's own once committed
         # The cap the engine's limiter estimates with and the adapter sends (a hot swap
-        # may change it while keeping the spend).
-        ledger.default_max_output_tokens = deployment.runtime_config.default_max_output_tokens
+        # may change it while keeping the spend): a ledger running engines use takes it
+        # when the apply commits.
+        cap = deployment.runtime_config.default_max_output_tokens
+        if self._staged_caps is not None and self._ledgers.get(deployment.name) is ledger:
+            self._staged_caps[deployment.name] = cap
+        else:
+            ledger.default_max_output_tokens = cap
         return ledger
 
     def _budget_event(self, event: BudgetEvent) -> None:
@@ -260,6 +301,19 @@ class EngineBuilder:
         ledger = self._ledgers.get(name)
         if ledger is not None and ledger.throttled:
             self._throttle(name, True)
+
+
+def _check_credential(deployment: Deployment) -> None:
+    """A ConfigError naming the field when the credential a remote deployment sends (or
+    exchanges for a token) is not set or cannot be read now; the value is dropped."""
+    config = deployment.runtime_config
+    if not isinstance(config, RemoteRuntimeConfig) or config.credential is None:
+        return  # building it says what is missing
+    try:
+        config.credential.resolve()
+    except SecretError as error:
+        path = f"runtime_config.{config.credential_field}"
+        raise _config_error(deployment, path, str(error)) from error
 
 
 def _open_engine_transport(connections: int) -> HttpTransport:
