@@ -145,6 +145,18 @@ async def test_a_body_not_waited_for_still_has_to_arrive_in_time() -> None:
     await finish(protocol, app)
 
 
+async def test_no_timer_is_armed_for_a_closing_connection() -> None:
+    transport, app = Transport(), App(read=False)
+    app.release.set()
+    protocol, _ = connection(app, transport)
+    protocol.data_received(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert protocol._timer is None  # the first head came whole: its timer is gone
+    transport.close()
+    protocol.data_received(b"GET /b HTTP/1.1\r\n")
+    assert protocol._timer is None
+    await finish(protocol, app)
+
+
 async def test_timers_of_a_closed_connection_do_nothing() -> None:
     transport, app = Transport(), App()
     protocol, g = connection(app, transport)
