@@ -31,6 +31,7 @@ from ray_support import (
     ray_cluster,
     take_down,
 )
+from serving_support import admin as admin_client
 from serving_support import chat_calls, report, start_rakka
 
 from rakka_inference.testkit.faults import Fault
@@ -216,12 +217,27 @@ async def test_rakka_serve_brings_the_cluster_up_reloads_on_sighup_and_stops_on_
         assert "NODE          STATE  GATEWAY" in shown
         assert "deployment manager" in shown
         assert shown.count(" up ") == NODES
-        config.write_text(text.replace('name = "chat"', 'name = "renamed"'))
+        # The reload renames the deployment and closes the gateways to clients without the
+        # key in a file: every gateway reads it again.
+        keys = tmp_path / "client.key"
+        keys.write_text("rk-ray-client-0001\n")
+        closed = text.replace(
+            "[cluster]\n", f'[cluster]\nclient_api_keys = [{{ from_file = "{keys}" }}]\n', 1
+        )
+        config.write_text(closed.replace('name = "chat"', 'name = "renamed"'))
         process.send_signal(signal.SIGHUP)
         await child.line(r"reloaded on every gateway")
         async with admin(urls[3]) as client:
             names = [d["name"] for d in (await client.get("/admin/deployments")).json()["data"]]
         assert names == ["renamed"]
+        assert await asyncio.gather(*(chat(u, "renamed") for u in urls)) == [401] * NODES
+        for url in urls:
+            async with admin_client(url, "rk-ray-client-0001") as client:
+                answer = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "renamed", "messages": [{"role": "user", "content": "hi"}]},
+                )
+                assert answer.status_code == 200, answer.text
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0
         for url in urls:  # every gateway is gone

@@ -2,9 +2,11 @@
 
 Everything it needs comes from the parent in the environment: the node's directory
 (``RAKKA_NODE_DIR``), its name and the number of workers, the listening socket's file
-descriptor (``RAKKA_LISTEN_FD``), the grace period, and the node's config (a file the parent
+descriptor (``RAKKA_LISTEN_FD``), the grace period, the node's config (a file the parent
 wrote, with the original file's name and directory for messages and relative paths; no file
-means the sandbox). It serves the shared port and its own control socket with the same
+means the sandbox), and the file whose ``[cluster]`` says who may call the node (the one the
+parent last read: its keys, never those of a config posted to the admin API). It serves
+the shared port and its own control socket with the same
 :class:`~rakka_inference.apps.serve.ServeApp` as a single process, with a
 :class:`~rakka_inference.cluster.member.NodeMember`. It ends when the parent does (the
 kernel sends it SIGTERM), and leaves SIGHUP to the parent, which reloads the whole node.
@@ -25,6 +27,7 @@ from rakka_inference.apps.serve import ServeApp, run_server
 from rakka_inference.cluster.member import NodeMember, worker_share
 from rakka_inference.core.config import parse_config
 from rakka_inference.core.errors import ConfigError
+from rakka_inference.runtime.topology import with_access_of
 
 __all__ = ["main"]
 
@@ -51,6 +54,11 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         text = Path(env["RAKKA_CONFIG_FILE"]).read_text(encoding="utf-8")
         try:
             config = worker_share(parse_config(text, source, base_dir=base_dir), workers)
+            if "RAKKA_ACCESS_FILE" in env:
+                # Who may call the node: the file last read, not a config posted since.
+                access = Path(env["RAKKA_ACCESS_FILE"]).read_text(encoding="utf-8")
+                cluster = parse_config(access, source, base_dir=base_dir).cluster
+                config = with_access_of(config, cluster)
         except ConfigError as error:
             return _rejected(source, error)
     listener = socket.socket(fileno=int(env["RAKKA_LISTEN_FD"]))

@@ -19,6 +19,10 @@ member's own topology, never fanned out again.
 
 Each member also answers :meth:`GroupAnswers.apply_local` and
 :meth:`GroupAnswers.revert_local`, the two halves of the coordinator's all-or-nothing apply.
+A reload's apply carries the text of the file whose ``[cluster]`` says who may call the
+gateways (``access``): each member reads those keys before it applies anything, swaps them
+in with its deployments, and a revert puts back the keys it had (as they were read, not
+read again). An admin apply carries none: the keys stay.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from rakka_inference.runtime.asgi import (
     send_json,
     send_whole,
 )
+from rakka_inference.runtime.topology import GatewayAccess
 
 if TYPE_CHECKING:
     from rakka_inference.runtime.topology import Topology
@@ -135,7 +140,7 @@ class GroupAnswers:
         self.adapt = adapt
         """What this member makes of a config before applying it (its budget share)."""
         self.topology: Topology | None = None
-        self._previous: Config | None = None
+        self._previous: tuple[Config, GatewayAccess] | None = None
 
     def attach(self, topology: Topology) -> None:
         """Answer for ``topology``: its admin routes answer for the group from now on."""
@@ -164,7 +169,7 @@ class GroupAnswers:
                 return
             body = await receive_body(scope, receive, 64 * 1024 * 1024)
             if scope["path"] == "/_node/apply":
-                answer = await self.apply_local(_toml(body))
+                answer = await self.apply_local(_toml(body), access=_access_toml(body))
             elif scope["path"] == "/_node/revert":
                 answer = await self.revert_local()
             else:
@@ -196,15 +201,21 @@ class GroupAnswers:
 
     # ------------------------------------------------------------------ apply
 
-    async def apply_local(self, text: str) -> dict[str, Any]:
-        """Apply ``text`` on this member, keeping the config it replaces for a revert."""
+    async def apply_local(self, text: str, *, access: str | None = None) -> dict[str, Any]:
+        """Apply ``text`` on this member, keeping the config it replaces for a revert;
+        with ``access`` (a reload), the keys of that config's ``[cluster]`` too."""
         topology = self._running()
         try:
             config = self.adapt(parse_config(text, self.config_source, base_dir=self.base_dir))
-            previous = topology.config
-            report = await topology.apply(config)
+            keys = None
+            if access is not None:
+                cluster = parse_config(access, self.config_source, base_dir=self.base_dir).cluster
+                keys = GatewayAccess.read(cluster)
+            previous = topology.config, topology.access
+            report = await topology.apply(config, access=keys)
         except (ConfigError, SecretError) as error:
-            return {"ok": False, "status": 400, "message": str(error)}
+            message = f"the config was rejected, nothing changed: {error}"
+            return {"ok": False, "status": 400, "message": message}
         self._previous = previous
         return {
             "ok": True,
@@ -219,9 +230,9 @@ class GroupAnswers:
         """Go back to the config the last :meth:`apply_local` replaced (once)."""
         topology = self._running()
         if self._previous is not None:
-            previous, self._previous = self._previous, None
+            (previous, access), self._previous = self._previous, None
             try:
-                await topology.apply(previous)
+                await topology.apply(previous, access=access)
             except (ConfigError, SecretError) as error:
                 return {"ok": False, "status": 500, "message": str(error)}
         return {"ok": True}
@@ -306,6 +317,14 @@ class GroupAdmin:
         if status == 409:
             raise OperationRefused(text)
         raise InternalError(text)
+
+
+def _access_toml(body: bytes) -> str | None:
+    """The ``access`` text of a ``/_node/apply`` body (checked by :func:`_toml` first)."""
+    text = orjson.loads(body).get("access")
+    if text is not None and not isinstance(text, str):
+        raise BadRequest("access must be a string")
+    return text
 
 
 def _toml(body: bytes) -> str:

@@ -220,7 +220,8 @@ def _reload(cluster: RayCluster, say: Callable[[str], None]) -> None:
     except OSError as error:
         say(f"rakka: reload rejected, the running config stays: {error.strerror}")
         return
-    answer = cluster.coordinate({"op": "apply", "toml": text})
+    # Read here, where the file is: a reload's keys are read again on every gateway.
+    answer = cluster.coordinate({"op": "apply", "toml": text, "reload": True})
     if answer.get("ok"):
         say(f"rakka: reloaded on every gateway (generation {answer.get('generation')})")
     else:

@@ -58,7 +58,7 @@ from rakka_inference.core.errors import ConfigError, InternalError, SecretError
 from rakka_inference.remote.breaker_registry import BreakerRegistry
 from rakka_inference.remote.distributed_limit import DistributedRateLimiter
 from rakka_inference.remote.factory import RemoteServices
-from rakka_inference.runtime.topology import Topology
+from rakka_inference.runtime.topology import Topology, with_access_of
 
 __all__ = ["GATEWAY_PREFIX", "LocalReply", "RayGateway", "gateway_name"]
 
@@ -134,16 +134,26 @@ class RayGateway:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(
-        self, text: str, generation: int, bind: str, spec: SingletonSpec
+        self,
+        text: str,
+        generation: int,
+        bind: str,
+        spec: SingletonSpec,
+        access: str | None = None,
     ) -> dict[str, Any]:
         """Build the topology from the config ``text`` and serve it on ``bind``; keep the
-        singletons (``spec``) from now on."""
+        singletons (``spec``) from now on. ``access``: the text of the file whose
+        ``[cluster]`` says who may call the gateway (the one the cluster last read)."""
         self._spec = spec
         if self.topology is not None:
             return self.describe()
         grace_s = spec.grace_s
         try:
-            config = parse_config(text, self.answers.config_source, base_dir=self.answers.base_dir)
+            source, base_dir = self.answers.config_source, self.answers.base_dir
+            config = parse_config(text, source, base_dir=base_dir)
+            if access is not None:
+                cluster = parse_config(access, source, base_dir=base_dir).cluster
+                config = with_access_of(config, cluster)
             topology = Topology(
                 config,
                 services=RemoteServices(
@@ -274,8 +284,9 @@ class RayGateway:
         """Gossip from another gateway."""
         self.replicator.receive(datagram)
 
-    async def apply(self, text: str) -> dict[str, Any]:
-        answer = await self.answers.apply_local(text)
+    async def apply(self, text: str, access: str | None = None) -> dict[str, Any]:
+        """Apply ``text`` here (the manager's apply); with ``access``, a reload's keys too."""
+        answer = await self.answers.apply_local(text, access=access)
         return answer
 
     async def revert(self) -> dict[str, Any]:

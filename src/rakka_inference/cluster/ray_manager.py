@@ -12,6 +12,11 @@ The deployment manager (:class:`RayManager`)
   driver's SIGHUP) is parsed here first, then applied on every gateway in turn; if one
   refuses, those that took it go back to the previous config and the refusal is the
   answer. Only a config every gateway took is written to the KV store. Applies are serial.
+- **Who may call the gateways.** The client keys, admin key and web origins of the config
+  file's ``[cluster]``, as read at start and at each reload (the driver's SIGHUP,
+  ``POST /admin/reload``): a reload tells every gateway to read them again, a config posted
+  to ``POST /admin/deployments`` changes the deployments alone, and a gateway started
+  later takes the keys of the file last read (its text is in the KV store too).
 - **The gateways.** Every half second it reconciles the gateways with Ray's node table: a
   live node without a gateway gets one (placed with hard node affinity, started on the
   applied config, bound to ``[cluster].bind`` or the node's ``rakka-bind`` label; a node
@@ -105,11 +110,14 @@ class RayManager:
         self.grace_s = grace_s
         stored = kv_get(namespace, "config")
         generation = kv_get(namespace, "generation")
+        access = kv_get(namespace, "access")
         if stored is not None and generation is not None:
             self.text, self.generation = stored.decode(), int(generation)
+            self.access = initial_text if access is None else access.decode()
             log.info("the deployment manager restarted on generation %d", self.generation)
         else:
             self.text, self.generation = initial_text, 1
+            self.access = initial_text
             self._persist()
         self.gateways: dict[str, _Gateway] = {}
         self.failures: dict[str, str] = {}
@@ -125,6 +133,7 @@ class RayManager:
     def _persist(self) -> None:
         kv_put(self.namespace, "config", self.text.encode())
         kv_put(self.namespace, "generation", str(self.generation).encode())
+        kv_put(self.namespace, "access", self.access.encode())
 
     # ------------------------------------------------------------------ reconcile
 
@@ -192,7 +201,7 @@ class RayManager:
         )
         try:
             answer = await asyncio.wait_for(
-                handle.start.remote(self.text, self.generation, bind, self.spec()),
+                handle.start.remote(self.text, self.generation, bind, self.spec(), self.access),
                 START_TIMEOUT_S,
             )
         except (TimeoutError, ray.exceptions.RayError) as error:
@@ -208,7 +217,7 @@ class RayManager:
         self.failures.pop(node_id, None)
         gateway = _Gateway(node_id, handle, str(answer["bind"]), int(answer["generation"]))
         if gateway.generation != self.generation:  # adopted after a restart, behind
-            caught_up = await self._call(gateway, "apply", self.text)
+            caught_up = await self._call(gateway, "apply", self.text, self.access)
             if caught_up.get("ok"):
                 gateway.generation = self.generation
                 gateway.handle.mark.remote(self.generation)
@@ -315,13 +324,15 @@ class RayManager:
     # ------------------------------------------------------------------ coordination
 
     async def coordinate(self, message: dict[str, Any]) -> dict[str, Any]:
-        """What a gateway or the driver asks: ``apply``, ``reload``, ``status``."""
+        """What a gateway or the driver asks: ``apply`` (``"reload": true`` for the file
+        read again by the driver), ``reload``, ``status``."""
         match message.get("op"):
             case "apply":
                 text = message.get("toml")
                 if not isinstance(text, str):
                     return _refusal(400, "toml must be a string")
-                return await self.apply(text)
+                # The driver's SIGHUP sends the file it read as a reload.
+                return await self.apply(text, reload=message.get("reload") is True)
             case "reload":
                 return await self.reload()
             case "status":
@@ -338,9 +349,12 @@ class RayManager:
                 f"cannot read {self.source} where the deployment manager runs ({error.strerror});"
                 " send SIGHUP to `rakka serve`, or POST the config to /admin/deployments",
             )
-        return await self.apply(text)
+        return await self.apply(text, reload=True)
 
-    async def apply(self, text: str) -> dict[str, Any]:
+    async def apply(self, text: str, *, reload: bool = False) -> dict[str, Any]:
+        """Apply a config (TOML text) on every gateway, all or nothing; a ``reload`` (the
+        file read again) also says who may call them (see the module)."""
+        access = text if reload else None
         try:
             parse_config(text, self.source, base_dir=self.base_dir)
         except ConfigError as error:
@@ -360,7 +374,7 @@ class RayManager:
             done: list[_Gateway] = []
             report: Any = None
             for gateway in list(self.gateways.values()):
-                answer = await self._call(gateway, "apply", text)
+                answer = await self._call(gateway, "apply", text, access)
                 if answer.get("ok"):
                     done.append(gateway)
                     report = answer.get("applied")
@@ -376,6 +390,8 @@ class RayManager:
                 )
             self.text = text
             self.generation += 1
+            if access is not None:
+                self.access = access
             self._persist()
             await self._keep_locals(config)  # the replicas of the old config retire
             for gateway in done:
@@ -454,5 +470,5 @@ class RayManager:
                 *(self._retire(local) for local in self.locals.values()), return_exceptions=True
             )
             self.locals.clear()
-        for name in ("config", "generation", "limits"):
+        for name in ("config", "generation", "limits", "access"):
             kv_delete(self.namespace, name)

@@ -18,6 +18,13 @@ What the parent does
   ``POST /admin/deployments`` on any worker come here, and the parent applies the config to
   every live worker in turn: if one refuses it, the ones that took it go back to the
   previous config, and the refusal is the answer (all or nothing). Applies are serialised.
+- **Holds who may call the node.** The client keys, admin key and web origins come from
+  the config file's ``[cluster]``, as read at start and at each reload (SIGHUP,
+  ``POST /admin/reload``): a reload's apply tells every worker to read them again
+  (:meth:`~rakka_inference.cluster.answers.GroupAnswers.apply_local`), a config posted to
+  ``POST /admin/deployments`` changes the deployments alone, and a worker that starts again
+  takes the keys of the file last read (``access.toml`` in the node's directory), never
+  those of a posted config.
 - **Is the strict limiter authority.** Keys with ``strict = true`` get leases of permits
   from the parent's :class:`~rakka_inference.remote.strict_lease.LeaseAuthority` on
   ``authority.sock`` (the approximate keys need no one: the workers gossip their spend).
@@ -158,6 +165,8 @@ class NodeSupervisor:
         self.workers = [WorkerState(worker_name(i)) for i in range(workers)]
         self.generation = 0
         self._applied: str | None = None
+        self._access: str | None = None
+        """The text of the file whose ``[cluster]`` says who may call the node."""
         self._stopping = asyncio.Event()
         self._apply_lock = asyncio.Lock()
         self._all_ready = asyncio.Event()
@@ -175,9 +184,10 @@ class NodeSupervisor:
         """Serve until SIGTERM/SIGINT; the exit status (the worst of the workers')."""
         loop = asyncio.get_running_loop()
         if self.source.path is not None:
-            self._applied = self.source.read()
+            self._applied = self._access = self.source.read()
         self.generation = 1
         self._write_config()
+        self._write_access()
         await self._lease_server.start()
         self._control = await asyncio.start_unix_server(
             self._serve_control, path=str(control_path(self.node_dir, "node")), limit=MAX_LINE
@@ -264,6 +274,8 @@ class NodeSupervisor:
         }
         if self._applied is not None:
             env["RAKKA_CONFIG_FILE"] = str(self._config_file(self.generation))
+        if self._access is not None:
+            env["RAKKA_ACCESS_FILE"] = str(self._access_file())
         worker.ready = False
         worker.exit_status = None
         worker.exited.clear()
@@ -327,6 +339,15 @@ class NodeSupervisor:
         if self._applied is not None:
             self._config_file(self.generation).write_text(self._applied, encoding="utf-8")
 
+    def _access_file(self) -> Path:
+        return self.node_dir / "access.toml"
+
+    def _write_access(self) -> None:
+        if self._access is not None:
+            spare = self._access_file().with_suffix(".tmp")
+            spare.write_text(self._access, encoding="utf-8")
+            spare.replace(self._access_file())  # a worker starting now reads one or the other
+
     async def _on_sighup(self) -> None:
         answer = await self.reload()
         if answer["ok"]:
@@ -342,19 +363,20 @@ class NodeSupervisor:
             text = self.source.read()
         except OSError as error:
             return _refusal(400, f"the config was rejected, nothing changed: {error}")
-        return await self.apply(text)
+        return await self.apply(text, reload=True)
 
-    async def apply(self, text: str) -> dict[str, Any]:
-        """Apply a config (TOML text) on every live worker, all or nothing."""
+    async def apply(self, text: str, *, reload: bool = False) -> dict[str, Any]:
+        """Apply a config (TOML text) on every live worker, all or nothing; a ``reload``
+        (the file read again) also says who may call the node (see the module)."""
         try:
             parse_config(text, self.source.name, base_dir=self.source.base_dir)
         except ConfigError as error:
             return _refusal(400, f"the config was rejected, nothing changed: {error}")
         async with self._apply_lock:
-            return await self._apply_everywhere(text)
+            return await self._apply_everywhere(text, text if reload else None)
 
-    async def _apply_everywhere(self, text: str) -> dict[str, Any]:
-        body = orjson.dumps({"toml": text})
+    async def _apply_everywhere(self, text: str, access: str | None) -> dict[str, Any]:
+        body = orjson.dumps({"toml": text, "access": access})
         done: list[WorkerState] = []
         report: Any = None
         for worker in [w for w in self.workers if w.ready]:
@@ -371,6 +393,9 @@ class NodeSupervisor:
         self._applied = text
         self.generation += 1
         self._write_config()
+        if access is not None:
+            self._access = access
+            self._write_access()
         for worker in done:
             worker.generation = self.generation
         return {"ok": True, "applied": report, "generation": self.generation}
@@ -442,9 +467,9 @@ class NodeSupervisor:
         async with self._apply_lock:
             if worker.generation == self.generation or self._applied is None:
                 return
-            answer = await self._worker_call(
-                worker, "/_node/apply", orjson.dumps({"toml": self._applied})
-            )
+            # The keys of the file last read too: a reload may have run while it started.
+            body = orjson.dumps({"toml": self._applied, "access": self._access})
+            answer = await self._worker_call(worker, "/_node/apply", body)
             if answer.get("ok"):
                 worker.generation = self.generation
             else:

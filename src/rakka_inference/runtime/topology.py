@@ -7,11 +7,19 @@ builds each replica's engine with an
 coordinator), the :class:`~rakka_inference.observe.metrics.InferenceMetrics` behind
 ``/metrics``, and the :class:`ApiGateway` in front. ``start`` and ``stop`` are the ASGI
 lifespan of ``rakka serve``: stopping lets every queued and running request finish before
-the engines close. :meth:`Topology.reload` applies a new config while serving, and reads
-the client and admin keys again (all or nothing: a key that cannot be read keeps the old).
-Every config it applies — the first, a reload, an admin apply — first goes through the one
-``adapt`` function it was given: what this process makes of a config (``rakka serve``
-points a config asking for ``[cluster].mock_providers`` at the mocks it runs).
+the engines close. Every config it applies — the first, a reload, an admin apply — first
+goes through the one ``adapt`` function it was given: what this process makes of a config
+(``rakka serve`` points a config asking for ``[cluster].mock_providers`` at the mocks it
+runs).
+
+**Who may call it** (:class:`GatewayAccess`): the client keys, the admin key and the web
+origins of ``[cluster]``, read from the file the gateway started from, and again on every
+reload (:meth:`Topology.reload`: SIGHUP, ``POST /admin/reload``; on a node of many workers
+and on Ray, the group's reload), never from a config posted to ``POST /admin/deployments``,
+which changes the deployments alone. A reload reads every key before anything changes —
+one that is not set or cannot be read refuses the whole reload, and the old keys stay —
+and swaps the new ones in in the same step as the deployments, with no await between: a
+request is checked against the old keys or the new ones, never a mix, never none.
 
 With ``[tracing] enabled = true``, ``start`` installs the OpenTelemetry tracer provider
 first and ``stop`` shuts it down last, exporting the spans still buffered
@@ -24,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Config, Deployment
+from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.errors import OperationRefused
 from rakka_inference.core.runtimes import RuntimeKind
 from rakka_inference.core.secrets import Secret
@@ -50,7 +59,7 @@ from rakka_inference.runtime.replicas import (
 )
 from rakka_inference.runtime.request import FallbackPolicy
 
-__all__ = ["Topology", "provider_label"]
+__all__ = ["GatewayAccess", "Topology", "provider_label", "with_access_of"]
 
 log = logging.getLogger("rakka_inference.topology")
 
@@ -60,13 +69,39 @@ def provider_label(deployment: Deployment) -> str:
     return deployment.provider_label
 
 
-def _access_keys(config: Config) -> tuple[list[Secret], Secret | None]:
-    """The client keys and the admin key of ``config``, read now (SecretError if one
-    cannot be)."""
-    cluster = config.cluster
-    client_keys = [ref.resolve() for ref in cluster.client_api_keys]
-    admin_ref = cluster.admin_api_key
-    return client_keys, None if admin_ref is None else admin_ref.resolve()
+@dataclass(frozen=True, slots=True)
+class GatewayAccess:
+    """Who may call a gateway, as read from a config's ``[cluster]`` (see the module)."""
+
+    client_keys: tuple[Secret, ...]
+    """Keys a client may send; none: the gateway is open."""
+    admin_key: Secret | None
+    """The admin API's key; None: the admin API is closed."""
+    cors_origins: tuple[str, ...]
+    """Web origins a browser may call from."""
+
+    @classmethod
+    def read(cls, cluster: ClusterConfig) -> GatewayAccess:
+        """Every key of ``cluster`` read now: a SecretError naming the first that cannot be."""
+        admin = cluster.admin_api_key
+        return cls(
+            tuple(ref.resolve() for ref in cluster.client_api_keys),
+            None if admin is None else admin.resolve(),
+            tuple(cluster.cors_origins),
+        )
+
+
+def with_access_of(config: Config, cluster: ClusterConfig) -> Config:
+    """``config`` with the client keys, admin key and web origins of ``cluster`` (a
+    gateway started again takes them from the file its group last read, not from a config
+    posted to the admin API)."""
+    access = replace(
+        config.cluster,
+        client_api_keys=cluster.client_api_keys,
+        admin_api_key=cluster.admin_api_key,
+        cors_origins=cluster.cors_origins,
+    )
+    return replace(config, cluster=access)
 
 
 class _MetricsWatcher:
@@ -155,11 +190,12 @@ class Topology:
         self._models: dict[str, str] = {}
         """Each deployment's upstream model, for the metrics' ``model`` label."""
         self._tracing: Tracing | None = None
-        client_keys, admin_key = _access_keys(config)
+        self.access = GatewayAccess.read(config.cluster)
+        """Who may call this gateway now."""
         self.gateway = ApiGateway(
             self.coordinator,
             self.policies,
-            client_keys=client_keys,
+            client_keys=self.access.client_keys,
             on_record=self._record,
             on_startup=self.start,
             on_shutdown=self.stop,
@@ -168,7 +204,7 @@ class Topology:
             clock=self.services.clock,  # deadlines are on the engines' clock
             cors_origins=config.cluster.cors_origins,
         )
-        self.admin = AdminApi(self, admin_key)
+        self.admin = AdminApi(self, self.access.admin_key)
         self.gateway.admin = self.admin
         self.services.breakers.observe(self.metrics.circuit_transition)
         self.builder.on_budget_event = self.metrics.budget_event
@@ -184,18 +220,22 @@ class Topology:
             self._tracing = tracing.setup(self.config.tracing)
         await self.apply(self.config)
 
-    async def apply(self, config: Config) -> ApplyReport:
+    async def apply(self, config: Config, *, access: GatewayAccess | None = None) -> ApplyReport:
         """Apply ``config`` while serving (hot-swap changed deployments), all or nothing.
 
         A config the manager rejects (ConfigError, PlacementFailed) changes nothing here
         either: the running config, its providers and budgets stay as they were. ``config``
         goes through ``adapt`` first, and the adapted config is the one that runs.
+        ``access``, given by a reload: who may call the gateway from now on, swapped in
+        with the deployments, in the same step.
         """
         if self._adapt is not None:
             config = self._adapt(config)
         if config.tracing != self.config.tracing:
             log.warning("[tracing] changed: the change takes effect at the next start")
         report = await self.manager.apply(config)
+        if access is not None:  # no await since the deployments' swap: one step for requests
+            self._use_access(access)
         self.config = config
         self._providers.clear()
         self._providers.update({d.name: provider_label(d) for d in config.deployments})
@@ -212,7 +252,7 @@ class Topology:
 
         The client and admin keys are read again too (a rotated key file): all of them
         first, so a key that cannot be read refuses the reload (SecretError) and the old
-        keys stay; they are swapped in only once the deployments applied.
+        keys stay; they are swapped in with the deployments (see the module).
 
         OperationRefused without a config file; ConfigError for a file that fails to load
         or apply, SecretError for a key that cannot be read (nothing changes).
@@ -220,12 +260,14 @@ class Topology:
         if self._reload_source is None:
             raise OperationRefused("cannot reload: the gateway was not started from a file")
         config = self._reload_source()
-        client_keys, admin_key = _access_keys(config)
-        report = await self.apply(config)
-        self.gateway.use_client_keys(client_keys)  # no await between: one step for requests
-        self.gateway.use_cors(config.cluster.cors_origins)
-        self.admin.use_key(admin_key)
-        return report
+        return await self.apply(config, access=GatewayAccess.read(config.cluster))
+
+    def _use_access(self, access: GatewayAccess) -> None:
+        """Take ``access`` from now on: each key set swapped in by one assignment."""
+        self.access = access
+        self.gateway.use_client_keys(access.client_keys)
+        self.gateway.use_cors(access.cors_origins)
+        self.admin.use_key(access.admin_key)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Let queued and running requests finish, then close every engine."""
