@@ -54,8 +54,8 @@ def test_an_unlimited_deployment_is_not_capped_by_its_neighbour() -> None:
     assert issue.path == "deployment[1].runtime_config.rate_limits"
     assert issue.line == 14  # the [deployment.runtime_config.rate_limits] header of 'b'
     assert (
-        "deployment 'b'.runtime_config.rate_limits differs from deployment 'a' sharing the "
-        "same provider key and model" in issue.message
+        "deployment 'b'.runtime_config.rate_limits differs from deployment "
+        "'a'.runtime_config.rate_limits, with which it shares one rate limiter" in issue.message
     )
     assert "env:K" in issue.message
 
@@ -100,3 +100,44 @@ def test_a_defaulted_key_counts_as_its_environment_variable() -> None:
     text = two(RPM_10, "").replace('api_key = { from_env = "K" }\n', "")
     (issue,) = issues_of(text)
     assert "env:OPENAI_API_KEY" in issue.message
+
+
+# ---------------------------------------------------------------------- by what the keys hold
+
+
+def test_with_secrets_read_two_variables_holding_one_key_share_and_are_checked() -> None:
+    text = toml(two(RPM_10, "", key_a="KEY_ONE", key_b="KEY_TWO"))
+    same = {"KEY_ONE": "sk-one-key", "KEY_TWO": "sk-one-key"}
+    parse_config(text, "t.toml", same)  # not read: two references, two keys as far as told
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml", same, check_secrets=True)
+    (issue,) = info.value.issues
+    assert issue.path == "deployment[1].runtime_config.rate_limits"
+    assert "key env:KEY_TWO, which holds the key of env:KEY_ONE" in issue.message
+    assert "sk-one-key" not in str(info.value)
+    # Two keys: two limiters, each its own limits.
+    apart = {"KEY_ONE": "sk-one-key", "KEY_TWO": "sk-another"}
+    parse_config(text, "t.toml", apart, check_secrets=True)
+
+
+@pytest.mark.filterwarnings("ignore::rakka_inference.core.secrets.InlineSecretWarning")
+def test_an_inline_key_and_a_variable_holding_it_share() -> None:
+    text = toml(two(RPM_10, RPM_60, key_b="KEY_TWO")).replace(
+        '{ from_env = "K" }', '"sk-inline-value"'
+    )
+    environ = {"KEY_TWO": "sk-inline-value"}
+    parse_config(text, "t.toml", environ)  # not read: an inline key and a variable
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml", environ, check_secrets=True)
+    (issue,) = info.value.issues
+    assert "sk-inline-value" not in str(info.value)
+    assert "key env:KEY_TWO, which holds the key of inline:" in issue.message
+
+
+def test_a_key_that_cannot_be_read_is_compared_by_reference_and_said_apart() -> None:
+    text = toml(two(RPM_10, RPM_60, key_a="UNSET", key_b="UNSET"))
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml", {}, check_secrets=True)
+    messages = [issue.message for issue in info.value.issues]
+    assert sum("secret env:UNSET is not set" in m for m in messages) == 2
+    assert sum("with which it shares one rate limiter" in m for m in messages) == 1

@@ -46,6 +46,7 @@ from rakka_inference.engine.budget import BudgetLedger
 from rakka_inference.engine.report import RequestReport
 from rakka_inference.remote.engine import RemoteEngineCore
 from rakka_inference.remote.factory import RemoteServices, build_remote_engine
+from rakka_inference.runtime.placement import credential_key
 from rakka_inference.testkit.http_script import RecordedRequest, ScriptedResponse
 from rakka_inference.testkit.http_server import ScriptedHttpServer
 
@@ -368,7 +369,10 @@ async def test_a_shared_limiter_refuses_other_limits_and_keeps_its_own(
             await build_remote_engine(limited(server, "b", other), services)
         (issue,) = info.value.issues
         assert issue.path == "deployment 'b'.runtime_config.rate_limits"
-        assert "differs from deployment 'a' sharing the same provider key" in issue.message
+        assert (
+            "differs from deployment 'a'.runtime_config.rate_limits, with which it shares one"
+            in issue.message
+        )
         assert "sk-x" not in str(info.value)
     assert first.limiter.limits == RateLimits()  # not capped by its neighbour
     same = await build_remote_engine(limited(server, "c", RateLimits()), services)
@@ -396,6 +400,58 @@ async def test_two_references_to_one_key_share_and_are_checked(
         await build_remote_engine(b, services)
     assert engine.limiter.limits == RateLimits(requests_per_minute=60)  # did not vanish
     await engine.runner.session.aclose()
+
+
+async def test_vertex_deployments_share_the_limiter_of_their_service_account(
+    server: ScriptedHttpServer, tmp_path: Path
+) -> None:
+    # The limiter is keyed by the account the config names, not by the token each session
+    # gets for it (here a new one at every exchange): both deployments send that account's
+    # requests, which the provider counts together.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    account = tmp_path / "sa.json"
+    account.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "client_email": "rakka@project.iam.gserviceaccount.com",
+                "private_key": pem,
+                "token_uri": f"{server.url}/token",
+            }
+        )
+    )
+    tokens = iter(range(1000))
+    server.default = lambda recorded: ScriptedResponse.json(
+        {"access_token": f"ya29.token-{next(tokens)}", "expires_in": 3600}
+    )
+    config = GeminiConfig(
+        variant="vertex",
+        endpoint=server.url,
+        project="proj",
+        region="us-central1",
+        credentials=SecretRef.from_file(account),
+        rate_limits=RateLimits(requests_per_minute=60),
+    )
+    services = RemoteServices()
+    deployments = [
+        Deployment(
+            name=name, model="gemini-2.5-pro", runtime=RuntimeKind.GEMINI, runtime_config=config
+        )
+        for name in ("vx-a", "vx-b")
+    ]
+    engines = [await build_remote_engine(d, services) for d in deployments]
+    assert engines[0].limiter is engines[1].limiter
+    [use] = services.limiters.utilization()
+    assert use.key.key_fingerprint == SecretRef.from_file(account).resolve().fingerprint()
+    # Placement co-locates replicas by the same key.
+    assert credential_key(deployments[0]) == (use.key.provider, use.key.key_fingerprint)
+    for engine in engines:
+        await engine.runner.session.aclose()
 
 
 async def test_reloads_change_shared_limits_through_the_expected_config(

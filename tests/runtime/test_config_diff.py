@@ -34,8 +34,8 @@ def test_a_new_config_with_two_limits_on_one_key_is_refused(
         (issue,) = info.value.issues
         assert issue.path == "deployment 'b'.runtime_config.rate_limits"
         assert issue.message.startswith(
-            "deployment 'b'.runtime_config.rate_limits differs from deployment 'a' sharing "
-            "the same provider key and model"
+            "deployment 'b'.runtime_config.rate_limits differs from deployment "
+            "'a'.runtime_config.rate_limits, with which it shares one rate limiter"
         )
 
 

@@ -19,7 +19,8 @@ The pipeline, one small unit per step:
    LiteLLM needs, budgets, backoff order), checks across deployments
    (:func:`_check_references`: unique names and aliases, fallbacks that exist;
    :func:`.config_rules.shared_limit_conflicts`: deployments sharing a rate limiter set
-   the same ``rate_limits``; and the :data:`~.config_rules.DeploymentCheck` functions
+   the same ``rate_limits``, their keys compared by fingerprint with ``check_secrets``,
+   else by reference; and the :data:`~.config_rules.DeploymentCheck` functions
    the caller hands in, such as ``rakka validate``'s circuit breaker conflicts), and that
    enabled tracing has the OpenTelemetry packages it needs installed
    (:func:`missing_tracing_packages`).
@@ -44,7 +45,7 @@ import importlib.util
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -70,7 +71,7 @@ from rakka_inference.core.runtimes import (
     infer_runtime,
     runtime_config_type,
 )
-from rakka_inference.core.secrets import SecretRef
+from rakka_inference.core.secrets import Secret, SecretRef
 
 __all__ = [
     "OTEL_EXTRA",
@@ -286,7 +287,8 @@ class _Loader:
         references: list[_References] = []
         deployments = [self._deployment(raw, i, references) for i, raw in enumerate(tables)]
         _check_references(references, self._issues)
-        _check_shared_limits(deployments, self._issues)
+        read = self._readable if self._check_secrets else None
+        _check_shared_limits(deployments, self._issues, read)
         _check_across(deployments, self._checks, self._issues)
         if isinstance(cluster, ClusterConfig) and cluster.backend == "ray":
             _check_no_inline_secrets(cluster, deployments, self._issues)
@@ -370,6 +372,14 @@ class _Loader:
         except SecretError as error:
             hint = "" if default_of is None else f" (the default for runtime {default_of!r})"
             self._issues.add(path, f"{error}{hint}")
+
+    def _readable(self, ref: SecretRef) -> Secret | None:
+        """``ref``'s secret, read now, for a comparison (its fingerprint); None when it
+        cannot be read (that is an issue of its own, at its field)."""
+        try:
+            return ref.resolve(self._environ)
+        except SecretError:
+            return None
 
     def _runtime(
         self, raw: dict[str, Any], model: str | None, runtime_config: object, path: FieldPath
@@ -530,9 +540,14 @@ def _check_across(
             issues.add(("deployment", indexed[issue.position][0], *issue.field), issue.message)
 
 
-def _check_shared_limits(deployments: list[Deployment | None], issues: Issues) -> None:
-    """Deployments that share a rate limiter set the same ``rate_limits`` (DESIGN §4)."""
+def _check_shared_limits(
+    deployments: list[Deployment | None],
+    issues: Issues,
+    read: Callable[[SecretRef], Secret | None] | None,
+) -> None:
+    """Deployments that share a rate limiter set the same ``rate_limits`` (DESIGN §4); with
+    ``read``, credentials are compared by what they hold."""
     indexed = [(i, d) for i, d in enumerate(deployments) if d is not None]
-    for conflict in shared_limit_conflicts(d for _, d in indexed):
+    for conflict in shared_limit_conflicts((d for _, d in indexed), read):
         path = ("deployment", indexed[conflict.position][0], "runtime_config", "rate_limits")
         issues.add(path, conflict.message)

@@ -16,11 +16,16 @@ One rule spans deployments: :func:`shared_limit_conflicts`. Remote deployments t
 the same credential for the same upstream model of one provider share one rate limiter
 (the provider counts them together), so they must all set the same ``rate_limits``; an
 unset table (unlimited) differs from a set one. Otherwise whichever deployment was built
-last would silently decide the limits of all of them. The credential is compared by its
-*reference* (variable name, file path, or a fingerprint of an inline value), never its
-value, so a configuration can be checked where the keys are not held; two references that
-hold the same key are caught when the limiter is built
-(:class:`~rakka_inference.remote.factory.RemoteServices`).
+last would silently decide the limits of all of them. :func:`shared_limit_key` is the one
+place that forms a limiter's key — for the engines
+(:func:`~rakka_inference.remote.factory.build_remote_engine`, which keys each limiter by the
+fingerprint of the credential the config names) and for this check. Where the secrets are
+read (``rakka validate``, ``rakka serve`` before it starts, every apply) the check compares
+credentials by that same fingerprint, so two references that hold one key (two variables,
+a variable and a file) are found as they would share; where they are not
+(``rakka validate --no-secrets``, a config posted to the admin API before it is applied),
+by *reference* (variable name, file path, a fingerprint of an inline value). A key's value
+is never shown: a conflict names the two deployments, their field and their references.
 
 Other rules across deployments need what only a later layer knows — the circuit
 breakers' key holds the endpoint as the provider adapter builds it — so the loader takes
@@ -69,7 +74,7 @@ from rakka_inference.core.runtimes import (
     TransformersConfig,
     VllmConfig,
 )
-from rakka_inference.core.secrets import SecretRef
+from rakka_inference.core.secrets import Secret, SecretRef
 
 __all__ = [
     "DeploymentCheck",
@@ -315,18 +320,20 @@ class LimitConflict(NamedTuple):
     deployment: str
     first: str
     key: tuple[str, str, str]
-    """(provider, credential reference, model), for messages; never a secret's value."""
+    """(provider, the two credentials as their references say, model), for messages; never
+    a secret's value."""
     position: int
     """Where ``deployment`` stands in the deployments checked."""
 
     @property
     def message(self) -> str:
-        provider, credential, model = self.key
+        provider, credentials, model = self.key
         return (
             f"deployment {self.deployment!r}.runtime_config.rate_limits differs from "
-            f"deployment {self.first!r} sharing the same provider key and model "
-            f"(provider {provider!r}, key {credential}, model {model!r}): deployments that "
-            "share a rate limiter must set the same rate_limits (unset is unlimited)"
+            f"deployment {self.first!r}.runtime_config.rate_limits, with which it shares one "
+            f"rate limiter (provider {provider!r}, key {credentials}, model {model!r}): "
+            "deployments that share a rate limiter must set the same rate_limits (unset is "
+            "unlimited)"
         )
 
 
@@ -345,8 +352,8 @@ DeploymentCheck: TypeAlias = Callable[[Sequence[Deployment]], Iterable[Deploymen
 layer above it, for what the config layer cannot know (see the module)."""
 
 
-def _credential_identity(ref: SecretRef | None) -> str:
-    """Where the credential comes from, as a key: an inline value only by fingerprint."""
+def _reference(ref: SecretRef | None) -> str:
+    """Where a credential comes from, for messages: an inline value only by fingerprint."""
     if ref is None:
         return "unset"
     if ref.source == "inline":
@@ -354,25 +361,47 @@ def _credential_identity(ref: SecretRef | None) -> str:
     return ref.describe()
 
 
-def shared_limit_key(deployment: Deployment) -> tuple[str, str, str] | None:
-    """The rate limiter a remote deployment will share, as far as the config tells:
-    (provider, credential reference, upstream model). ``None`` for a local one."""
+def shared_limit_key(
+    deployment: Deployment, credential: Secret | None = None
+) -> tuple[str, str, str] | None:
+    """The rate limiter a remote deployment shares: (provider, credential, upstream model);
+    ``None`` for a local one. The credential is ``credential``'s fingerprint — the secret
+    its config names, read (the engines' key) — else where the config says it comes from
+    (an inline value by the same fingerprint)."""
     config = deployment.runtime_config
     if not isinstance(config, RemoteRuntimeConfig):
         return None
-    credential = _credential_identity(config.credential)
-    return (config.provider_label, credential, deployment.upstream_model)
+    ref = config.credential
+    if credential is None and ref is not None and ref.source == "inline":
+        credential = ref.resolve()
+    identity = _reference(ref) if credential is None else credential.fingerprint()
+    return (config.provider_label, identity, deployment.upstream_model)
 
 
-def shared_limit_conflicts(deployments: Iterable[Deployment]) -> Iterator[LimitConflict]:
+def shared_limit_conflicts(
+    deployments: Iterable[Deployment],
+    read: Callable[[SecretRef], Secret | None] | None = None,
+) -> Iterator[LimitConflict]:
     """Each deployment whose ``rate_limits`` differ from those of the first deployment
-    (in order) on the same limiter key."""
-    first: dict[tuple[str, str, str], tuple[str, RateLimits]] = {}
+    (in order) on the same limiter key. With ``read``, each credential is keyed by the
+    fingerprint of what ``read`` returns (by its reference where it returns None)."""
+    first: dict[tuple[str, str, str], tuple[str, RateLimits, str]] = {}
     for position, deployment in enumerate(deployments):
         config = deployment.runtime_config
-        key = shared_limit_key(deployment)
-        if key is None or not isinstance(config, RemoteRuntimeConfig):
+        if not isinstance(config, RemoteRuntimeConfig):
             continue
-        owner, limits = first.setdefault(key, (deployment.name, config.rate_limits))
+        ref = config.credential
+        secret = None if read is None or ref is None else read(ref)
+        key = shared_limit_key(deployment, secret)
+        assert key is not None  # a remote deployment
+        reference = _reference(ref)
+        owner, limits, owner_reference = first.setdefault(
+            key, (deployment.name, config.rate_limits, reference)
+        )
         if limits != config.rate_limits:
-            yield LimitConflict(deployment.name, owner, key, position)
+            credentials = (
+                reference
+                if reference == owner_reference
+                else f"{reference}, which holds the key of {owner_reference}"
+            )
+            yield LimitConflict(deployment.name, owner, (key[0], credentials, key[2]), position)

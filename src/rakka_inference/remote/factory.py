@@ -3,20 +3,21 @@
 ``build_remote_engine`` picks the adapter from the registry, the credential provider the
 runtime config and the registry answer for (an API key reference, an Azure Entra ID token,
 or a Vertex service account), a session over pooled transports, the rate limiter for the
-(provider, key fingerprint, model) key and the circuit breaker for the (provider, endpoint,
-upstream model) key — shared with every other replica and deployment that uses the same
-key, or calls the same model at the same endpoint — and returns an engine ready to
-``start``, its limiter estimating with the runtime config's default output-token cap (the
-one its budget ledger reserves with and the adapter sends).
+(provider, key fingerprint, model) key (:func:`~rakka_inference.core.config_rules.
+shared_limit_key`, the config checks' key: the fingerprint of the credential the config
+names, a service account's rather than the token it is exchanged for) and the circuit
+breaker for the (provider, endpoint, upstream model) key — shared with every other replica
+and deployment that uses the same key, or calls the same model at the same endpoint — and
+returns an engine ready to ``start``, its limiter estimating with the runtime config's
+default output-token cap (the one its budget ledger reserves with and the adapter sends).
 
 A shared limiter has one set of limits, so every deployment on one limiter key must set
 the same ``rate_limits`` (an unset table, unlimited, differs from a set one). The config
-checks say so by credential reference (:func:`~rakka_inference.core.config_rules.
-shared_limit_conflicts`); :class:`RemoteServices` says so again by the resolved key, which
-also catches two references that hold one key: a deployment asking for a limiter another
-deployment holds with other limits is refused with a :class:`ConfigError` naming both,
-never silently reconfigured. A deployment rebuilt with new limits (a scale-up) re-sets its
-own claim.
+checks say so before anything starts (:func:`~rakka_inference.core.config_rules.
+shared_limit_conflicts`, by the same key); :class:`RemoteServices` says so again as each
+limiter is claimed: a deployment asking for a limiter another deployment holds with other
+limits is refused with a :class:`ConfigError` naming both, never silently reconfigured.
+A deployment rebuilt with new limits outside an apply re-sets its own claim.
 
 An apply of a whole config is staged (:meth:`RemoteServices.stage`, then :meth:`~
 RemoteServices.commit` or :meth:`~RemoteServices.abort`; see
@@ -39,12 +40,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from rakka_inference.core.config_rules import LimitConflict
+from rakka_inference.core.config_rules import LimitConflict, shared_limit_key
 from rakka_inference.core.deployment import Deployment
-from rakka_inference.core.errors import ConfigError, ConfigIssue
+from rakka_inference.core.errors import ConfigError, ConfigIssue, SecretError
 from rakka_inference.core.policies import RateLimits
 from rakka_inference.core.pricing import PriceTable
 from rakka_inference.core.runtimes import RemoteRuntimeConfig
+from rakka_inference.core.secrets import Secret
 from rakka_inference.engine.budget import BudgetGate
 from rakka_inference.providers.registry import adapter_for
 from rakka_inference.remote.breaker_registry import BreakerRegistry, breaker_key
@@ -104,8 +106,9 @@ class RemoteServices:
         assert isinstance(config, RemoteRuntimeConfig)
         other = self.limit_claims.claim(key, deployment.name, config.rate_limits)
         if other is not None:
+            credentials = f"{_reference(config)}, the key deployment {other!r} sends"
             conflict = LimitConflict(
-                deployment.name, other, (key.provider, "of the same fingerprint", key.model), 0
+                deployment.name, other, (key.provider, credentials, key.model), 0
             )
             path = f"deployment {deployment.name!r}.runtime_config.rate_limits"
             raise ConfigError([ConfigIssue("<deployment>", path, conflict.message)])
@@ -120,6 +123,17 @@ class RemoteServices:
         ):
             return self.limiters.limiter_for(key, running)
         return self.limiters.limiter_for(key, config.rate_limits)
+
+
+def _limit_key(deployment: Deployment, credential: Secret) -> tuple[str, str, str]:
+    key = shared_limit_key(deployment, credential)
+    assert key is not None  # a remote deployment
+    return key
+
+
+def _reference(config: RemoteRuntimeConfig) -> str:
+    ref = config.credential
+    return "unset" if ref is None else ref.describe()
 
 
 def _transport_factory(
@@ -166,15 +180,17 @@ async def build_remote_engine(
         clock=services.clock,
     )
     snapshot = await session.start()
-    key = LimiterKey.for_credential(
-        adapter.provider, await snapshot.credential(), deployment.upstream_model
-    )
     try:
+        # Keyed by the credential the config names (a Vertex AI service account, not the
+        # token it is exchanged for): the key the config checks compare.
+        ref = config.credential
+        credential = await snapshot.credential() if ref is None else ref.resolve()
+        key = LimiterKey(*_limit_key(deployment, credential))
         limiter = services.claim_limiter(key, deployment)
         breaker = services.breakers.get_or_create(
             breaker_key(deployment), config.circuit_breaker, holder=deployment.name
         )
-    except ConfigError:
+    except (ConfigError, SecretError):
         await session.aclose()
         raise
     runner = RemoteRunner(adapter, session, config, deployment.runtime)

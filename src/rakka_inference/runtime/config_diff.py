@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from rakka_inference.core.config_rules import shared_limit_conflicts
 from rakka_inference.core.deployment import Config, Deployment
-from rakka_inference.core.errors import ConfigError, ConfigIssue, OperationRefused
+from rakka_inference.core.errors import ConfigError, ConfigIssue, OperationRefused, SecretError
+from rakka_inference.core.secrets import Secret, SecretRef
 
 __all__ = ["ApplyReport", "ConfigDiff", "check_aliases", "check_shared_limits", "refusal"]
 
@@ -99,17 +100,25 @@ def check_aliases(deployments: Collection[Deployment]) -> None:
 def check_shared_limits(deployments: Collection[Deployment]) -> None:
     """All deployments of a config on one limiter key set the same ``rate_limits``, so none
     decides the others' limits (:func:`~rakka_inference.core.config_rules.
-    shared_limit_conflicts`)."""
+    shared_limit_conflicts`). Their credentials are read for it: two references that hold
+    one key share its limiter, as the engines will."""
     issues = [
         ConfigIssue(
             "<config>",
             f"deployment {conflict.deployment!r}.runtime_config.rate_limits",
             conflict.message,
         )
-        for conflict in shared_limit_conflicts(deployments)
+        for conflict in shared_limit_conflicts(deployments, _readable)
     ]
     if issues:
         raise ConfigError(issues)
+
+
+def _readable(ref: SecretRef) -> Secret | None:
+    try:
+        return ref.resolve()
+    except SecretError:
+        return None  # the deployment's check names it
 
 
 def refusal(deployment: Deployment | None, error: BaseException) -> BaseException:
