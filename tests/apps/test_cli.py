@@ -180,7 +180,7 @@ def test_validate_reports_every_issue(tmp_path: Path, capsys: pytest.CaptureFixt
         f"{path}: configuration rejected (3 issues)",
         f"  {path}:2: cluster.bind: must be host:port, such as '127.0.0.1:8080' or "
         "'[::1]:8080', got '8080'",
-        f"  {path}:7: deployment[0].replicas: must be >= 1, got 0",
+        f"  {path}:7: deployment[0].replicas: must be in 1..256, got 0",
         f"  {path}:8: deployment[0].fallbacks[0]: fallback 'b' is not a deployment",
     ]
 

@@ -331,7 +331,29 @@ def test_negative_replicas() -> None:
         replicas = -1
         """
     )
-    assert_issue(issue, "deployment[0].replicas", 4, "must be >= 1, got -1")
+    assert_issue(issue, "deployment[0].replicas", 4, "must be in 1..256, got -1")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "line", "message"),
+    [
+        ("replicas", 257, 4, "must be in 1..256, got 257"),
+        ("replicas", 100_000_000, 4, "must be in 1..256, got 100000000"),
+        ("serving.max_concurrent", 4097, 5, "must be in 1..4096, got 4097"),
+    ],
+)
+def test_counts_that_cost_memory_have_an_upper_bound(
+    field: str, value: int, line: int, message: str
+) -> None:
+    table, _, name = field.rpartition(".")
+    body = f"[deployment.{table}]\n{name} = {value}" if table else f"{name} = {value}"
+    issue = only_issue(f"""
+        [[deployment]]
+        name = "a"
+        model = "m"
+        {body}
+        """)
+    assert_issue(issue, f"deployment[0].{field}", line, message)
 
 
 def test_unknown_runtime_lists_the_allowed_ones() -> None:

@@ -15,9 +15,10 @@ import pytest
 
 from rakka_inference.core.config import load_config
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
-from rakka_inference.core.policies import Jitter, RetryPolicy
+from rakka_inference.core.policies import MAX_CONCURRENT, Jitter, RetryPolicy
 from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
+from rakka_inference.runtime.admin import MAX_FORCE_OPEN_S
 from rakka_inference.runtime.manager import MAX_REPLICAS
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript
@@ -470,3 +471,68 @@ api_key = {{ from_env = "RAKKA_ADMIN_TEST_KEY" }}
     assert str(MAX_REPLICAS) in message
     assert (await chat(client)).status_code == 200
     assert len(topology.manager.describe()[0].replicas) == 1
+
+
+@pytest.mark.parametrize("duration", [0, -1, MAX_FORCE_OPEN_S + 1, 1e300, 10**30, True, "1"])
+async def test_a_forced_open_beyond_a_day_is_a_400_naming_duration_s(
+    live: tuple[Topology, httpx.AsyncClient], duration: object
+) -> None:
+    _topology, client = live
+    answer = await client.post(
+        "/admin/deployments/chat/circuit",
+        headers=admin(),
+        json={"state": "open", "duration_s": duration},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "duration_s")
+    assert "86400" in error["message"]
+    circuits = (await client.get("/admin/circuits", headers=admin())).json()["data"]
+    assert [c["state"] for c in circuits] == ["closed"]
+    assert (await chat(client)).status_code == 200
+
+
+async def test_a_day_is_the_longest_a_circuit_is_forced_open(
+    live: tuple[Topology, httpx.AsyncClient],
+) -> None:
+    _topology, client = live
+    answer = await client.post(
+        "/admin/deployments/chat/circuit",
+        headers=admin(),
+        json={"state": "open", "duration_s": MAX_FORCE_OPEN_S},
+    )
+    assert answer.status_code == 200, answer.text
+    refused = await chat(client)
+    assert refused.status_code == 503
+    assert int(refused.headers["retry-after"]) <= MAX_FORCE_OPEN_S
+
+
+@pytest.mark.parametrize("workers", [0, MAX_CONCURRENT + 1])
+async def test_a_posted_config_with_too_many_workers_is_a_400_and_chat_stays(
+    live: tuple[Topology, httpx.AsyncClient],
+    mock: OpenAIMock,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+) -> None:
+    # Each worker of a remote replica is a task: a hundred million of them (a posted
+    # max_concurrent) grew memory for minutes and took as long to stop.
+    topology, client = live
+    monkeypatch.setenv("RAKKA_ADMIN_TEST_KEY", UPSTREAM)
+    toml = f"""
+[[deployment]]
+name = "chat"
+model = "gpt-4o-mini"
+runtime = "openai"
+[deployment.runtime_config]
+endpoint = "{mock.openai_base_url}"
+api_key = {{ from_env = "RAKKA_ADMIN_TEST_KEY" }}
+[deployment.serving]
+max_concurrent = {workers}
+"""
+    answer = await client.post("/admin/deployments", headers=admin(), content=toml)
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["error"]["message"]
+    assert f"deployment[0].serving.max_concurrent: must be in 1..{MAX_CONCURRENT}" in message
+    assert (await chat(client)).status_code == 200
+    [status] = topology.manager.describe()
+    assert status.generation == 1

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 from rakka_inference.core.deployment import (
     MAX_CONNECTIONS,
     MAX_HEAD_BYTES,
+    MAX_REPLICAS,
     MAX_WORKERS,
     MIN_HEAD_LINE_BYTES,
     ClusterConfig,
@@ -52,6 +53,7 @@ from rakka_inference.core.deployment import (
     TracingConfig,
 )
 from rakka_inference.core.policies import (
+    MAX_CONCURRENT,
     Budget,
     CircuitBreakerConfig,
     ModelPrice,
@@ -182,7 +184,7 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
     Deployment: {
         "name": _non_empty,
         "model": _non_empty,
-        "replicas": _at_least(1),
+        "replicas": _within(1, MAX_REPLICAS),
         "aliases": _non_empty_items,
         "fallbacks": _non_empty_items,
     },
@@ -214,7 +216,7 @@ _FIELD_RULES: Final[Mapping[type, Mapping[str, FieldRule]]] = {
         _POSITIVE,
     ),
     Serving: {
-        "max_concurrent": _POSITIVE,
+        "max_concurrent": _within(1, MAX_CONCURRENT),
         # Every request passes through the queue, even to a free slot.
         "queue_capacity": _POSITIVE,
         "queue_timeout_ms": _NON_NEGATIVE,

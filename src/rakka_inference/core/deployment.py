@@ -25,6 +25,7 @@ from rakka_inference.core.secrets import SecretRef
 __all__ = [
     "MAX_CONNECTIONS",
     "MAX_HEAD_BYTES",
+    "MAX_REPLICAS",
     "MAX_WORKERS",
     "MIN_HEAD_LINE_BYTES",
     "ClusterConfig",
@@ -35,6 +36,9 @@ __all__ = [
 
 MAX_WORKERS = 128
 """The most worker processes ``[cluster].workers`` may ask for on one node."""
+MAX_REPLICAS = 256
+"""The most replicas one deployment runs, from a config or a scale: each is an engine with
+its own queue and session, so an unbounded count is unbounded memory."""
 MAX_CONNECTIONS = 1_000_000
 """The most ``[cluster].max_connections`` (and ``max_connections_per_client``) may be."""
 MIN_HEAD_LINE_BYTES = 256

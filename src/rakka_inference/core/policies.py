@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_CONCURRENT",
     "Budget",
     "BudgetAction",
     "CapacityPolicy",
@@ -22,6 +23,10 @@ __all__ = [
     "Serving",
     "Timeouts",
 ]
+
+MAX_CONCURRENT = 4096
+"""The most requests one replica runs at once (``serving.max_concurrent``): a remote replica
+runs a worker per request it may run, so the count is memory, and time to stop."""
 
 
 class Jitter(enum.StrEnum):
@@ -116,6 +121,8 @@ class Timeouts:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Serving:
     max_concurrent: int = 32
+    """Requests one replica runs at once (a remote replica: its workers), 1 to
+    :data:`MAX_CONCURRENT`."""
     queue_capacity: int = 1024
     queue_timeout_ms: int = 30_000
     on_capacity_exhausted: CapacityPolicy = CapacityPolicy.QUEUE

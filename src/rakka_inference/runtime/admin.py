@@ -14,7 +14,8 @@ DELETE      /admin/deployments/{name}                   drain and remove
 POST        /admin/deployments/{name}/scale             ``{"replicas": n}``, n in 1..256
 POST        /admin/deployments/{name}/rebuild_session   rotate credentials, drop nothing
 POST        /admin/deployments/{name}/drain             stop taking requests, finish running
-POST        /admin/deployments/{name}/circuit           ``{"state": "open"|"closed"}``
+POST        /admin/deployments/{name}/circuit           ``{"state": "open"|"closed",
+                                                        "duration_s": d}``, d in (0, 86400]
 GET         /admin/circuits                             every circuit breaker's state
 GET         /admin/ratelimits                           every limiter's use
 GET         /admin/costs?window_s=86400                 spend per deployment and model
@@ -24,7 +25,17 @@ POST        /admin/reload                               apply the config file ag
 A config that fails to load or apply is rejected whole: 400 (``invalid_request_error``)
 naming every issue with its line and field, a deployment that did not start among them (a
 secret that is not set, say), or 409 when no node can place it; the running deployments
-stay as they were, serving. ``POST /admin/reload`` without a config file is 409.
+stay as they were, serving — their limits, budgets and circuits too. ``POST /admin/reload``
+without a config file is 409. A reload reads the client and admin keys again; a config
+posted to ``POST /admin/deployments`` changes the deployments alone, never who may call
+the gateway (see :mod:`~rakka_inference.runtime.topology`).
+
+Every number the API takes is bounded, and past its bound is a 400 naming it (``param``):
+``replicas`` 1 to :data:`~rakka_inference.core.deployment.MAX_REPLICAS` (256), a forced-open
+circuit's ``duration_s`` at most :data:`MAX_FORCE_OPEN_S` (one day), the cost report's
+``window_s`` at most one day, and a posted config's counts as a file's (``replicas``,
+``serving.max_concurrent`` at most :data:`~rakka_inference.core.policies.MAX_CONCURRENT`,
+4096); a body is at most 1 MiB.
 
 The API operates an :class:`Operable` — what it needs of a serving topology, no more.
 """
@@ -42,7 +53,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from rakka_inference.core.config import load_config
-from rakka_inference.core.deployment import Config
+from rakka_inference.core.deployment import MAX_REPLICAS, Config
 from rakka_inference.core.errors import (
     BadRequest,
     ClientUnauthorized,
@@ -59,9 +70,9 @@ from rakka_inference.remote.breaker import BreakerState
 from rakka_inference.remote.factory import RemoteServices
 from rakka_inference.runtime.asgi import bearer_matches
 from rakka_inference.runtime.capabilities import HasCircuit
-from rakka_inference.runtime.manager import MAX_REPLICAS, ApplyReport, DeploymentManager
+from rakka_inference.runtime.manager import ApplyReport, DeploymentManager
 
-__all__ = ["AdminApi", "Operable"]
+__all__ = ["MAX_FORCE_OPEN_S", "AdminApi", "Operable"]
 
 log = logging.getLogger("rakka_inference.admin")
 
@@ -72,6 +83,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 _MAX_BODY = 1024 * 1024
 _DAY_S = 86_400.0
+MAX_FORCE_OPEN_S = _DAY_S
+"""The longest an operator may force a circuit open for (then it half-opens as usual)."""
 
 
 class Operable(Protocol):
@@ -219,7 +232,7 @@ class AdminApi:
 
     def _force_circuit(self, name: str, body: bytes) -> dict[str, Any]:
         state = _field(body, "state", str)
-        duration = _optional(body, "duration_s", 300.0)
+        duration = _seconds(body, "duration_s", 300.0, MAX_FORCE_OPEN_S)
         breakers = {
             id(b): b
             for engine in self.topology.manager.engines(name)
@@ -291,10 +304,14 @@ def _replicas(body: bytes) -> int:
     return replicas
 
 
-def _optional(body: bytes, name: str, default: float) -> float:
+def _seconds(body: bytes, name: str, default: float, most: float) -> float:
+    """A duration field: more than 0 and at most ``most`` seconds (400 naming it else)."""
     value = _document(body).get(name, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise BadRequest(f"{name!r} must be a positive number of seconds", param=name)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= most:
+        raise BadRequest(
+            f"{name!r} must be a number of seconds, more than 0 and at most {most:g}",
+            param=name,
+        )
     return float(value)
 
 

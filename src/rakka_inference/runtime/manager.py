@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rakka_inference.actors.system import ActorSystem
-from rakka_inference.core.deployment import Config, Deployment
+from rakka_inference.core.deployment import MAX_REPLICAS, Config, Deployment
 from rakka_inference.core.errors import ConfigError, ConfigIssue, ModelNotFound, OperationRefused
 from rakka_inference.core.runner import SessionRebuildCause
 from rakka_inference.runtime.capabilities import RebuildsSession
@@ -71,10 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("rakka_inference.manager")
-
-MAX_REPLICAS = 256
-"""The most replicas one deployment runs, from a config or a scale: each is an engine with
-its own queue and session, so an unbounded count is unbounded memory."""
 
 S = DeploymentState
 
