@@ -190,6 +190,7 @@ async def test_a_reload_whose_deployment_cannot_start_changes_nothing(node: Node
         assert refused.headers["content-type"].startswith("application/json")
         error = refused.json()["error"]
         assert error["type"] == "invalid_request_error"
+        assert error["param"] == "deployment 'beta'.runtime_config.api_key"
         assert "nothing changed" in error["message"]
         assert "deployment 'beta'.runtime_config.api_key" in error["message"]
         assert "RAKKA_TEST_UNSET_VAR" in error["message"]

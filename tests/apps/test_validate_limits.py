@@ -147,6 +147,7 @@ async def test_an_admin_apply_refuses_it_and_changes_nothing(
         assert refused.status_code == 400, refused.text
         error = refused.json()["error"]
         assert error["type"] == "invalid_request_error"
+        assert error["param"] == "deployment 'open'.runtime_config.rate_limits"
         assert MESSAGE in error["message"]
         assert KEY not in refused.text
         chat = await http.post(

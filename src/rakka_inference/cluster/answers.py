@@ -53,7 +53,7 @@ from rakka_inference.core.errors import (
     SecretError,
 )
 from rakka_inference.observe.metrics import CONTENT_TYPE
-from rakka_inference.runtime.admin import AdminApi
+from rakka_inference.runtime.admin import AdminApi, rejected_field
 from rakka_inference.runtime.asgi import (
     receive_body,
     request_ids,
@@ -215,7 +215,7 @@ class GroupAnswers:
             report = await topology.apply(config, access=keys)
         except (ConfigError, SecretError) as error:
             message = f"the config was rejected, nothing changed: {error}"
-            return {"ok": False, "status": 400, "message": message}
+            return {"ok": False, "status": 400, "message": message, "param": rejected_field(error)}
         self._previous = previous
         return {
             "ok": True,
@@ -313,7 +313,8 @@ class GroupAdmin:
         status = int(answer.get("status", 500))
         text = str(answer.get("message", "the config was refused"))
         if status == 400:
-            raise BadRequest(text)
+            param = answer.get("param")
+            raise BadRequest(text, param=param if isinstance(param, str) else None)
         if status == 409:
             raise OperationRefused(text)
         raise InternalError(text)

@@ -389,7 +389,10 @@ class NodeSupervisor:
                 back = await self._worker_call(taken, "/_node/revert", b"{}")
                 if not back.get("ok"):
                     log.error("worker %s could not go back: %s", taken.name, back.get("message"))
-            return _refusal(int(answer.get("status", 500)), str(answer.get("message")))
+            refused = _refusal(int(answer.get("status", 500)), str(answer.get("message")))
+            if answer.get("param") is not None:
+                refused["param"] = answer["param"]  # the field of the config it names
+            return refused
         self._applied = text
         self.generation += 1
         self._write_config()

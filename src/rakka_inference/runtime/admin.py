@@ -22,8 +22,9 @@ GET         /admin/costs?window_s=86400                 spend per deployment and
 POST        /admin/reload                               apply the config file again
 ==========  ==========================================  ===================================
 
-A config that fails to load or apply is rejected whole: 400 (``invalid_request_error``)
-naming every issue with its line and field, a deployment that did not start among them (a
+A config that fails to load or apply is rejected whole: 400 (``invalid_request_error``,
+its ``param`` the first issue's field) naming every issue with its line and field, a
+deployment that did not start among them (a
 secret that is not set, say), or 409 when no node can place it; the running deployments
 stay as they were, serving — their limits, budgets and circuits too. ``POST /admin/reload``
 without a config file is 409. A reload reads the client and admin keys again; a config
@@ -72,7 +73,7 @@ from rakka_inference.runtime.asgi import bearer_matches
 from rakka_inference.runtime.capabilities import HasCircuit
 from rakka_inference.runtime.manager import ApplyReport, DeploymentManager
 
-__all__ = ["MAX_FORCE_OPEN_S", "AdminApi", "Operable"]
+__all__ = ["MAX_FORCE_OPEN_S", "AdminApi", "Operable", "rejected_field"]
 
 log = logging.getLogger("rakka_inference.admin")
 
@@ -182,7 +183,9 @@ class AdminApi:
         try:
             report = await apply()
         except (ConfigError, SecretError) as error:
-            raise BadRequest(f"the config was rejected, nothing changed: {error}") from None
+            raise BadRequest(
+                f"the config was rejected, nothing changed: {error}", param=rejected_field(error)
+            ) from None
         return {"applied": asdict(report)}
 
     def authorize(self, scope: Scope) -> None:
@@ -276,6 +279,12 @@ async def _read_body(receive: Receive) -> bytes:
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+def rejected_field(error: ConfigError | SecretError) -> str | None:
+    """The field of the config a refusal names first (``param`` of its 400), if any."""
+    issues = error.issues if isinstance(error, ConfigError) else ()
+    return issues[0].path if issues else None
 
 
 def _document(body: bytes) -> dict[str, Any]:
