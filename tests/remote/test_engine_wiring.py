@@ -483,6 +483,29 @@ async def test_reloads_change_shared_limits_through_the_expected_config(
         await engine.runner.session.aclose()
 
 
+async def test_a_staged_apply_holds_newcomers_to_what_kept_deployments_set(
+    server: ScriptedHttpServer,
+) -> None:
+    services = RemoteServices()
+    rpm_10 = RateLimits(requests_per_minute=10)
+    kept = await build_remote_engine(limited(server, "a", rpm_10), services)
+    services.stage(name for name in ("a",))  # any iterable of the kept deployments' names
+    with pytest.raises(ConfigError, match=r"'b'\.runtime_config\.rate_limits differs"):
+        await build_remote_engine(limited(server, "b", RateLimits()), services)
+    other_breaker = replace(
+        limited(server, "c", rpm_10),
+        runtime_config=replace(
+            limited(server, "c", rpm_10).runtime_config,  # type: ignore[type-var]
+            circuit_breaker=CircuitBreakerConfig(failure_threshold=1),
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"'c'\.runtime_config\.circuit_breaker differs"):
+        await build_remote_engine(other_breaker, services)
+    services.abort()
+    assert kept.limiter.limits == rpm_10
+    await kept.runner.session.aclose()
+
+
 def breaking(
     server: ScriptedHttpServer, name: str, model: str, breaker: CircuitBreakerConfig
 ) -> Deployment:

@@ -82,8 +82,9 @@ class RemoteServices:
         """A config is about to be applied; the deployments named in ``kept`` stay as they
         run (their claims stand), every other one claims its limiter and breaker again as
         its engines are built. Nothing running changes until :meth:`commit`."""
-        self.limit_claims.stage(kept)
-        self.breakers.stage(kept)
+        names = tuple(kept)
+        self.limit_claims.stage(names)
+        self.breakers.stage(names)
 
     def commit(self) -> None:
         """The staged config runs from now on: each held limiter takes its holders' limits
