@@ -20,7 +20,7 @@ from rakka_inference.core.runtimes import OpenAIConfig, RuntimeKind
 from rakka_inference.core.secrets import SecretRef
 from rakka_inference.runtime.admin import MAX_FORCE_OPEN_S
 from rakka_inference.runtime.manager import MAX_REPLICAS
-from rakka_inference.runtime.topology import Topology
+from rakka_inference.runtime.topology import Topology, with_access_of
 from rakka_inference.testkit.faults import Fault, FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_openai import OpenAIMock
 
@@ -536,3 +536,19 @@ max_concurrent = {workers}
     assert (await chat(client)).status_code == 200
     [status] = topology.manager.describe()
     assert status.generation == 1
+
+
+def test_a_restarted_gateway_takes_who_may_call_it_from_the_file_alone(mock: OpenAIMock) -> None:
+    posted = Config(cluster=ClusterConfig(name="posted"), deployments=(deployment(mock),))
+    file = ClusterConfig(
+        name="file",
+        client_api_keys=(SecretRef.from_env("RAKKA_TEST_CLIENT"),),
+        admin_api_key=SecretRef.from_env("RAKKA_TEST_ADMIN"),
+        cors_origins=("https://app.example.com",),
+    )
+    taken = with_access_of(posted, file)
+    assert taken.cluster.client_api_keys == file.client_api_keys
+    assert taken.cluster.admin_api_key == file.admin_api_key
+    assert taken.cluster.cors_origins == file.cors_origins
+    assert taken.cluster.name == "posted"  # the rest of the posted config stands
+    assert taken.deployments == posted.deployments
