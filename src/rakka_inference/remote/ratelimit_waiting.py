@@ -216,7 +216,9 @@ class WaitingLimiter(abc.ABC):
         if denial.reason is DenialReason.CONCURRENCY:
             retry_after: float | None = CONCURRENCY_RETRY_HINT
         elif math.isinf(denial.retry_at):
-            retry_after = math.inf  # the request alone passes a limit: it never fits
+            # The request alone passes a limit: it never fits. Any other endless denial (a
+            # limiter closed for shutdown) says nothing of when to come back.
+            retry_after = math.inf if denial.reason is DenialReason.TOO_LARGE else None
         else:
             retry_after = max(0.0, denial.retry_at - now)
         return RateLimitExceeded(
