@@ -13,16 +13,13 @@ from typing import Any
 
 import openai
 import pytest
+from mock_gateway import on_mock
 
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.runtimes import (
-    AnthropicConfig,
-    GeminiConfig,
-    OpenAIConfig,
     RuntimeKind,
     TransformersConfig,
 )
-from rakka_inference.core.secrets import SecretRef
 from rakka_inference.core.stream import FinishReason, TokenChunk
 from rakka_inference.core.usage import Usage
 from rakka_inference.runtime.topology import Topology
@@ -56,7 +53,6 @@ class Live:
 async def live() -> AsyncIterator[Live]:
     plan = FaultPlan(valid_keys={KEY})
     reply = ReplyScript(text=TEXT, chunks=2)
-    key = SecretRef.inline(KEY, warn=False)
     script = MockScript()
     async with (
         OpenAIMock(faults=plan, reply=reply) as gpt,
@@ -64,24 +60,9 @@ async def live() -> AsyncIterator[Live]:
         AnthropicMock(faults=plan, reply=reply) as claude,
     ):
         deployments = (
-            Deployment(
-                name="gpt",
-                model="gpt-4o",
-                runtime=RuntimeKind.OPENAI,
-                runtime_config=OpenAIConfig(endpoint=gpt.openai_base_url, api_key=key),
-            ),
-            Deployment(
-                name="gemini",
-                model="gemini-2.5-flash",
-                runtime=RuntimeKind.GEMINI,
-                runtime_config=GeminiConfig(endpoint=gemini.url, api_key=key),
-            ),
-            Deployment(
-                name="claude",
-                model="claude-haiku-4-5",
-                runtime=RuntimeKind.ANTHROPIC,
-                runtime_config=AnthropicConfig(endpoint=claude.url, api_key=key),
-            ),
+            on_mock("gpt", gpt, KEY),
+            on_mock("gemini", gemini, KEY),
+            on_mock("claude", claude, KEY),
             Deployment(
                 name="local",
                 model="tiny",

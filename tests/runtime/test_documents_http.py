@@ -13,15 +13,8 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from mock_gateway import gateway_config, on_mock
 
-from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
-from rakka_inference.core.runtimes import (
-    AnthropicConfig,
-    GeminiConfig,
-    OpenAIConfig,
-    RuntimeKind,
-)
-from rakka_inference.core.secrets import SecretRef
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript
 from rakka_inference.testkit.mock_anthropic import AnthropicMock
@@ -59,28 +52,13 @@ async def live() -> AsyncIterator[Live]:
         AnthropicMock(faults=plan, reply=reply) as claude,
         GeminiMock(faults=plan, reply=reply) as gemini,
     ):
-        key = SecretRef.inline(KEY, warn=False)
-        deployments = (
-            Deployment(
-                name="gpt",
-                model="gpt-4o",
-                runtime=RuntimeKind.OPENAI,
-                runtime_config=OpenAIConfig(endpoint=gpt.openai_base_url, api_key=key),
-            ),
-            Deployment(
-                name="claude",
-                model="claude-sonnet-4-5",
-                runtime=RuntimeKind.ANTHROPIC,
-                runtime_config=AnthropicConfig(endpoint=claude.url, api_key=key),
-            ),
-            Deployment(
-                name="gemini",
-                model="gemini-2.5-flash",
-                runtime=RuntimeKind.GEMINI,
-                runtime_config=GeminiConfig(endpoint=gemini.url, api_key=key),
-            ),
+        topology = Topology(
+            gateway_config(
+                on_mock("gpt", gpt, KEY),
+                on_mock("claude", claude, KEY, model="claude-sonnet-4-5"),
+                on_mock("gemini", gemini, KEY),
+            )
         )
-        topology = Topology(Config(cluster=ClusterConfig(), deployments=deployments))
         async with serving(topology.gateway) as base:
             chat = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
             messages = anthropic.AsyncAnthropic(base_url=base, api_key="unused", max_retries=0)

@@ -21,12 +21,10 @@ import pytest
 from langchain_anthropic import ChatAnthropic, _client_utils
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from mock_gateway import gateway_config, on_mock
 from pydantic import SecretStr
 
-from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.policies import Jitter, RetryPolicy
-from rakka_inference.core.runtimes import AnthropicConfig, OpenAIConfig, RuntimeKind
-from rakka_inference.core.secrets import SecretRef
 from rakka_inference.engine.report import RequestRecord
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript, ScriptedToolCall
@@ -95,24 +93,10 @@ async def live() -> AsyncIterator[Live]:
         OpenAIMock(faults=FaultPlan(valid_keys={UPSTREAM_KEY}), reply=reply) as gpt,
         AnthropicMock(faults=FaultPlan(valid_keys={UPSTREAM_KEY}), reply=reply) as claude,
     ):
-        key = SecretRef.inline(UPSTREAM_KEY, warn=False)
-        deployments = (
-            Deployment(
-                name="gpt",
-                model="gpt-4o",
-                runtime=RuntimeKind.OPENAI,
-                runtime_config=OpenAIConfig(endpoint=gpt.openai_base_url, api_key=key, retry=RETRY),
-            ),
-            Deployment(
-                name="claude",
-                model="claude-haiku-4-5",
-                runtime=RuntimeKind.ANTHROPIC,
-                runtime_config=AnthropicConfig(endpoint=claude.url, api_key=key, retry=RETRY),
-            ),
-        )
-        config = Config(
-            cluster=ClusterConfig(client_api_keys=(SecretRef.inline(CLIENT_KEY, warn=False),)),
-            deployments=deployments,
+        config = gateway_config(
+            on_mock("gpt", gpt, UPSTREAM_KEY, retry=RETRY),
+            on_mock("claude", claude, UPSTREAM_KEY, retry=RETRY),
+            client_key=CLIENT_KEY,
         )
         records: list[RequestRecord] = []
         models: list[ChatAnthropic] = []

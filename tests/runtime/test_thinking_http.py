@@ -13,15 +13,8 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from mock_gateway import gateway_config, on_mock
 
-from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
-from rakka_inference.core.runtimes import (
-    AnthropicConfig,
-    GeminiConfig,
-    OpenAIConfig,
-    RuntimeKind,
-)
-from rakka_inference.core.secrets import SecretRef
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.anthropic_thinking import ThinkingScript, sign
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript, ScriptedToolCall
@@ -62,28 +55,13 @@ async def live() -> AsyncIterator[Live]:
         OpenAIMock(faults=plan, reply=ReplyScript(text="Sunny.")) as gpt,
         GeminiMock(faults=plan, reply=ReplyScript(text="Sunny."), thoughts="Hmm, weather") as gem,
     ):
-        key = SecretRef.inline(KEY, warn=False)
-        deployments = (
-            Deployment(
-                name="claude",
-                model="claude-sonnet-4-5",
-                runtime=RuntimeKind.ANTHROPIC,
-                runtime_config=AnthropicConfig(endpoint=claude.url, api_key=key),
-            ),
-            Deployment(
-                name="gpt",
-                model="o4-mini",
-                runtime=RuntimeKind.OPENAI,
-                runtime_config=OpenAIConfig(endpoint=gpt.openai_base_url, api_key=key),
-            ),
-            Deployment(
-                name="gemini",
-                model="gemini-2.5-flash",
-                runtime=RuntimeKind.GEMINI,
-                runtime_config=GeminiConfig(endpoint=gem.url, api_key=key),
-            ),
+        topology = Topology(
+            gateway_config(
+                on_mock("claude", claude, KEY, model="claude-sonnet-4-5"),
+                on_mock("gpt", gpt, KEY, model="o4-mini"),
+                on_mock("gemini", gem, KEY),
+            )
         )
-        topology = Topology(Config(cluster=ClusterConfig(), deployments=deployments))
         async with serving(topology.gateway) as base:
             client = anthropic.AsyncAnthropic(base_url=base, api_key="unused", max_retries=0)
             chat = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
