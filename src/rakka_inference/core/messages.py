@@ -5,6 +5,11 @@ The gateway speaks OpenAI's chat completions API, so these records follow its sh
 them; provider adapters translate them to Anthropic's or Gemini's wire format. Nothing here
 knows about either end.
 
+What a message holds (text, images, documents, thinking) is
+:mod:`rakka_inference.core.content`, and how to sample (:class:`SamplingParams`, the
+bounds on every number) :mod:`rakka_inference.core.sampling`; this module re-exports both,
+so every core request type is imported from here.
+
 Validation that does not need the wire format lives here and raises
 :class:`~rakka_inference.core.errors.BadRequest` with ``param`` naming the offending field,
 so every entry point (HTTP, the Python API, tests) rejects the same requests the same way.
@@ -12,16 +17,37 @@ so every entry point (HTTP, the Python API, tests) rejects the same requests the
 
 from __future__ import annotations
 
-import base64
 import enum
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
+from rakka_inference.core.content import (
+    PDF,
+    ContentPart,
+    DocumentPart,
+    ImageDetail,
+    ImagePart,
+    ReasoningBlock,
+    TextPart,
+)
 from rakka_inference.core.errors import BadRequest
+from rakka_inference.core.sampling import (
+    MAX_CHOICES,
+    MAX_OUTPUT_TOKENS,
+    MAX_STOP_LENGTH,
+    MAX_STOP_SEQUENCES,
+    MAX_TOP_K,
+    MAX_TOP_LOGPROBS,
+    REASONING_EFFORTS,
+    SEED_RANGE,
+    THINKING_BUDGETS,
+    ResponseFormat,
+    SamplingParams,
+    refuse_choices_and_logprobs,
+)
 from rakka_inference.core.tools import ToolCall, ToolChoice, ToolChoiceMode, ToolDefinition
 from rakka_inference.core.usage import Usage
 
@@ -33,6 +59,7 @@ __all__ = [
     "TextPart",
     "ImagePart",
     "DocumentPart",
+    "PDF",
     "ReasoningBlock",
     "ImageDetail",
     "ContentPart",
@@ -62,48 +89,10 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 """The output cap assumed for a request that sets no ``max_tokens``, where its runtime names
 none of its own: what the limiter estimates and the budget reserves until usage settles."""
 
-MAX_STOP_SEQUENCES = 4
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
-"""The reasoning efforts OpenAI's reasoning models take, least first."""
-THINKING_BUDGETS: Mapping[str, int] = {
-    "none": 0,
-    "minimal": 1024,
-    "low": 2048,
-    "medium": 8192,
-    "high": 24576,
-}
-"""The thinking budget (tokens) an effort becomes for a model that takes a budget rather
-than an effort (Anthropic's extended thinking, Gemini's ``thinkingBudget``). 1024 is the
-least Anthropic takes; 24576 the most Gemini Flash takes."""
-"""OpenAI accepts at most four stop sequences; so do we, whatever the provider."""
-
-MAX_CHOICES = 128
-"""The most choices (``n``) a chat request may ask for: OpenAI's own limit."""
-MAX_TOP_LOGPROBS = 20
-"""The most alternatives per token ``top_logprobs`` may ask for: OpenAI's own limit."""
-
 MAX_EMBEDDING_DIMENSIONS = 65536
 """The largest ``dimensions`` an embeddings request may ask for: far above any model's
 vector size, low enough that no runner is asked to allocate a vector of millions."""
 
-# Every number a client sends has a bound, checked here (one rule, every entry point) and,
-# with the dialect's own parameter name and wording, where the HTTP edge reads it. A bound
-# is either the API's own (OpenAI's, Anthropic's) or, where the APIs name none, far above
-# any real use and low enough that nothing downstream (the limiter's and the budget's
-# reservations, a provider's integer fields, a local runner's stop matching) is asked to
-# hold an absurd figure.
-
-MAX_OUTPUT_TOKENS = 1 << 20
-"""The largest output cap (``max_tokens``, ``max_completion_tokens``,
-``max_output_tokens``) and thinking budget a request may set: 1,048,576 tokens, above every
-model's output limit. The limiter and the budget reserve up to ``n`` times this."""
-MAX_TOP_K = 1 << 20
-"""The largest ``top_k``: above every tokenizer's vocabulary (the largest hold ~262k)."""
-SEED_RANGE = (-(2**63), 2**63 - 1)
-"""``seed`` is a signed 64-bit integer, as OpenAI takes it."""
-MAX_STOP_LENGTH = 1024
-"""The longest stop sequence, in characters. A local runner holds back up to this much of
-an answer while it may still be the start of a stop, and compares it at every token."""
 MAX_TOOLS = 128
 """The most tools a request may offer: OpenAI's own limit, kept whatever the provider (as
 the four stop sequences are)."""
@@ -125,144 +114,6 @@ class Role(enum.StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
     TOOL = "tool"
-
-
-# --------------------------------------------------------------------------- content
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TextPart:
-    """A piece of text inside a message's content."""
-
-    text: str
-
-
-ImageDetail: TypeAlias = Literal["auto", "low", "high"]
-
-# RFC 2397: data:[<mediatype>][;param=value]*[;base64],<data>. We accept only base64 data
-# with an explicit media type: every provider that takes inline images needs both.
-_BASE64_BODY = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImagePart:
-    """An image inside a user message: an ``https:`` URL or a base64 ``data:`` URL.
-
-    ``detail`` is OpenAI's resolution hint; providers without one ignore it.
-    """
-
-    url: str
-    detail: ImageDetail | None = None
-
-    @classmethod
-    def from_base64(
-        cls, media_type: str, data: str, *, detail: ImageDetail | None = None
-    ) -> ImagePart:
-        """An image given inline, as ``data:{media_type};base64,{data}``."""
-        return cls(url=f"data:{media_type};base64,{data}", detail=detail)
-
-    @property
-    def is_data_url(self) -> bool:
-        """Whether the image is inline (a ``data:`` URL) rather than fetched by URL."""
-        return self.url[:5].lower() == "data:"
-
-    def parse_data_url(self, *, param: str = "messages") -> tuple[str, str]:
-        """``(media_type, base64_data)`` of an inline image.
-
-        Raises :class:`BadRequest` with ``param`` set when the URL is not a well-formed
-        base64 data URL. Pass the field path as ``param`` when it is known, such as
-        ``messages[2].content[1].image_url``. The data is checked for the base64
-        alphabet and padding, not decoded.
-        """
-        return _parse_data_url(self.url, param)
-
-    def decode_data(self, *, param: str = "messages") -> tuple[str, bytes]:
-        """``(media_type, bytes)`` of an inline image, for runners that need the pixels."""
-        media_type, data = self.parse_data_url(param=param)
-        # parse_data_url checked the alphabet, the padding and the length, so this decodes.
-        return media_type, base64.b64decode(data)
-
-
-def _parse_data_url(url: str, param: str) -> tuple[str, str]:
-    """``(media_type, base64_data)`` of a base64 ``data:`` URL (see ImagePart's)."""
-    if url[:5].lower() != "data:":
-        raise BadRequest("the URL is not a data: URL", param=param)
-    header, comma, data = url[5:].partition(",")
-    if not comma:
-        raise BadRequest("malformed data URL: no ',' before the data", param=param)
-    media_type, *attributes = header.split(";")
-    if not attributes or attributes[-1].lower() != "base64":
-        raise BadRequest("data URL must be base64-encoded (';base64,')", param=param)
-    if not _MEDIA_TYPE.fullmatch(media_type):
-        raise BadRequest(f"data URL has no valid media type: {media_type!r}", param=param)
-    if not data or len(data) % 4 or not _BASE64_BODY.fullmatch(data):
-        raise BadRequest("data URL does not hold valid base64 data", param=param)
-    return media_type.lower(), data
-
-
-PDF = "application/pdf"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DocumentPart:
-    """A PDF document inside a user message: a base64 ``data:application/pdf`` URL, or an
-    ``https:`` URL the provider fetches; ``filename`` where the client named it.
-
-    OpenAI's ``file`` parts (``file_data``), Anthropic's ``document`` blocks and the
-    Responses API's ``input_file`` items all become one of these; each provider takes it
-    in its own terms, or refuses it with a 400 naming the part.
-    """
-
-    url: str
-    filename: str | None = None
-
-    @classmethod
-    def from_base64(cls, data: str, *, filename: str | None = None) -> DocumentPart:
-        """A PDF given inline, as ``data:application/pdf;base64,{data}``."""
-        return cls(url=f"data:{PDF};base64,{data}", filename=filename)
-
-    @property
-    def is_data_url(self) -> bool:
-        return self.url[:5].lower() == "data:"
-
-    def base64_data(self, *, param: str = "messages") -> str:
-        """The base64 PDF of an inline document; a 400 naming ``param`` when the URL is
-        not a well-formed base64 data URL of a PDF."""
-        media_type, data = _parse_data_url(self.url, param)
-        if media_type != PDF:
-            raise BadRequest(f"documents must be PDFs ({PDF}), not {media_type!r}", param=param)
-        return data
-
-
-ContentPart: TypeAlias = TextPart | ImagePart | DocumentPart
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReasoningBlock:
-    """One block of a model's thinking, as the model's provider signed it.
-
-    Anthropic's extended thinking answers with ``thinking`` blocks (the text and a
-    ``signature`` over it) and ``redacted_thinking`` blocks (``redacted``: opaque data, no
-    text). In a tool loop the assistant turn that called the tools must be sent back with
-    its thinking blocks, unchanged, before its tool calls: the signature is how the provider
-    knows they are its own. A block with no signature (a provider that signs nothing) is
-    text only, and a provider that takes no prior thinking leaves it out of the prompt.
-    """
-
-    text: str = ""
-    signature: str = ""
-    redacted: str = ""
-    """The opaque data of a redacted block; then ``text`` and ``signature`` are empty."""
-
-    def __post_init__(self) -> None:
-        if self.redacted and (self.text or self.signature):
-            raise BadRequest("a redacted thinking block carries its data only", param="messages")
-
-    @property
-    def signed(self) -> bool:
-        """Whether a provider can verify the block: it has a signature or is redacted."""
-        return bool(self.signature or self.redacted)
 
 
 # --------------------------------------------------------------------------- messages
@@ -383,163 +234,6 @@ class ChatMessage:
         return tuple(part for part in self.content if isinstance(part, ImagePart))
 
 
-# --------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseFormat:
-    """What shape the answer must take: free text, any JSON object, or a JSON Schema."""
-
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: Mapping[str, Any] | None = None
-    """The schema itself (OpenAI's ``json_schema.schema``); only with type json_schema."""
-    schema_name: str | None = None
-    """OpenAI requires a name for the schema (``json_schema.name``)."""
-    strict: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.type == "json_schema":
-            if self.json_schema is None or not self.schema_name:
-                raise BadRequest(
-                    "response_format json_schema needs a schema and a name",
-                    param="response_format",
-                )
-        elif self.json_schema is not None or self.schema_name is not None:
-            raise BadRequest(
-                f"response_format {self.type} takes no schema", param="response_format"
-            )
-
-    @classmethod
-    def text(cls) -> ResponseFormat:
-        return cls(type="text")
-
-    @classmethod
-    def json_object(cls) -> ResponseFormat:
-        return cls(type="json_object")
-
-    @classmethod
-    def from_schema(
-        cls, name: str, schema: Mapping[str, Any], *, strict: bool | None = None
-    ) -> ResponseFormat:
-        return cls(type="json_schema", json_schema=schema, schema_name=name, strict=strict)
-
-
-def _check_range(param: str, value: float | None, low: float, high: float) -> None:
-    # Written as "not (low <= v <= high)" so NaN, which compares false, is rejected too.
-    if value is not None and not low <= value <= high:
-        raise BadRequest(f"{param} must be between {low:g} and {high:g}", param=param)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SamplingParams:
-    """How to sample. ``None`` leaves a setting to the provider's default.
-
-    ``max_tokens`` is the cap on generated tokens. OpenAI has two names for it
-    (``max_tokens`` and the newer ``max_completion_tokens``, which also counts reasoning
-    tokens); the HTTP edge maps either into this one field. Ranges follow OpenAI's.
-    """
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int = 1
-    """Number of choices to generate, 1 to :data:`MAX_CHOICES`."""
-    logprobs: bool = False
-    """Return each generated token's log probability (OpenAI's ``logprobs``)."""
-    top_logprobs: int | None = None
-    """With :attr:`logprobs`: this many likeliest alternatives per token, 0 to
-    :data:`MAX_TOP_LOGPROBS` (OpenAI's ``top_logprobs``)."""
-    reasoning_effort: str | None = None
-    """How hard a reasoning model thinks: one of :data:`REASONING_EFFORTS` (OpenAI's
-    ``reasoning_effort``, the Responses API's ``reasoning.effort``)."""
-    top_k: int | None = None
-    """Sample from the ``top_k`` likeliest tokens only (Anthropic's and Gemini's
-    ``top_k``; OpenAI's API has none)."""
-    thinking_budget: int | None = None
-    """A thinking budget in tokens, as Anthropic's ``thinking.budget_tokens`` sets it; the
-    other way to ask for reasoning than :attr:`reasoning_effort`, never with it."""
-
-    def __post_init__(self) -> None:
-        if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
-            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}", param="top_k")
-        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
-            raise BadRequest("seed must be a signed 64-bit integer", param="seed")
-        if self.thinking_budget is not None:
-            if not 1 <= self.thinking_budget <= MAX_OUTPUT_TOKENS:
-                raise BadRequest(
-                    f"thinking budget must be between 1 and {MAX_OUTPUT_TOKENS}", param="thinking"
-                )
-            if self.reasoning_effort is not None:
-                raise BadRequest(
-                    "ask for reasoning with an effort or a thinking budget, not both",
-                    param="thinking",
-                )
-        if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
-            raise BadRequest(
-                f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}",
-                param="reasoning_effort",
-            )
-        _check_range("temperature", self.temperature, 0.0, 2.0)
-        _check_range("top_p", self.top_p, 0.0, 1.0)
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_OUTPUT_TOKENS:
-            raise BadRequest(
-                f"max_tokens must be between 1 and {MAX_OUTPUT_TOKENS}", param="max_tokens"
-            )
-        if len(self.stop) > MAX_STOP_SEQUENCES:
-            raise BadRequest(
-                f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop"
-            )
-        if any(not sequence for sequence in self.stop):
-            raise BadRequest("stop sequences must not be empty", param="stop")
-        if any(len(sequence) > MAX_STOP_LENGTH for sequence in self.stop):
-            raise BadRequest(
-                f"stop sequences are at most {MAX_STOP_LENGTH} characters", param="stop"
-            )
-        if self.n < 1:
-            raise BadRequest("n must be at least 1", param="n")
-        if self.n > MAX_CHOICES:
-            raise BadRequest(f"n must be at most {MAX_CHOICES}", param="n")
-        if self.top_logprobs is not None:
-            if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
-                raise BadRequest(
-                    f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
-                )
-            if not self.logprobs:
-                raise BadRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
-
-    @property
-    def thinks(self) -> bool:
-        """Whether the request asks the model to reason (an effort but ``none``, or a
-        budget)."""
-        return self.thinking_budget is not None or self.reasoning_effort not in (None, "none")
-
-    @property
-    def effort(self) -> str | None:
-        """The reasoning effort asked for: :attr:`reasoning_effort`, or for a budget the
-        greatest effort whose :data:`THINKING_BUDGETS` figure it reaches (``minimal``
-        below 2048), for a model that takes an effort."""
-        if self.thinking_budget is None:
-            return self.reasoning_effort
-        reached = [e for e in REASONING_EFFORTS[1:] if THINKING_BUDGETS[e] <= self.thinking_budget]
-        return reached[-1] if reached else "minimal"
-
-    @property
-    def thinking_tokens(self) -> int | None:
-        """The thinking budget asked for: :attr:`thinking_budget`, or the effort's
-        :data:`THINKING_BUDGETS` figure (0 for ``none``); None when neither is set."""
-        if self.thinking_budget is not None:
-            return self.thinking_budget
-        if self.reasoning_effort is None:
-            return None
-        return THINKING_BUDGETS[self.reasoning_effort]
-
-
 def refuse_openai_options(request: ChatRequest, who: str) -> None:
     """A 400 naming the first OpenAI-only option ``request`` sets (``metadata`` among
     them), which ``who`` (a provider, a runtime) cannot take."""
@@ -551,17 +245,6 @@ def refuse_openai_options(request: ChatRequest, who: str) -> None:
         raise BadRequest(
             f"'{name}' is taken only by OpenAI-format deployments, not {who}", param=name
         )
-
-
-def refuse_choices_and_logprobs(sampling: SamplingParams, who: str) -> None:
-    """A 400 naming ``n`` (above 1), ``top_logprobs`` or ``logprobs``, whichever ``sampling``
-    asks for first, which ``who`` (a provider, a runtime) cannot give."""
-    if sampling.n != 1:
-        raise BadRequest(f"{who} generates one choice per request: n must be 1", param="n")
-    if sampling.top_logprobs is not None:
-        raise BadRequest(f"{who} returns no log probabilities", param="top_logprobs")
-    if sampling.logprobs:
-        raise BadRequest(f"{who} returns no log probabilities", param="logprobs")
 
 
 class Priority(enum.IntEnum):

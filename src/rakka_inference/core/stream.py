@@ -37,8 +37,8 @@ import enum
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 
+from rakka_inference.core.content import ReasoningBlock
 from rakka_inference.core.errors import ProtocolError
-from rakka_inference.core.messages import ReasoningBlock
 from rakka_inference.core.tools import ToolCall
 from rakka_inference.core.usage import Usage, UsageAccumulator, UsageMode
 
