@@ -92,13 +92,15 @@ class _Item:
         self.name = name
         self.parts: list[str] = []
         self.status: ItemStatus = "in_progress"
-        self.thinking = ChunkAggregator()
+        # Only a reasoning item assembles thinking blocks: text and calls need no aggregator.
+        self.thinking = ChunkAggregator() if kind == "reasoning" else None
 
     def json(self, status: ItemStatus | None = None) -> dict[str, Any]:
         status = status or self.status
         if self.kind == "message":
             return message_item(self.id, "".join(self.parts), status)
         if self.kind == "reasoning":
+            assert self.thinking is not None  # made with every reasoning item
             blocks = self.thinking.result().reasoning_blocks
             return reasoning_item(self.id, "".join(self.parts), blocks, status)
         return function_call_item(self.id, self.call_id, self.name, "".join(self.parts), status)
@@ -278,6 +280,7 @@ class ResponseStreamRenderer:
             index = len(self._items)
             item = _Item("reasoning", item_id("rs", self._request_id, index), index)
             self._begin(item, out)
+        assert item.thinking is not None  # a reasoning item's
         item.thinking.add(chunk)
         if chunk.reasoning:
             item.parts.append(chunk.reasoning)
