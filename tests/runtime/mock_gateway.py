@@ -4,6 +4,8 @@ it stands on."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rakka_inference.core.deployment import ClusterConfig, Config, Deployment
 from rakka_inference.core.policies import RetryPolicy
 from rakka_inference.core.runtimes import AnthropicConfig, GeminiConfig, OpenAIConfig, RuntimeKind
@@ -12,7 +14,7 @@ from rakka_inference.testkit.mock_anthropic import AnthropicMock
 from rakka_inference.testkit.mock_gemini import GeminiMock
 from rakka_inference.testkit.mock_openai import OpenAIMock
 
-__all__ = ["gateway_config", "on_mock"]
+__all__ = ["gateway_config", "last_body", "on_mock"]
 
 
 def on_mock(
@@ -52,3 +54,10 @@ def gateway_config(*deployments: Deployment, client_key: str | None = None) -> C
     """The deployments behind a gateway that takes ``client_key`` (any key when None)."""
     keys = () if client_key is None else (SecretRef.inline(client_key, warn=False),)
     return Config(cluster=ClusterConfig(client_api_keys=keys), deployments=deployments)
+
+
+def last_body(mock: OpenAIMock | AnthropicMock | GeminiMock) -> dict[str, Any]:
+    """The JSON body of the last request ``mock`` received."""
+    document = mock.requests[-1].json()
+    assert isinstance(document, dict)
+    return document

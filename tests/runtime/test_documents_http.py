@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from mock_gateway import gateway_config, on_mock
+from mock_gateway import gateway_config, last_body, on_mock
 
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.faults import FaultPlan, ReplyScript
@@ -38,9 +38,7 @@ class Live:
 
     def sent(self, deployment: str) -> dict[str, Any]:
         mock = {"gpt": self.gpt, "claude": self.claude, "gemini": self.gemini}[deployment]
-        document = mock.requests[-1].json()
-        assert isinstance(document, dict)
-        return document
+        return last_body(mock)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from mock_gateway import gateway_config, on_mock
+from mock_gateway import gateway_config, last_body, on_mock
 
 from rakka_inference.core.policies import Jitter, RetryPolicy
 from rakka_inference.engine.report import RequestRecord
@@ -78,9 +78,7 @@ class Live:
 
     def sent(self, deployment: str) -> dict[str, Any]:
         """The body the deployment's provider last received."""
-        document = self.mock(deployment).requests[-1].json()
-        assert isinstance(document, dict)
-        return document
+        return last_body(self.mock(deployment))
 
     async def complete(self, route: str, deployment: str, **options: Any) -> Any:
         """``litellm.acompletion`` against the gateway through ``route``."""

@@ -25,7 +25,7 @@ import llm
 import openai
 import pytest
 import yaml
-from mock_gateway import gateway_config, on_mock
+from mock_gateway import gateway_config, last_body, on_mock
 
 from rakka_inference.core.policies import Jitter, RetryPolicy
 from rakka_inference.engine.report import RequestRecord
@@ -62,9 +62,7 @@ class Live:
 
     def sent(self, deployment: str) -> dict[str, Any]:
         """The body the deployment's provider last received."""
-        document = self.mock(deployment).requests[-1].json()
-        assert isinstance(document, dict)
-        return document
+        return last_body(self.mock(deployment))
 
     async def llm(self, *args: str) -> tuple[str, str]:
         """Run the ``llm`` program with ``args``; its standard output and error (it must

@@ -21,7 +21,7 @@ import pytest
 from langchain_anthropic import ChatAnthropic, _client_utils
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from mock_gateway import gateway_config, on_mock
+from mock_gateway import gateway_config, last_body, on_mock
 from pydantic import SecretStr
 
 from rakka_inference.core.policies import Jitter, RetryPolicy
@@ -58,9 +58,7 @@ class Live:
 
     def sent(self, deployment: str) -> dict[str, Any]:
         """The body the deployment's provider last received."""
-        document = self.mock(deployment).requests[-1].json()
-        assert isinstance(document, dict)
-        return document
+        return last_body(self.mock(deployment))
 
     def chat(self, deployment: str, **options: Any) -> ChatAnthropic:
         model = ChatAnthropic(

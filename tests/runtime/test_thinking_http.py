@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from mock_gateway import gateway_config, on_mock
+from mock_gateway import gateway_config, last_body, on_mock
 
 from rakka_inference.runtime.topology import Topology
 from rakka_inference.testkit.anthropic_thinking import ThinkingScript, sign
@@ -42,9 +42,7 @@ class Live:
     chat: openai.AsyncOpenAI
 
     def sent(self, mock: AnthropicMock | OpenAIMock | GeminiMock) -> dict[str, Any]:
-        document = mock.requests[-1].json()
-        assert isinstance(document, dict)
-        return document
+        return last_body(mock)
 
 
 @pytest.fixture
