@@ -225,8 +225,8 @@ def error_of(body: bytes) -> dict[str, object]:
 async def test_a_head_that_trickles_in_is_answered_408_and_closed(server: Server) -> None:
     fds = server.fds()
     before = shed(server)
+    started = time.monotonic()  # measured from before the server could start its clock
     reader, writer = await connect(server)
-    started = time.monotonic()
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
 
     async def trickle() -> None:  # a header line every 50 ms, for ever
@@ -257,8 +257,8 @@ async def test_a_head_that_trickles_in_is_answered_408_and_closed(server: Server
 
 async def test_a_connection_that_sends_nothing_is_closed_unanswered(server: Server) -> None:
     before = shed(server)
+    started = time.monotonic()  # before the connection: the server's clock starts at accept
     reader, writer = await connect(server)
-    started = time.monotonic()
     try:
         assert await until_closed(reader) == b""
     finally:
@@ -277,8 +277,8 @@ async def test_idle_keep_alive_is_not_a_late_head_but_a_later_head_is_timed(
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert parse(head)[0] == 200
         await reader.readexactly(int(parse(head)[1]["content-length"]))
+        started = time.monotonic()  # before the write: the server's clock starts at its bytes
         writer.write(b"GET /healthz HTTP/1.1\r\n")  # the next head begins, and stalls
-        started = time.monotonic()
         assert parse(await until_closed(reader))[0] == 408
         assert HEAD_S <= time.monotonic() - started < HEAD_S + 2
     finally:
@@ -289,11 +289,11 @@ async def test_a_body_that_trickles_in_is_answered_408_and_closed(server: Server
     fds = server.fds()
     before = shed(server)
     reader, writer = await connect(server)
+    started = time.monotonic()  # before the head goes: the body's clock starts at its end
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
         b"content-length: 1000\r\n\r\n{"
     )
-    started = time.monotonic()
 
     async def trickle() -> None:  # a byte every 50 ms: the head's timer would pass
         while True:
